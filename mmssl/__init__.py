@@ -1,0 +1,38 @@
+"""mmssl: multimodal self-supervised pretraining over text, images, audio and graphs.
+
+Public API:
+    load_config, config_from_dict, RunConfig     configs (YAML -> typed dataclasses)
+    build_model, MultimodalModel                 encoders + objectives from a config
+    Pretrainer                                   the joint training loop
+    load_pretrained                              a checkpoint's model, for encode()
+    register_modality, register_objective        plugins (or entry points)
+    list_modalities, list_objectives
+"""
+
+from mmssl.checkpoint import load_pretrained
+from mmssl.config import ConfigError, RunConfig, config_from_dict, load_config
+from mmssl.model import MultimodalModel, build_model
+from mmssl.registry import (
+    list_modalities,
+    list_objectives,
+    register_modality,
+    register_objective,
+)
+from mmssl.trainer import Pretrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "MultimodalModel",
+    "Pretrainer",
+    "RunConfig",
+    "build_model",
+    "config_from_dict",
+    "list_modalities",
+    "list_objectives",
+    "load_config",
+    "load_pretrained",
+    "register_modality",
+    "register_objective",
+]

@@ -1,0 +1,364 @@
+"""Run configuration: YAML -> frozen, typed dataclasses, checked before any work starts.
+
+Every modality and objective declares its options as a dataclass (``Config``); a
+config file is checked against those fields and types, so ``modalities.image.backbon``
+fails at load time with "did you mean 'backbone'?". Overrides are ``key.sub=value``
+strings, values parsed as YAML (``train.steps=200``, ``objectives.a.modalities=[image,text]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+
+from mmssl.registry import MODALITIES, OBJECTIVES, RegistryError, closest
+
+
+class ConfigError(ValueError):
+    """A config value that is missing, unknown or of the wrong type; names the key."""
+
+
+# --------------------------------------------------------------------------------------
+# Sections owned by the core
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """One objective's data stream.
+
+    ``source: world`` renders the embedded world; ``source: csv`` reads a CSV with one
+    column per modality (``columns: {image: filepath, text: title}``), where file
+    columns hold paths relative to the CSV's folder (open_clip's layout).
+    """
+
+    source: Literal["world", "csv"] = "world"
+    path: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    separator: str = ","
+    batch_size: int = 64
+    num_workers: int = 0
+    on_error: Literal["skip", "fail"] = "skip"
+    max_skip_fraction: float = 0.5  # fail the run if more than this share of a batch's samples is bad
+    epoch_size: int = 100_000  # world only: samples per epoch
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The embedded default world (generated data, nothing to download)."""
+
+    seed: int = 0
+    heldout: int = 6  # attribute combinations never seen in training, used for composition eval
+    single_attribute_prob: float = 0.3  # share of captions that name one attribute only
+    eval_samples_per_class: int = 20
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+    accum_steps: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    schedule: Literal["all"] = "all"
+    weighting: Literal["static"] = "static"
+    device: str = "auto"
+    threads: int | None = None
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # "auto" (latest in output dir, if any), "none", or a checkpoint dir
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    type: str
+    options: Any  # the modality class's Config
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    type: str
+    weight: float
+    data: DataConfig
+    options: Any  # the objective class's Config
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int
+    modalities: dict[str, ModalitySpec]
+    objectives: dict[str, ObjectiveSpec]
+    world: WorldConfig
+    train: TrainConfig
+    eval: EvalConfig
+    name: str = "run"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict in the file layout (round-trips through ``config_from_dict``)."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "modalities": {
+                k: {"type": m.type, **_plain(m.options)} for k, m in self.modalities.items()
+            },
+            "objectives": {
+                k: {"type": o.type, "weight": o.weight, "data": _plain(o.data), **_plain(o.options)}
+                for k, o in self.objectives.items()
+            },
+            "world": _plain(self.world),
+            "train": _plain(self.train),
+            "eval": _plain(self.eval),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``key.sub=value`` overrides, and validate it all."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override '{item}': empty key segment")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+_TOP_KEYS = ("name", "seed", "modalities", "objectives", "world", "train", "eval")
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a plain dict (the YAML layout) into a RunConfig."""
+    _check_keys(raw, _TOP_KEYS, "")
+    for required in ("modalities", "objectives"):
+        if not raw.get(required):
+            raise ConfigError(f"'{required}': required section is missing or empty")
+    modalities = {
+        name: _modality_spec(name, section)
+        for name, section in _mapping(raw["modalities"], "modalities").items()
+    }
+    objectives = {
+        name: _objective_spec(name, section, modalities)
+        for name, section in _mapping(raw["objectives"], "objectives").items()
+    }
+    return RunConfig(
+        name=convert(raw.get("name", "run"), str, "name"),
+        seed=convert(raw.get("seed", 0), int, "seed"),
+        modalities=modalities,
+        objectives=objectives,
+        world=convert(raw.get("world", {}), WorldConfig, "world"),
+        train=convert(raw.get("train", {}), TrainConfig, "train"),
+        eval=convert(raw.get("eval", {}), EvalConfig, "eval"),
+    )
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{key}': expected a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _registry_class(registry: Any, name: Any, key: str) -> type:
+    if not isinstance(name, str):
+        raise ConfigError(f"'{key}': expected a {registry.kind} name, got {name!r}")
+    try:
+        return registry.get(name)
+    except RegistryError as exc:
+        raise ConfigError(f"'{key}': {exc}") from None
+
+
+def _modality_spec(name: str, section: Any) -> ModalitySpec:
+    key = f"modalities.{name}"
+    section = dict(_mapping(section or {}, key))
+    type_name = section.pop("type", name)
+    cls = _registry_class(MODALITIES, type_name, f"{key}.type")
+    return ModalitySpec(type=type_name, options=convert(section, cls.Config, key))
+
+
+def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySpec]) -> ObjectiveSpec:
+    key = f"objectives.{name}"
+    section = dict(_mapping(section or {}, key))
+    type_name = section.pop("type", name)
+    cls = _registry_class(OBJECTIVES, type_name, f"{key}.type")
+    weight = convert(section.pop("weight", 1.0), float, f"{key}.weight")
+    if weight < 0:
+        raise ConfigError(f"'{key}.weight': must be >= 0, got {weight}")
+    data = convert(section.pop("data", {}), DataConfig, f"{key}.data")
+    try:
+        options = convert(section, cls.Config, key, extra_valid=("type", "weight", "data"))
+    except ConfigError:
+        raise
+    for i, m in enumerate(getattr(options, "modalities", ())):
+        if m not in modalities:
+            raise ConfigError(
+                f"'{key}.modalities[{i}]': modality '{m}' is not configured under 'modalities'."
+                f"{closest(m, list(modalities))} Configured: {sorted(modalities)}"
+            )
+    if data.source == "csv":
+        if not data.path:
+            raise ConfigError(f"'{key}.data.path': required when data.source is 'csv'")
+        for m in getattr(options, "modalities", ()):
+            if m not in data.columns:
+                raise ConfigError(
+                    f"'{key}.data.columns': no column given for modality '{m}' "
+                    f"(e.g. columns: {{{m}: <column name>}})"
+                )
+    if data.batch_size < 1:
+        raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
+    return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options)
+
+
+# --------------------------------------------------------------------------------------
+# Typed conversion
+# --------------------------------------------------------------------------------------
+
+
+def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], key: str) -> None:
+    for k in raw:
+        if k not in valid:
+            where = f"'{key}.{k}'" if key else f"'{k}'"
+            raise ConfigError(f"{where}: unknown key.{closest(str(k), list(valid))} Valid keys: {sorted(valid)}")
+
+
+def convert(value: Any, tp: Any, key: str, extra_valid: Sequence[str] = ()) -> Any:
+    """``value`` checked against type ``tp`` (dataclass, Literal, Optional, list, dict ...)."""
+    if is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}': expected a mapping, got {type(value).__name__} {value!r}")
+        hints = typing.get_type_hints(tp)
+        dc_fields = {f.name: f for f in fields(tp) if f.init}
+        for k in value:
+            if k not in dc_fields:
+                valid = list(dc_fields) + list(extra_valid)
+                raise ConfigError(f"'{key}.{k}': unknown key.{closest(str(k), valid)} Valid keys: {sorted(valid)}")
+        kwargs = {}
+        for name, f in dc_fields.items():
+            if name in value:
+                kwargs[name] = convert(value[name], hints[name], f"{key}.{name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"'{key}.{name}': required value is missing")
+        return tp(**kwargs)
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"'{key}': {value!r} is not one of {list(args)}.{closest(str(value), [str(a) for a in args])}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"'{key}': {value!r} matches none of {tp}")
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}': expected a list, got {type(value).__name__} {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"'{key}': expected {len(args)} items, got {len(value)}: {value!r}")
+            return tuple(convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}': expected a mapping, got {type(value).__name__} {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {convert(k, kt, key): convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}': expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}': expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}': expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}': expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"'{key}': unsupported config type {tp}")
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclass -> plain dict/list values for YAML."""
+    if is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,116 @@
+"""The multimodal model: encoders by modality name plus objectives (with their heads)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmssl.config import RunConfig
+from mmssl.registry import get_modality, get_objective
+from modalities.base import Modality, ModalityOutput
+from objectives.base import DistContext, Objective, ObjectiveOutput
+
+
+class MultimodalModel(nn.Module):
+    """Encoders and objectives in one module, so one optimizer, one DDP wrapper and
+    one state dict cover them all.
+
+    ``model(objective_name, batch)`` runs one objective; that is the call DDP wraps.
+    """
+
+    def __init__(self, encoders: Mapping[str, Modality], objectives: Mapping[str, Objective]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.objectives = nn.ModuleDict(dict(objectives))
+        for key, encoder in self.encoders.items():
+            encoder.key = key
+        for name, objective in self.objectives.items():
+            missing = [m for m in objective.modalities if m not in self.encoders]
+            if missing:
+                raise ValueError(f"objective '{name}' needs modalities {missing}; the model has {list(self.encoders)}")
+
+    def forward(self, objective: str, batch: Mapping[str, Any]) -> ObjectiveOutput:
+        return self.objectives[objective](self, batch)
+
+    def shared_space(self, modality: str, objective: str | None = None) -> str:
+        """The objective whose shared space embeds ``modality``: the one named, or the first
+        objective that projects it and pairs it with a caption modality, or any that projects it."""
+        if objective is not None:
+            if objective not in self.objectives:
+                raise KeyError(f"no objective '{objective}'; the model has {list(self.objectives)}")
+            return objective
+        candidates = [
+            name for name, obj in self.objectives.items() if modality in obj.modalities and _has_space(obj)
+        ]
+        with_text = [
+            n for n in candidates
+            if any(self.encoders[m].consumes_captions for m in self.objectives[n].modalities if m != modality)
+        ]
+        if not candidates:
+            raise ValueError(f"no objective gives modality '{modality}' a shared embedding space")
+        return (with_text or candidates)[0]
+
+    @torch.no_grad()
+    def encode(
+        self,
+        modality: str,
+        inputs: Sequence[Any] | Mapping[str, torch.Tensor],
+        objective: str | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """L2-normalised embeddings [N, E] in an objective's shared space.
+
+        Args:
+            modality: encoder name ("image", "text").
+            inputs: raw items (strings, PIL images, paths ...) or an already collated batch.
+            objective: whose space; by default the first contrastive space pairing
+                ``modality`` with text.
+        """
+        if modality not in self.encoders:
+            raise KeyError(f"no modality '{modality}'; the model has {list(self.encoders)}")
+        encoder = self.encoders[modality]
+        head = self.objectives[self.shared_space(modality, objective)]
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        try:
+            if isinstance(inputs, Mapping):
+                batches = [inputs]
+            else:
+                items = list(inputs)
+                batches = [
+                    encoder.collate([encoder.transform(x, None) for x in items[i : i + batch_size]])
+                    for i in range(0, len(items), batch_size)
+                ]
+            out = []
+            for batch in batches:
+                output: ModalityOutput = encoder(encoder.move_batch(batch, device))
+                out.append(F.normalize(head.embed(modality, output).float(), dim=-1))
+            return torch.cat(out) if out else torch.empty(0)
+        finally:
+            self.train(was_training)
+
+
+def _has_space(objective: Objective) -> bool:
+    return type(objective).embed is not Objective.embed
+
+
+def build_model(config: RunConfig, dist: DistContext | None = None) -> MultimodalModel:
+    """Encoders and objectives from a validated config, through the registry.
+
+    Initial weights depend only on ``config.seed`` (the global torch RNG is seeded here).
+    """
+    torch.manual_seed(config.seed)
+    encoders: dict[str, Modality] = {}
+    for key, spec in config.modalities.items():
+        encoder = get_modality(spec.type)(spec.options)
+        encoder.key = key
+        encoders[key] = encoder
+    objectives = {
+        name: get_objective(spec.type)(spec.options, encoders, dist or DistContext())
+        for name, spec in config.objectives.items()
+    }
+    return MultimodalModel(encoders, objectives)

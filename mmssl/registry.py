@@ -1,0 +1,171 @@
+"""Name -> class tables for modalities and objectives, filled by decorators and entry points.
+
+Built-in modalities and objectives are declared as entry points in our own
+pyproject.toml, exactly like a third-party plugin, so the plugin path runs every
+time. Entry points load lazily, on the first lookup or listing. Set
+``MMSSL_DISABLE_PLUGIN_AUTOLOAD=1`` to load only this distribution's own entry
+points (as pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Callable, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=type)
+
+OWN_DISTRIBUTION = "mmssl"
+AUTOLOAD_ENV = "MMSSL_DISABLE_PLUGIN_AUTOLOAD"
+
+
+class RegistryError(KeyError):
+    """A lookup miss, a duplicate registration or a broken plugin."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    cls: type
+    source: str  # where it came from: "module:qualname" plus the distribution if known
+
+
+def _describe(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def closest(name: str, choices: list[str]) -> str:
+    """' Did you mean 'x'?' for the closest choice, or ''."""
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+class Registry(Generic[T]):
+    """A name -> class table with lazy entry-point loading.
+
+    Args:
+        kind: what is registered ("modality"), used in messages.
+        group: the entry-point group that plugins declare (``mmssl.modalities``).
+    """
+
+    def __init__(self, kind: str, group: str) -> None:
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, Entry] = {}
+        self._loaded_entry_points = False
+        self._loading = False
+
+    def register(self, name: str, source: str | None = None) -> Callable[[T], T]:
+        """Class decorator: ``@register_modality("image")``."""
+
+        def decorator(cls: T) -> T:
+            self.add(name, cls, source)
+            return cls
+
+        return decorator
+
+    def add(self, name: str, cls: T, source: str | None = None) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise RegistryError(f"{self.kind} name must be a Python identifier, got {name!r} ({_describe(cls)})")
+        existing = self._entries.get(name)
+        if existing is not None:
+            if existing.cls is cls:
+                return
+            raise RegistryError(
+                f"duplicate {self.kind} '{name}': already registered by {existing.source}, "
+                f"registered again by {source or _describe(cls)}. Rename one of them."
+            )
+        cls.name = name  # the registry key is the class's canonical name
+        self._entries[name] = Entry(name, cls, source or _describe(cls))
+
+    def get(self, name: str) -> T:
+        """The class registered as ``name``; a miss lists the known names and the closest one."""
+        self._load_entry_points()
+        if name not in self._entries:
+            known = sorted(self._entries)
+            raise RegistryError(
+                f"unknown {self.kind} '{name}'.{closest(name, known)} Known {self.kind} names: {known}. "
+                f"A plugin registers one with the entry-point group '{self.group}'."
+            )
+        return self._entries[name].cls
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Registered names matching an fnmatch pattern, sorted."""
+        self._load_entry_points()
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def entries(self) -> list[Entry]:
+        self._load_entry_points()
+        return [self._entries[n] for n in sorted(self._entries)]
+
+    def _load_entry_points(self) -> None:
+        if self._loaded_entry_points or self._loading:
+            return
+        self._loading = True
+        try:
+            own_only = os.environ.get(AUTOLOAD_ENV, "") not in ("", "0")
+            for ep in entry_points(group=self.group):
+                dist = ep.dist.name if ep.dist is not None else "?"
+                if own_only and dist != OWN_DISTRIBUTION:
+                    log.info("plugin autoload disabled: skipping %s '%s' from %s", self.kind, ep.name, dist)
+                    continue
+                self._load_one(ep, dist)
+            self._loaded_entry_points = True
+        finally:
+            self._loading = False
+
+    def _load_one(self, ep: EntryPoint, dist: str) -> None:
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            raise RegistryError(
+                f"could not load {self.kind} plugin '{ep.name}' = '{ep.value}' from distribution '{dist}': "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not inspect.isclass(cls):
+            raise RegistryError(f"{self.kind} plugin '{ep.name}' = '{ep.value}' ({dist}) is not a class")
+        self.add(ep.name, cls, f"{ep.value} (entry point in {dist})")
+
+
+MODALITIES: Registry = Registry("modality", "mmssl.modalities")
+OBJECTIVES: Registry = Registry("objective", "mmssl.objectives")
+
+
+def register_modality(name: str) -> Callable[[T], T]:
+    """Register a Modality subclass under ``name``."""
+    return MODALITIES.register(name)
+
+
+def register_objective(name: str) -> Callable[[T], T]:
+    """Register an Objective subclass under ``name``."""
+    return OBJECTIVES.register(name)
+
+
+def get_modality(name: str) -> type:
+    return MODALITIES.get(name)
+
+
+def get_objective(name: str) -> type:
+    return OBJECTIVES.get(name)
+
+
+def list_modalities(pattern: str = "*") -> list[str]:
+    return MODALITIES.list(pattern)
+
+
+def list_objectives(pattern: str = "*") -> list[str]:
+    return OBJECTIVES.list(pattern)

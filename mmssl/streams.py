@@ -1,0 +1,323 @@
+"""Data streams: one per objective, each a source of raw items, a deterministic order
+and the modalities' transform + collate, with a resumable position.
+
+Every random choice about a sample is drawn from ``sample_rng(seed, stream, epoch,
+index)``, and a batch is built whole by one worker, so the batches do not depend on
+the number of workers and a resumed stream continues with exactly the batch it
+would have produced. Bad samples (``InvalidSample``) are counted, logged and
+dropped from their batch, or raise ``DataError`` naming the sample when the stream
+is configured with ``on_error: fail``.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmssl.registry import closest
+from mmssl.world import World, sample_rng
+from modalities.base import InvalidSample, Modality
+from objectives.base import MATCH_KEY
+
+log = logging.getLogger(__name__)
+
+
+class DataError(RuntimeError):
+    """A data problem that stops the run; the message names the stream and the sample."""
+
+
+class Source(Protocol):
+    """Raw items by index. ``get`` raises InvalidSample for a bad item."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]: ...
+
+    def where(self, index: int) -> str: ...
+
+
+class WorldSource:
+    """Pairs from the embedded world: one modality renders a concept, a caption
+    modality receives its caption. ``split='train'`` draws only training classes."""
+
+    def __init__(
+        self,
+        world: World,
+        renderer: Modality,
+        captioner: Modality | None,
+        size: int,
+        split: Literal["train", "all"] = "train",
+    ) -> None:
+        self.world = world
+        self.renderer = renderer
+        self.captioner = captioner
+        self.size = size
+        self.classes = world.train_classes if split == "train" else [c.index for c in world.classes]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        cls = self.classes[int(rng.integers(len(self.classes)))]
+        concept = self.world.concept(cls, rng)
+        item: dict[str, Any] = {self.renderer.key: self.renderer.render(concept, rng)}
+        codes = {self.renderer.key: self.world.attribute_codes(concept)}
+        if self.captioner is not None:
+            text, caption_codes = self.world.caption(concept, rng)
+            item[self.captioner.key] = text
+            codes[self.captioner.key] = caption_codes
+        item[MATCH_KEY] = codes
+        return item
+
+    def where(self, index: int) -> str:
+        return f"world sample {index}"
+
+
+class CsvSource:
+    """Rows of a CSV with one column per modality (open_clip's image-text layout).
+
+    File-backed modalities read the path in their column, relative to the CSV's folder;
+    caption modalities take the cell text as is.
+    """
+
+    def __init__(self, path: str | Path, columns: Mapping[str, str], modalities: Mapping[str, Modality], separator: str = ",") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"CSV file not found: {self.path}")
+        with open(self.path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=separator)
+            header = list(reader.fieldnames or [])
+            for modality, column in columns.items():
+                if column not in header:
+                    raise DataError(
+                        f"{self.path}: no column '{column}' (for modality '{modality}').{closest(column, header)} "
+                        f"Columns: {header}"
+                    )
+            self.rows = [{m: row[c] for m, c in columns.items()} for row in reader]
+        if not self.rows:
+            raise DataError(f"{self.path}: no data rows")
+        self.columns = dict(columns)
+        self.modalities = modalities
+        self.root = self.path.parent
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        row = self.rows[index]
+        item: dict[str, Any] = {}
+        for name in self.columns:
+            modality = self.modalities[name]
+            value = row[name]
+            if value is None or value == "":
+                raise InvalidSample(f"empty '{self.columns[name]}' cell", source=self.where(index))
+            if modality.consumes_captions:
+                item[name] = value
+            else:
+                try:
+                    item[name] = modality.load(str(self.root / value))
+                except InvalidSample as exc:
+                    raise InvalidSample(exc.reason, source=f"{self.where(index)} ({exc.source})") from None
+        return item
+
+    def where(self, index: int) -> str:
+        return f"{self.path} row {index + 2}"  # +1 header, +1 one-based
+
+
+@dataclass
+class BuiltBatch:
+    """A collated batch plus what was dropped while building it."""
+
+    data: dict[str, Any] | None
+    size: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
+
+
+class EpochBatches(Dataset):
+    """Map-style dataset whose item ``b`` is batch ``b`` of one epoch, built whole."""
+
+    def __init__(self, stream: "Stream", epoch: int) -> None:
+        self.stream = stream
+        self.epoch = epoch
+        n = len(stream.source)
+        if stream.shuffle:
+            self.order = sample_rng(stream.seed, stream.name, epoch, "order").permutation(n)
+        else:
+            self.order = np.arange(n)
+        self.num_batches = n // stream.batch_size if stream.drop_last else -(-n // stream.batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, b: int) -> BuiltBatch:
+        s = self.stream
+        indices = self.order[b * s.batch_size : (b + 1) * s.batch_size]
+        samples: dict[str, list[Any]] = collections.defaultdict(list)
+        codes: dict[str, list[list[int]]] = collections.defaultdict(list)
+        skipped = []
+        for index in indices:
+            index = int(index)
+            rng = sample_rng(s.seed, s.name, self.epoch, index) if s.train else None
+            try:
+                raw = s.source.get(index, rng if rng is not None else sample_rng(s.seed, s.name, index))
+                transformed = {name: s.modalities[name].transform(raw[name], rng) for name in s.modalities}
+            except InvalidSample as exc:
+                where = exc.source or s.source.where(index)
+                if s.on_error == "fail":
+                    raise DataError(f"stream '{s.name}': bad sample at {where}: {exc.reason}") from None
+                skipped.append((where, exc.reason))
+                continue
+            for name, sample in transformed.items():
+                samples[name].append(sample)
+            for name, c in raw.get(MATCH_KEY, {}).items():
+                codes[name].append(c)
+        if not samples:
+            return BuiltBatch(None, 0, skipped)
+        data: dict[str, Any] = {name: s.modalities[name].collate(samples[name]) for name in s.modalities}
+        if codes:
+            data[MATCH_KEY] = {name: torch.tensor(c, dtype=torch.long) for name, c in codes.items()}
+        return BuiltBatch(data, len(next(iter(samples.values()))), skipped)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class Stream:
+    """An endless, resumable iterator of batches for one objective.
+
+    Args:
+        name: stream (objective) name; part of every sample's seed.
+        source: raw items by index.
+        modalities: the modalities the batch feeds, by their name in the model.
+        batch_size: samples per batch before bad ones are dropped.
+        seed: run seed.
+        num_workers: DataLoader worker processes (0: build batches in this process).
+        on_error: "skip" counts and logs bad samples; "fail" raises DataError.
+        max_skip_fraction: raise DataError when a batch loses more than this share.
+        train: random per-sample augmentation (else deterministic transforms).
+        shuffle: new order every epoch.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: Source,
+        modalities: Mapping[str, Modality],
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 0,
+        on_error: Literal["skip", "fail"] = "skip",
+        max_skip_fraction: float = 0.5,
+        train: bool = True,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        if len(source) < batch_size and drop_last:
+            raise DataError(f"stream '{name}': {len(source)} samples is fewer than one batch of {batch_size}")
+        self.name = name
+        self.source = source
+        self.modalities = dict(modalities)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.on_error = on_error
+        self.max_skip_fraction = max_skip_fraction
+        self.train = train
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.position = 0  # next batch index within the epoch
+        self.samples = 0
+        self.skipped = 0
+        self.skip_reasons: collections.Counter[str] = collections.Counter()
+        self.wait_seconds = 0.0
+        self._iterator: Iterator[BuiltBatch] | None = None
+
+    # --- position -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "samples": self.samples, "skipped": self.skipped}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self.samples = int(state.get("samples", 0))
+        self.skipped = int(state.get("skipped", 0))
+        self._iterator = None
+
+    # --- iteration --------------------------------------------------------------------
+    def _start_epoch(self) -> Iterator[BuiltBatch]:
+        batches = EpochBatches(self, self.epoch)
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            sampler=range(self.position, len(batches)),
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            persistent_workers=False,
+            prefetch_factor=2 if self.num_workers else None,
+        )
+        return iter(loader)
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        while True:
+            if self._iterator is None:
+                self._iterator = self._start_epoch()
+            try:
+                built = next(self._iterator)
+            except StopIteration:
+                self.epoch += 1
+                self.position = 0
+                self._iterator = None
+                continue
+            self.position += 1
+            self._account(built)
+            if built.data is not None:
+                self.wait_seconds += time.perf_counter() - start
+                return built.data
+
+    def _account(self, built: BuiltBatch) -> None:
+        self.samples += built.size
+        if not built.skipped:
+            return
+        for where, reason in built.skipped:
+            self.skipped += 1
+            self.skip_reasons[reason] += 1
+            if self.skipped <= 10 or self.skipped % 100 == 0:
+                log.warning("stream '%s': skipped bad sample %s: %s (%d skipped so far)", self.name, where, reason, self.skipped)
+        lost = len(built.skipped) / (built.size + len(built.skipped))
+        if lost > self.max_skip_fraction:
+            raise DataError(
+                f"stream '{self.name}': {len(built.skipped)} of {built.size + len(built.skipped)} samples in one batch "
+                f"were bad (max_skip_fraction={self.max_skip_fraction}); first: {built.skipped[0][0]}: {built.skipped[0][1]}"
+            )
+
+    def stats(self) -> dict[str, float]:
+        return {"samples": self.samples, "skipped": self.skipped, "wait_s": round(self.wait_seconds, 3)}
+
+    def close(self) -> None:
+        self._iterator = None
+
+
+def iterate_once(items: Sequence[Any], modality: Modality, batch_size: int) -> Iterator[tuple[dict[str, Any], list[int]]]:
+    """Eval batches over raw items, deterministic transforms; yields (batch, kept indices).
+
+    Bad items raise InvalidSample to the caller, which decides skip or fail.
+    """
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        samples = [modality.transform(x, None) for x in chunk]
+        yield modality.collate(samples), list(range(start, start + len(chunk)))

@@ -1,0 +1,328 @@
+"""The training loop: every objective's weighted loss, one optimizer, exact resume.
+
+Read ``Pretrainer.fit`` top to bottom: resume, then per step fetch each objective's
+batch, sum the weighted losses, backward (accumulating micro-batches), clip, step
+optimizer and scheduler, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmssl.checkpoint import (
+    load_trainer_state,
+    load_weights,
+    prune_checkpoints,
+    resolve_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
+from mmssl.config import RunConfig, TrainConfig
+from mmssl.model import MultimodalModel, build_model
+from mmssl.run_log import RunLog
+from mmssl.streams import CsvSource, DataError, Stream, WorldSource
+from mmssl.world import world_for
+from objectives.base import DistContext
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[["Pretrainer", dict[str, Any]], None]
+
+
+def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, world_size: int = 1) -> dict[str, Stream]:
+    """One data stream per objective, as its ``data`` section says."""
+    streams = {}
+    for name, spec in config.objectives.items():
+        modalities = {m: model.encoders[m] for m in model.objectives[name].modalities}
+        data = spec.data
+        if data.source == "world":
+            renderers = [m for m in modalities.values() if m.concept_space() is not None]
+            captioners = [m for m in modalities.values() if m.consumes_captions]
+            if len(renderers) != 1 or len(captioners) > 1 or len(renderers) + len(captioners) != len(modalities):
+                raise DataError(
+                    f"objective '{name}': the embedded world pairs one rendering modality with at most one "
+                    f"caption modality; got {list(modalities)}. Use data.source: csv for other pairs."
+                )
+            world = world_for(renderers[0], config.world)
+            source = WorldSource(world, renderers[0], captioners[0] if captioners else None, size=data.epoch_size)
+        else:
+            source = CsvSource(data.path, data.columns, modalities, separator=data.separator)
+        streams[name] = Stream(
+            name,
+            source,
+            modalities,
+            batch_size=data.batch_size,
+            seed=config.seed,
+            num_workers=data.num_workers,
+            on_error=data.on_error,
+            max_skip_fraction=data.max_skip_fraction,
+        )
+    return streams
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, temperatures and other 0/1-d parameters
+    (as open_clip), nor on embedding tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, eps=train.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+    warmup = min(train.warmup_steps, max(train.steps - 1, 0))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(train.steps - warmup, 1), eta_min=train.lr * train.min_lr_ratio
+    )
+    if warmup == 0:
+        return cosine
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_tuplify(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    if hasattr(batch, "to"):  # PyG Batch and friends
+        return batch.to(device)
+    return batch
+
+
+def batch_size_of(batch: Mapping[str, Any], modality: str) -> int:
+    first = batch[modality]
+    if hasattr(first, "num_graphs"):
+        return int(first.num_graphs)
+    tensor = next(v for v in first.values() if torch.is_tensor(v)) if isinstance(first, Mapping) else first
+    return int(tensor.shape[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Pretrainer:
+    """Joint pretraining of all configured objectives.
+
+    Args:
+        config: the validated run config.
+        output_dir: where checkpoints, metrics.jsonl and TensorBoard events go.
+        model: a prebuilt model (default: built from ``config``).
+        streams: prebuilt data streams by objective name (default: from ``config``).
+        callbacks: called after every optimizer step with the step's metrics.
+
+    Example:
+        cfg = mmssl.load_config("configs/tiny.yaml", ["train.steps=20"])
+        mmssl.Pretrainer(cfg, "runs/tiny").fit()
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        output_dir: str | Path,
+        model: MultimodalModel | None = None,
+        streams: Mapping[str, Stream] | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.config = config
+        self.train_cfg = config.train
+        self.output_dir = Path(output_dir)
+        self.device = resolve_device(self.train_cfg.device)
+        if self.train_cfg.threads:
+            torch.set_num_threads(self.train_cfg.threads)
+        self.dist = DistContext()
+        self.model = (model if model is not None else build_model(config, self.dist)).to(self.device)
+        self.streams = dict(streams) if streams is not None else build_streams(config, self.model)
+        missing = [n for n in self.model.objectives if n not in self.streams]
+        if missing:
+            raise ValueError(f"no data stream for objectives {missing}")
+        self.weights = {name: spec.weight for name, spec in config.objectives.items()}
+        for name in self.model.objectives:
+            self.weights.setdefault(name, 1.0)
+        self.optimizer = build_optimizer(self.model, self.train_cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
+        self.callbacks = list(callbacks)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # --- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "streams": {name: s.state_dict() for name, s in self.streams.items()},
+            "rng": _rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        for name, stream_state in state["streams"].items():
+            if name not in self.streams:
+                raise ValueError(f"checkpoint has a stream '{name}' that this run does not configure")
+            self.streams[name].load_state_dict(stream_state)
+        _set_rng_state(state["rng"])
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.output_dir, self.step, self.model, self.state_dict(), self.config)
+        prune_checkpoints(self.output_dir, self.train_cfg.keep_checkpoints)
+        return path
+
+    def maybe_resume(self) -> Path | None:
+        """Load the checkpoint that ``train.resume`` names ("auto": latest here, if any)."""
+        resume = self.train_cfg.resume
+        if resume == "none":
+            return None
+        if resume == "auto":
+            if not list_checkpoints(self.output_dir):
+                return None
+            checkpoint = resolve_checkpoint(self.output_dir)
+        else:
+            checkpoint = resolve_checkpoint(resume)
+        load_weights(self.model, checkpoint)
+        self.load_state_dict(load_trainer_state(checkpoint))
+        log.info("resumed from %s at step %d", checkpoint, self.step)
+        return checkpoint
+
+    # --- loop -------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.train_cfg.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def active_objectives(self, step: int) -> list[str]:
+        """Objectives that run at ``step`` (schedule 'all': every one, every step)."""
+        return list(self.model.objectives)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``accum_steps`` micro-batches of every active objective."""
+        cfg = self.train_cfg
+        self.model.train()
+        start = time.perf_counter()
+        waited = {n: s.wait_seconds for n, s in self.streams.items()}
+        sums: dict[str, float] = defaultdict(float)
+        samples = 0
+        total_value = 0.0
+        for _ in range(cfg.accum_steps):
+            total = None
+            for name in self.active_objectives(self.step):
+                batch = move_to(next(self.streams[name]), self.device)
+                samples += batch_size_of(batch, self.model.objectives[name].modalities[0])
+                with self._autocast():
+                    out = self.model(name, batch)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(f"objective '{name}' loss is {out.loss.item()} at step {self.step}")
+                weighted = self.weights[name] * out.loss
+                total = weighted if total is None else total + weighted
+                for key, value in out.metrics.items():
+                    sums[f"{name}/{key}"] += value / cfg.accum_steps
+            self.scaler.scale(total / cfg.accum_steps).backward()
+            total_value += total.item() / cfg.accum_steps
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        seconds = time.perf_counter() - start
+        metrics = {
+            "loss": total_value,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "samples_per_s": samples / seconds,
+            "step_s": seconds,
+            **sums,
+        }
+        for name, stream in self.streams.items():
+            metrics[f"data/{name}/wait_s"] = stream.wait_seconds - waited[name]
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.steps`` (resuming first, as configured); returns the last metrics."""
+        cfg = self.train_cfg
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.maybe_resume()
+        run_log = RunLog(self.output_dir)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True, desc=self.config.name)
+        last: dict[str, Any] = {}
+        try:
+            while self.step < cfg.steps:
+                metrics = self.train_step()
+                last = metrics
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}", refresh=False)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    for name, stream in self.streams.items():
+                        for key, value in stream.stats().items():
+                            metrics[f"data/{name}/{key}"] = value
+                    run_log.log(self.step, metrics)
+                    self.history.append({"step": self.step, **metrics})
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.save()
+                for callback in self.callbacks:
+                    callback(self, metrics)
+            final = self.output_dir / "checkpoints" / f"step_{self.step:08d}"
+            if not final.exists():
+                self.save()
+        finally:
+            bar.close()
+            run_log.close()
+            for stream in self.streams.values():
+                stream.close()
+        return last

@@ -1,0 +1,147 @@
+"""The embedded default world: concepts, captions and splits, rendered by the modalities.
+
+A concept is one value per attribute of a modality's ``ConceptSpace``; its class is
+its combination of class attributes (colour x shape). A fixed, seeded set of class
+combinations is held out of training: evaluating on them measures generalisation
+to compositions never seen, since each held-out combination's values were all seen
+in other combinations. Nothing is downloaded; every item is drawn from a generator
+seeded by (world seed, stream, epoch, index), so any process reproduces any sample.
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+import zlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from modalities.base import ConceptSpace, Modality
+
+
+def stable_hash(text: str) -> int:
+    """A process-independent 32-bit hash (Python's hash() is salted per process)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def sample_rng(*keys: int | str) -> np.random.Generator:
+    """A generator seeded by a tuple of ints/strings: the one source of per-sample randomness."""
+    return np.random.default_rng([k if isinstance(k, int) else stable_hash(k) for k in keys])
+
+
+@dataclass(frozen=True)
+class WorldClass:
+    index: int
+    attributes: Mapping[str, str]
+    name: str
+    heldout: bool
+
+
+class World:
+    """Classes, splits and captions over one concept space.
+
+    Args:
+        space: the rendering modality's concept space.
+        seed: world seed; fixes the held-out combinations.
+        num_heldout: how many class combinations to hold out of training.
+        single_attribute_prob: share of training captions that name one attribute only
+            ("a red shape", "a triangle"), which teaches attributes separately.
+    """
+
+    def __init__(self, space: ConceptSpace, seed: int = 0, num_heldout: int = 6, single_attribute_prob: float = 0.3) -> None:
+        self.space = space
+        self.seed = seed
+        self.single_attribute_prob = single_attribute_prob
+        names = list(space.class_attributes)
+        combos = list(itertools.product(*(space.class_attributes[a] for a in names)))
+        heldout = self._choose_heldout(combos, names, num_heldout, seed)
+        self.classes = [
+            WorldClass(i, dict(zip(names, combo)), space.class_name(dict(zip(names, combo))), i in heldout)
+            for i, combo in enumerate(combos)
+        ]
+        self.train_classes = [c.index for c in self.classes if not c.heldout]
+        self.heldout_classes = [c.index for c in self.classes if c.heldout]
+
+    @staticmethod
+    def _choose_heldout(combos: list[tuple[str, ...]], names: Sequence[str], n: int, seed: int) -> set[int]:
+        """Pick ``n`` combinations so that every attribute value stays seen in training
+        and no value is held out much more often than another."""
+        if n < 0 or n >= len(combos):
+            raise ValueError(f"world.heldout must be in [0, {len(combos) - 1}], got {n}")
+        rng = sample_rng(seed, "heldout")
+        sizes = [len({c[i] for c in combos}) for i in range(len(names))]
+        cap = [max(1, -(-n // s)) for s in sizes]  # ceil(n / values per attribute)
+        chosen: set[int] = set()
+        count: list[dict[str, int]] = [dict() for _ in names]
+        for idx in rng.permutation(len(combos)):
+            if len(chosen) == n:
+                break
+            combo = combos[idx]
+            if any(count[i].get(v, 0) >= cap[i] for i, v in enumerate(combo)):
+                continue
+            remaining = [c for j, c in enumerate(combos) if j not in chosen and j != idx]
+            if all(any(c[i] == v for c in remaining) for i, v in enumerate(combo)):
+                chosen.add(int(idx))
+                for i, v in enumerate(combo):
+                    count[i][v] = count[i].get(v, 0) + 1
+        if len(chosen) < n:
+            raise ValueError(f"cannot hold out {n} combinations and keep every attribute value seen")
+        return chosen
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def concept(self, class_index: int, rng: np.random.Generator) -> dict[str, str]:
+        """A full concept of a class: its class attributes plus random nuisance values."""
+        concept = dict(self.classes[class_index].attributes)
+        for attr, values in self.space.nuisance_attributes.items():
+            concept[attr] = values[int(rng.integers(len(values)))]
+        return concept
+
+    def _word(self, value: str, rng: np.random.Generator) -> str:
+        words = self.space.synonyms.get(value, (value,))
+        return words[int(rng.integers(len(words)))]
+
+    def caption(self, concept: Mapping[str, str], rng: np.random.Generator) -> tuple[str, list[int]]:
+        """A training caption of ``concept`` (random template, random synonyms) and its
+        attribute codes: class-attribute value indices, -1 where the caption does not
+        name the attribute. Items and captions match where codes agree or either is -1;
+        the contrastive objective uses that for same-concept positives."""
+        single = self.space.single_attribute_templates
+        if single and rng.random() < self.single_attribute_prob:
+            attr = list(single)[int(rng.integers(len(single)))]
+            templates = single[attr]
+        else:
+            templates = self.space.caption_templates
+        template = templates[int(rng.integers(len(templates)))]
+        text = template.format(**{k: self._word(v, rng) for k, v in concept.items()})
+        named = {field for _, field, _, _ in string.Formatter().parse(template) if field}
+        return text, self.attribute_codes(concept, named)
+
+    def attribute_codes(self, concept: Mapping[str, str], named: set[str] | None = None) -> list[int]:
+        """Class-attribute value indices of ``concept``; -1 for attributes not in ``named``."""
+        return [
+            list(values).index(concept[attr]) if named is None or attr in named else -1
+            for attr, values in self.space.class_attributes.items()
+        ]
+
+    def prompts(self, class_index: int) -> list[str]:
+        """Zero-shot prompts of a class: every prompt template with the canonical class name."""
+        return [t.format(self.classes[class_index].name) for t in self.space.prompt_templates]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "num_classes": len(self.classes),
+            "heldout": [self.classes[i].name for i in self.heldout_classes],
+        }
+
+
+def world_for(modality: Modality, config: Any) -> World:
+    """The world over ``modality``'s concept space, as ``config`` (a WorldConfig) sets it."""
+    space = modality.concept_space()
+    if space is None:
+        raise ValueError(f"modality '{modality.key}' renders no concepts: it has no concept space")
+    return World(space, seed=config.seed, num_heldout=config.heldout, single_attribute_prob=config.single_attribute_prob)

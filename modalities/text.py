@@ -1,0 +1,122 @@
+"""Text: open_clip's BPE tokenizer and text transformer, causal or bidirectional."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import TextTransformer
+
+from modalities.base import InvalidSample, Modality, ModalityOutput
+
+TOKENIZER_KIND = "open_clip_bpe"
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    context_length: int = 32
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # causal: CLIP-style; bidirectional: needed by masked language modeling.
+    attention: Literal["causal", "bidirectional"] = "causal"
+    pool: Literal["eos", "first", "mean"] = "eos"
+
+
+class TextModality(Modality):
+    """open_clip text tower over open_clip's tokenizer.
+
+    Shapes:
+        sample: LongTensor [L] token ids (L = context_length), SOT ... EOT then padding.
+        batch: {"ids": [B, L]}.
+        output: pooled [B, width]; tokens [B, L, width]; padding_mask [B, L] (True after EOT).
+    """
+
+    Config = TextConfig
+    consumes_captions = True
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__(config)
+        if config.width % config.heads:
+            raise ValueError(f"text width {config.width} is not divisible by heads {config.heads}")
+        self.tokenizer = SimpleTokenizer(context_length=config.context_length)
+        self.eot_id = int(self.tokenizer.eot_token_id)
+        self.pad_id = 0  # open_clip pads with 0
+        bidirectional = config.attention == "bidirectional"
+        self.tower = TextTransformer(
+            context_length=config.context_length,
+            vocab_size=self.tokenizer.vocab_size,
+            width=config.width,
+            heads=config.heads,
+            layers=config.layers,
+            mlp_ratio=config.mlp_ratio,
+            output_dim=None,  # projections belong to the objectives
+            no_causal_mask=bidirectional,
+            use_pad_mask=bidirectional,
+            pad_id=self.pad_id,
+            eos_id=self.eot_id,
+            pool_type="eos" if config.pool == "eos" else "none",
+            output_tokens=True,
+        )
+        self.embed_dim = config.width
+        self._tokenize_one = lru_cache(maxsize=65536)(self._tokenize_uncached)
+
+    # --- data ---------------------------------------------------------------------
+    def load(self, path: str) -> str:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidSample(f"cannot read text: {exc}", source=path) from None
+
+    def _tokenize_uncached(self, text: str) -> torch.Tensor:
+        return self.tokenizer([text])[0]
+
+    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if not isinstance(raw, str):
+            raise InvalidSample(f"text must be a string, got {type(raw).__name__}")
+        return self._tokenize_one(raw).clone()
+
+    def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"ids": torch.stack(list(samples))}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Strings straight to a batch."""
+        return self.collate([self.transform(t) for t in texts])
+
+    # --- model --------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModalityOutput:
+        ids = batch["ids"]
+        pooled, tokens = self.tower(ids)
+        # Everything after the first EOT is padding (id 0 is also a real BPE token, '!').
+        eot_pos = (ids == self.eot_id).int().argmax(dim=1, keepdim=True)
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        padding_mask = positions > eot_pos
+        if self.config.pool == "first":
+            pooled = tokens[:, 0]
+        elif self.config.pool == "mean":
+            keep = (~padding_mask).unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return ModalityOutput(pooled=pooled, tokens=tokens, padding_mask=padding_mask)
+
+    # --- checkpoint extras ------------------------------------------------------------
+    def extra_state_dict(self) -> dict[str, Any]:
+        return {
+            "tokenizer": TOKENIZER_KIND,
+            "vocab_size": int(self.tokenizer.vocab_size),
+            "context_length": int(self.config.context_length),
+            "sot_id": int(self.tokenizer.sot_token_id),
+            "eot_id": self.eot_id,
+            "pad_id": self.pad_id,
+        }
+
+    def check_extra_state(self, state: Mapping[str, Any]) -> None:
+        mine = self.extra_state_dict()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            raise ValueError(f"tokenizer state does not match this text modality (saved, current): {diff}")

@@ -1,0 +1,186 @@
+"""Contrastive alignment of any two modalities (CLIP / SigLIP), reusing open_clip's losses.
+
+Each modality's pooled embedding goes through its own projection head into a shared
+space; open_clip's ``ClipLoss`` (softmax, with cross-rank gathering) or ``SigLipLoss``
+(sigmoid) aligns the pairs. When a batch carries attribute codes (the embedded world
+repeats concepts within a batch), every pair whose codes agree counts as a positive
+rather than a negative: the targets become soft over all matching entries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss, SigLipLoss
+from torch import nn
+
+from modalities.base import Modality, ModalityOutput
+from objectives.base import MATCH_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    modalities: tuple[str, str]
+    embed_dim: int = 128
+    loss: Literal["clip", "siglip"] = "clip"
+    head: Literal["linear", "mlp"] = "linear"
+    init_temperature: float = 0.07  # clip: logits scale = 1 / temperature
+    max_logit_scale: float = 100.0
+    learn_temperature: bool = True
+    # Count same-concept pairs as positives when the batch carries attribute codes.
+    same_concept_positives: bool = True
+
+
+def match_matrix(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tensor:
+    """Which rows of a and b describe the same concept.
+
+    Codes are attribute value indices, -1 where an attribute is unspecified (a caption
+    that names only the colour). Two entries match where every attribute agrees or is
+    unspecified on either side.
+
+    Shapes:
+        codes_a: [N, K]; codes_b: [M, K]; returns bool [N, M].
+    """
+    a = codes_a.unsqueeze(1)
+    b = codes_b.unsqueeze(0)
+    return ((a == b) | (a < 0) | (b < 0)).all(dim=-1)
+
+
+def _gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    out = [torch.empty_like(t) for _ in range(world_size)]
+    torch_dist.all_gather(out, t.contiguous())
+    return torch.cat(out)
+
+
+class MultiPositiveClipLoss(ClipLoss):
+    """open_clip's ClipLoss (same gathering and local-loss logic) with soft targets
+    spread over all matching pairs when match codes are given; plain labels otherwise."""
+
+    def forward(  # type: ignore[override]
+        self,
+        features_a: torch.Tensor,
+        features_b: torch.Tensor,
+        logit_scale: torch.Tensor,
+        codes_a: torch.Tensor | None = None,
+        codes_b: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if codes_a is None or codes_b is None:
+            return super().forward(features_a, features_b, logit_scale)
+        logits_ab, logits_ba = self.get_logits(features_a, features_b, logit_scale)
+        if self.world_size > 1:
+            all_a = _gather_no_grad(codes_a, self.world_size)
+            all_b = _gather_no_grad(codes_b, self.world_size)
+            rows_a, rows_b = (codes_a, codes_b) if self.local_loss else (all_a, all_b)
+        else:
+            all_a, all_b, rows_a, rows_b = codes_a, codes_b, codes_a, codes_b
+        target_ab = match_matrix(rows_a, all_b).to(logits_ab.dtype)
+        target_ba = match_matrix(rows_b, all_a).to(logits_ba.dtype)
+        return (
+            F.cross_entropy(logits_ab, target_ab / target_ab.sum(1, keepdim=True))
+            + F.cross_entropy(logits_ba, target_ba / target_ba.sum(1, keepdim=True))
+        ) / 2
+
+
+class MultiPositiveSigLipLoss(SigLipLoss):
+    """open_clip's SigLipLoss with same-concept pairs labelled positive in the local block.
+
+    Blocks exchanged with other ranks stay negative-only, as in open_clip.
+    """
+
+    positives: torch.Tensor | None = None
+
+    def get_ground_truth(self, device, dtype, num_logits, negative_only=False) -> torch.Tensor:
+        if self.positives is None or negative_only:
+            return super().get_ground_truth(device, dtype, num_logits, negative_only)
+        return self.positives.to(device=device, dtype=dtype) * 2 - 1
+
+    def forward(  # type: ignore[override]
+        self,
+        features_a: torch.Tensor,
+        features_b: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor,
+        codes_a: torch.Tensor | None = None,
+        codes_b: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.positives = match_matrix(codes_a, codes_b) if codes_a is not None and codes_b is not None else None
+        try:
+            return super().forward(features_a, features_b, logit_scale, logit_bias)
+        finally:
+            self.positives = None
+
+
+def projection_head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim, bias=False)
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim, bias=False))
+
+
+class ContrastiveObjective(Objective):
+    """Aligns ``modalities[0]`` with ``modalities[1]`` in a shared space.
+
+    Metrics: loss, logit_scale, and in-batch retrieval accuracy in both directions
+    ("{a}_to_{b}_acc": the top-scoring partner is a positive).
+    """
+
+    Config = ContrastiveConfig
+
+    def __init__(self, config: ContrastiveConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+        super().__init__(config, encoders, dist)
+        a, b = config.modalities
+        if a == b:
+            raise ValueError(f"contrastive objective needs two different modalities, got {a!r} twice")
+        self.heads = nn.ModuleDict(
+            {m: projection_head(encoders[m].embed_dim, config.embed_dim, config.head) for m in (a, b)}
+        )
+        if config.loss == "clip":
+            init_scale, init_bias = math.log(1 / config.init_temperature), None
+            self.loss_fn: nn.Module = MultiPositiveClipLoss(
+                local_loss=dist.local_loss, gather_with_grad=dist.gather_with_grad,
+                rank=dist.rank, world_size=dist.world_size,
+            )
+        else:
+            init_scale, init_bias = math.log(10.0), -10.0  # SigLIP paper's initialisation
+            self.loss_fn = MultiPositiveSigLipLoss(rank=dist.rank, world_size=dist.world_size)
+        self.logit_scale = nn.Parameter(torch.tensor(init_scale), requires_grad=config.learn_temperature)
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(init_bias), requires_grad=config.learn_temperature) if init_bias is not None else None
+        )
+
+    def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
+        if modality not in self.heads:
+            return None
+        return self.heads[modality](output.pooled)
+
+    def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
+        a, b = self.modalities
+        fa = F.normalize(self.embed(a, model.encoders[a](batch[a])), dim=-1)
+        fb = F.normalize(self.embed(b, model.encoders[b](batch[b])), dim=-1)
+        scale = self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        codes = batch.get(MATCH_KEY) if self.config.same_concept_positives else None
+        codes_a = codes.get(a) if codes else None
+        codes_b = codes.get(b) if codes else None
+        if self.logit_bias is None:
+            loss = self.loss_fn(fa, fb, scale, codes_a, codes_b)
+        else:
+            loss = self.loss_fn(fa, fb, scale, self.logit_bias, codes_a, codes_b)
+        with torch.no_grad():
+            sim = fa.float() @ fb.float().T
+            n = sim.shape[0]
+            positives = (
+                match_matrix(codes_a, codes_b)
+                if codes_a is not None and codes_b is not None
+                else torch.eye(n, dtype=torch.bool, device=sim.device)
+            )
+            rows = torch.arange(n, device=sim.device)
+            acc_ab = positives[rows, sim.argmax(1)].float().mean().item()
+            acc_ba = positives.T[rows, sim.argmax(0)].float().mean().item()
+        metrics = {"loss": loss.item(), "logit_scale": scale.item(), f"{a}_to_{b}_acc": acc_ab, f"{b}_to_{a}_acc": acc_ba}
+        if self.logit_bias is not None:
+            metrics["logit_bias"] = self.logit_bias.item()
+        return ObjectiveOutput(loss=loss, metrics=metrics)
