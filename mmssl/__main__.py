@@ -1,0 +1,28 @@
+"""``python -m mmssl list``: the registered modalities and objectives, with their source."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from mmssl.registry import MODALITIES, OBJECTIVES
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmssl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="registered modalities and objectives")
+    listing.add_argument("pattern", nargs="?", default="*", help="fnmatch filter on names")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for title, registry in (("modalities", MODALITIES), ("objectives", OBJECTIVES)):
+            print(f"{title}:")
+            for entry in registry.entries():
+                if entry.name in registry.list(args.pattern):
+                    print(f"  {entry.name:<20} {entry.source}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Pretrain from a YAML config.
+
+    mmssl-pretrain configs/default.yaml --output-dir runs/default
+    mmssl-pretrain configs/tiny.yaml --output-dir runs/tiny train.steps=50 objectives.image_text.weight=0.5
+    mmssl-pretrain configs/default.yaml --output-dir runs/default --resume      # latest checkpoint in runs/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from mmssl.config import ConfigError, load_config
+from mmssl.plots import plot_losses
+from mmssl.run_log import read_metrics
+from mmssl.trainer import Pretrainer
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mmssl-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="YAML run config (configs/*.yaml)")
+    parser.add_argument("--output-dir", required=True, help="run directory: checkpoints, metrics, plots")
+    parser.add_argument(
+        "--resume", nargs="?", const="auto", default=None,
+        help="resume from the latest checkpoint in --output-dir, or from the checkpoint given",
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"train.resume={args.resume}")
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    output = Path(args.output_dir)
+    start = time.perf_counter()
+    trainer = Pretrainer(config, output)
+    last = trainer.fit()
+    seconds = time.perf_counter() - start
+    metrics_file = output / "metrics.jsonl"
+    if metrics_file.is_file():
+        plot_losses(read_metrics(metrics_file), output / "losses.png")
+    summary = {"steps": trainer.step, "seconds": round(seconds, 1), **{k: v for k, v in last.items() if "/" in k or k == "loss"}}
+    (output / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"trained {trainer.step} steps in {seconds:.0f} s; final loss {last.get('loss', float('nan')):.4f}")
+    print(f"checkpoints: {output / 'checkpoints'}; loss curves: {output / 'losses.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Zero-shot classification of a pretrained checkpoint.
+
+    mmssl-zero-shot --checkpoint runs/default --modality image
+    mmssl-zero-shot --checkpoint runs/default/checkpoints/step_00000800 --modality image \
+        --data folder:/data/shapes_eval --output results/shapes.json
+
+--data: 'world' (default: the embedded world's evaluation split, fresh samples of
+every class plus the held-out compositions) or 'folder:PATH' (PATH/<class>/<files>).
+Writes a JSON report and a confusion-matrix PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mmssl.checkpoint import CheckpointError, load_pretrained, load_run_config, resolve_checkpoint
+from mmssl.evaluation import EvaluationError, load_eval_set, zero_shot_classify
+from mmssl.plots import plot_confusion
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mmssl-zero-shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a checkpoint directory")
+    parser.add_argument("--modality", required=True, help="the modality to classify, e.g. image")
+    parser.add_argument("--data", default=None, help="'world' (default) or 'folder:PATH'")
+    parser.add_argument("--output", default=None, help="JSON report path (default: <run dir>/zero_shot_<modality>.json)")
+    parser.add_argument("--objective", default=None, help="whose shared space (default: the one pairing the modality with text)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--on-error", choices=("skip", "fail"), default="skip", help="bad data files: skip (counted) or fail")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        model = load_pretrained(checkpoint, device=args.device)
+        if args.modality not in model.encoders:
+            raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
+        world_config = load_run_config(checkpoint).world
+        data = load_eval_set(model, args.modality, args.data, world_config)
+        result = zero_shot_classify(
+            model, args.modality, data, objective=args.objective, batch_size=args.batch_size, on_error=args.on_error
+        )
+    except (CheckpointError, EvaluationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result.checkpoint = str(checkpoint)
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+    output = Path(args.output) if args.output else run_dir / f"zero_shot_{args.modality}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result.to_json(), indent=2))
+    os.replace(tmp, output)
+    png = output.with_name(output.stem + "_confusion.png")
+    plot_confusion(result.confusion, result.class_names, png, f"zero-shot {args.modality}: top-1 {result.top1:.3f}")
+    print(f"zero-shot {args.modality} on {result.data}: {result.num_samples} samples, {result.num_classes} classes")
+    print(f"  top1 {result.top1:.4f}  top5 {result.top5:.4f}  mean per-class recall {result.mean_per_class_recall:.4f}")
+    if result.composition_top1 is not None:
+        print(f"  composition_top1 (held-out combinations {', '.join(result.heldout_classes)}): {result.composition_top1:.4f}")
+        print(f"  seen_top1 (combinations seen in training): {result.seen_top1:.4f}")
+    if result.skipped:
+        print(f"  skipped {result.skipped} bad samples")
+    print(f"report: {output}; confusion matrix: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Zero-shot evaluation: class names x prompt templates -> text embeddings -> cosine.
+
+Works for any modality that an objective embeds into a space shared with a caption
+modality (image-text today; audio and graph the same way). Data comes from the
+embedded world's evaluation split (fresh samples of every class, plus the held-out
+compositions) or from a labelled dataset on disk (an image folder).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mmssl.config import WorldConfig
+from mmssl.model import MultimodalModel
+from mmssl.world import World, sample_rng, world_for
+from modalities.base import InvalidSample
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class EvaluationError(ValueError):
+    """Evaluation cannot run as asked; the message says what to change."""
+
+
+@dataclass
+class LabelledSet:
+    """Raw items with integer labels over ``class_names``; ``heldout`` marks classes
+    whose attribute combination training never saw (world only)."""
+
+    items: list[Any]
+    labels: list[int]
+    class_names: list[str]
+    where: list[str]
+    heldout_classes: list[int] = field(default_factory=list)
+    source: str = ""
+
+
+@dataclass
+class ZeroShotResult:
+    modality: str
+    top1: float
+    top5: float
+    mean_per_class_recall: float
+    num_samples: int
+    num_classes: int
+    per_class_recall: dict[str, float]
+    confusion: list[list[int]]
+    class_names: list[str]
+    skipped: int = 0
+    composition_top1: float | None = None
+    seen_top1: float | None = None
+    heldout_classes: list[str] = field(default_factory=list)
+    data: str = ""
+    checkpoint: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report (the confusion matrix goes to the PNG, not here)."""
+        out = asdict(self)
+        out.pop("confusion")
+        if self.composition_top1 is None:
+            out.pop("composition_top1")
+            out.pop("seen_top1")
+            out.pop("heldout_classes")
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation sets
+# --------------------------------------------------------------------------------------
+
+
+def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldConfig) -> LabelledSet:
+    """Fresh samples of every world class (none drawn by any training stream)."""
+    encoder = model.encoders[modality]
+    world: World = world_for(encoder, world_config)
+    items, labels, where = [], [], []
+    for cls in world.classes:
+        for i in range(world_config.eval_samples_per_class):
+            # An "eval" key in the seed: training streams never draw these generators.
+            rng = sample_rng(world_config.seed, "eval", cls.index, i)
+            items.append(encoder.render(world.concept(cls.index, rng), rng))
+            labels.append(cls.index)
+            where.append(f"world eval sample {cls.name} #{i}")
+    return LabelledSet(items, labels, world.class_names, where, list(world.heldout_classes), source="world")
+
+
+def image_folder_set(root: str | Path) -> LabelledSet:
+    """An image classification folder: ``root/<class name>/<image files>``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EvaluationError(f"image folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise EvaluationError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
+    items, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        items += [str(f) for f in files]
+        labels += [index] * len(files)
+    if not items:
+        raise EvaluationError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+    names = [c.replace("_", " ") for c in classes]
+    return LabelledSet(items, labels, names, list(items), source=f"folder:{root}")
+
+
+def load_eval_set(model: MultimodalModel, modality: str, spec: str | None, world_config: WorldConfig) -> LabelledSet:
+    """``spec``: None or 'world' (the embedded world), or 'folder:PATH'."""
+    if spec is None or spec == "world":
+        if model.encoders[modality].concept_space() is None:
+            raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
+        return world_eval_set(model, modality, world_config)
+    kind, _, path = spec.partition(":")
+    if kind == "folder" and path:
+        return image_folder_set(path)
+    raise EvaluationError(f"unknown --data '{spec}': use 'world' or 'folder:PATH'")
+
+
+# --------------------------------------------------------------------------------------
+# Zero-shot classification
+# --------------------------------------------------------------------------------------
+
+
+def caption_partner(model: MultimodalModel, modality: str, objective: str | None = None) -> tuple[str, str]:
+    """(objective, caption modality) that give ``modality`` a space shared with text."""
+    name = model.shared_space(modality, objective)
+    partners = [m for m in model.objectives[name].modalities if m != modality and model.encoders[m].consumes_captions]
+    if not partners:
+        raise EvaluationError(f"objective '{name}' pairs '{modality}' with no caption modality: no zero-shot prompts")
+    return name, partners[0]
+
+
+def class_embeddings(
+    model: MultimodalModel, text_modality: str, class_names: Sequence[str], templates: Sequence[str], objective: str
+) -> torch.Tensor:
+    """[C, E]: per class, the mean of its normalised prompt embeddings, renormalised."""
+    prompts = [t.format(c) for c in class_names for t in templates]
+    emb = model.encode(text_modality, prompts, objective=objective)
+    emb = emb.view(len(class_names), len(templates), -1).mean(1)
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def embed_items(
+    model: MultimodalModel, modality: str, data: LabelledSet, objective: str, batch_size: int, on_error: str
+) -> tuple[torch.Tensor, list[int], int]:
+    """Embeddings of the items that load, their labels, and how many were skipped."""
+    encoder = model.encoders[modality]
+    kept_samples, kept_labels, skipped = [], [], 0
+    embeddings = []
+    for item, label, where in zip(data.items, data.labels, data.where):
+        try:
+            kept_samples.append(encoder.transform(item, None))
+            kept_labels.append(label)
+        except InvalidSample as exc:
+            if on_error == "fail":
+                raise EvaluationError(f"bad sample {exc.source or where}: {exc.reason}") from None
+            skipped += 1
+            log.warning("skipped bad sample %s: %s", exc.source or where, exc.reason)
+        if len(kept_samples) == batch_size:
+            embeddings.append(model.encode(modality, encoder.collate(kept_samples), objective=objective))
+            kept_samples = []
+    if kept_samples:
+        embeddings.append(model.encode(modality, encoder.collate(kept_samples), objective=objective))
+    if not embeddings:
+        raise EvaluationError(f"no usable samples in {data.source} ({skipped} skipped)")
+    return torch.cat(embeddings), kept_labels, skipped
+
+
+def zero_shot_classify(
+    model: MultimodalModel,
+    modality: str,
+    data: LabelledSet,
+    templates: Sequence[str] | None = None,
+    objective: str | None = None,
+    batch_size: int = 256,
+    on_error: str = "skip",
+) -> ZeroShotResult:
+    """Classify ``data`` by cosine to class prompt embeddings; top-1/top-5/per-class recall."""
+    objective, text_modality = caption_partner(model, modality, objective)
+    templates = list(templates or model.encoders[modality].prompt_templates())
+    classes = class_embeddings(model, text_modality, data.class_names, templates, objective)
+    emb, labels, skipped = embed_items(model, modality, data, objective, batch_size, on_error)
+    scores = emb @ classes.T
+    y = torch.tensor(labels)
+    k = min(5, len(data.class_names))
+    topk = scores.topk(k, dim=1).indices
+    pred = topk[:, 0]
+    correct1 = pred == y
+    correct5 = (topk == y.unsqueeze(1)).any(1)
+    num_classes = len(data.class_names)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
+    support = confusion.sum(1)
+    recall = {data.class_names[c]: float(confusion[c, c] / support[c]) for c in range(num_classes) if support[c]}
+    result = ZeroShotResult(
+        modality=modality,
+        top1=float(correct1.float().mean()),
+        top5=float(correct5.float().mean()),
+        mean_per_class_recall=float(np.mean(list(recall.values()))),
+        num_samples=len(labels),
+        num_classes=num_classes,
+        per_class_recall=recall,
+        confusion=confusion.tolist(),
+        class_names=list(data.class_names),
+        skipped=skipped,
+        data=data.source,
+    )
+    if data.heldout_classes:
+        heldout = torch.isin(y, torch.tensor(data.heldout_classes))
+        result.composition_top1 = float(correct1[heldout].float().mean())
+        result.seen_top1 = float(correct1[~heldout].float().mean())
+        result.heldout_classes = [data.class_names[c] for c in data.heldout_classes]
+    return result
