@@ -7,6 +7,7 @@ Public API:
     load_pretrained                              a checkpoint's model, for encode()
     register_modality, register_objective        plugins (or entry points)
     list_modalities, list_objectives
+    World, world_for, sample_rng                 the embedded world and its seeded generators
 """
 
 from mmssl.checkpoint import load_pretrained
@@ -19,6 +20,7 @@ from mmssl.registry import (
     register_objective,
 )
 from mmssl.trainer import Pretrainer
+from mmssl.world import World, sample_rng, world_for
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "MultimodalModel",
     "Pretrainer",
     "RunConfig",
+    "World",
     "build_model",
     "config_from_dict",
     "list_modalities",
@@ -35,4 +38,6 @@ __all__ = [
     "load_pretrained",
     "register_modality",
     "register_objective",
+    "sample_rng",
+    "world_for",
 ]

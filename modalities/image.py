@@ -141,6 +141,9 @@ SHAPES_SPACE = ConceptSpace(
         "a picture of a {colour} {shape}",
         "a {size} {colour} {shape} {position}",
         "there is a {colour} {shape} {position}",
+        "a {shape} that is {colour}",
+        "a {size} {shape} coloured {colour}",
+        "{colour} {shape}",
     ),
     single_attribute_templates={
         "colour": ("a {colour} shape", "something {colour}", "a {size} {colour} thing"),

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modalities.base import InvalidSample
+from modalities.image import SHAPES_SPACE, ImageConfig, ImageModality
+
+
+def _image(**kw):
+    torch.manual_seed(0)
+    return ImageModality(ImageConfig(image_size=32, **{"backbone": "test_resnet", **kw}))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"tower": "timm", "backbone": "test_resnet"},
+        {"tower": "timm", "backbone": "vit_tiny_patch16_224", "backbone_args": {"img_size": 32, "patch_size": 8, "depth": 1}},
+        {"tower": "open_clip", "backbone": "ViT-S-32", "backbone_args": {"patch_size": 8, "layers": 1, "width": 64, "head_width": 32}},
+    ],
+    ids=["timm-cnn", "timm-vit", "open_clip-vit"],
+)
+def test_backbones_give_pooled_and_tokens(kw):
+    image = _image(**kw).eval()
+    out = image(image.collate([image.transform(Image.new("RGB", (40, 30), "red"))] * 2))
+    assert out.pooled.shape == (2, image.embed_dim)
+    assert out.tokens.ndim == 3 and out.tokens.shape[0] == 2 and out.tokens.shape[2] in (image.embed_dim, out.tokens.shape[2])
+
+
+def test_load_errors_name_the_file(tmp_path):
+    image = _image()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(InvalidSample) as err:
+        image.load(str(bad))
+    assert err.value.source == str(bad)
+    truncated = tmp_path / "trunc.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 120).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(InvalidSample, match="trunc.png"):
+        image.load(str(truncated))
+    with pytest.raises(InvalidSample, match="not found"):
+        image.load(str(tmp_path / "missing.png"))
+
+
+def test_train_transform_is_a_function_of_the_sample_rng():
+    image = _image(train_crop_scale=(0.5, 1.0))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    a = image.transform(img, np.random.default_rng(7))
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = image.transform(img, np.random.default_rng(7))
+    c = image.transform(img, np.random.default_rng(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(image.transform(img), image.transform(img))
+
+
+def test_render_is_deterministic_and_differs_by_concept():
+    image = _image()
+    concept = {"colour": "red", "shape": "star", "size": "large", "position": "left"}
+    a = np.asarray(image.render(concept, np.random.default_rng(1)))
+    b = np.asarray(image.render(concept, np.random.default_rng(1)))
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+    red = a[..., 0].astype(int) - a[..., 2].astype(int)
+    assert red[:, :16].mean() > red[:, 16:].mean()  # the shape sits on the left
+    blue = np.asarray(image.render({**concept, "colour": "blue"}, np.random.default_rng(1)))
+    assert blue[..., 2].mean() > a[..., 2].mean()
+
+
+def test_concept_space_has_enough_classes():
+    sizes = [len(v) for v in SHAPES_SPACE.class_attributes.values()]
+    assert np.prod(sizes) >= 24

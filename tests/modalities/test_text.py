@@ -1,0 +1,44 @@
+import torch
+
+from modalities.base import InvalidSample
+from modalities.text import TextConfig, TextModality
+
+import pytest
+
+
+def _text(attention="causal", **kw):
+    torch.manual_seed(0)
+    return TextModality(TextConfig(width=32, layers=1, heads=2, context_length=12, attention=attention, **kw)).eval()
+
+
+def test_tokenize_pads_and_marks_padding():
+    text = _text()
+    batch = text.tokenize(["a red circle", "a"])
+    assert batch["ids"].shape == (2, 12)
+    out = text(batch)
+    assert out.pooled.shape == (2, 32) and out.tokens.shape == (2, 12, 32)
+    # SOT a red circle EOT -> 5 real tokens; SOT a EOT -> 3
+    assert (~out.padding_mask).sum(1).tolist() == [5, 3]
+
+
+def test_causal_vs_bidirectional_attention():
+    ids = _text().tokenize(["a red circle on the left"])["ids"]
+    changed = ids.clone()
+    changed[0, 5] = 1000  # a later token
+    for attention, earlier_changes in (("causal", False), ("bidirectional", True)):
+        text = _text(attention)
+        with torch.no_grad():
+            before, after = text({"ids": ids}).tokens, text({"ids": changed}).tokens
+        assert (not torch.allclose(before[0, 1], after[0, 1])) is earlier_changes
+
+
+def test_non_string_is_invalid_sample():
+    with pytest.raises(InvalidSample, match="must be a string"):
+        _text().transform(3)
+
+
+def test_extra_state_round_trip_and_mismatch():
+    a, b = _text(), TextModality(TextConfig(width=32, layers=1, heads=2, context_length=16))
+    a.check_extra_state(a.extra_state_dict())
+    with pytest.raises(ValueError, match="context_length"):
+        a.check_extra_state(b.extra_state_dict())

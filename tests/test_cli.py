@@ -1,0 +1,76 @@
+"""tools/ scripts end to end on the tiny config."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = _run("tools/pretrain.py", "configs/tiny.yaml", "--output-dir", str(out), "train.steps=4")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_pretrain_writes_checkpoints_metrics_and_plot(tiny_run):
+    assert (tiny_run / "checkpoints" / "step_00000004" / "model.safetensors").is_file()
+    assert (tiny_run / "losses.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tiny_run / "train_summary.json").read_text())["steps"] == 4
+
+
+def test_zero_shot_on_world_reports_both_accuracies(tiny_run, tmp_path):
+    output = tmp_path / "zs.json"
+    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "image", "--output", str(output))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(output.read_text())
+    for key in ("modality", "top1", "top5", "mean_per_class_recall", "num_samples", "num_classes", "composition_top1"):
+        assert key in report
+    assert report["num_classes"] == 36 and report["num_samples"] == 72
+    assert 0 <= report["composition_top1"] <= 1 and len(report["heldout_classes"]) == 6
+    assert (tmp_path / "zs_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "composition_top1" in proc.stdout
+
+
+def test_zero_shot_on_image_folder_skips_bad_files(tiny_run, tmp_path):
+    data = tmp_path / "folder"
+    for i, name in enumerate(["red_circle", "blue_star"]):
+        (data / name).mkdir(parents=True)
+        write_image(data / name / "a.png", i)
+        write_image(data / name / "b.png", i + 10)
+    (data / "blue_star" / "broken.png").write_bytes(b"nope")
+    output = tmp_path / "folder.json"
+    proc = _run(
+        "tools/zero_shot.py", "--checkpoint", str(tiny_run / "checkpoints" / "step_00000004"),
+        "--modality", "image", "--data", f"folder:{data}", "--output", str(output),
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(output.read_text())
+    assert report["num_samples"] == 4 and report["skipped"] == 1 and report["num_classes"] == 2
+    assert "broken.png" in proc.stderr
+
+    failing = _run(
+        "tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "image",
+        "--data", f"folder:{data}", "--output", str(output), "--on-error", "fail",
+    )
+    assert failing.returncode == 2 and "broken.png" in failing.stderr
+
+
+def test_clear_errors_for_bad_arguments(tiny_run, tmp_path):
+    proc = _run("tools/zero_shot.py", "--checkpoint", str(tmp_path), "--modality", "image")
+    assert proc.returncode == 2 and "no checkpoint at" in proc.stderr
+    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "audio")
+    assert proc.returncode == 2 and "has no modality 'audio'" in proc.stderr
+    proc = _run("tools/pretrain.py", "configs/tiny.yaml", "--output-dir", str(tmp_path), "train.stpes=3")
+    assert proc.returncode == 2 and "'train.stpes'" in proc.stderr and "steps" in proc.stderr

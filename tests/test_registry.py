@@ -1,0 +1,95 @@
+import subprocess
+import sys
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from mmssl import registry
+from mmssl.registry import Registry, RegistryError
+from modalities.base import Modality
+
+
+def test_builtins_arrive_through_entry_points():
+    entries = {e.name: e for e in registry.MODALITIES.entries()}
+    assert {"image", "text"} <= set(entries)
+    assert "entry point in mmssl" in entries["image"].source
+    assert registry.get_objective("contrastive").__name__ == "ContrastiveObjective"
+
+
+def test_unknown_name_lists_known_and_closest():
+    with pytest.raises(RegistryError) as err:
+        registry.get_modality("imgae")
+    message = str(err.value)
+    assert "Did you mean 'image'?" in message
+    assert "'text'" in message and "mmssl.modalities" in message
+
+
+def test_duplicate_name_names_both_sources():
+    reg = Registry("modality", "mmssl.test-none")
+
+    @reg.register("thing")
+    class First(Modality):
+        pass
+
+    with pytest.raises(RegistryError) as err:
+
+        @reg.register("thing")
+        class Second(Modality):
+            pass
+
+    assert "First" in str(err.value) and "Second" in str(err.value)
+
+
+def test_decorator_and_listing_with_pattern():
+    reg = Registry("objective", "mmssl.test-none")
+    for name in ("clip_a", "clip_b", "mlm"):
+        reg.add(name, type(name, (), {}))
+    assert reg.list("clip_*") == ["clip_a", "clip_b"]
+
+
+class _FakeDist:
+    def __init__(self, name):
+        self.name = name
+
+
+def test_third_party_entry_point_loads_and_can_be_disabled(monkeypatch):
+    group = "mmssl.test-plugins"
+    value = "modalities.text:TextModality"
+
+    def fake(group=None):
+        ep = EntryPoint(name="toy", value=value, group=group)
+        try:
+            ep._for(_FakeDist("someone-elses-plugin"))
+        except AttributeError:
+            object.__setattr__(ep, "dist", _FakeDist("someone-elses-plugin"))
+        return [ep]
+
+    monkeypatch.setattr(registry, "entry_points", fake)
+    reg = Registry("modality", group)
+    assert reg.get("toy").__name__ == "TextModality"
+    assert "someone-elses-plugin" in reg.entries()[0].source
+
+    monkeypatch.setenv("MMSSL_DISABLE_PLUGIN_AUTOLOAD", "1")
+    off = Registry("modality", group)
+    assert off.list() == []
+
+
+def test_broken_plugin_error_names_it(monkeypatch):
+    def fake(group=None):
+        ep = EntryPoint(name="broken", value="no_such_module_xyz:Thing", group=group)
+        try:
+            ep._for(_FakeDist("broken-dist"))
+        except AttributeError:
+            object.__setattr__(ep, "dist", _FakeDist("broken-dist"))
+        return [ep]
+
+    monkeypatch.setattr(registry, "entry_points", fake)
+    with pytest.raises(RegistryError, match="broken.*no_such_module_xyz.*broken-dist"):
+        Registry("modality", "g").get("broken")
+
+
+def test_cli_list_prints_sources():
+    out = subprocess.run([sys.executable, "-m", "mmssl", "list"], capture_output=True, text=True, check=True).stdout
+    assert "modalities:" in out and "objectives:" in out
+    assert "image" in out and "modalities.image:ImageModality" in out
+    assert "contrastive" in out

@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+import mmssl
+from mmssl.streams import CsvSource, DataError, Stream, WorldSource
+from mmssl.trainer import build_streams
+from mmssl.world import world_for
+
+
+def _encoders(tiny_config):
+    model = mmssl.build_model(tiny_config())
+    return model, {"image": model.encoders["image"], "text": model.encoders["text"]}
+
+
+def _csv_stream(model, path, **kw):
+    encoders = {"image": model.encoders["image"], "text": model.encoders["text"]}
+    source = CsvSource(path, {"image": "filepath", "text": "title"}, encoders)
+    return Stream("pairs", source, encoders, **{"batch_size": 4, **kw})
+
+
+def test_corrupt_and_missing_images_are_counted_and_skipped(tiny_config, image_text_csv, caplog):
+    model, _ = _encoders(tiny_config)
+    path = image_text_csv(12, corrupt=(1,), missing=(6,))
+    stream = _csv_stream(model, path, shuffle=False)
+    sizes = [next(stream)["image"]["pixels"].shape[0] for _ in range(3)]
+    assert sizes == [3, 3, 4]
+    assert stream.skipped == 2 and stream.samples == 10
+    assert "row 3" in caplog.text and "001.png" in caplog.text  # the corrupt file, by row and name
+    assert "row 8" in caplog.text and "not found" in caplog.text
+
+
+def test_on_error_fail_names_the_file(tiny_config, image_text_csv):
+    model, _ = _encoders(tiny_config)
+    stream = _csv_stream(model, image_text_csv(8, corrupt=(2,)), shuffle=False, on_error="fail")
+    with pytest.raises(DataError, match=r"stream 'pairs'.*row 4.*002\.png"):
+        next(stream)
+
+
+def test_too_many_bad_samples_stop_the_run(tiny_config, image_text_csv):
+    model, _ = _encoders(tiny_config)
+    stream = _csv_stream(model, image_text_csv(8, corrupt=(0, 1, 2)), shuffle=False, max_skip_fraction=0.5)
+    with pytest.raises(DataError, match="3 of 4 samples"):
+        next(stream)
+
+
+def test_missing_column_is_named_with_closest(tiny_config, image_text_csv):
+    model, encoders = _encoders(tiny_config)
+    with pytest.raises(DataError, match=r"no column 'filpath'.*Did you mean 'filepath'"):
+        CsvSource(image_text_csv(4), {"image": "filpath", "text": "title"}, encoders)
+
+
+def test_batches_do_not_depend_on_workers(tiny_config):
+    config = tiny_config()
+    model = mmssl.build_model(config)
+    a = build_streams(config, model)["image_text"]
+    b = build_streams(config, model)["image_text"]
+    b.num_workers = 2
+    for _ in range(3):
+        x, y = next(a), next(b)
+        assert torch.equal(x["image"]["pixels"], y["image"]["pixels"])
+        assert torch.equal(x["text"]["ids"], y["text"]["ids"])
+
+
+def test_resumed_stream_continues_exactly(tiny_config):
+    config = tiny_config()
+    model = mmssl.build_model(config)
+    stream = build_streams(config, model)["image_text"]
+    next(stream)
+    state = stream.state_dict()
+    expected = next(stream)
+    resumed = build_streams(config, model)["image_text"]
+    resumed.load_state_dict(state)
+    got = next(resumed)
+    assert torch.equal(expected["image"]["pixels"], got["image"]["pixels"])
+    assert torch.equal(expected["match"]["text"], got["match"]["text"])
+
+
+def test_epochs_reshuffle_csv(tiny_config, image_text_csv):
+    model, _ = _encoders(tiny_config)
+    stream = _csv_stream(model, image_text_csv(8))
+    first_epoch = [next(stream)["text"]["ids"] for _ in range(2)]
+    second_epoch = [next(stream)["text"]["ids"] for _ in range(2)]
+    assert stream.epoch == 1
+    assert not torch.equal(torch.cat(first_epoch), torch.cat(second_epoch))
+    assert sorted(map(tuple, torch.cat(first_epoch).tolist())) == sorted(map(tuple, torch.cat(second_epoch).tolist()))
+
+
+def test_world_stream_draws_only_training_classes(tiny_config):
+    config = tiny_config()
+    model = mmssl.build_model(config)
+    world = world_for(model.encoders["image"], config.world)
+    source = WorldSource(world, model.encoders["image"], model.encoders["text"], size=200)
+    from mmssl.world import sample_rng
+
+    heldout = {tuple(world.classes[i].attributes.values()) for i in world.heldout_classes}
+    for i in range(200):
+        item = source.get(i, sample_rng(0, "t", i))
+        codes = item["match"]["image"]
+        names = tuple(list(v)[c] for v, c in zip(world.space.class_attributes.values(), codes))
+        assert names not in heldout

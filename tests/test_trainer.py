@@ -1,0 +1,141 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmssl
+from mmssl.checkpoint import STATE, list_checkpoints, load_trainer_state, resolve_checkpoint
+from mmssl.run_log import read_metrics
+from mmssl.trainer import Pretrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"weights differ at {key}"
+
+
+def test_loss_falls_on_tiny_run(tiny_config, tmp_path):
+    config = tiny_config("train.steps=40", "train.lr=0.003", "train.checkpoint_every=0")
+    trainer = Pretrainer(config, tmp_path)
+    trainer.fit()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    first = sum(r["image_text/loss"] for r in records[:5]) / 5
+    last = sum(r["image_text/loss"] for r in records[-5:]) / 5
+    assert last < first - 0.3, f"loss went {first:.3f} -> {last:.3f}"
+    assert {"lr", "grad_norm", "samples_per_s", "image_text/image_to_text_acc", "data/image_text/wait_s"} <= set(records[-1])
+    assert (tmp_path / "tensorboard").is_dir()
+
+
+def test_accumulation_and_bf16_run(tiny_config, tmp_path):
+    config = tiny_config("train.steps=3", "train.accum_steps=2", "train.precision=bf16")
+    last = Pretrainer(config, tmp_path).fit()
+    assert last["data/image_text/samples"] == 3 * 2 * 16
+    assert torch.isfinite(torch.tensor(last["loss"]))
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    import mmssl
+    torch.set_num_threads(1)
+    config = mmssl.load_config(sys.argv[1], sys.argv[3:])
+    def kill(trainer, metrics):
+        if trainer.step == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    mmssl.Pretrainer(config, sys.argv[2], callbacks=[kill]).fit()
+    """
+)
+
+
+def test_resume_after_kill_is_bit_exact(tiny_config, tmp_path):
+    overrides = ["train.steps=7", "train.checkpoint_every=3"]
+    full = Pretrainer(tiny_config(*overrides), tmp_path / "full")
+    full.fit()
+
+    run = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(REPO / "configs" / "tiny.yaml"), str(run), *overrides],
+        env={**os.environ, "KILL_AT": "5"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
+
+    resumed = Pretrainer(tiny_config(*overrides), run)
+    resumed.fit()
+    assert resumed.step == 7
+    _assert_same_weights(full.model, resumed.model)
+    full_losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl")}
+    resumed_losses = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl")}
+    for step in (4, 5, 6, 7):
+        assert resumed_losses[step] == full_losses[step]
+    state = load_trainer_state(resolve_checkpoint(run))  # weights_only=True load
+    assert state["streams"]["image_text"]["position"] == 7
+
+
+_KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    import mmssl, mmssl.checkpoint as ckpt
+    config = mmssl.load_config(sys.argv[1], sys.argv[3:])
+    real_save, calls = torch.save, []
+    def save_then_die(obj, path, *a, **k):
+        calls.append(path)
+        real_save(obj, path, *a, **k)
+        if len(calls) == 2:  # the second checkpoint: weights and state written, not yet renamed
+            os.kill(os.getpid(), signal.SIGKILL)
+    ckpt.torch.save = save_then_die
+    mmssl.Pretrainer(config, sys.argv[2]).fit()
+    """
+)
+
+
+def test_kill_during_save_leaves_no_partial_checkpoint(tiny_config, tmp_path):
+    overrides = ["train.steps=6", "train.checkpoint_every=2"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_DURING_SAVE, str(REPO / "configs" / "tiny.yaml"), str(tmp_path), *overrides],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002"]
+    leftovers = list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert leftovers and (leftovers[0] / STATE).is_file()  # the half-written one, under its temporary name
+    assert resolve_checkpoint(tmp_path).name == "step_00000002"
+
+    trainer = Pretrainer(tiny_config(*overrides), tmp_path)
+    trainer.fit()  # resumes from step 2 and cleans up
+    assert trainer.step == 6
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_load_pretrained_encodes_normalised(tiny_config, tmp_path):
+    trainer = Pretrainer(tiny_config("train.steps=2"), tmp_path)
+    trainer.fit()
+    model = mmssl.load_pretrained(tmp_path)
+    _assert_same_weights(trainer.model, model)
+    text = model.encode("text", ["a red circle", "a blue star"])
+    from PIL import Image
+
+    image = model.encode("image", [Image.new("RGB", (32, 32), "red")])
+    assert text.shape == (2, 32) and image.shape == (1, 32)
+    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
+    saved = (resolve_checkpoint(tmp_path) / "config.yaml").read_text()
+    assert mmssl.config_from_dict(__import__("yaml").safe_load(saved)) == trainer.config
+
+
+def test_resume_none_starts_over(tiny_config, tmp_path):
+    Pretrainer(tiny_config("train.steps=2"), tmp_path).fit()
+    again = Pretrainer(tiny_config("train.steps=2", "train.resume=none"), tmp_path)
+    again.fit()
+    assert again.step == 2 and len(read_metrics(tmp_path / "metrics.jsonl")) == 4
