@@ -14,7 +14,9 @@ class RunLog:
     Only the process that should write (rank 0) passes ``enabled=True``.
     """
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None
+    ) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._file = None
@@ -22,6 +24,8 @@ class RunLog:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            _drop_records_after(self.path, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -52,6 +56,14 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Forget records a killed run logged after its last checkpoint: the resumed run logs them again."""
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Literal, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -310,14 +310,3 @@ class Stream:
 
     def close(self) -> None:
         self._iterator = None
-
-
-def iterate_once(items: Sequence[Any], modality: Modality, batch_size: int) -> Iterator[tuple[dict[str, Any], list[int]]]:
-    """Eval batches over raw items, deterministic transforms; yields (batch, kept indices).
-
-    Bad items raise InvalidSample to the caller, which decides skip or fail.
-    """
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        samples = [modality.transform(x, None) for x in chunk]
-        yield modality.collate(samples), list(range(start, start + len(chunk)))

@@ -297,8 +297,8 @@ class Pretrainer:
         """Train to ``train.steps`` (resuming first, as configured); returns the last metrics."""
         cfg = self.train_cfg
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.maybe_resume()
-        run_log = RunLog(self.output_dir)
+        resumed = self.maybe_resume()
+        run_log = RunLog(self.output_dir, resume_step=self.step if resumed else None)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True, desc=self.config.name)
         last: dict[str, Any] = {}
         try:

@@ -52,38 +52,32 @@ class _FakeDist:
         self.name = name
 
 
-def test_third_party_entry_point_loads_and_can_be_disabled(monkeypatch):
-    group = "mmssl.test-plugins"
-    value = "modalities.text:TextModality"
+def _entry_points_of(name, value, dist_name):
+    """A stand-in for importlib.metadata.entry_points with one plugin from ``dist_name``."""
 
     def fake(group=None):
-        ep = EntryPoint(name="toy", value=value, group=group)
+        ep = EntryPoint(name=name, value=value, group=group)
         try:
-            ep._for(_FakeDist("someone-elses-plugin"))
+            ep = ep._for(_FakeDist(dist_name)) or ep
         except AttributeError:
-            object.__setattr__(ep, "dist", _FakeDist("someone-elses-plugin"))
+            object.__setattr__(ep, "dist", _FakeDist(dist_name))
         return [ep]
 
-    monkeypatch.setattr(registry, "entry_points", fake)
-    reg = Registry("modality", group)
+    return fake
+
+
+def test_third_party_entry_point_loads_and_can_be_disabled(monkeypatch):
+    monkeypatch.setattr(registry, "entry_points", _entry_points_of("toy", "modalities.text:TextModality", "someone-elses-plugin"))
+    reg = Registry("modality", "mmssl.test-plugins")
     assert reg.get("toy").__name__ == "TextModality"
     assert "someone-elses-plugin" in reg.entries()[0].source
 
     monkeypatch.setenv("MMSSL_DISABLE_PLUGIN_AUTOLOAD", "1")
-    off = Registry("modality", group)
-    assert off.list() == []
+    assert Registry("modality", "mmssl.test-plugins").list() == []
 
 
 def test_broken_plugin_error_names_it(monkeypatch):
-    def fake(group=None):
-        ep = EntryPoint(name="broken", value="no_such_module_xyz:Thing", group=group)
-        try:
-            ep._for(_FakeDist("broken-dist"))
-        except AttributeError:
-            object.__setattr__(ep, "dist", _FakeDist("broken-dist"))
-        return [ep]
-
-    monkeypatch.setattr(registry, "entry_points", fake)
+    monkeypatch.setattr(registry, "entry_points", _entry_points_of("broken", "no_such_module_xyz:Thing", "broken-dist"))
     with pytest.raises(RegistryError, match="broken.*no_such_module_xyz.*broken-dist"):
         Registry("modality", "g").get("broken")
 

@@ -33,7 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="'world' (default) or 'folder:PATH'")
     parser.add_argument("--output", default=None, help="JSON report path (default: <run dir>/zero_shot_<modality>.json)")
     parser.add_argument("--objective", default=None, help="whose shared space (default: the one pairing the modality with text)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run config's eval.batch_size")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--on-error", choices=("skip", "fail"), default="skip", help="bad data files: skip (counted) or fail")
     return parser.parse_args(argv)
@@ -47,10 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_pretrained(checkpoint, device=args.device)
         if args.modality not in model.encoders:
             raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
-        world_config = load_run_config(checkpoint).world
-        data = load_eval_set(model, args.modality, args.data, world_config)
+        run_config = load_run_config(checkpoint)
+        data = load_eval_set(model, args.modality, args.data, run_config.world)
         result = zero_shot_classify(
-            model, args.modality, data, objective=args.objective, batch_size=args.batch_size, on_error=args.on_error
+            model,
+            args.modality,
+            data,
+            objective=args.objective,
+            batch_size=args.batch_size or run_config.eval.batch_size,
+            on_error=args.on_error,
         )
     except (CheckpointError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
