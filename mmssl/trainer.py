@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -299,7 +300,15 @@ class Pretrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.maybe_resume()
         run_log = RunLog(self.output_dir, resume_step=self.step if resumed else None)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True, desc=self.config.name)
+        interactive = sys.stderr.isatty()
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            desc=self.config.name,
+            mininterval=0.5 if interactive else 30.0,  # a log file gets a line every 30 s, not every step
+        )
         last: dict[str, Any] = {}
         try:
             while self.step < cfg.steps:

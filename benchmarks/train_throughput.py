@@ -1,0 +1,108 @@
+"""Training throughput of mmssl's loop against a plain PyTorch loop on the same model.
+
+    python benchmarks/train_throughput.py                       # configs/default.yaml
+    python benchmarks/train_throughput.py --config configs/tiny.yaml --steps 20
+
+Three rows, measured in one process, in turn:
+  mmssl (world data)    Pretrainer.train_step with its data stream (rendering included)
+  mmssl (cached batch)  the same, fed one pre-built batch: framework + compute only
+  plain torch loop      hand-written encoders -> heads -> open_clip ClipLoss -> AdamW
+                        on the same cached batch: the peer for the framework's overhead
+Ratios against the plain loop are what to read; absolute numbers on shared machines are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+import mmssl
+from mmssl.trainer import Pretrainer, build_optimizer, move_to
+
+
+class RepeatStream:
+    """A stream that yields the same batch forever."""
+
+    def __init__(self, batch):
+        self.batch = batch
+        self.wait_seconds = 0.0
+
+    def __next__(self):
+        return self.batch
+
+    def state_dict(self):
+        return {}
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def _time(fn, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    config = mmssl.load_config(args.config, ["train.progress=false"])
+    name, spec = next(iter(config.objectives.items()))
+    batch_size = spec.data.batch_size
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Pretrainer(config, tmp)
+        world_step = _time(trainer.train_step, args.steps, args.warmup)
+
+        batch = next(trainer.streams[name])
+        cached = Pretrainer(config, tmp, streams={name: RepeatStream(batch)})
+        cached_step = _time(cached.train_step, args.steps, args.warmup)
+
+        model = copy.deepcopy(cached.model)
+        optimizer = build_optimizer(model, config.train)
+        objective = model.objectives[name]
+        a, b = objective.modalities
+        loss_fn = ClipLoss()
+        device_batch = move_to(batch, torch.device("cpu"))
+
+        def plain_step() -> None:
+            fa = F.normalize(objective.heads[a](model.encoders[a](device_batch[a]).pooled), dim=-1)
+            fb = F.normalize(objective.heads[b](model.encoders[b](device_batch[b]).pooled), dim=-1)
+            loss = loss_fn(fa, fb, objective.logit_scale.exp())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        plain = _time(plain_step, args.steps, args.warmup)
+
+    rows = [
+        ("mmssl (world data)", world_step),
+        ("mmssl (cached batch)", cached_step),
+        ("plain torch loop", plain),
+    ]
+    print(f"config {args.config}, objective '{name}', batch {batch_size}, {args.steps} steps after {args.warmup} warm-up, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'loop':<24}{'s/step':>10}{'samples/s':>12}{'vs plain':>10}")
+    for label, seconds in rows:
+        print(f"{label:<24}{seconds:>10.4f}{batch_size / seconds:>12.1f}{plain / seconds:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
