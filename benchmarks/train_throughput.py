@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import tempfile
 import time
 from pathlib import Path
-import tempfile
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,13 +49,23 @@ class RepeatStream:
         pass
 
 
-def _time(fn, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
+def _time(fn, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         fn()
     return (time.perf_counter() - start) / steps
+
+
+def _interleaved(fns: dict[str, Callable[[], None]], steps: int, warmup: int, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each loop, measured in alternating rounds so that
+    drifts of a shared machine hit every loop alike."""
+    for fn in fns.values():
+        _time(fn, warmup)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(_time(fn, steps))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -61,6 +73,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     config = mmssl.load_config(args.config, ["train.progress=false"])
     name, spec = next(iter(config.objectives.items()))
@@ -68,11 +81,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Pretrainer(config, tmp)
-        world_step = _time(trainer.train_step, args.steps, args.warmup)
-
         batch = next(trainer.streams[name])
         cached = Pretrainer(config, tmp, streams={name: RepeatStream(batch)})
-        cached_step = _time(cached.train_step, args.steps, args.warmup)
 
         model = copy.deepcopy(cached.model)
         optimizer = build_optimizer(model, config.train)
@@ -90,17 +100,24 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        plain = _time(plain_step, args.steps, args.warmup)
+        times = _interleaved(
+            {
+                "mmssl (world data)": trainer.train_step,
+                "mmssl (cached batch)": cached.train_step,
+                "plain torch loop": plain_step,
+            },
+            args.steps,
+            args.warmup,
+            args.rounds,
+        )
 
-    rows = [
-        ("mmssl (world data)", world_step),
-        ("mmssl (cached batch)", cached_step),
-        ("plain torch loop", plain),
-    ]
-    print(f"config {args.config}, objective '{name}', batch {batch_size}, {args.steps} steps after {args.warmup} warm-up, "
-          f"{torch.get_num_threads()} threads")
+    plain = times["plain torch loop"]
+    print(
+        f"config {args.config}, objective '{name}', batch {batch_size}, median of {args.rounds} interleaved rounds "
+        f"of {args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} threads"
+    )
     print(f"{'loop':<24}{'s/step':>10}{'samples/s':>12}{'vs plain':>10}")
-    for label, seconds in rows:
+    for label, seconds in times.items():
         print(f"{label:<24}{seconds:>10.4f}{batch_size / seconds:>12.1f}{plain / seconds:>10.2f}")
 
 
