@@ -36,10 +36,11 @@ class DataConfig:
 
     ``source: world`` renders the embedded world; ``source: csv`` reads a CSV with one
     column per modality (``columns: {image: filepath, text: title}``), where file
-    columns hold paths relative to the CSV's folder (open_clip's layout).
+    columns hold paths relative to the CSV's folder (open_clip's layout);
+    ``source: folder`` reads every file of the objective's one modality under ``path``.
     """
 
-    source: Literal["world", "csv"] = "world"
+    source: Literal["world", "csv", "folder"] = "world"
     path: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     separator: str = ","
@@ -55,7 +56,9 @@ class WorldConfig:
     """The embedded default world (generated data, nothing to download)."""
 
     seed: int = 0
-    heldout: int = 6  # attribute combinations never seen in training, used for composition eval
+    # Attribute combinations never seen in training, used for composition eval: one count
+    # for every rendering modality, or per modality ({image: 6, audio: 4}).
+    heldout: int | dict[str, int] = 6
     single_attribute_prob: float = 0.3  # share of captions that name one attribute only
     eval_samples_per_class: int = 20
 
@@ -261,6 +264,11 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
                     f"'{key}.data.columns': no column given for modality '{m}' "
                     f"(e.g. columns: {{{m}: <column name>}})"
                 )
+    if data.source == "folder":
+        if not data.path:
+            raise ConfigError(f"'{key}.data.path': required when data.source is 'folder'")
+        if len(getattr(options, "modalities", ())) != 1:
+            raise ConfigError(f"'{key}.data.source': 'folder' feeds objectives of one modality only")
     if data.batch_size < 1:
         raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
     return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options)

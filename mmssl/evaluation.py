@@ -8,6 +8,7 @@ compositions) or from a labelled dataset on disk (an image folder).
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,10 +21,9 @@ from mmssl.config import WorldConfig
 from mmssl.model import MultimodalModel
 from mmssl.world import World, sample_rng, world_for
 from modalities.base import InvalidSample
+from objectives.base import match_matrix
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class EvaluationError(ValueError):
@@ -41,6 +41,11 @@ class LabelledSet:
     where: list[str]
     heldout_classes: list[int] = field(default_factory=list)
     source: str = ""
+    # Paired captions, for retrieval: the caption of each item, and attribute codes that
+    # mark which captions describe which items (world only).
+    captions: list[str] = field(default_factory=list)
+    item_codes: list[list[int]] = field(default_factory=list)
+    caption_codes: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class ZeroShotResult:
     composition_top1: float | None = None
     seen_top1: float | None = None
     heldout_classes: list[str] = field(default_factory=list)
+    retrieval: dict[str, dict[str, float]] = field(default_factory=dict)
     data: str = ""
     checkpoint: str = ""
 
@@ -69,6 +75,8 @@ class ZeroShotResult:
             out.pop("composition_top1")
             out.pop("seen_top1")
             out.pop("heldout_classes")
+        if not self.retrieval:
+            out.pop("retrieval")
         return out
 
 
@@ -81,46 +89,88 @@ def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldCon
     """Fresh samples of every world class (none drawn by any training stream)."""
     encoder = model.encoders[modality]
     world: World = world_for(encoder, world_config)
-    items, labels, where = [], [], []
+    data = LabelledSet([], [], world.class_names, [], list(world.heldout_classes), source="world")
     for cls in world.classes:
         for i in range(world_config.eval_samples_per_class):
             # An "eval" key in the seed: training streams never draw these generators.
             rng = sample_rng(world_config.seed, "eval", cls.index, i)
-            items.append(encoder.render(world.concept(cls.index, rng), rng))
-            labels.append(cls.index)
-            where.append(f"world eval sample {cls.name} #{i}")
-    return LabelledSet(items, labels, world.class_names, where, list(world.heldout_classes), source="world")
+            concept = world.concept(cls.index, rng)
+            data.items.append(encoder.render(concept, rng))
+            data.labels.append(cls.index)
+            data.where.append(f"world eval sample {cls.name} #{i}")
+            caption, codes = world.caption(concept, rng, single_attribute_prob=0.0)
+            data.captions.append(caption)
+            data.caption_codes.append(codes)
+            data.item_codes.append(world.attribute_codes(concept))
+    return data
 
 
-def image_folder_set(root: str | Path) -> LabelledSet:
-    """An image classification folder: ``root/<class name>/<image files>``."""
+def folder_set(root: str | Path, extensions: Sequence[str]) -> LabelledSet:
+    """A classification folder: ``root/<class name>/<files>`` (class name: folder name, '_' as space)."""
     root = Path(root)
     if not root.is_dir():
-        raise EvaluationError(f"image folder not found: {root}")
+        raise EvaluationError(f"data folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise EvaluationError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
+        raise EvaluationError(f"{root}: no class sub-folders (expected {root}/<class name>/<files>)")
     items, labels = [], []
     for index, name in enumerate(classes):
-        files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in extensions)
         items += [str(f) for f in files]
         labels += [index] * len(files)
     if not items:
-        raise EvaluationError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+        raise EvaluationError(f"{root}: no files ({', '.join(extensions)}) in the class folders")
     names = [c.replace("_", " ") for c in classes]
     return LabelledSet(items, labels, names, list(items), source=f"folder:{root}")
 
 
+def classification_csv_set(path: str | Path) -> LabelledSet:
+    """A classification CSV in ESC-50's layout: columns ``filename``, ``target`` (class
+    index), ``category`` (class name, '_' as space). Files are looked up beside the CSV,
+    then in ``../audio/`` (ESC-50 keeps meta/esc50.csv and audio/*.wav)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"classification CSV not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"filename", "target", "category"} - set(reader.fieldnames or [])
+        if missing:
+            raise EvaluationError(f"{path}: missing columns {sorted(missing)} (ESC-50 layout: filename,target,category)")
+        rows = list(reader)
+    if not rows:
+        raise EvaluationError(f"{path}: no data rows")
+    names: dict[int, str] = {}
+    for i, row in enumerate(rows):
+        try:
+            target = int(row["target"])
+        except ValueError:
+            raise EvaluationError(f"{path} row {i + 2}: target {row['target']!r} is not an integer") from None
+        category = row["category"].replace("_", " ")
+        if names.setdefault(target, category) != category:
+            raise EvaluationError(f"{path} row {i + 2}: target {target} is '{category}' here but '{names[target]}' before")
+    index = {t: i for i, t in enumerate(sorted(names))}
+    roots = [path.parent, path.parent.parent / "audio"]
+    items, labels, where = [], [], []
+    for i, row in enumerate(rows):
+        found = next((r / row["filename"] for r in roots if (r / row["filename"]).is_file()), path.parent / row["filename"])
+        items.append(str(found))
+        labels.append(index[int(row["target"])])
+        where.append(f"{path} row {i + 2} ({found})")
+    return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"csv:{path}")
+
+
 def load_eval_set(model: MultimodalModel, modality: str, spec: str | None, world_config: WorldConfig) -> LabelledSet:
-    """``spec``: None or 'world' (the embedded world), or 'folder:PATH'."""
+    """``spec``: None or 'world' (the embedded world), 'folder:PATH' or 'csv:PATH' (ESC-50 layout)."""
     if spec is None or spec == "world":
         if model.encoders[modality].concept_space() is None:
             raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
         return world_eval_set(model, modality, world_config)
     kind, _, path = spec.partition(":")
     if kind == "folder" and path:
-        return image_folder_set(path)
-    raise EvaluationError(f"unknown --data '{spec}': use 'world' or 'folder:PATH'")
+        return folder_set(path, model.encoders[modality].file_extensions)
+    if kind == "csv" and path:
+        return classification_csv_set(path)
+    raise EvaluationError(f"unknown --data '{spec}': use 'world', 'folder:PATH' or 'csv:PATH'")
 
 
 # --------------------------------------------------------------------------------------
@@ -173,6 +223,19 @@ def embed_items(
     return torch.cat(embeddings), kept_labels, skipped
 
 
+def retrieval_recall(
+    queries: torch.Tensor, keys: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Share of queries with a relevant key among their top k by cosine.
+
+    Shapes:
+        queries: [Q, E]; keys: [K, E] (both L2-normalised); relevant: [Q, K] bool.
+    """
+    order = (queries @ keys.T).argsort(dim=1, descending=True)
+    hits = torch.gather(relevant, 1, order)
+    return {f"R@{k}": float(hits[:, : min(k, keys.shape[0])].any(1).float().mean()) for k in ks}
+
+
 def zero_shot_classify(
     model: MultimodalModel,
     modality: str,
@@ -212,6 +275,13 @@ def zero_shot_classify(
         skipped=skipped,
         data=data.source,
     )
+    if data.captions and not skipped:
+        text = model.encode(text_modality, data.captions, objective=objective)
+        relevant = match_matrix(torch.tensor(data.item_codes), torch.tensor(data.caption_codes))
+        result.retrieval = {
+            f"{modality}_to_{text_modality}": retrieval_recall(emb, text, relevant),
+            f"{text_modality}_to_{modality}": retrieval_recall(text, emb, relevant.T),
+        }
     if data.heldout_classes:
         heldout = torch.isin(y, torch.tensor(data.heldout_classes))
         result.composition_top1 = float(correct1[heldout].float().mean())

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Protocol
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmssl.registry import closest
 from mmssl.world import World, sample_rng
 from modalities.base import InvalidSample, Modality
-from objectives.base import MATCH_KEY
+from objectives.base import EXTRAS_KEY, MATCH_KEY
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,29 @@ class CsvSource:
         return f"{self.path} row {index + 2}"  # +1 header, +1 one-based
 
 
+class FolderSource:
+    """Every file of one modality under a folder (recursively), e.g. unlabeled audio."""
+
+    def __init__(self, root: str | Path, modality: Modality) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"data folder not found: {self.root}")
+        extensions = tuple(modality.file_extensions)
+        self.files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        if not self.files:
+            raise DataError(f"{self.root}: no {modality.key} files ({', '.join(extensions)})")
+        self.modality = modality
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        return {self.modality.key: self.modality.load(str(self.files[index]))}
+
+    def where(self, index: int) -> str:
+        return str(self.files[index])
+
+
 @dataclass
 class BuiltBatch:
     """A collated batch plus what was dropped while building it."""
@@ -163,6 +186,7 @@ class EpochBatches(Dataset):
         indices = self.order[b * s.batch_size : (b + 1) * s.batch_size]
         samples: dict[str, list[Any]] = collections.defaultdict(list)
         codes: dict[str, list[list[int]]] = collections.defaultdict(list)
+        extras: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
         skipped = []
         for index in indices:
             index = int(index)
@@ -170,6 +194,7 @@ class EpochBatches(Dataset):
             try:
                 raw = s.source.get(index, rng if rng is not None else sample_rng(s.seed, s.name, index))
                 transformed = {name: s.modalities[name].transform(raw[name], rng) for name in s.modalities}
+                extra = s.prepare(transformed, rng if rng is not None else sample_rng(s.seed, s.name, "eval", index))
             except InvalidSample as exc:
                 where = exc.source or s.source.where(index)
                 if s.on_error == "fail":
@@ -180,16 +205,24 @@ class EpochBatches(Dataset):
                 samples[name].append(sample)
             for name, c in raw.get(MATCH_KEY, {}).items():
                 codes[name].append(c)
+            for key, value in extra.items():
+                extras[key].append(value)
         if not samples:
             return BuiltBatch(None, 0, skipped)
         data: dict[str, Any] = {name: s.modalities[name].collate(samples[name]) for name in s.modalities}
         if codes:
             data[MATCH_KEY] = {name: torch.tensor(c, dtype=torch.long) for name, c in codes.items()}
+        if extras:
+            data[EXTRAS_KEY] = {key: torch.stack(values) for key, values in extras.items()}
         return BuiltBatch(data, len(next(iter(samples.values()))), skipped)
 
 
 def _identity(x: Any) -> Any:
     return x
+
+
+def _no_extras(sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    return {}
 
 
 class Stream:
@@ -206,6 +239,7 @@ class Stream:
         max_skip_fraction: raise DataError when a batch loses more than this share.
         train: random per-sample augmentation (else deterministic transforms).
         shuffle: new order every epoch.
+        prepare: per-sample random choices of the objective (``Objective.prepare_sample``).
     """
 
     def __init__(
@@ -221,6 +255,7 @@ class Stream:
         train: bool = True,
         shuffle: bool = True,
         drop_last: bool = True,
+        prepare: Callable[[Mapping[str, Any], np.random.Generator], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         if len(source) < batch_size and drop_last:
             raise DataError(f"stream '{name}': {len(source)} samples is fewer than one batch of {batch_size}")
@@ -235,6 +270,7 @@ class Stream:
         self.train = train
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.prepare = prepare or _no_extras
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
         self.samples = 0

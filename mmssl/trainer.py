@@ -32,7 +32,7 @@ from mmssl.checkpoint import (
 from mmssl.config import RunConfig, TrainConfig
 from mmssl.model import MultimodalModel, build_model
 from mmssl.run_log import RunLog
-from mmssl.streams import CsvSource, DataError, Stream, WorldSource
+from mmssl.streams import CsvSource, DataError, FolderSource, Stream, WorldSource
 from mmssl.world import world_for
 from objectives.base import DistContext
 
@@ -57,6 +57,9 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
                 )
             world = world_for(renderers[0], config.world)
             source = WorldSource(world, renderers[0], captioners[0] if captioners else None, size=data.epoch_size)
+        elif data.source == "folder":
+            (modality,) = modalities.values()
+            source = FolderSource(data.path, modality)
         else:
             source = CsvSource(data.path, data.columns, modalities, separator=data.separator)
         streams[name] = Stream(
@@ -68,6 +71,7 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
             num_workers=data.num_workers,
             on_error=data.on_error,
             max_skip_fraction=data.max_skip_fraction,
+            prepare=model.objectives[name].prepare_sample,
         )
     return streams
 

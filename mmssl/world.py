@@ -105,13 +105,16 @@ class World:
         words = self.space.synonyms.get(value, (value,))
         return words[int(rng.integers(len(words)))]
 
-    def caption(self, concept: Mapping[str, str], rng: np.random.Generator) -> tuple[str, list[int]]:
+    def caption(
+        self, concept: Mapping[str, str], rng: np.random.Generator, single_attribute_prob: float | None = None
+    ) -> tuple[str, list[int]]:
         """A training caption of ``concept`` (random template, random synonyms) and its
         attribute codes: class-attribute value indices, -1 where the caption does not
         name the attribute. Items and captions match where codes agree or either is -1;
         the contrastive objective uses that for same-concept positives."""
         single = self.space.single_attribute_templates
-        if single and rng.random() < self.single_attribute_prob:
+        prob = self.single_attribute_prob if single_attribute_prob is None else single_attribute_prob
+        if single and rng.random() < prob:
             attr = list(single)[int(rng.integers(len(single)))]
             templates = single[attr]
         else:
@@ -144,4 +147,9 @@ def world_for(modality: Modality, config: Any) -> World:
     space = modality.concept_space()
     if space is None:
         raise ValueError(f"modality '{modality.key}' renders no concepts: it has no concept space")
-    return World(space, seed=config.seed, num_heldout=config.heldout, single_attribute_prob=config.single_attribute_prob)
+    heldout = config.heldout
+    if isinstance(heldout, dict):
+        if modality.key not in heldout:
+            raise ValueError(f"world.heldout has no count for modality '{modality.key}' (it has {sorted(heldout)})")
+        heldout = heldout[modality.key]
+    return World(space, seed=config.seed, num_heldout=heldout, single_attribute_prob=config.single_attribute_prob)

@@ -74,6 +74,7 @@ class Modality(nn.Module):
         name: the registry key ("image"); set by the registry too.
         Config: a dataclass of the modality's options; config files are checked
             against its fields and types.
+        file_extensions: lower-case suffixes of this modality's files (".wav").
         consumes_captions: True for language modalities, which receive the
             world's captions and zero-shot prompts as raw items.
     """
@@ -81,6 +82,7 @@ class Modality(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
     consumes_captions: ClassVar[bool] = False
+    file_extensions: ClassVar[tuple[str, ...]] = ()  # what a data folder of this modality holds
 
     def __init__(self, config: Any) -> None:
         super().__init__()

@@ -42,6 +42,7 @@ class ImageModality(Modality):
     """
 
     Config = ImageConfig
+    file_extensions = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
     def __init__(self, config: ImageConfig) -> None:
         super().__init__(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,6 +15,24 @@ from modalities.base import Modality, ModalityOutput
 # Batch key of per-modality attribute codes [B, K] (-1 = unspecified) that mark which
 # items of a batch show the same concept; set by data streams that know (the world).
 MATCH_KEY = "match"
+# Batch key of the per-sample random choices an objective drew in the data pipeline
+# (``Objective.prepare_sample``), collated: e.g. {"patch_mask": [B, N]}.
+EXTRAS_KEY = "extras"
+
+
+def match_matrix(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tensor:
+    """Which rows of a and b describe the same concept.
+
+    Codes are attribute value indices, -1 where an attribute is unspecified (a caption
+    that names only the colour). Two entries match where every attribute agrees or is
+    unspecified on either side.
+
+    Shapes:
+        codes_a: [N, K]; codes_b: [M, K]; returns bool [N, M].
+    """
+    a = codes_a.unsqueeze(1)
+    b = codes_b.unsqueeze(0)
+    return ((a == b) | (a < 0) | (b < 0)).all(dim=-1)
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,15 @@ class Objective(nn.Module):
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Loss and metrics for one batch; ``batch[modality]`` is that modality's collated batch."""
         raise NotImplementedError
+
+    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Random choices about one sample (a mask), drawn in the data pipeline from the
+        sample's own generator, so they do not depend on workers, ranks or resumption.
+
+        ``sample`` maps modality names to transformed samples. The returned tensors are
+        stacked across the batch under ``batch[EXTRAS_KEY]``.
+        """
+        return {}
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         """Project an encoder output into this objective's shared space, if it defines one.

@@ -20,7 +20,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
 from modalities.base import Modality, ModalityOutput
-from objectives.base import MATCH_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
+from objectives.base import MATCH_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput, match_matrix
 
 
 @dataclass(frozen=True)
@@ -34,21 +34,6 @@ class ContrastiveConfig:
     learn_temperature: bool = True
     # Count same-concept pairs as positives when the batch carries attribute codes.
     same_concept_positives: bool = True
-
-
-def match_matrix(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tensor:
-    """Which rows of a and b describe the same concept.
-
-    Codes are attribute value indices, -1 where an attribute is unspecified (a caption
-    that names only the colour). Two entries match where every attribute agrees or is
-    unspecified on either side.
-
-    Shapes:
-        codes_a: [N, K]; codes_b: [M, K]; returns bool [N, M].
-    """
-    a = codes_a.unsqueeze(1)
-    b = codes_b.unsqueeze(0)
-    return ((a == b) | (a < 0) | (b < 0)).all(dim=-1)
 
 
 def _gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -1,8 +1,11 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 import mmssl
-from mmssl.streams import CsvSource, DataError, Stream, WorldSource
+from mmssl.streams import CsvSource, DataError, FolderSource, Stream, WorldSource
 from mmssl.trainer import build_streams
 from mmssl.world import world_for
 
@@ -98,3 +101,34 @@ def test_world_stream_draws_only_training_classes(tiny_config):
         codes = item["match"]["image"]
         names = tuple(list(v)[c] for v, c in zip(world.space.class_attributes.values(), codes))
         assert names not in heldout
+
+
+def test_folder_source_reads_one_modality_and_skips_bad_files(tmp_path):
+    import soundfile
+
+    config = mmssl.load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "tiny_audio.yaml",
+        ["objectives.masked_audio.data.source=folder", f"objectives.masked_audio.data.path={tmp_path}",
+         "objectives.masked_audio.data.batch_size=3"],
+    )
+    rng = np.random.default_rng(0)
+    (tmp_path / "sub").mkdir()
+    for i in range(5):
+        soundfile.write(tmp_path / "sub" / f"{i}.wav", rng.normal(0, 0.1, 4000).astype(np.float32), 8000)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....garbage")
+    (tmp_path / "notes.txt").write_text("not audio")
+    model = mmssl.build_model(config)
+    stream = build_streams(config, model)["masked_audio"]
+    assert len(stream.source) == 6  # five good wavs and the broken one; the .txt is not audio
+    batches = [next(stream) for _ in range(2)]  # one epoch: every file once
+    assert stream.skipped == 1 and stream.samples == 5
+    assert all(b["audio"]["mel"].shape[1:] == (32, 50) for b in batches)
+    assert "patch_mask" in batches[0]["extras"]
+
+
+def test_folder_source_errors_name_the_folder(tiny_config, tmp_path):
+    model = mmssl.build_model(tiny_config())
+    with pytest.raises(DataError, match="no image files"):
+        FolderSource(tmp_path, model.encoders["image"])
+    with pytest.raises(DataError, match="data folder not found"):
+        FolderSource(tmp_path / "nope", model.encoders["image"])

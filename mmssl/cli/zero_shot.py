@@ -5,7 +5,9 @@
         --data folder:/data/shapes_eval --output results/shapes.json
 
 --data: 'world' (default: the embedded world's evaluation split, fresh samples of
-every class plus the held-out compositions) or 'folder:PATH' (PATH/<class>/<files>).
+every class plus the held-out compositions, with retrieval R@1/5/10 against paired
+captions), 'folder:PATH' (PATH/<class>/<files>) or 'csv:PATH' (ESC-50 layout:
+filename,target,category; files beside the CSV or in ../audio/).
 Writes a JSON report and a confusion-matrix PNG beside it.
 """
 
@@ -30,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a checkpoint directory")
     parser.add_argument("--modality", required=True, help="the modality to classify, e.g. image")
-    parser.add_argument("--data", default=None, help="'world' (default) or 'folder:PATH'")
+    parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH' or 'csv:PATH'")
     parser.add_argument("--output", default=None, help="JSON report path (default: <run dir>/zero_shot_<modality>.json)")
     parser.add_argument("--objective", default=None, help="whose shared space (default: the one pairing the modality with text)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run config's eval.batch_size")
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.composition_top1 is not None:
         print(f"  composition_top1 (held-out combinations {', '.join(result.heldout_classes)}): {result.composition_top1:.4f}")
         print(f"  seen_top1 (combinations seen in training): {result.seen_top1:.4f}")
+    for direction, recalls in result.retrieval.items():
+        print(f"  retrieval {direction}: " + "  ".join(f"{k} {v:.4f}" for k, v in recalls.items()))
     if result.skipped:
         print(f"  skipped {result.skipped} bad samples")
     print(f"report: {output}; confusion matrix: {png}")

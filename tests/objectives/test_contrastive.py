@@ -12,8 +12,8 @@ from objectives.contrastive import (
     ContrastiveObjective,
     MultiPositiveClipLoss,
     MultiPositiveSigLipLoss,
-    match_matrix,
 )
+from objectives.base import match_matrix
 
 
 def _features(n=6, d=8, seed=0):

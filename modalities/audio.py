@@ -1,0 +1,341 @@
+"""Audio: soundfile reading, torchaudio log-mel front end, a spectrogram transformer
+(AST / AudioMAE style, timm blocks) or a torchaudio wav2vec2 encoder; tones for the world.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+from einops import rearrange
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    encoder: Literal["spectrogram_transformer", "wav2vec2"] = "spectrogram_transformer"
+    sample_rate: int = 16000
+    clip_seconds: float = 1.0
+    # log-mel front end (torchaudio.transforms.MelSpectrogram)
+    n_mels: int = 64
+    n_fft: int = 400
+    hop_length: int = 160
+    f_min: float = 0.0
+    f_max: float | None = None
+    mel_mean: float = -1.5  # fixed normalisation of log-mel values (AST style; fits the embedded world)
+    mel_std: float = 3.0
+    # SpecAugment on training samples (0 turns a mask off)
+    freq_mask: int = 0
+    time_mask: int = 0
+    # spectrogram transformer
+    patch_freq: int = 16
+    patch_time: int = 10
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # wav2vec2 (torchaudio.models.wav2vec2_model, random init)
+    wav2vec2_layers: int = 2
+    # input limits: longer files are refused rather than decoded whole
+    max_file_seconds: float = 600.0
+    max_channels: int = 8
+
+
+class AudioModality(Modality):
+    """Audio encoder over fixed-length clips.
+
+    Shapes:
+        sample (spectrogram_transformer): {"mel": [n_mels, frames], "valid_frames": int}
+        sample (wav2vec2): {"wave": [clip_samples], "valid_samples": int}
+        batch: {"mel": [B, n_mels, frames], "valid_frames": [B]} or {"wave": [B, S], "valid_samples": [B]}
+        output: pooled [B, width]; tokens [B, N, width]; padding_mask [B, N] (True = padding)
+    """
+
+    Config = AudioConfig
+    file_extensions = AUDIO_EXTENSIONS
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__(config)
+        self.clip_samples = int(round(config.sample_rate * config.clip_seconds))
+        # The front end runs in the data pipeline, on the CPU: kept out of the module tree
+        # so model.to(device) and the state dict leave it alone.
+        mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=config.sample_rate,
+            n_fft=config.n_fft,
+            hop_length=config.hop_length,
+            n_mels=config.n_mels,
+            f_min=config.f_min,
+            f_max=config.f_max,
+            power=2.0,
+        )
+        object.__setattr__(self, "_mel", mel)
+        frames = self.clip_samples // config.hop_length + 1
+        self.embed_dim = config.width
+        if config.encoder == "spectrogram_transformer":
+            if config.n_mels % config.patch_freq:
+                raise ValueError(f"audio n_mels {config.n_mels} is not divisible by patch_freq {config.patch_freq}")
+            self.frames = (frames // config.patch_time) * config.patch_time
+            if self.frames == 0:
+                raise ValueError(f"audio clip of {config.clip_seconds}s has fewer frames than one patch ({config.patch_time})")
+            self.grid = (config.n_mels // config.patch_freq, self.frames // config.patch_time)
+            self.num_patches = self.grid[0] * self.grid[1]
+            self.patch_dim = config.patch_freq * config.patch_time
+            self.patch_embed = nn.Linear(self.patch_dim, config.width)
+            self.pos_embed = nn.Parameter(torch.randn(1, self.num_patches, config.width) * 0.02)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, config.width))
+            self.blocks = nn.ModuleList(
+                [Block(config.width, config.heads, config.mlp_ratio, qkv_bias=True) for _ in range(config.depth)]
+            )
+            self.norm = nn.LayerNorm(config.width)
+        else:
+            self.frames = frames
+            self.wav2vec2 = torchaudio.models.wav2vec2_model(
+                extractor_mode="group_norm",
+                extractor_conv_layer_config=[(config.width, 10, 5)] + [(config.width, 3, 2)] * 4 + [(config.width, 2, 2)] * 2,
+                extractor_conv_bias=False,
+                encoder_embed_dim=config.width,
+                encoder_projection_dropout=0.0,
+                encoder_pos_conv_kernel=16,
+                encoder_pos_conv_groups=4,
+                encoder_num_layers=config.wav2vec2_layers,
+                encoder_num_heads=config.heads,
+                encoder_attention_dropout=0.0,
+                encoder_ff_interm_features=int(config.width * config.mlp_ratio),
+                encoder_ff_interm_dropout=0.0,
+                encoder_dropout=0.0,
+                encoder_layer_norm_first=False,
+                encoder_layer_drop=0.0,
+                aux_num_out=None,
+            )
+        augment = nn.Sequential(
+            *([torchaudio.transforms.FrequencyMasking(config.freq_mask)] if config.freq_mask else []),
+            *([torchaudio.transforms.TimeMasking(config.time_mask)] if config.time_mask else []),
+        )
+        object.__setattr__(self, "_augment", augment)
+
+    # --- reading ------------------------------------------------------------------------
+    def load(self, path: str) -> tuple[np.ndarray, int]:
+        """(samples [T, C] float32, sample rate) from a wav/flac/ogg/... file."""
+        if not os.path.isfile(path):  # soundfile reports a missing file as a "System error"
+            raise InvalidSample("audio file not found", source=str(path))
+        try:
+            info = soundfile.info(path)
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
+            raise InvalidSample(f"unsupported or corrupt audio file: {exc}", source=str(path)) from None
+        if info.frames <= 0:
+            raise InvalidSample("audio file has no samples (zero length)", source=str(path))
+        if info.duration > self.config.max_file_seconds:
+            raise InvalidSample(
+                f"audio is {info.duration:.2f}s long, over max_file_seconds={self.config.max_file_seconds}", source=str(path)
+            )
+        try:
+            data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
+            raise InvalidSample(f"cannot decode audio: {exc}", source=str(path)) from None
+        return data, int(rate)
+
+    def waveform(self, raw: Any) -> torch.Tensor:
+        """Any raw audio item to a mono float waveform [T] at the configured rate."""
+        source = None
+        if isinstance(raw, (str, os.PathLike)):
+            source = str(raw)
+            raw = self.load(source)
+        if isinstance(raw, Mapping):
+            raw = (raw["array"], raw["sample_rate"])
+        if isinstance(raw, tuple):
+            data, rate = raw
+        else:
+            data, rate = raw, self.config.sample_rate
+        data = torch.as_tensor(np.asarray(data, dtype=np.float32))
+        if data.ndim == 1:
+            data = data.unsqueeze(1)
+        if data.ndim != 2:
+            raise InvalidSample(f"audio must be [samples] or [samples, channels], got shape {tuple(data.shape)}", source)
+        channels = data.shape[1]
+        if channels < 1 or channels > self.config.max_channels:
+            raise InvalidSample(f"audio has {channels} channels; expected 1 to {self.config.max_channels}", source)
+        if data.shape[0] == 0:
+            raise InvalidSample("audio has no samples (zero length)", source)
+        if not torch.isfinite(data).all():
+            raise InvalidSample("audio contains NaN or infinite samples", source)
+        wave = data.mean(dim=1)  # mono mixdown
+        if rate <= 0:
+            raise InvalidSample(f"invalid sample rate {rate}", source)
+        if rate != self.config.sample_rate:
+            wave = torchaudio.functional.resample(wave, rate, self.config.sample_rate)
+        return wave
+
+    def crop(self, wave: torch.Tensor, rng: np.random.Generator | None) -> tuple[torch.Tensor, int]:
+        """Fixed-length clip: random crop (train) or centre crop (eval); zero-pad short audio.
+
+        Returns (clip [clip_samples], number of real samples in it).
+        """
+        n, length = wave.shape[0], self.clip_samples
+        if n >= length:
+            start = int(rng.integers(n - length + 1)) if rng is not None else (n - length) // 2
+            return wave[start : start + length], length
+        return torch.nn.functional.pad(wave, (0, length - n)), n
+
+    def log_mel(self, clip: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel [n_mels, frames] of a clip [clip_samples]."""
+        mel = torch.log(self._mel(clip) + 1e-6)
+        return ((mel - self.config.mel_mean) / self.config.mel_std)[:, : self.frames]
+
+    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        clip, valid = self.crop(self.waveform(raw), rng)
+        if self.config.encoder == "wav2vec2":
+            return {"wave": clip, "valid_samples": valid}
+        with torch.no_grad():
+            mel = self.log_mel(clip)
+            if rng is not None and len(self._augment):
+                # torchaudio's masks draw from the global RNG: seed it from the sample's generator.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(rng.integers(2**62)))
+                    mel = self._augment(mel.unsqueeze(0)).squeeze(0)
+        # frames whose (centred) window touches real audio; later ones are pure padding
+        c = self.config
+        valid_frames = min(self.frames, (valid + c.n_fft // 2 + c.hop_length - 1) // c.hop_length)
+        return {"mel": mel, "valid_frames": valid_frames}
+
+    def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        key, count = ("wave", "valid_samples") if self.config.encoder == "wav2vec2" else ("mel", "valid_frames")
+        return {key: torch.stack([s[key] for s in samples]), count: torch.tensor([s[count] for s in samples])}
+
+    # --- model --------------------------------------------------------------------------
+    def patchify(self, mel: torch.Tensor) -> torch.Tensor:
+        """Shapes: mel [B, F, T] -> patches [B, N, patch_freq * patch_time], frequency-major."""
+        c = self.config
+        return rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=c.patch_freq, pt=c.patch_time)
+
+    def patch_padding_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B, N] True for patches that lie wholly in zero padding after the audio ends."""
+        start_frame = torch.arange(self.grid[1], device=batch["valid_frames"].device) * self.config.patch_time
+        padded_time = start_frame.unsqueeze(0) >= batch["valid_frames"].unsqueeze(1)  # [B, T']
+        return padded_time.unsqueeze(1).expand(-1, self.grid[0], -1).reshape(padded_time.shape[0], -1)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], patch_mask: torch.Tensor | None = None) -> ModalityOutput:
+        """Encode a batch; ``patch_mask`` [B, N] (True = masked) replaces those patches'
+        embeddings with the learned mask token (masked spectrogram modeling)."""
+        if self.config.encoder == "wav2vec2":
+            if patch_mask is not None:
+                raise ValueError("the wav2vec2 audio encoder does not take patch masks")
+            tokens, lengths = self.wav2vec2.extract_features(batch["wave"], batch["valid_samples"])
+            tokens = tokens[-1]
+            positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+            padding = positions >= lengths.unsqueeze(1) if lengths is not None else torch.zeros_like(positions, dtype=torch.bool)
+        else:
+            x = self.patch_embed(self.patchify(batch["mel"]))
+            if patch_mask is not None:
+                x = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+            x = x + self.pos_embed
+            padding = self.patch_padding_mask(batch)
+            attn_mask = None
+            if padding.any():
+                # every query may attend to non-padding keys only; [B, 1, 1, N] broadcasts over heads
+                attn_mask = (~padding)[:, None, None, :]
+            for block in self.blocks:
+                x = block(x, attn_mask=attn_mask)
+            tokens = self.norm(x)
+        keep = (~padding).unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return ModalityOutput(pooled=pooled, tokens=tokens, padding_mask=padding)
+
+    # --- embedded world -------------------------------------------------------------------
+    def concept_space(self) -> ConceptSpace:
+        return TONES_SPACE
+
+    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        return render_tone(concept, rng, self.config.sample_rate, self.config.clip_seconds), self.config.sample_rate
+
+
+TONES_SPACE = ConceptSpace(
+    class_attributes={
+        "contour": ("steady", "rising", "falling", "warbling"),
+        "timbre": ("sine", "square", "sawtooth", "noise"),
+    },
+    nuisance_attributes={"register": ("low", "middle", "high")},
+    caption_templates=(
+        "a {contour} {timbre} tone",
+        "a {register} {contour} {timbre} tone",
+        "the sound of a {contour} {timbre} tone",
+        "a {timbre} tone that is {contour}",
+        "{contour} {timbre}",
+        "a {register} pitched {timbre} sound, {contour}",
+    ),
+    single_attribute_templates={
+        "contour": ("a {contour} sound", "a {register} {contour} tone", "something {contour}"),
+        "timbre": ("a {timbre} tone", "the sound of a {timbre} wave", "a {register} {timbre} sound"),
+    },
+    synonyms={
+        "sine": ("sine", "pure"),
+        "square": ("square", "square wave"),
+        "sawtooth": ("sawtooth", "buzzy"),
+        "noise": ("noise", "noisy"),
+        "rising": ("rising", "upward"),
+        "falling": ("falling", "downward"),
+        "warbling": ("warbling", "wobbling"),
+        "steady": ("steady", "constant"),
+        "middle": ("middle", "medium"),
+    },
+    prompt_templates=("a {} tone.", "the sound of a {} tone.", "a {} sound."),
+)
+
+_REGISTER_HZ = {"low": (140.0, 240.0), "middle": (330.0, 520.0), "high": (750.0, 1150.0)}
+
+
+def _frequency_track(contour: str, f0: float, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    span = rng.uniform(1.6, 2.2)
+    progress = t / max(t[-1], 1e-9)
+    if contour == "rising":
+        return f0 * span**progress
+    if contour == "falling":
+        return f0 * span ** (1 - progress)
+    if contour == "warbling":
+        return f0 * (1 + rng.uniform(0.08, 0.14) * np.sin(2 * np.pi * rng.uniform(4, 8) * t + rng.uniform(0, 2 * np.pi)))
+    return np.full_like(t, f0 * span**0.5)
+
+
+def render_tone(concept: Mapping[str, str], rng: np.random.Generator, sample_rate: int, seconds: float) -> np.ndarray:
+    """A tone of the concept's contour, timbre and register, with random onset,
+    duration, phase, level and background noise. Returns float32 [samples]."""
+    total = int(round(sample_rate * seconds))
+    duration = int(total * rng.uniform(0.6, 0.95))
+    onset = int(rng.integers(0, total - duration + 1))
+    t = np.arange(duration) / sample_rate
+    low, high = _REGISTER_HZ[concept["register"]]
+    freq = _frequency_track(concept["contour"], rng.uniform(low, high), t, rng)
+    nyquist = sample_rate / 2
+    timbre = concept["timbre"]
+    if timbre == "noise":
+        # a band of partials around the track: pitched noise that follows the contour
+        tone = np.zeros(duration)
+        for _ in range(24):
+            ratio = rng.uniform(0.85, 1.15)
+            phase = 2 * np.pi * np.cumsum(freq * ratio) / sample_rate + rng.uniform(0, 2 * np.pi)
+            tone += np.sin(phase)
+        tone /= np.sqrt(24)
+    else:
+        phase = 2 * np.pi * np.cumsum(freq) / sample_rate + rng.uniform(0, 2 * np.pi)
+        harmonics = {"sine": [1], "square": range(1, 16, 2), "sawtooth": range(1, 16)}[timbre]
+        tone = np.zeros(duration)
+        for k in harmonics:
+            audible = (k * freq) < nyquist  # band-limited: no aliasing partials
+            tone += audible * np.sin(k * phase) / k
+    fade = min(int(0.01 * sample_rate), duration // 2)
+    envelope = np.ones(duration)
+    envelope[:fade] = np.linspace(0, 1, fade)
+    envelope[duration - fade :] = np.linspace(1, 0, fade)
+    tone = tone / (np.abs(tone).max() + 1e-9) * envelope * rng.uniform(0.3, 0.9)
+    out = rng.normal(0, rng.uniform(0.005, 0.03), total)
+    out[onset : onset + duration] += tone
+    return out.astype(np.float32)

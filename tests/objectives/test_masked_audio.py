@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+import mmssl
+from mmssl.run_log import read_metrics
+from mmssl.trainer import Pretrainer, build_streams
+from modalities.audio import AudioConfig, AudioModality
+from objectives.base import EXTRAS_KEY, DistContext
+from objectives.masked_audio import (
+    MaskedAudioConfig,
+    MaskedAudioObjective,
+    masked_patch_loss,
+    normalise_patches,
+    patch_mask,
+)
+
+
+@pytest.mark.parametrize("kind", ["random", "time", "frequency"])
+def test_patch_mask_kinds(kind):
+    grid = (4, 10)
+    mask = patch_mask(grid, 0.5, kind, np.random.default_rng(0)).view(grid)
+    assert torch.equal(mask, patch_mask(grid, 0.5, kind, np.random.default_rng(0)).view(grid))
+    if kind == "random":
+        assert mask.sum() == 20
+    elif kind == "time":
+        assert mask.all(0).sum() == 5 and (mask.any(0) == mask.all(0)).all()  # whole time columns
+    else:
+        assert mask.all(1).sum() == 2 and (mask.any(1) == mask.all(1)).all()  # whole frequency bands
+
+
+def test_loss_counts_masked_patches_only():
+    g = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(2, 6, 5, generator=g), torch.randn(2, 6, 5, generator=g)
+    mask = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0]], dtype=torch.bool)
+    loss = masked_patch_loss(prediction, target, mask)
+    changed = prediction.clone()
+    changed[~mask] = 100.0  # change every unmasked prediction
+    assert torch.equal(masked_patch_loss(changed, target, mask), loss)
+    changed = prediction.clone()
+    changed[0, 0] += 1.0  # change one masked prediction
+    assert masked_patch_loss(changed, target, mask) != loss
+    direct = ((prediction - target) ** 2).mean(-1)[mask].mean()
+    assert torch.allclose(loss, direct)
+
+
+def test_normalised_targets_make_trivial_baseline_one():
+    patches = normalise_patches(torch.randn(3, 7, 20) * 5 + 2)
+    assert torch.allclose(patches.mean(-1), torch.zeros(3, 7), atol=1e-5)
+    trivial = masked_patch_loss(torch.zeros_like(patches), patches, torch.ones(3, 7, dtype=torch.bool))
+    assert abs(trivial.item() - 1.0) < 1e-3
+
+
+class _Host:
+    def __init__(self, encoders):
+        self.encoders = encoders
+
+
+def test_objective_ignores_padding_and_needs_patch_hooks():
+    torch.manual_seed(0)
+    audio = AudioModality(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2))
+    audio.key = "audio"
+    objective = MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": audio}, DistContext())
+    rng = np.random.default_rng(0)
+    short = audio.transform((np.random.default_rng(1).normal(size=1200).astype(np.float32), 8000), rng)  # 0.15 s of 0.5 s
+    full = audio.transform((np.random.default_rng(2).normal(size=8000).astype(np.float32), 8000), rng)
+    batch = {"audio": audio.collate([short, full])}
+    batch[EXTRAS_KEY] = {"patch_mask": torch.ones(2, audio.num_patches, dtype=torch.bool)}  # everything masked
+    out = objective(_Host({"audio": audio}), batch)
+    padding = audio.patch_padding_mask(batch["audio"])
+    assert padding[0].any() and not padding[1].any()
+    assert out.metrics["masked_patches"] == (~padding).sum().item()
+    out.loss.backward()
+    assert audio.mask_token.grad is not None and audio.mask_token.grad.abs().sum() > 0
+
+    wave = AudioModality(AudioConfig(encoder="wav2vec2", clip_seconds=0.5, width=32, heads=2, wav2vec2_layers=1))
+    with pytest.raises(ValueError, match="patch hooks"):
+        MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": wave}, DistContext())
+
+
+def test_masks_come_from_the_data_pipeline_deterministically():
+    config = mmssl.load_config(mmssl_configs() / "tiny_audio.yaml")
+    model = mmssl.build_model(config)
+    a = next(build_streams(config, model)["masked_audio"])
+    b = next(build_streams(config, model)["masked_audio"])
+    assert a[EXTRAS_KEY]["patch_mask"].shape == (16, model.encoders["audio"].num_patches)
+    assert torch.equal(a[EXTRAS_KEY]["patch_mask"], b[EXTRAS_KEY]["patch_mask"])
+    assert not torch.equal(a[EXTRAS_KEY]["patch_mask"][0], a[EXTRAS_KEY]["patch_mask"][1])
+
+
+def mmssl_configs():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_audio_tower_trains_in_tiny_config(tmp_path):
+    config = mmssl.load_config(
+        mmssl_configs() / "tiny_audio.yaml", ["train.steps=40", "train.checkpoint_every=0", "train.lr=0.003"]
+    )
+    Pretrainer(config, tmp_path).fit()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+
+    def mean(key, part):
+        return float(np.mean([r[key] for r in part]))
+
+    for key in ("audio_text/loss", "masked_audio/loss"):
+        assert mean(key, records[-8:]) < mean(key, records[:8]), key
+    assert mean("masked_audio/loss", records[-8:]) < mean("masked_audio/trivial_loss", records[-8:])

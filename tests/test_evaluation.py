@@ -1,0 +1,99 @@
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from mmssl.evaluation import EvaluationError, classification_csv_set, retrieval_recall
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_retrieval_recall_counts_relevant_in_top_k():
+    queries = torch.eye(3)
+    keys = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    keys = torch.nn.functional.normalize(keys, dim=1)
+    relevant = torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    # query 0: keys by score 1, 2, 0/3 -> relevant key 2 is 2nd; query 1: key 0 first; query 2: key 3 first
+    assert retrieval_recall(queries, keys, relevant, ks=(1, 2)) == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+
+
+def _esc50(root: Path, rows, bad=()) -> Path:
+    (root / "meta").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    for name, _, _ in rows:
+        if name in bad:
+            (root / "audio" / name).write_bytes(b"not a wav")
+        else:
+            soundfile.write(root / "audio" / name, rng.normal(0, 0.1, 4000).astype(np.float32), 8000)
+    path = root / "meta" / "esc50.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "fold", "target", "category"])
+        for name, target, category in rows:
+            writer.writerow([name, 1, target, category])
+    return path
+
+
+def test_classification_csv_in_esc50_layout(tmp_path):
+    path = _esc50(tmp_path, [("a.wav", 3, "rising_sine"), ("b.wav", 0, "steady_square"), ("c.wav", 3, "rising_sine")])
+    data = classification_csv_set(path)
+    assert data.class_names == ["steady square", "rising sine"]
+    assert data.labels == [1, 0, 1]
+    assert data.items[0] == str(tmp_path / "audio" / "a.wav")
+
+
+def test_classification_csv_errors_name_the_row(tmp_path):
+    path = _esc50(tmp_path, [("a.wav", 1, "dog"), ("b.wav", 1, "cat")])
+    with pytest.raises(EvaluationError, match=r"row 3: target 1 is 'cat' here but 'dog' before"):
+        classification_csv_set(path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filename,label\nx.wav,1\n")
+    with pytest.raises(EvaluationError, match=r"missing columns \['category', 'target'\]"):
+        classification_csv_set(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_audio_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("audio_run")
+    proc = subprocess.run(
+        [sys.executable, "tools/pretrain.py", "configs/tiny_audio.yaml", "--output-dir", str(out), "train.steps=2"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _zero_shot(*args):
+    return subprocess.run([sys.executable, "tools/zero_shot.py", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_audio_zero_shot_on_world_reports_retrieval(tiny_audio_run, tmp_path):
+    output = tmp_path / "audio.json"
+    proc = _zero_shot("--checkpoint", str(tiny_audio_run), "--modality", "audio", "--output", str(output))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(output.read_text())
+    assert report["num_classes"] == 16 and len(report["heldout_classes"]) == 4
+    assert set(report["retrieval"]) == {"audio_to_text", "text_to_audio"}
+    assert set(report["retrieval"]["audio_to_text"]) == {"R@1", "R@5", "R@10"}
+    assert "retrieval audio_to_text" in proc.stdout
+
+
+def test_audio_zero_shot_on_esc50_csv_skips_bad_files(tiny_audio_run, tmp_path):
+    path = _esc50(
+        tmp_path,
+        [("a.wav", 0, "rising_sine"), ("b.wav", 1, "falling_noise"), ("c.wav", 1, "falling_noise")],
+        bad=("c.wav",),
+    )
+    output = tmp_path / "esc.json"
+    proc = _zero_shot("--checkpoint", str(tiny_audio_run), "--modality", "audio", "--data", f"csv:{path}", "--output", str(output))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(output.read_text())
+    assert report["num_samples"] == 2 and report["skipped"] == 1 and report["num_classes"] == 2
+    assert "c.wav" in proc.stderr
