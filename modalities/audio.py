@@ -290,11 +290,13 @@ TONES_SPACE = ConceptSpace(
     prompt_templates=("a {} tone.", "the sound of a {} tone.", "a {} sound."),
 )
 
-_REGISTER_HZ = {"low": (140.0, 240.0), "middle": (330.0, 520.0), "high": (750.0, 1150.0)}
+# Registers and contour spans keep the third harmonic under 4 kHz, so square and
+# sawtooth tones keep their timbre even at an 8 kHz sample rate.
+_REGISTER_HZ = {"low": (100.0, 160.0), "middle": (200.0, 320.0), "high": (400.0, 640.0)}
 
 
 def _frequency_track(contour: str, f0: float, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    span = rng.uniform(1.6, 2.2)
+    span = rng.uniform(1.4, 1.8)
     progress = t / max(t[-1], 1e-9)
     if contour == "rising":
         return f0 * span**progress

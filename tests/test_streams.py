@@ -132,3 +132,35 @@ def test_folder_source_errors_name_the_folder(tiny_config, tmp_path):
         FolderSource(tmp_path, model.encoders["image"])
     with pytest.raises(DataError, match="data folder not found"):
         FolderSource(tmp_path / "nope", model.encoders["image"])
+
+
+def test_audio_text_csv_stream(tmp_path, caplog):
+    import csv as csv_module
+
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        name = f"clip{i}.flac"
+        if i == 2:
+            (tmp_path / name).write_bytes(b"fLaC but not really")
+        else:
+            soundfile.write(tmp_path / name, rng.normal(0, 0.1, 6000).astype(np.float32), 16000)
+        rows.append({"path": name, "caption": f"sound number {i}"})
+    path = tmp_path / "audio_text.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv_module.DictWriter(f, fieldnames=["path", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    config = mmssl.load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "tiny_audio.yaml",
+        ["objectives.audio_text.data.source=csv", f"objectives.audio_text.data.path={path}",
+         "objectives.audio_text.data.columns={audio: path, text: caption}", "objectives.audio_text.data.batch_size=3"],
+    )
+    model = mmssl.build_model(config)
+    stream = build_streams(config, model)["audio_text"]
+    stream.shuffle = False
+    first = next(stream)
+    assert first["audio"]["mel"].shape[0] == 2 and first["text"]["ids"].shape[0] == 2
+    assert stream.skipped == 1 and "row 4" in caplog.text and "clip2.flac" in caplog.text
