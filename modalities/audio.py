@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -23,7 +24,11 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au")
 
 @dataclass(frozen=True)
 class AudioConfig:
-    encoder: Literal["spectrogram_transformer", "wav2vec2"] = "spectrogram_transformer"
+    # spectrogram_transformer: ViT over log-mel patches; timm: a timm CNN over the log-mel
+    # (one input channel), its feature map pooled onto the patch grid; wav2vec2: waveform.
+    encoder: Literal["spectrogram_transformer", "timm", "wav2vec2"] = "spectrogram_transformer"
+    backbone: str = "resnet10t"  # timm model name (random init), for encoder: timm
+    backbone_args: dict[str, Any] = field(default_factory=dict)
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     # log-mel front end (torchaudio.transforms.MelSpectrogram)
@@ -37,6 +42,9 @@ class AudioConfig:
     # SpecAugment on training samples (0 turns a mask off)
     freq_mask: int = 0
     time_mask: int = 0
+    # training: shift the log-mel up or down by up to this many mel bins (a cheap pitch
+    # shift; vacated bins hold the log-mel of silence). 0 turns it off.
+    freq_shift: int = 0
     # spectrogram transformer
     patch_freq: int = 16
     patch_time: int = 10
@@ -55,7 +63,7 @@ class AudioModality(Modality):
     """Audio encoder over fixed-length clips.
 
     Shapes:
-        sample (spectrogram_transformer): {"mel": [n_mels, frames], "valid_frames": int}
+        sample (spectrogram_transformer, timm): {"mel": [n_mels, frames], "valid_frames": int}
         sample (wav2vec2): {"wave": [clip_samples], "valid_samples": int}
         batch: {"mel": [B, n_mels, frames], "valid_frames": [B]} or {"wave": [B, S], "valid_samples": [B]}
         output: pooled [B, width]; tokens [B, N, width]; padding_mask [B, N] (True = padding)
@@ -81,7 +89,7 @@ class AudioModality(Modality):
         object.__setattr__(self, "_mel", mel)
         frames = self.clip_samples // config.hop_length + 1
         self.embed_dim = config.width
-        if config.encoder == "spectrogram_transformer":
+        if config.encoder in ("spectrogram_transformer", "timm"):
             if config.n_mels % config.patch_freq:
                 raise ValueError(f"audio n_mels {config.n_mels} is not divisible by patch_freq {config.patch_freq}")
             self.frames = (frames // config.patch_time) * config.patch_time
@@ -90,6 +98,15 @@ class AudioModality(Modality):
             self.grid = (config.n_mels // config.patch_freq, self.frames // config.patch_time)
             self.num_patches = self.grid[0] * self.grid[1]
             self.patch_dim = config.patch_freq * config.patch_time
+        if config.encoder == "timm":
+            import timm
+
+            self.backbone = timm.create_model(
+                config.backbone, pretrained=False, num_classes=0, in_chans=1, **config.backbone_args
+            )
+            self.embed_dim = int(self.backbone.num_features)
+            self.mask_value = nn.Parameter(torch.zeros(()))  # what masked input patches read as
+        elif config.encoder == "spectrogram_transformer":
             self.patch_embed = nn.Linear(self.patch_dim, config.width)
             self.pos_embed = nn.Parameter(torch.randn(1, self.num_patches, config.width) * 0.02)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, config.width))
@@ -191,12 +208,25 @@ class AudioModality(Modality):
         mel = torch.log(self._mel(clip) + 1e-6)
         return ((mel - self.config.mel_mean) / self.config.mel_std)[:, : self.frames]
 
+    def _shift_frequency(self, mel: torch.Tensor, bins: int) -> torch.Tensor:
+        if bins == 0:
+            return mel
+        silence = (math.log(1e-6) - self.config.mel_mean) / self.config.mel_std
+        shifted = torch.full_like(mel, silence)
+        if bins > 0:
+            shifted[bins:] = mel[:-bins]
+        else:
+            shifted[:bins] = mel[-bins:]
+        return shifted
+
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
         clip, valid = self.crop(self.waveform(raw), rng)
         if self.config.encoder == "wav2vec2":
             return {"wave": clip, "valid_samples": valid}
         with torch.no_grad():
             mel = self.log_mel(clip)
+            if rng is not None and self.config.freq_shift:
+                mel = self._shift_frequency(mel, int(rng.integers(-self.config.freq_shift, self.config.freq_shift + 1)))
             if rng is not None and len(self._augment):
                 # torchaudio's masks draw from the global RNG: seed it from the sample's generator.
                 with torch.random.fork_rng(devices=[]):
@@ -224,8 +254,9 @@ class AudioModality(Modality):
         return padded_time.unsqueeze(1).expand(-1, self.grid[0], -1).reshape(padded_time.shape[0], -1)
 
     def forward(self, batch: Mapping[str, torch.Tensor], patch_mask: torch.Tensor | None = None) -> ModalityOutput:
-        """Encode a batch; ``patch_mask`` [B, N] (True = masked) replaces those patches'
-        embeddings with the learned mask token (masked spectrogram modeling)."""
+        """Encode a batch; ``patch_mask`` [B, N] (True = masked) hides those patches
+        (masked spectrogram modeling): the transformer sees its learned mask token in
+        their place, the CNN a learned input value."""
         if self.config.encoder == "wav2vec2":
             if patch_mask is not None:
                 raise ValueError("the wav2vec2 audio encoder does not take patch masks")
@@ -233,6 +264,19 @@ class AudioModality(Modality):
             tokens = tokens[-1]
             positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
             padding = positions >= lengths.unsqueeze(1) if lengths is not None else torch.zeros_like(positions, dtype=torch.bool)
+        elif self.config.encoder == "timm":
+            mel = batch["mel"]
+            if patch_mask is not None:
+                # mask in input space, so no masked content leaks through overlapping kernels
+                c = self.config
+                patches = torch.where(patch_mask.unsqueeze(-1), self.mask_value.to(mel.dtype), self.patchify(mel))
+                mel = rearrange(
+                    patches, "b (f t) (pf pt) -> b (f pf) (t pt)", f=self.grid[0], pf=c.patch_freq, pt=c.patch_time
+                )
+            features = self.backbone.forward_features(mel.unsqueeze(1))  # [B, C, h, w]
+            grid = torch.nn.functional.adaptive_avg_pool2d(features, self.grid)
+            tokens = rearrange(grid, "b c f t -> b (f t) c")
+            padding = self.patch_padding_mask(batch)
         else:
             x = self.patch_embed(self.patchify(batch["mel"]))
             if patch_mask is not None:

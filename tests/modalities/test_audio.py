@@ -371,3 +371,30 @@ def test_wav2vec2_encoder_encodes_and_pads_short_clips():
     assert out.padding_mask.tolist() == [[False] * 9 + [True] * 15, [False] * 24]
     with pytest.raises(ValueError, match="patch masks"):
         audio(batch, patch_mask=torch.zeros(2, 24, dtype=torch.bool))
+
+
+def test_frequency_shift_moves_the_spectrum_and_follows_the_rng():
+    audio = _audio(freq_shift=4)
+    wave = _sine(1000, RATE, 0.5)
+    plain = audio.transform(wave)  # eval: no shift
+    shifted = [audio.transform(wave, np.random.default_rng(seed))["mel"] for seed in range(6)]
+    assert torch.equal(shifted[0], audio.transform(wave, np.random.default_rng(0))["mel"])
+    peaks = {int(m.mean(1).argmax()) - int(plain["mel"].mean(1).argmax()) for m in shifted}
+    assert len(peaks) > 1 and all(abs(p) <= 4 for p in peaks)
+
+
+def test_timm_cnn_encoder_pools_onto_the_patch_grid_and_hides_masked_input():
+    audio = _audio(encoder="timm", backbone="test_convnext")
+    batch = audio.collate([audio.transform(_noise(0, 8000)), audio.transform(_noise(1, 3000))])
+    with torch.no_grad():
+        out = audio(batch)
+    assert out.tokens.shape == (2, audio.num_patches, audio.embed_dim) and out.pooled.shape == (2, audio.embed_dim)
+    assert torch.equal(out.padding_mask, audio.patch_padding_mask(batch))
+    # whatever lies under masked patches cannot change the output: masking happens on the input
+    mask = torch.zeros(2, audio.num_patches, dtype=torch.bool)
+    mask[:, :3] = True
+    edited = {k: v.clone() for k, v in batch.items()}
+    edited["mel"][:, :16, :30] = 7.0  # the first three time patches of the lowest frequency row
+    with torch.no_grad():
+        assert torch.allclose(audio(batch, patch_mask=mask).tokens, audio(edited, patch_mask=mask).tokens)
+        assert not torch.allclose(audio(batch).tokens, audio(edited).tokens)
