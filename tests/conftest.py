@@ -34,6 +34,15 @@ def tiny_config():
     return make
 
 
+def write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    """A CSV with the rows' keys as header."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def write_image(path: Path, seed: int, size: int = 24) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
@@ -55,11 +64,6 @@ def image_text_csv(tmp_path: Path):
             elif i not in missing:
                 write_image(root / name, i)
             rows.append({"filepath": name, "title": f"picture number {i}"})
-        path = root / "pairs.csv"
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["filepath", "title"])
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        return write_csv(root / "pairs.csv", rows)
 
     return make

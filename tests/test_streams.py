@@ -135,9 +135,9 @@ def test_folder_source_errors_name_the_folder(tiny_config, tmp_path):
 
 
 def test_audio_text_csv_stream(tmp_path, caplog):
-    import csv as csv_module
-
     import soundfile
+
+    from tests.conftest import write_csv
 
     rng = np.random.default_rng(0)
     rows = []
@@ -148,11 +148,7 @@ def test_audio_text_csv_stream(tmp_path, caplog):
         else:
             soundfile.write(tmp_path / name, rng.normal(0, 0.1, 6000).astype(np.float32), 16000)
         rows.append({"path": name, "caption": f"sound number {i}"})
-    path = tmp_path / "audio_text.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv_module.DictWriter(f, fieldnames=["path", "caption"])
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(tmp_path / "audio_text.csv", rows)
     config = mmssl.load_config(
         Path(__file__).resolve().parents[1] / "configs" / "tiny_audio.yaml",
         ["objectives.audio_text.data.source=csv", f"objectives.audio_text.data.path={path}",
