@@ -153,7 +153,9 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Mul
         emb = model.encode("text", ["a red circle"])
     """
     checkpoint = resolve_checkpoint(path)
-    model = build_model(load_run_config(checkpoint))
+    config = load_run_config(checkpoint)
+    model = build_model(config)
     load_weights(model, checkpoint)
     model.checkpoint_dir = checkpoint
+    model.run_config = config
     return model.to(device).eval()

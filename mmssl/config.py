@@ -245,10 +245,7 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
     if weight < 0:
         raise ConfigError(f"'{key}.weight': must be >= 0, got {weight}")
     data = convert(section.pop("data", {}), DataConfig, f"{key}.data")
-    try:
-        options = convert(section, cls.Config, key, extra_valid=("type", "weight", "data"))
-    except ConfigError:
-        raise
+    options = convert(section, cls.Config, key, extra_valid=("type", "weight", "data"))
     for i, m in enumerate(getattr(options, "modalities", ())):
         if m not in modalities:
             raise ConfigError(

@@ -191,10 +191,13 @@ class EpochBatches(Dataset):
         for index in indices:
             index = int(index)
             rng = sample_rng(s.seed, s.name, self.epoch, index) if s.train else None
+            # Eval streams transform deterministically (rng None) but still need a
+            # per-sample generator for which item to render and the objective's choices.
+            choices = rng if rng is not None else sample_rng(s.seed, s.name, "eval", index)
             try:
-                raw = s.source.get(index, rng if rng is not None else sample_rng(s.seed, s.name, index))
+                raw = s.source.get(index, choices)
                 transformed = {name: s.modalities[name].transform(raw[name], rng) for name in s.modalities}
-                extra = s.prepare(transformed, rng if rng is not None else sample_rng(s.seed, s.name, "eval", index))
+                extra = s.prepare(transformed, choices)
             except InvalidSample as exc:
                 where = exc.source or s.source.where(index)
                 if s.on_error == "fail":

@@ -1,11 +1,9 @@
-import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 import mmssl

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mmssl.checkpoint import CheckpointError, load_pretrained, load_run_config, resolve_checkpoint
+from mmssl.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint
 from mmssl.evaluation import EvaluationError, load_eval_set, zero_shot_classify
 from mmssl.plots import plot_confusion
 
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_pretrained(checkpoint, device=args.device)
         if args.modality not in model.encoders:
             raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
-        run_config = load_run_config(checkpoint)
+        run_config = model.run_config
         data = load_eval_set(model, args.modality, args.data, run_config.world)
         result = zero_shot_classify(
             model,
