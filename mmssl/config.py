@@ -37,12 +37,16 @@ class DataConfig:
     ``source: world`` renders the embedded world; ``source: csv`` reads a CSV with one
     column per modality (``columns: {image: filepath, text: title}``), where file
     columns hold paths relative to the CSV's folder (open_clip's layout);
-    ``source: folder`` reads every file of the objective's one modality under ``path``.
+    ``source: folder`` reads every file of the objective's one modality under ``path``;
+    ``source: text`` reads a text corpus for a text-only objective (``path`` to a .txt
+    file, one document per line, or .jsonl with the text under ``text_field``). A
+    text-only objective on ``source: world`` reads the world's captions.
     """
 
-    source: Literal["world", "csv", "folder"] = "world"
+    source: Literal["world", "csv", "folder", "text"] = "world"
     path: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
+    text_field: str = "text"  # source text, JSONL files: the field holding the text
     separator: str = ","
     batch_size: int = 64
     num_workers: int = 0
@@ -75,8 +79,15 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     accum_steps: int = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    schedule: Literal["all"] = "all"
-    weighting: Literal["static"] = "static"
+    # which objectives run at a step: all | round_robin | weighted (objectives.<name>.probability)
+    schedule: Literal["all", "round_robin", "weighted"] = "all"
+    # how their losses combine: static | uncertainty (Kendall et al. 2018) | initial_loss
+    weighting: Literal["static", "uncertainty", "initial_loss"] = "static"
+    initial_loss_steps: int = 10  # weighting initial_loss: steps averaged for each loss's scale
+    # every N steps: each objective's gradient norm on one shared encoder and the cosines
+    # between objectives' gradients there (one extra backward per objective; 0 = off)
+    grad_diagnostics_every: int = 0
+    grad_diagnostics_modality: str = "text"
     device: str = "auto"
     threads: int | None = None
     log_every: int = 10
@@ -103,6 +114,7 @@ class ObjectiveSpec:
     weight: float
     data: DataConfig
     options: Any  # the objective class's Config
+    probability: float = 1.0  # relative chance of running at a step, for train.schedule: weighted
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ class RunConfig:
                 k: {"type": m.type, **_plain(m.options)} for k, m in self.modalities.items()
             },
             "objectives": {
-                k: {"type": o.type, "weight": o.weight, "data": _plain(o.data), **_plain(o.options)}
+                k: {"type": o.type, "weight": o.weight, "probability": o.probability, "data": _plain(o.data), **_plain(o.options)}
                 for k, o in self.objectives.items()
             },
             "world": _plain(self.world),
@@ -202,13 +214,21 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         name: _objective_spec(name, section, modalities)
         for name, section in _mapping(raw["objectives"], "objectives").items()
     }
+    train = convert(raw.get("train", {}), TrainConfig, "train")
+    if train.grad_diagnostics_every and train.grad_diagnostics_modality not in modalities:
+        raise ConfigError(
+            f"'train.grad_diagnostics_modality': '{train.grad_diagnostics_modality}' is not a configured modality."
+            f"{closest(train.grad_diagnostics_modality, list(modalities))} Configured: {sorted(modalities)}"
+        )
+    if train.schedule == "weighted" and not any(o.probability > 0 for o in objectives.values()):
+        raise ConfigError("'objectives.<name>.probability': train.schedule 'weighted' needs one objective with probability > 0")
     return RunConfig(
         name=convert(raw.get("name", "run"), str, "name"),
         seed=convert(raw.get("seed", 0), int, "seed"),
         modalities=modalities,
         objectives=objectives,
         world=convert(raw.get("world", {}), WorldConfig, "world"),
-        train=convert(raw.get("train", {}), TrainConfig, "train"),
+        train=train,
         eval=convert(raw.get("eval", {}), EvalConfig, "eval"),
     )
 
@@ -244,8 +264,11 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
     weight = convert(section.pop("weight", 1.0), float, f"{key}.weight")
     if weight < 0:
         raise ConfigError(f"'{key}.weight': must be >= 0, got {weight}")
+    probability = convert(section.pop("probability", 1.0), float, f"{key}.probability")
+    if probability < 0:
+        raise ConfigError(f"'{key}.probability': must be >= 0, got {probability}")
     data = convert(section.pop("data", {}), DataConfig, f"{key}.data")
-    options = convert(section, cls.Config, key, extra_valid=("type", "weight", "data"))
+    options = convert(section, cls.Config, key, extra_valid=("type", "weight", "probability", "data"))
     for i, m in enumerate(getattr(options, "modalities", ())):
         if m not in modalities:
             raise ConfigError(
@@ -261,14 +284,14 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
                     f"'{key}.data.columns': no column given for modality '{m}' "
                     f"(e.g. columns: {{{m}: <column name>}})"
                 )
-    if data.source == "folder":
+    if data.source in ("folder", "text"):
         if not data.path:
-            raise ConfigError(f"'{key}.data.path': required when data.source is 'folder'")
+            raise ConfigError(f"'{key}.data.path': required when data.source is '{data.source}'")
         if len(getattr(options, "modalities", ())) != 1:
-            raise ConfigError(f"'{key}.data.source': 'folder' feeds objectives of one modality only")
+            raise ConfigError(f"'{key}.data.source': '{data.source}' feeds objectives of one modality only")
     if data.batch_size < 1:
         raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
-    return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options)
+    return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options, probability=probability)
 
 
 # --------------------------------------------------------------------------------------

@@ -41,19 +41,32 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
 
 
 def plot_losses(records: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Total loss and each objective's loss against the step, one line each."""
+    """One panel per objective (its own y scale: a cross-entropy over a vocabulary and a
+    normalised regression do not share one), plus the weighted total. A dashed line
+    shows an objective's reference loss where it logs one (``trivial_loss``)."""
     series: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
     for record in records:
         for key, value in record.items():
-            if (key == "loss" or key.endswith("/loss")) and isinstance(value, (int, float)):
+            if (key == "loss" or key.endswith("/loss") or key.endswith("/trivial_loss")) and isinstance(value, (int, float)):
                 series[key][0].append(record["step"])
                 series[key][1].append(value)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, (steps, values) in sorted(series.items()):
-        ax.plot(steps, values, label="total" if key == "loss" else key.removesuffix("/loss"), lw=1.5 if key == "loss" else 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("training losses")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = ["loss"] + sorted(k.removesuffix("/loss") for k in series if k.endswith("/loss") and "/" in k)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        key = panel if panel == "loss" else f"{panel}/loss"
+        steps, values = series.get(key, ([], []))
+        ax.plot(steps, values, lw=1.3, label="loss")
+        if f"{panel}/trivial_loss" in series:
+            ax.plot(*series[f"{panel}/trivial_loss"], ls="--", lw=1, color="gray", label="trivial predictor")
+            ax.legend(fontsize=7)
+        ax.set_title("total (weighted)" if panel == "loss" else panel, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("training losses")
+    fig.tight_layout()
     _save(fig, path)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import collections
 import csv
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Protocol
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +81,74 @@ class WorldSource:
 
     def where(self, index: int) -> str:
         return f"world sample {index}"
+
+
+class CaptionSource:
+    """Captions of the embedded world, alone: the default corpus of text-only objectives
+    (masked language modeling). Each item is a training-class caption of one of the
+    worlds, chosen at random; held-out combinations never appear, not even as text."""
+
+    def __init__(self, worlds: Sequence[World], captioner: Modality, size: int) -> None:
+        if not worlds:
+            raise DataError("the embedded world has no rendering modality to caption; use data.source: text")
+        self.worlds = list(worlds)
+        self.captioner = captioner
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        world = self.worlds[int(rng.integers(len(self.worlds)))]
+        cls = world.train_classes[int(rng.integers(len(world.train_classes)))]
+        text, _ = world.caption(world.concept(cls, rng), rng)
+        return {self.captioner.key: text}
+
+    def where(self, index: int) -> str:
+        return f"world caption {index}"
+
+
+class TextCorpusSource:
+    """A text corpus: a .txt file (one document per non-empty line) or JSONL (one object
+    per line, the text under ``field``). Lines are parsed when drawn, so a bad record
+    is a counted skip (or an error) naming its line, not a failure at start-up."""
+
+    def __init__(self, path: str | Path, modality: Modality, field: str = "text") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"text corpus not found: {self.path}")
+        self.jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson")
+        self.field = field
+        self.modality = modality
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self.lines = [(n, line.rstrip("\n")) for n, line in enumerate(f, start=1) if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{self.path}: not UTF-8 text: {exc}") from None
+        if not self.lines:
+            raise DataError(f"{self.path}: no non-empty lines")
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        _, line = self.lines[index]
+        if not self.jsonl:
+            return {self.modality.key: line.strip()}
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidSample(f"not valid JSON: {exc.msg} (column {exc.colno})", source=self.where(index)) from None
+        if not isinstance(record, dict) or self.field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise InvalidSample(f"no '{self.field}' field (has {keys})", source=self.where(index))
+        text = record[self.field]
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidSample(f"'{self.field}' is not a non-empty string: {text!r}", source=self.where(index))
+        return {self.modality.key: text.strip()}
+
+    def where(self, index: int) -> str:
+        return f"{self.path} line {self.lines[index][0]}"
 
 
 class CsvSource:

@@ -32,7 +32,9 @@ from mmssl.checkpoint import (
 from mmssl.config import RunConfig, TrainConfig
 from mmssl.model import MultimodalModel, build_model
 from mmssl.run_log import RunLog
-from mmssl.streams import CsvSource, DataError, FolderSource, Stream, WorldSource
+from mmssl.schedule import ObjectiveSchedule
+from mmssl.streams import CaptionSource, CsvSource, DataError, FolderSource, Stream, TextCorpusSource, WorldSource
+from mmssl.weighting import LossWeighting, build_weighting
 from mmssl.world import world_for
 from objectives.base import DistContext
 
@@ -50,13 +52,23 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
         if data.source == "world":
             renderers = [m for m in modalities.values() if m.concept_space() is not None]
             captioners = [m for m in modalities.values() if m.consumes_captions]
-            if len(renderers) != 1 or len(captioners) > 1 or len(renderers) + len(captioners) != len(modalities):
+            if not renderers and len(captioners) == 1 == len(modalities):
+                # a text-only objective: the captions of every world in the model
+                worlds = [world_for(m, config.world) for m in model.encoders.values() if m.concept_space() is not None]
+                source = CaptionSource(worlds, captioners[0], size=data.epoch_size)
+            elif len(renderers) != 1 or len(captioners) > 1 or len(renderers) + len(captioners) != len(modalities):
                 raise DataError(
                     f"objective '{name}': the embedded world pairs one rendering modality with at most one "
                     f"caption modality; got {list(modalities)}. Use data.source: csv for other pairs."
                 )
-            world = world_for(renderers[0], config.world)
-            source = WorldSource(world, renderers[0], captioners[0] if captioners else None, size=data.epoch_size)
+            else:
+                world = world_for(renderers[0], config.world)
+                source = WorldSource(world, renderers[0], captioners[0] if captioners else None, size=data.epoch_size)
+        elif data.source == "text":
+            (modality,) = modalities.values()
+            if not modality.consumes_captions:
+                raise DataError(f"objective '{name}': data.source 'text' feeds text modalities; '{modality.key}' is not one")
+            source = TextCorpusSource(data.path, modality, field=data.text_field)
         elif data.source == "folder":
             (modality,) = modalities.values()
             source = FolderSource(data.path, modality)
@@ -76,10 +88,12 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
     return streams
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, train: TrainConfig, extra: Sequence[torch.nn.Parameter] = ()
+) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, temperatures and other 0/1-d parameters
-    (as open_clip), nor on embedding tables."""
-    decay, no_decay = [], []
+    (as open_clip), nor on embedding tables, nor on ``extra`` (loss-weighting parameters)."""
+    decay, no_decay = [], list(extra)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -186,15 +200,20 @@ class Pretrainer:
         missing = [n for n in self.model.objectives if n not in self.streams]
         if missing:
             raise ValueError(f"no data stream for objectives {missing}")
-        self.weights = {name: spec.weight for name, spec in config.objectives.items()}
-        for name in self.model.objectives:
-            self.weights.setdefault(name, 1.0)
-        self.optimizer = build_optimizer(self.model, self.train_cfg)
+        weights = {name: config.objectives[name].weight if name in config.objectives else 1.0 for name in self.model.objectives}
+        self.weighting: LossWeighting = build_weighting(
+            self.train_cfg.weighting, weights, self.train_cfg.initial_loss_steps
+        ).to(self.device)
+        probabilities = {n: config.objectives[n].probability for n in self.model.objectives if n in config.objectives}
+        self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed)
+        self.optimizer = build_optimizer(self.model, self.train_cfg, extra=list(self.weighting.parameters()))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
         self.callbacks = list(callbacks)
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        # per-objective metric sums and counts since the last log line (saved with checkpoints)
+        self._pending: dict[str, list[float]] = {}
 
     # --- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -204,6 +223,8 @@ class Pretrainer:
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
+            "weighting": self.weighting.state_dict(),
+            "pending_metrics": {k: list(v) for k, v in self._pending.items()},
             "rng": _rng_state(),
         }
 
@@ -217,6 +238,9 @@ class Pretrainer:
             if name not in self.streams:
                 raise ValueError(f"checkpoint has a stream '{name}' that this run does not configure")
             self.streams[name].load_state_dict(stream_state)
+        if "weighting" in state:
+            self.weighting.load_state_dict(state["weighting"])
+        self._pending = {k: [float(v[0]), int(v[1])] for k, v in state.get("pending_metrics", {}).items()}
         _set_rng_state(state["rng"])
 
     def save(self) -> Path:
@@ -249,8 +273,8 @@ class Pretrainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def active_objectives(self, step: int) -> list[str]:
-        """Objectives that run at ``step`` (schedule 'all': every one, every step)."""
-        return list(self.model.objectives)
+        """Objectives that run at ``step``, as ``train.schedule`` says."""
+        return self.schedule(step)
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``accum_steps`` micro-batches of every active objective."""
@@ -258,22 +282,28 @@ class Pretrainer:
         self.model.train()
         start = time.perf_counter()
         waited = {n: s.wait_seconds for n, s in self.streams.items()}
+        active = self.active_objectives(self.step)
+        diagnose = bool(cfg.grad_diagnostics_every) and self.step % cfg.grad_diagnostics_every == 0
         sums: dict[str, float] = defaultdict(float)
+        weights: dict[str, float] = {}
+        diagnostics: dict[str, float] = {}
         samples = 0
         total_value = 0.0
-        for _ in range(cfg.accum_steps):
-            total = None
-            for name in self.active_objectives(self.step):
+        for micro in range(cfg.accum_steps):
+            losses = {}
+            for name in active:
                 batch = move_to(next(self.streams[name]), self.device)
                 samples += batch_size_of(batch, self.model.objectives[name].modalities[0])
                 with self._autocast():
                     out = self.model(name, batch)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(f"objective '{name}' loss is {out.loss.item()} at step {self.step}")
-                weighted = self.weights[name] * out.loss
-                total = weighted if total is None else total + weighted
+                losses[name] = out.loss
                 for key, value in out.metrics.items():
                     sums[f"{name}/{key}"] += value / cfg.accum_steps
+            total, weights = self.weighting.combine(losses)
+            if diagnose and micro == 0:
+                diagnostics = self.gradient_diagnostics(losses, weights)
             self.scaler.scale(total / cfg.accum_steps).backward()
             total_value += total.item() / cfg.accum_steps
         self.scaler.unscale_(self.optimizer)
@@ -293,13 +323,49 @@ class Pretrainer:
             "samples_per_s": samples / seconds,
             "step_s": seconds,
             **sums,
+            **{f"weight/{name}": w for name, w in weights.items()},
+            **diagnostics,
         }
         for name, stream in self.streams.items():
             metrics[f"data/{name}/wait_s"] = stream.wait_seconds - waited[name]
         return metrics
 
+    def gradient_diagnostics(self, losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> dict[str, float]:
+        """Each objective's (weighted) gradient norm on the shared encoder named by
+        ``train.grad_diagnostics_modality``, and the cosine between every two objectives'
+        gradients there: negative cosines are objectives pulling the encoder apart."""
+        key = self.train_cfg.grad_diagnostics_modality
+        params = [p for p in self.model.encoders[key].parameters() if p.requires_grad]
+        grads: dict[str, torch.Tensor] = {}
+        for name, loss in losses.items():
+            parts = torch.autograd.grad(weights[name] * loss, params, retain_graph=True, allow_unused=True)
+            if all(g is None for g in parts):
+                continue  # this objective does not use the encoder
+            grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float() for g, p in zip(parts, params)])
+        out = {f"grad/{name}/{key}_norm": float(g.norm()) for name, g in grads.items()}
+        names = list(grads)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                out[f"grad_cos/{a}~{b}"] = float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))
+        return out
+
+    def _accumulate(self, metrics: Mapping[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                entry = self._pending.setdefault(key, [0.0, 0])
+                entry[0] += float(value)
+                entry[1] += 1
+
+    def _flush(self) -> dict[str, float]:
+        """Means over the steps since the last log line (an objective's metrics over the
+        steps it ran), so sparse schedules still log every objective."""
+        record = {key: total / count for key, (total, count) in self._pending.items() if count}
+        self._pending = {}
+        return record
+
     def fit(self) -> dict[str, Any]:
-        """Train to ``train.steps`` (resuming first, as configured); returns the last metrics."""
+        """Train to ``train.steps`` (resuming first, as configured); returns the last logged
+        record (metric means over the last logging interval, plus data stats)."""
         cfg = self.train_cfg
         self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.maybe_resume()
@@ -317,15 +383,17 @@ class Pretrainer:
         try:
             while self.step < cfg.steps:
                 metrics = self.train_step()
-                last = metrics
+                self._accumulate(metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}", refresh=False)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    record = {**self._flush(), "lr": metrics["lr"]}
                     for name, stream in self.streams.items():
                         for key, value in stream.stats().items():
-                            metrics[f"data/{name}/{key}"] = value
-                    run_log.log(self.step, metrics)
-                    self.history.append({"step": self.step, **metrics})
+                            record[f"data/{name}/{key}"] = value
+                    run_log.log(self.step, record)
+                    self.history.append({"step": self.step, **record})
+                    last = record
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.save()
                 for callback in self.callbacks:

@@ -14,6 +14,11 @@ from open_clip.transformer import TextTransformer
 from modalities.base import InvalidSample, Modality, ModalityOutput
 
 TOKENIZER_KIND = "open_clip_bpe"
+# Added to open_clip's BPE vocabulary (after its <start_of_text>, <end_of_text>): the
+# masked-language-modeling mask token, and a padding token of its own (open_clip pads
+# with id 0, which is also the BPE token '!').
+MASK_TOKEN = "<mask>"
+PAD_TOKEN = "<pad>"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,10 @@ class TextModality(Modality):
         sample: LongTensor [L] token ids (L = context_length), SOT ... EOT then padding.
         batch: {"ids": [B, L]}.
         output: pooled [B, width]; tokens [B, L, width]; padding_mask [B, L] (True after EOT).
+
+    Hooks for masked language modeling: ``mask_token_id``, ``num_regular_tokens`` (ids
+    below it are ordinary BPE tokens), ``vocab_size``, ``token_embedding``,
+    ``bidirectional`` and ``maskable_positions``.
     """
 
     Config = TextConfig
@@ -44,20 +53,24 @@ class TextModality(Modality):
         super().__init__(config)
         if config.width % config.heads:
             raise ValueError(f"text width {config.width} is not divisible by heads {config.heads}")
-        self.tokenizer = SimpleTokenizer(context_length=config.context_length)
+        self.tokenizer = SimpleTokenizer(context_length=config.context_length, additional_special_tokens=[MASK_TOKEN, PAD_TOKEN])
+        self.sot_id = int(self.tokenizer.sot_token_id)
         self.eot_id = int(self.tokenizer.eot_token_id)
-        self.pad_id = 0  # open_clip pads with 0
-        bidirectional = config.attention == "bidirectional"
+        self.mask_token_id = int(self.tokenizer.encoder[MASK_TOKEN])
+        self.pad_id = int(self.tokenizer.encoder[PAD_TOKEN])
+        self.num_regular_tokens = min(self.tokenizer.all_special_ids)
+        self.vocab_size = int(self.tokenizer.vocab_size)
+        self.bidirectional = config.attention == "bidirectional"
         self.tower = TextTransformer(
             context_length=config.context_length,
-            vocab_size=self.tokenizer.vocab_size,
+            vocab_size=self.vocab_size,
             width=config.width,
             heads=config.heads,
             layers=config.layers,
             mlp_ratio=config.mlp_ratio,
             output_dim=None,  # projections belong to the objectives
-            no_causal_mask=bidirectional,
-            use_pad_mask=bidirectional,
+            no_causal_mask=self.bidirectional,
+            use_pad_mask=self.bidirectional,
             pad_id=self.pad_id,
             eos_id=self.eot_id,
             pool_type="eos" if config.pool == "eos" else "none",
@@ -75,7 +88,10 @@ class TextModality(Modality):
             raise InvalidSample(f"cannot read text: {exc}", source=path) from None
 
     def _tokenize_uncached(self, text: str) -> torch.Tensor:
-        return self.tokenizer([text])[0]
+        ids = self.tokenizer([text])[0]
+        eot_pos = int((ids == self.eot_id).nonzero()[0, 0])  # open_clip truncates to end with EOT
+        ids[eot_pos + 1 :] = self.pad_id
+        return ids
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
         if not isinstance(raw, str):
@@ -89,14 +105,20 @@ class TextModality(Modality):
         """Strings straight to a batch."""
         return self.collate([self.transform(t) for t in texts])
 
+    @property
+    def token_embedding(self) -> torch.nn.Embedding:
+        return self.tower.token_embedding
+
+    def maskable_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bool [..., L]: ordinary tokens that masked language modeling may select
+        (not SOT, EOT, padding or a mask token already there)."""
+        return ids < self.num_regular_tokens
+
     # --- model --------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ModalityOutput:
         ids = batch["ids"]
         pooled, tokens = self.tower(ids)
-        # Everything after the first EOT is padding (id 0 is also a real BPE token, '!').
-        eot_pos = (ids == self.eot_id).int().argmax(dim=1, keepdim=True)
-        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-        padding_mask = positions > eot_pos
+        padding_mask = ids == self.pad_id
         if self.config.pool == "first":
             pooled = tokens[:, 0]
         elif self.config.pool == "mean":
@@ -110,8 +132,9 @@ class TextModality(Modality):
             "tokenizer": TOKENIZER_KIND,
             "vocab_size": int(self.tokenizer.vocab_size),
             "context_length": int(self.config.context_length),
-            "sot_id": int(self.tokenizer.sot_token_id),
+            "sot_id": self.sot_id,
             "eot_id": self.eot_id,
+            "mask_id": self.mask_token_id,
             "pad_id": self.pad_id,
         }
 

@@ -1,0 +1,142 @@
+"""Joint training: loss weighting, objective schedules, gradient diagnostics and exact
+resume, on configs/tiny_joint.yaml (every objective, one shared text encoder)."""
+
+import collections
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import mmssl
+from mmssl.checkpoint import list_checkpoints, load_trainer_state, resolve_checkpoint
+from mmssl.run_log import read_metrics
+from mmssl.schedule import ObjectiveSchedule
+from mmssl.trainer import Pretrainer
+from mmssl.weighting import InitialLossWeighting, LossWeighting, UncertaintyWeighting
+from tests.conftest import CONFIGS, REPO
+from tests.test_trainer import _KILL_SCRIPT, _assert_same_weights
+
+TINY_JOINT = CONFIGS / "tiny_joint.yaml"
+
+
+def _joint(*overrides):
+    return mmssl.load_config(TINY_JOINT, list(overrides))
+
+
+def test_schedules_choose_by_seed_and_step():
+    names = ["a", "b", "c"]
+    assert ObjectiveSchedule("all", names)(5) == names
+    assert [ObjectiveSchedule("round_robin", names)(s)[0] for s in range(5)] == ["a", "b", "c", "a", "b"]
+    weighted = ObjectiveSchedule("weighted", names, {"a": 2, "b": 1, "c": 1}, seed=3)
+    picks = collections.Counter(weighted(s)[0] for s in range(4000))
+    assert abs(picks["a"] / 4000 - 0.5) < 0.03 and abs(picks["c"] / 4000 - 0.25) < 0.03
+    again = ObjectiveSchedule("weighted", names, {"a": 2, "b": 1, "c": 1}, seed=3)
+    assert all(weighted(s) == again(s) for s in range(100))  # what every rank and a resumed run see
+    with pytest.raises(ValueError, match="probabilities"):
+        ObjectiveSchedule("weighted", names, {"a": 0, "b": 0, "c": 0})
+
+
+def test_weightings_combine_as_documented():
+    losses = {"a": torch.tensor(2.0), "b": torch.tensor(8.0)}
+    total, weights = LossWeighting({"a": 1.0, "b": 0.5}).combine(losses)
+    assert total.item() == 6.0 and weights == {"a": 1.0, "b": 0.5}
+
+    uncertainty = UncertaintyWeighting({"a": 1.0, "b": 1.0})
+    with torch.no_grad():
+        uncertainty.log_variance.copy_(torch.tensor([0.0, np.log(4.0)]))
+    total, weights = uncertainty.combine(losses)
+    assert abs(total.item() - (2.0 + 8.0 / 4 + np.log(4.0))) < 1e-5
+    assert abs(weights["b"] - 0.25) < 1e-6
+    total.backward()
+    # d/ds (exp(-s) L + s) = 1 - exp(-s) L: a large loss raises its variance, lowering its weight
+    assert torch.allclose(uncertainty.log_variance.grad, torch.tensor([1 - 2.0, 1 - 2.0]))
+
+    initial = InitialLossWeighting({"a": 1.0, "b": 2.0}, warmup=2)
+    initial.combine({"a": torch.tensor(4.0), "b": torch.tensor(10.0)})
+    initial.combine({"a": torch.tensor(2.0), "b": torch.tensor(10.0)})
+    _, weights = initial.combine({"a": torch.tensor(1.0), "b": torch.tensor(1.0)})
+    assert weights == pytest.approx({"a": 1 / 3.0, "b": 2 / 10.0})  # frozen after 2 observations
+
+
+def _first_and_last(records, key):
+    values = [r[key] for r in records if key in r]
+    return values[0], values[-1]
+
+
+@pytest.mark.parametrize(
+    "weighting, schedule",
+    [("static", "all"), ("uncertainty", "all"), ("initial_loss", "all"), ("static", "round_robin"), ("static", "weighted")],
+)
+def test_every_objective_learns_under_each_weighting_and_schedule(weighting, schedule, tmp_path):
+    steps = 32 if schedule == "all" else 48
+    config = _joint(
+        f"train.weighting={weighting}", f"train.schedule={schedule}", f"train.steps={steps}",
+        f"train.log_every={steps // 4}", "train.checkpoint_every=0",
+    )
+    Pretrainer(config, tmp_path).fit()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    for name in config.objectives:
+        first, last = _first_and_last(records, f"{name}/loss")
+        assert last < first, f"{name} loss {first:.4f} -> {last:.4f} ({weighting}, {schedule})"
+        weights = [r[f"weight/{name}"] for r in records if f"weight/{name}" in r]
+        assert len(weights) == 4  # every objective logged in every interval, even when it runs 1 step in 4
+    if weighting == "uncertainty":
+        assert len({round(w, 6) for w in weights}) > 1  # learned, not fixed
+
+
+def test_gradient_diagnostics_report_norms_and_cosines(tmp_path):
+    config = _joint("train.steps=2", "train.grad_diagnostics_every=1", "train.checkpoint_every=0")
+    trainer = Pretrainer(config, tmp_path)
+    metrics = trainer.train_step()
+    text_users = ["image_text", "audio_text", "mlm"]
+    for name in text_users:
+        assert metrics[f"grad/{name}/text_norm"] > 0
+    assert "grad/masked_audio/text_norm" not in metrics  # it never touches the text encoder
+    cosines = {k: v for k, v in metrics.items() if k.startswith("grad_cos/")}
+    assert len(cosines) == 3 and all(-1 <= v <= 1 for v in cosines.values())
+
+    # the norm is the weighted objective's gradient on the text encoder, computed directly
+    trainer = Pretrainer(_joint("objectives.mlm.weight=0.5"), tmp_path / "direct")
+    batch = next(Pretrainer(_joint(), tmp_path / "probe").streams["mlm"])
+    loss = trainer.model("mlm", batch).loss * 0.5
+    grads = torch.autograd.grad(loss, list(trainer.model.encoders["text"].parameters()), allow_unused=True)
+    direct = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
+    diag = trainer.gradient_diagnostics({"mlm": trainer.model("mlm", batch).loss}, {"mlm": 0.5})
+    assert diag["grad/mlm/text_norm"] == pytest.approx(direct, rel=1e-4)
+
+
+def test_joint_resume_after_kill_is_bit_exact(tmp_path):
+    overrides = [
+        "train.steps=8", "train.checkpoint_every=4", "train.log_every=3",
+        "train.schedule=weighted", "train.weighting=uncertainty",
+    ]
+    full = Pretrainer(_joint(*overrides), tmp_path / "full")
+    full.fit()
+
+    run = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(TINY_JOINT), str(run), *overrides],
+        env={**os.environ, "KILL_AT": "6"},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000004"]
+
+    resumed = Pretrainer(_joint(*overrides), run)
+    resumed.fit()
+    _assert_same_weights(full.model, resumed.model)
+    assert torch.equal(full.weighting.log_variance, resumed.weighting.log_variance)
+    full_records = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    resumed_records = read_metrics(run / "metrics.jsonl")
+    keys = [k for k in full_records[-1] if k.endswith("/loss") or k.startswith("weight/") or k == "loss"]
+    # step 6's record averages steps 4-6: the resumed run restored steps 4's pending sums
+    assert [[r.get(k) for k in keys] for r in resumed_records] == [[r.get(k) for k in keys] for r in full_records]
+    full_state = load_trainer_state(resolve_checkpoint(tmp_path / "full"))
+    resumed_state = load_trainer_state(resolve_checkpoint(run))
+    assert full_state["streams"] == resumed_state["streams"]  # every stream's position
+    assert sum(s["position"] for s in resumed_state["streams"].values()) == 8  # one objective per step
