@@ -88,6 +88,9 @@ class TrainConfig:
     # between objectives' gradients there (one extra backward per objective; 0 = off)
     grad_diagnostics_every: int = 0
     grad_diagnostics_modality: str = "text"
+    # run the same encoder's calls of several objectives in a step as one batched call
+    # (encoders whose samples do not interact: text, the audio transformer)
+    share_encoder_calls: bool = False
     device: str = "auto"
     threads: int | None = None
     log_every: int = 10

@@ -30,6 +30,7 @@ from mmssl.checkpoint import (
     save_checkpoint,
 )
 from mmssl.config import RunConfig, TrainConfig
+from mmssl.encoder_sharing import share_encoder_calls
 from mmssl.model import MultimodalModel, build_model
 from mmssl.run_log import RunLog
 from mmssl.schedule import ObjectiveSchedule
@@ -291,8 +292,11 @@ class Pretrainer:
         total_value = 0.0
         for micro in range(cfg.accum_steps):
             losses = {}
-            for name in active:
-                batch = move_to(next(self.streams[name]), self.device)
+            batches = {name: move_to(next(self.streams[name]), self.device) for name in active}
+            if cfg.share_encoder_calls and len(active) > 1:
+                with self._autocast():
+                    share_encoder_calls(self.model.objectives, self.model.encoders, batches)
+            for name, batch in batches.items():
                 samples += batch_size_of(batch, self.model.objectives[name].modalities[0])
                 with self._autocast():
                     out = self.model(name, batch)

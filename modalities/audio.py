@@ -134,6 +134,8 @@ class AudioModality(Modality):
                 encoder_layer_drop=0.0,
                 aux_num_out=None,
             )
+        # timm CNNs may hold BatchNorm; the transformer and wav2vec2 (group norm) do not
+        self.independent_samples = config.encoder != "timm"
         augment = nn.Sequential(
             *([torchaudio.transforms.FrequencyMasking(config.freq_mask)] if config.freq_mask else []),
             *([torchaudio.transforms.TimeMasking(config.time_mask)] if config.time_mask else []),
@@ -240,6 +242,11 @@ class AudioModality(Modality):
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         key, count = ("wave", "valid_samples") if self.config.encoder == "wav2vec2" else ("mel", "valid_frames")
         return {key: torch.stack([s[key] for s in samples]), count: torch.tensor([s[count] for s in samples])}
+
+    def call_defaults(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        if self.config.encoder == "wav2vec2":
+            return {}
+        return {"patch_mask": torch.zeros(inputs["mel"].shape[0], self.num_patches, dtype=torch.bool, device=inputs["mel"].device)}
 
     # --- model --------------------------------------------------------------------------
     def patchify(self, mel: torch.Tensor) -> torch.Tensor:

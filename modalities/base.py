@@ -83,6 +83,9 @@ class Modality(nn.Module):
     Config: ClassVar[type] = object
     consumes_captions: ClassVar[bool] = False
     file_extensions: ClassVar[tuple[str, ...]] = ()  # what a data folder of this modality holds
+    # True when each sample's output depends on that sample alone (no BatchNorm or other
+    # cross-sample layers): then several objectives' calls may run as one batched call.
+    independent_samples: bool = False
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -128,6 +131,11 @@ class Modality(nn.Module):
 
     def check_extra_state(self, state: Mapping[str, Any]) -> None:
         """Raise ValueError if a checkpoint's extra state does not fit this modality."""
+
+    def call_defaults(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of ``forward`` that equal leaving them out, for ``inputs``
+        (an all-False patch mask), so a plain call can join a batched call that passes them."""
+        return {}
 
     def move_batch(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
         """Batch to device (non-blocking where possible)."""

@@ -48,6 +48,7 @@ class TextModality(Modality):
 
     Config = TextConfig
     consumes_captions = True
+    independent_samples = True
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__(config)

@@ -18,6 +18,10 @@ MATCH_KEY = "match"
 # Batch key of the per-sample random choices an objective drew in the data pipeline
 # (``Objective.prepare_sample``), collated: e.g. {"patch_mask": [B, N]}.
 EXTRAS_KEY = "extras"
+# Batch key of encoder outputs the trainer already computed for an objective's declared
+# calls (``Objective.encoder_calls``), by slot, when it ran several objectives' calls
+# on one encoder as one call.
+ENCODED_KEY = "encoded"
 
 
 def match_matrix(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tensor:
@@ -43,6 +47,15 @@ class DistContext:
     world_size: int = 1
     local_loss: bool = False
     gather_with_grad: bool = False
+
+
+@dataclass(frozen=True)
+class EncoderCall:
+    """One encoder call of an objective: ``model.encoders[modality](inputs, **kwargs)``."""
+
+    modality: str
+    inputs: Any
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,6 +102,24 @@ class Objective(nn.Module):
         stacked across the batch under ``batch[EXTRAS_KEY]``.
         """
         return {}
+
+    def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
+        """The encoder calls ``forward`` makes on ``batch``, by slot name.
+
+        An objective that declares its calls and gets their outputs with ``encode``
+        lets the trainer run calls of several objectives on one encoder as one call
+        (``train.share_encoder_calls``). Declaring none is always correct.
+        """
+        return {}
+
+    def encode(self, model: EncoderHost, batch: Mapping[str, Any], slot: str) -> ModalityOutput:
+        """The output of the declared call ``slot``: the trainer's shared result if it
+        computed one, else the call itself."""
+        done = batch.get(ENCODED_KEY)
+        if done is not None and slot in done:
+            return done[slot]
+        call = self.encoder_calls(batch)[slot]
+        return model.encoders[call.modality](call.inputs, **call.kwargs)
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         """Project an encoder output into this objective's shared space, if it defines one.

@@ -20,7 +20,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
 from modalities.base import Modality, ModalityOutput
-from objectives.base import MATCH_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput, match_matrix
+from objectives.base import MATCH_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput, match_matrix
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,13 @@ class ContrastiveObjective(Objective):
             return None
         return self.heads[modality](output.pooled)
 
+    def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
+        return {m: EncoderCall(m, batch[m]) for m in self.modalities}
+
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         a, b = self.modalities
-        fa = F.normalize(self.embed(a, model.encoders[a](batch[a])), dim=-1)
-        fb = F.normalize(self.embed(b, model.encoders[b](batch[b])), dim=-1)
+        fa = F.normalize(self.embed(a, self.encode(model, batch, a)), dim=-1)
+        fb = F.normalize(self.embed(b, self.encode(model, batch, b)), dim=-1)
         scale = self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
         codes = batch.get(MATCH_KEY) if self.config.same_concept_positives else None
         codes_a = codes.get(a) if codes else None

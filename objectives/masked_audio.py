@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from modalities.base import Modality
-from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
+from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 
 REQUIRED_HOOKS = ("patchify", "patch_padding_mask", "grid", "patch_dim")
 
@@ -98,12 +98,15 @@ class MaskedAudioObjective(Objective):
     def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return {"patch_mask": patch_mask(self.grid, self.config.mask_ratio, self.config.mask_kind, rng)}
 
+    def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
+        return {"masked": EncoderCall(self.key, batch[self.key], {"patch_mask": batch[EXTRAS_KEY]["patch_mask"]})}
+
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         encoder = model.encoders[self.key]
         inputs = batch[self.key]
         masked = batch[EXTRAS_KEY]["patch_mask"]
         counted = masked & ~encoder.patch_padding_mask(inputs)  # padding after the audio ends is no target
-        output = encoder(inputs, patch_mask=masked)
+        output = self.encode(model, batch, "masked")
         prediction = self.head(output.tokens)
         target = encoder.patchify(inputs["mel"]).float()
         if self.config.norm_targets:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalities.base import Modality
-from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
+from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 
 REQUIRED_HOOKS = ("mask_token_id", "num_regular_tokens", "vocab_size", "token_embedding", "bidirectional", "maskable_positions")
 IGNORE = -100  # label of positions that are not predicted
@@ -117,11 +117,13 @@ class MLMObjective(Objective):
         )
         return {"mlm_ids": corrupted, "mlm_labels": labels}
 
+    def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
+        return {"corrupted": EncoderCall(self.key, {**batch[self.key], "ids": batch[EXTRAS_KEY]["mlm_ids"]})}
+
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         encoder = model.encoders[self.key]
-        extras = batch[EXTRAS_KEY]
-        labels = extras["mlm_labels"]
-        output = encoder({**batch[self.key], "ids": extras["mlm_ids"]})
+        labels = batch[EXTRAS_KEY]["mlm_labels"]
+        output = self.encode(model, batch, "corrupted")
         selected = labels != IGNORE
         hidden = self.transform(output.tokens[selected])  # [M, D]: only selected positions
         weight = encoder.token_embedding.weight if self.decoder is None else self.decoder.weight

@@ -140,3 +140,26 @@ def test_joint_resume_after_kill_is_bit_exact(tmp_path):
     resumed_state = load_trainer_state(resolve_checkpoint(run))
     assert full_state["streams"] == resumed_state["streams"]  # every stream's position
     assert sum(s["position"] for s in resumed_state["streams"].values()) == 8  # one objective per step
+
+
+def test_shared_encoder_calls_match_separate_calls(tmp_path):
+    """One batched text call (image-text, audio-text, MLM) and one audio call (audio-text,
+    masked audio) give the losses and gradients of separate calls."""
+    results = {}
+    for share in (False, True):
+        trainer = Pretrainer(_joint(f"train.share_encoder_calls={share}", "train.steps=1"), tmp_path / str(share))
+        batches = {name: next(stream) for name, stream in trainer.streams.items()}
+        if share:
+            from mmssl.encoder_sharing import share_encoder_calls
+
+            assert share_encoder_calls(trainer.model.objectives, trainer.model.encoders, batches) == 3
+        losses = {name: trainer.model(name, batch).loss for name, batch in batches.items()}
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[share] = (losses, grads)
+    (separate, separate_grads), (shared, shared_grads) = results[False], results[True]
+    for name in separate:
+        assert torch.allclose(separate[name], shared[name], atol=1e-5), name
+    assert separate_grads.keys() == shared_grads.keys()
+    for name in separate_grads:
+        assert torch.allclose(separate_grads[name], shared_grads[name], atol=1e-5, rtol=1e-4), name
