@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {"steps": trainer.step, "seconds": round(seconds, 1), **{k: v for k, v in last.items() if "/" in k or k == "loss"}}
     (output / "train_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"trained {trainer.step} steps in {seconds:.0f} s; final loss {last.get('loss', float('nan')):.4f}")
+    for name in trainer.model.objectives:  # means over the last logging interval
+        values = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(f"{name}/")}
+        if values:
+            print(f"  {name}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
     print(f"checkpoints: {output / 'checkpoints'}; loss curves: {output / 'losses.png'}")
     return 0
 
