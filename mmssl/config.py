@@ -37,10 +37,12 @@ class DataConfig:
     ``source: world`` renders the embedded world; ``source: csv`` reads a CSV with one
     column per modality (``columns: {image: filepath, text: title}``), where file
     columns hold paths relative to the CSV's folder (open_clip's layout);
-    ``source: folder`` reads every file of the objective's one modality under ``path``.
+    ``source: folder`` reads every file of the objective's one modality under ``path``;
+    ``source: graphs`` reads a graph file (JSONL or a saved list of PyG Data) whose
+    optional ``text`` feeds a caption modality.
     """
 
-    source: Literal["world", "csv", "folder"] = "world"
+    source: Literal["world", "csv", "folder", "graphs"] = "world"
     path: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     separator: str = ","
@@ -266,6 +268,8 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
             raise ConfigError(f"'{key}.data.path': required when data.source is 'folder'")
         if len(getattr(options, "modalities", ())) != 1:
             raise ConfigError(f"'{key}.data.source': 'folder' feeds objectives of one modality only")
+    if data.source == "graphs" and not data.path:
+        raise ConfigError(f"'{key}.data.path': required when data.source is 'graphs' (a .jsonl or .pt graph file)")
     if data.batch_size < 1:
         raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
     return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options)

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Protocol
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -186,7 +186,7 @@ class EpochBatches(Dataset):
         indices = self.order[b * s.batch_size : (b + 1) * s.batch_size]
         samples: dict[str, list[Any]] = collections.defaultdict(list)
         codes: dict[str, list[list[int]]] = collections.defaultdict(list)
-        extras: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
+        extras: dict[str, list[Any]] = collections.defaultdict(list)
         skipped = []
         for index in indices:
             index = int(index)
@@ -216,7 +216,7 @@ class EpochBatches(Dataset):
         if codes:
             data[MATCH_KEY] = {name: torch.tensor(c, dtype=torch.long) for name, c in codes.items()}
         if extras:
-            data[EXTRAS_KEY] = {key: torch.stack(values) for key, values in extras.items()}
+            data[EXTRAS_KEY] = s.collate_extras(extras)
         return BuiltBatch(data, len(next(iter(samples.values()))), skipped)
 
 
@@ -226,6 +226,11 @@ def _identity(x: Any) -> Any:
 
 def _no_extras(sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
     return {}
+
+
+def stack_extras(extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """Default extras collation: stack each key's per-sample tensors."""
+    return {key: torch.stack(list(values)) for key, values in extras.items()}
 
 
 class Stream:
@@ -243,6 +248,7 @@ class Stream:
         train: random per-sample augmentation (else deterministic transforms).
         shuffle: new order every epoch.
         prepare: per-sample random choices of the objective (``Objective.prepare_sample``).
+        collate_extras: batches those choices (``Objective.collate_extras``; default: stack).
     """
 
     def __init__(
@@ -258,7 +264,8 @@ class Stream:
         train: bool = True,
         shuffle: bool = True,
         drop_last: bool = True,
-        prepare: Callable[[Mapping[str, Any], np.random.Generator], dict[str, torch.Tensor]] | None = None,
+        prepare: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]] | None = None,
+        collate_extras: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]] | None = None,
     ) -> None:
         if len(source) < batch_size and drop_last:
             raise DataError(f"stream '{name}': {len(source)} samples is fewer than one batch of {batch_size}")
@@ -274,6 +281,7 @@ class Stream:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.prepare = prepare or _no_extras
+        self.collate_extras = collate_extras or stack_extras
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
         self.samples = 0

@@ -30,6 +30,7 @@ from mmssl.checkpoint import (
     save_checkpoint,
 )
 from mmssl.config import RunConfig, TrainConfig
+from mmssl.graph_sources import GraphSource
 from mmssl.model import MultimodalModel, build_model
 from mmssl.run_log import RunLog
 from mmssl.streams import CsvSource, DataError, FolderSource, Stream, WorldSource
@@ -57,6 +58,8 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
                 )
             world = world_for(renderers[0], config.world)
             source = WorldSource(world, renderers[0], captioners[0] if captioners else None, size=data.epoch_size)
+        elif data.source == "graphs":
+            source = GraphSource.from_file(data.path, modalities)
         elif data.source == "folder":
             (modality,) = modalities.values()
             source = FolderSource(data.path, modality)
@@ -72,6 +75,7 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
             on_error=data.on_error,
             max_skip_fraction=data.max_skip_fraction,
             prepare=model.objectives[name].prepare_sample,
+            collate_extras=model.objectives[name].collate_extras,
         )
     return streams
 

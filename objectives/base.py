@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -85,10 +85,16 @@ class Objective(nn.Module):
         """Random choices about one sample (a mask), drawn in the data pipeline from the
         sample's own generator, so they do not depend on workers, ranks or resumption.
 
-        ``sample`` maps modality names to transformed samples. The returned tensors are
-        stacked across the batch under ``batch[EXTRAS_KEY]``.
+        ``sample`` maps modality names to transformed samples. The returned values are
+        batched by ``collate_extras`` under ``batch[EXTRAS_KEY]``.
         """
         return {}
+
+    def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """Batch the per-sample values of ``prepare_sample`` (key -> one value per kept
+        sample). The default stacks tensors; an objective whose choices are not tensors
+        (whole augmented graphs) collates them itself."""
+        return {key: torch.stack(list(values)) for key, values in extras.items()}
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         """Project an encoder output into this objective's shared space, if it defines one.
