@@ -6,6 +6,7 @@ encoders with mean / add / attention readout; graph families for the world.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -24,8 +25,7 @@ from torch_geometric.nn import (
     global_add_pool,
     global_mean_pool,
 )
-from torch_geometric.transforms import AddRandomWalkPE
-from torch_geometric.utils import degree, from_networkx, to_dense_batch, to_undirected
+from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_batch, to_undirected
 
 from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput
 
@@ -44,7 +44,7 @@ class GraphConfig:
     readout: Literal["mean", "add", "attention"] = "mean"
     # Node features: ``in_features`` columns of x (0: the graphs carry no x), then a
     # one-hot of the degree clamped to ``max_degree`` and ``walk_length`` random-walk
-    # return probabilities (PyG's AddRandomWalkPE); 0 turns either off.
+    # return probabilities (as PyG's AddRandomWalkPE); 0 turns either off.
     in_features: int = 0
     max_degree: int = 16
     walk_length: int = 8
@@ -58,10 +58,15 @@ class GraphConfig:
 class GraphModality(Modality):
     """Graph encoder over PyG mini-batches.
 
+    Structural features are computed for the whole batch in ``collate`` (one batched
+    pass is much cheaper than one per tiny graph), from each graph's own edges, so an
+    augmented view describes its own structure.
+
     Shapes:
-        sample: ``Data`` with x [N, in_features + max_degree + 1 + walk_length],
-            edge_index [2, E], edge_attr [E, edge_features] when configured.
-        batch: a PyG ``Batch`` of B graphs (x [sum N, F], edge_index, batch [sum N]).
+        sample: ``Data`` with edge_index [2, E], num_nodes N, x [N, in_features] and
+            edge_attr [E, edge_features] when configured.
+        batch: a PyG ``Batch`` of B graphs: x [sum N, node_dim] (node_dim = in_features
+            + max_degree + 1 + walk_length), edge_index, batch [sum N].
         output: pooled [B, width]; tokens [B, N_max, width]; padding_mask [B, N_max]
             (True = padding, graphs have different node counts).
     """
@@ -90,8 +95,6 @@ class GraphModality(Modality):
         self.norms = nn.ModuleList([nn.LayerNorm(c.width) for _ in range(c.depth if c.encoder != "gps" else 0)])
         self.out_norm = nn.LayerNorm(c.width)
         self.pool = AttentionalAggregation(gate_nn=nn.Linear(c.width, 1)) if c.readout == "attention" else None
-        # AddRandomWalkPE copies its input; kept out of the module tree (no weights).
-        object.__setattr__(self, "_random_walk", AddRandomWalkPE(c.walk_length, attr_name="rwpe") if c.walk_length else None)
 
     def _mlp(self) -> nn.Module:
         w = self.config.width
@@ -113,13 +116,10 @@ class GraphModality(Modality):
         raise InvalidSample("graph files hold many graphs: read them with a graph source (data.source: graphs)", source=path)
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Data:
-        """A raw graph (Data, networkx graph, JSONL-style mapping, edge list or
-        ``(edge list, num_nodes)``) checked and turned into a featurized ``Data``."""
-        return self.featurize(self.to_data(raw))
-
-    def to_data(self, raw: Any) -> Data:
-        """A clean ``Data`` (x float or None, edge_index long, edge_attr, num_nodes) from
-        any raw graph; raises InvalidSample naming what is wrong."""
+        """A clean ``Data`` (x float or absent, edge_index long, edge_attr, num_nodes) from
+        a raw graph: a PyG Data, a networkx graph, a JSONL-style mapping (``edges``,
+        ``num_nodes``, ``x``, ``edge_attr``), an edge list or ``(edge list, num_nodes)``.
+        Raises InvalidSample naming what is wrong. The input is never modified."""
         c = self.config
         if isinstance(raw, Data):
             num_nodes = raw.num_nodes
@@ -251,9 +251,10 @@ class GraphModality(Modality):
         return data
 
     def featurize(self, graph: Data) -> Data:
-        """A new ``Data`` whose x is [N, node_dim]: the first ``in_features`` columns of
-        ``graph.x``, then structural features computed from ``graph``'s own edges (so an
-        augmented view describes its own structure). ``graph`` is left unchanged."""
+        """A shallow copy of ``graph`` (one Data or a Batch) whose x is [N, node_dim]: the
+        first ``in_features`` columns of ``graph.x``, a one-hot of the degree (clamped to
+        ``max_degree``) and ``walk_length`` random-walk return probabilities, all from
+        ``graph``'s own edges. ``graph`` is left unchanged."""
         c = self.config
         n = int(graph.num_nodes)
         parts = []
@@ -262,15 +263,15 @@ class GraphModality(Modality):
         if c.max_degree > 0:
             deg = degree(graph.edge_index[0], n, dtype=torch.long).clamp(max=c.max_degree)
             parts.append(F.one_hot(deg, c.max_degree + 1).float())
-        if self._random_walk is not None:
-            parts.append(self._random_walk(Data(edge_index=graph.edge_index, num_nodes=n)).rwpe)
-        out = Data(x=torch.cat(parts, dim=1), edge_index=graph.edge_index.clone(), num_nodes=n)
-        if c.edge_features:
-            out.edge_attr = graph.edge_attr.clone()
+        if c.walk_length:
+            batch = getattr(graph, "batch", None)
+            parts.append(random_walk_pe(graph.edge_index, n, c.walk_length, batch))
+        out = copy.copy(graph)
+        out.x = torch.cat(parts, dim=1)
         return out
 
     def collate(self, samples: Sequence[Data]) -> Batch:
-        return Batch.from_data_list(list(samples))
+        return self.featurize(Batch.from_data_list(list(samples)))
 
     def move_batch(self, batch: Batch, device: torch.device) -> Batch:
         return batch.to(device)
@@ -308,6 +309,27 @@ class GraphModality(Modality):
 
     def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Data:
         return render_graph(concept, rng)
+
+
+def random_walk_pe(edge_index: torch.Tensor, num_nodes: int, walk_length: int, batch: torch.Tensor | None = None) -> torch.Tensor:
+    """Random-walk return probabilities (RWPE, Dwivedi et al. 2022) of every node, for
+    steps 1 to ``walk_length``: the same values as PyG's ``AddRandomWalkPE`` on each
+    graph alone, computed for a whole batch at once on per-graph dense blocks
+    (``to_dense_adj``), since AddRandomWalkPE on a batch would go dense over all nodes.
+
+    Shapes:
+        edge_index: [2, E]; batch: [N] graph of each node (None: one graph); returns [N, walk_length].
+    """
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=edge_index.device)
+    adj = to_dense_adj(edge_index, batch, batch_size=int(batch.max()) + 1 if num_nodes else 0)  # [B, M, M]
+    walk = adj / adj.sum(-1, keepdim=True).clamp(min=1)  # row-stochastic (isolated nodes stay zero)
+    _, real = to_dense_batch(torch.zeros(num_nodes, 1, device=edge_index.device), batch)
+    steps, power = [], walk
+    for _ in range(walk_length):
+        steps.append(power.diagonal(dim1=-2, dim2=-1))
+        power = power @ walk
+    return torch.stack(steps, dim=-1)[real]  # [N, walk_length]
 
 
 GRAPH_SPACE = ConceptSpace(

@@ -5,7 +5,9 @@ configured pool (node dropping, edge perturbation, feature masking, subgraph
 sampling; PyG's ``dropout_node``, ``dropout_edge``, ``add_random_edge``,
 ``mask_feature``, ``k_hop_subgraph``, ``subgraph``). The views are built in the data
 pipeline (``prepare_sample``) from the sample's own generator and never mutate the
-sample. The encoder embeds both, a projection head maps them into a space where
+sample; the modality's ``collate`` batches them (computing structural features of
+each view from its own edges), then masked feature rows are zeroed. The encoder
+embeds both views, a projection head maps them into a space where
 NT-Xent with a temperature pulls each graph's two views together against the other
 2B - 2 views of the batch.
 """
@@ -36,8 +38,8 @@ from torch_geometric.utils import (
 from modalities.base import Modality, ModalityOutput
 from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
 
-REQUIRED_HOOKS = ("featurize",)
 VIEW_KEYS = ("view_a", "view_b")
+KEEP_KEY = "keep_features"  # node attribute of a view: [N, 1] bool, False = features masked
 
 
 # --------------------------------------------------------------------------------------
@@ -49,8 +51,9 @@ def _with(data: Data, edge_index: torch.Tensor, node_mask: torch.Tensor | None, 
           extra_edges: int = 0) -> Data:
     """A new Data over kept nodes / edges; edge attributes of added edges are zero."""
     out = Data(edge_index=edge_index, num_nodes=int(node_mask.sum()) if node_mask is not None else data.num_nodes)
-    if data.x is not None:
-        out.x = data.x[node_mask] if node_mask is not None else data.x.clone()
+    for key in ("x", KEEP_KEY):
+        if key in data:
+            out[key] = data[key][node_mask] if node_mask is not None else data[key].clone()
     if data.edge_attr is not None:
         attr = data.edge_attr[edge_sel] if edge_sel is not None else data.edge_attr.clone()
         if extra_edges:
@@ -69,25 +72,37 @@ def drop_nodes(data: Data, strength: float) -> Data:
 
 
 def perturb_edges(data: Data, strength: float) -> Data:
-    """Drop a ``strength`` share of the edges and add as many random new ones
-    (both directions of an undirected graph together)."""
+    """GraphCL's edge perturbation: drop each edge with probability ``strength`` and add
+    round(strength * E) random non-edges of the original graph (an undirected graph's
+    edges are dropped and added in both directions)."""
     n = int(data.num_nodes)
     undirected = is_undirected(data.edge_index, num_nodes=n)
-    edge_index, kept = dropout_edge(data.edge_index, strength, force_undirected=undirected)
-    before = edge_index.shape[1]
+    kept_index, kept = dropout_edge(data.edge_index, strength, force_undirected=undirected)
     # PyG's negative sampling fails on a request for zero edges (a float empty tensor)
-    wanted = round(edge_index.shape[1] * strength) // (2 if undirected else 1)
+    wanted = round(data.edge_index.shape[1] * strength) // (2 if undirected else 1)
     if n > 1 and wanted > 0:
-        edge_index, _ = add_random_edge(edge_index, strength, force_undirected=undirected, num_nodes=n)
-    return _with(data, edge_index, None, kept, extra_edges=edge_index.shape[1] - before)
+        _, added = add_random_edge(data.edge_index, strength, force_undirected=undirected, num_nodes=n)
+    else:
+        added = data.edge_index.new_zeros(2, 0)
+    return _with(data, torch.cat([kept_index, added], dim=1), None, kept, extra_edges=added.shape[1])
 
 
 def mask_features(data: Data, strength: float) -> Data:
-    """Zero the whole feature row of each node with probability ``strength`` (GraphCL's
-    attribute masking)."""
+    """Mask the whole feature row of each node with probability ``strength`` (GraphCL's
+    attribute masking). Node features (structural ones included) exist only once the
+    view is collated, so the view carries the mask (``keep_features``, drawn by PyG's
+    ``mask_feature``) and ``apply_feature_mask`` zeroes the rows in the batch."""
     out = _with(data, data.edge_index.clone(), None, None)
-    out.x, _ = mask_feature(data.x, strength, mode="row")
+    keep = out[KEEP_KEY] if KEEP_KEY in out else torch.ones(int(data.num_nodes), 1, dtype=torch.bool)
+    _, row_kept = mask_feature(torch.ones(int(data.num_nodes), 1), strength, mode="row")
+    out[KEEP_KEY] = keep & row_kept.reshape(-1, 1)
     return out
+
+
+def apply_feature_mask(batch: Batch) -> Batch:
+    """Zero the feature rows of masked nodes (``keep_features`` False) in a collated batch."""
+    batch.x = batch.x * batch[KEEP_KEY].to(batch.x.dtype)
+    return batch
 
 
 def sample_subgraph(data: Data, strength: float) -> Data:
@@ -117,7 +132,6 @@ AUGMENTATIONS: dict[str, Callable[[Data, float], Data]] = {
     "feature_mask": mask_features,
     "subgraph": sample_subgraph,
 }
-STRUCTURAL = ("node_drop", "edge_perturb", "subgraph")  # change the graph: recompute structural features
 
 
 @contextlib.contextmanager
@@ -126,7 +140,7 @@ def seeded_global_rngs(rng: np.random.Generator) -> Iterator[None]:
     Python's): seed both from the sample's generator, restore them afterwards."""
     python_state = random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2**62)))
+        torch.default_generator.manual_seed(int(rng.integers(2**62)))  # CPU only: torch.manual_seed is slow
         random.seed(int(rng.integers(2**62)))
         try:
             yield
@@ -218,10 +232,8 @@ class GraphContrastiveObjective(Objective):
             raise ValueError(f"temperature must be > 0, got {config.temperature}")
         self.key = self.modalities[0]
         encoder = encoders[self.key]
-        missing = [h for h in REQUIRED_HOOKS if not hasattr(encoder, h)]
-        if missing:
-            raise ValueError(f"modality '{self.key}' lacks the hooks graph contrastive learning needs: {missing}")
-        self.featurize: Callable[[Data], Data] = encoder.featurize
+        # Views are batched the way the modality batches its samples.
+        self.collate_graphs: Callable[[Sequence[Data]], Batch] = encoder.collate
         width, out = encoder.embed_dim, config.embed_dim
         if config.head == "linear":
             self.head: nn.Module = nn.Linear(width, out)
@@ -230,19 +242,15 @@ class GraphContrastiveObjective(Objective):
 
     def view(self, graph: Data, rng: np.random.Generator) -> Data:
         """One augmented view of ``graph`` (left unchanged): augmentations drawn from the
-        pool, structural ones first, then structural features recomputed, then masking."""
+        pool and applied in the pool's order. Every view carries ``keep_features``."""
         names = list(self.config.augmentations)
-        chosen = [names[i] for i in rng.permutation(len(names))[: self.config.augmentations_per_view]]
-        structural = [name for name in names if name in chosen and name in STRUCTURAL]
-        strengths = self.config.augmentations
-        out = graph
+        chosen = set(names[i] for i in rng.permutation(len(names))[: self.config.augmentations_per_view])
+        out = _with(graph, graph.edge_index.clone(), None, None)
+        out[KEEP_KEY] = torch.ones(int(graph.num_nodes), 1, dtype=torch.bool)
         with seeded_global_rngs(rng):
-            for name in structural:
-                out = AUGMENTATIONS[name](out, strengths[name])
-            if structural:
-                out = self.featurize(out)
-            if "feature_mask" in chosen:
-                out = mask_features(out, strengths["feature_mask"])
+            for name in names:
+                if name in chosen:
+                    out = AUGMENTATIONS[name](out, self.config.augmentations[name])
         return out
 
     def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Data]:
@@ -250,7 +258,7 @@ class GraphContrastiveObjective(Objective):
         return {key: self.view(graph, rng) for key in VIEW_KEYS}
 
     def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-        return {key: Batch.from_data_list(list(values)) for key, values in extras.items()}
+        return {key: apply_feature_mask(self.collate_graphs(values)) for key, values in extras.items()}
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         return self.head(output.pooled) if modality == self.key else None
