@@ -7,6 +7,7 @@ encoders with mean / add / attention readout; graph families for the world.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -48,6 +49,9 @@ class GraphConfig:
     in_features: int = 0
     max_degree: int = 16
     walk_length: int = 8
+    # the graph's node count as log(N) / log(max_nodes), on every node: a size signal
+    # that does not depend on the family (mean readouts otherwise lose it)
+    size_feature: bool = False
     edge_features: int = 0  # edge_attr columns (gine, gat and gps use them)
     undirected: bool = True  # add reverse edges (PyG to_undirected)
     # input limits: bigger graphs are refused rather than encoded
@@ -77,7 +81,7 @@ class GraphModality(Modality):
     def __init__(self, config: GraphConfig) -> None:
         super().__init__(config)
         c = config
-        self.structural_dim = (c.max_degree + 1 if c.max_degree > 0 else 0) + c.walk_length
+        self.structural_dim = (c.max_degree + 1 if c.max_degree > 0 else 0) + c.walk_length + int(c.size_feature)
         self.node_dim = c.in_features + self.structural_dim
         if self.node_dim == 0:
             raise ValueError("graph nodes have no input features: set in_features, max_degree or walk_length above 0")
@@ -253,8 +257,8 @@ class GraphModality(Modality):
     def featurize(self, graph: Data) -> Data:
         """A shallow copy of ``graph`` (one Data or a Batch) whose x is [N, node_dim]: the
         first ``in_features`` columns of ``graph.x``, a one-hot of the degree (clamped to
-        ``max_degree``) and ``walk_length`` random-walk return probabilities, all from
-        ``graph``'s own edges. ``graph`` is left unchanged."""
+        ``max_degree``), ``walk_length`` random-walk return probabilities and, if set, the
+        log node count, all from ``graph``'s own structure. ``graph`` is left unchanged."""
         c = self.config
         n = int(graph.num_nodes)
         parts = []
@@ -263,9 +267,13 @@ class GraphModality(Modality):
         if c.max_degree > 0:
             deg = degree(graph.edge_index[0], n, dtype=torch.long).clamp(max=c.max_degree)
             parts.append(F.one_hot(deg, c.max_degree + 1).float())
+        batch = getattr(graph, "batch", None)
         if c.walk_length:
-            batch = getattr(graph, "batch", None)
             parts.append(random_walk_pe(graph.edge_index, n, c.walk_length, batch))
+        if c.size_feature:
+            index = batch if batch is not None else torch.zeros(n, dtype=torch.long)
+            sizes = torch.bincount(index).float()[index]
+            parts.append((sizes.log() / math.log(max(c.max_nodes, 2))).unsqueeze(1))
         out = copy.copy(graph)
         out.x = torch.cat(parts, dim=1)
         return out
@@ -334,7 +342,7 @@ def random_walk_pe(edge_index: torch.Tensor, num_nodes: int, walk_length: int, b
 
 GRAPH_SPACE = ConceptSpace(
     class_attributes={
-        "size": ("small", "large"),
+        "size": ("small", "medium", "large"),
         "family": ("cycle", "path", "star", "complete", "wheel", "grid", "ladder", "tree"),
     },
     nuisance_attributes={"motif": ("none", "triangle")},
@@ -352,25 +360,26 @@ GRAPH_SPACE = ConceptSpace(
     },
     synonyms={
         "small": ("small", "little"),
+        "medium": ("medium", "medium-sized"),
         "large": ("large", "big"),
         "cycle": ("cycle", "ring"),
         "path": ("path", "chain"),
         "complete": ("complete", "clique"),
         "grid": ("grid", "lattice"),
-        "tree": ("tree", "binary tree"),
+        "tree": ("tree", "random tree"),
         "none": ("nothing attached", "no extra motif"),
         "triangle": ("a triangle attached", "a pendant triangle"),
     },
     prompt_templates=("a {} graph.", "a {}.", "a {} network."),
 )
 
-# Node counts of the size classes (before motifs and jitter of the family's shape).
-_SIZES = {"small": (5, 8), "large": (13, 20)}
+# Node counts of the size classes (before motifs; ladders round down to even counts).
+SIZES = {"small": (5, 9), "medium": (12, 16), "large": (20, 25)}
 
 
 def family_graph(family: str, size: str, rng: np.random.Generator) -> nx.Graph:
     """A graph of ``family`` whose node count lies in the size class's range."""
-    low, high = _SIZES[size]
+    low, high = SIZES[size]
     n = int(rng.integers(low, high + 1))
     if family == "cycle":
         return nx.cycle_graph(n)
@@ -385,16 +394,13 @@ def family_graph(family: str, size: str, rng: np.random.Generator) -> nx.Graph:
     if family == "ladder":
         return nx.ladder_graph(max(3, n // 2))
     if family == "grid":
-        shapes = [(r, c) for r in range(2, 6) for c in range(r, 7) if low <= r * c <= high and (r > 2 or size == "small")]
+        # at least 3 rows: a 2 x k grid is a ladder
+        shapes = [(r, c) for r in range(3, 6) for c in range(r, 9) if low <= r * c <= high]
         r, c = shapes[int(rng.integers(len(shapes)))]
         return nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c))
     if family == "tree":
-        # a full binary tree (7 or 15 nodes) with a few leaves pruned
-        tree = nx.balanced_tree(2, 2 if size == "small" else 3)
-        leaves = [v for v in tree if tree.degree(v) == 1]
-        prune = int(rng.integers(0, 2 if size == "small" else 3))
-        tree.remove_nodes_from(rng.permutation(leaves)[:prune].tolist())
-        return nx.convert_node_labels_to_integers(tree)
+        # a random recursive tree: node i hangs from a uniformly chosen earlier node
+        return nx.Graph([(i, int(rng.integers(i))) for i in range(1, n)])
     raise ValueError(f"unknown graph family '{family}'")
 
 

@@ -144,10 +144,10 @@ def test_graph_zero_shot_on_world_reports_composition_retrieval_and_probe(tiny_g
     proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--output", str(output), "--linear-probe")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(output.read_text())
-    assert report["num_classes"] == 16 and report["num_samples"] == 32 and len(report["heldout_classes"]) == 4
+    assert report["num_classes"] == 24 and report["num_samples"] == 48 and len(report["heldout_classes"]) == 4
     assert 0 <= report["composition_top1"] <= 1
     assert set(report["retrieval"]) == {"graph_to_text", "text_to_graph"}
-    assert report["linear_probe"]["num_classes"] == 16 and report["linear_probe"]["num_test"] == 16
+    assert report["linear_probe"]["num_classes"] == 24 and report["linear_probe"]["num_test"] == 24
     assert "linear probe top1" in proc.stdout
 
 

@@ -7,7 +7,7 @@ from torch_geometric.transforms import AddRandomWalkPE
 
 from mmssl.world import World, sample_rng
 from modalities.base import InvalidSample
-from modalities.graph import GRAPH_SPACE, GraphConfig, GraphModality, random_walk_pe, render_graph
+from modalities.graph import GRAPH_SPACE, SIZES, GraphConfig, GraphModality, random_walk_pe, render_graph
 
 
 def _graph(**kw):
@@ -188,16 +188,16 @@ def test_bad_graphs_are_invalid_samples_with_a_clear_reason(raw, config, reason)
 # --- embedded world ------------------------------------------------------------------------
 
 
-def test_world_has_sixteen_classes_and_renders_every_family_in_its_size_class():
+def test_world_has_24_classes_and_renders_every_family_in_its_size_class():
     world = World(GRAPH_SPACE, seed=0, num_heldout=4)
-    assert len(world.classes) == 16 and len(world.heldout_classes) == 4
+    assert len(world.classes) == 24 and len(world.heldout_classes) == 4
     rng = sample_rng(0, "render")
     for cls in world.classes:
         for motif in ("none", "triangle"):
             g = render_graph({**cls.attributes, "motif": motif}, rng)
             n = g.num_nodes - (2 if motif == "triangle" else 0)
-            low, high = (5, 8) if cls.attributes["size"] == "small" else (13, 20)
-            assert low - 1 <= n <= high, (cls.name, n)
+            low, high = SIZES[cls.attributes["size"]]
+            assert low - 1 <= n <= high, (cls.name, n)  # ladders round down to an even count
             assert g.edge_index.max() < g.num_nodes and (g.edge_index[0] != g.edge_index[1]).all()
 
 
@@ -210,3 +210,11 @@ def test_render_follows_the_rng_and_relabels_nodes():
         g = render_graph(concept, sample_rng(seed, "g"))
         hubs.add(int(torch.bincount(g.edge_index[0]).argmax()))
     assert len(hubs) > 2  # the hub is not always node 0
+
+
+def test_size_feature_is_the_log_node_count_of_each_graph():
+    graph = _graph(size_feature=True, max_nodes=100)
+    batch = graph.collate([graph.transform(nx.path_graph(4)), graph.transform(nx.path_graph(10))])
+    assert graph.node_dim == 7 + 6 + 1
+    expected = torch.tensor([np.log(4) / np.log(100)] * 4 + [np.log(10) / np.log(100)] * 10, dtype=torch.float32)
+    assert torch.allclose(batch.x[:, -1], expected)
