@@ -30,9 +30,6 @@ from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_
 
 from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput
 
-GRAPH_EXTENSIONS = (".jsonl", ".pt")
-
-
 @dataclass(frozen=True)
 class GraphConfig:
     # gin: GINConv; gine: GINEConv over edge features; gat: GATv2Conv; gps: GPSConv
@@ -70,13 +67,12 @@ class GraphModality(Modality):
         sample: ``Data`` with edge_index [2, E], num_nodes N, x [N, in_features] and
             edge_attr [E, edge_features] when configured.
         batch: a PyG ``Batch`` of B graphs: x [sum N, node_dim] (node_dim = in_features
-            + max_degree + 1 + walk_length), edge_index, batch [sum N].
+            + max_degree + 1 + walk_length + size_feature), edge_index, batch [sum N].
         output: pooled [B, width]; tokens [B, N_max, width]; padding_mask [B, N_max]
             (True = padding, graphs have different node counts).
     """
 
-    Config = GraphConfig
-    file_extensions = GRAPH_EXTENSIONS
+    Config = GraphConfig  # no file_extensions: one graph file holds many graphs (see mmssl.graph_sources)
 
     def __init__(self, config: GraphConfig) -> None:
         super().__init__(config)
@@ -116,15 +112,12 @@ class GraphModality(Modality):
         return GPSConv(c.width, local, heads=c.heads, dropout=c.dropout, norm="layer_norm", norm_kwargs={"mode": "node"})
 
     # --- data ---------------------------------------------------------------------------
-    def load(self, path: str) -> Any:
-        raise InvalidSample("graph files hold many graphs: read them with a graph source (data.source: graphs)", source=path)
-
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Data:
         """A clean ``Data`` (x float or absent, edge_index long, edge_attr, num_nodes) from
         a raw graph: a PyG Data, a networkx graph, a JSONL-style mapping (``edges``,
         ``num_nodes``, ``x``, ``edge_attr``), an edge list or ``(edge list, num_nodes)``.
-        Raises InvalidSample naming what is wrong. The input is never modified."""
-        c = self.config
+        Raises InvalidSample naming what is wrong. The input is never modified; ``rng`` is
+        unused (graph augmentations belong to the graph contrastive objective)."""
         if isinstance(raw, Data):
             num_nodes = raw.num_nodes
             edge_index = raw.edge_index if raw.edge_index is not None else torch.zeros(2, 0, dtype=torch.long)

@@ -175,3 +175,22 @@ def test_graph_tower_trains_in_the_tiny_config(tmp_path):
     assert last_cl < first_cl, (first_cl, last_cl)
     batch = next(build_streams(config, trainer.model)["graph_contrastive"])
     assert set(batch[EXTRAS_KEY]) == {"view_a", "view_b"} and batch[EXTRAS_KEY]["view_a"].num_graphs == 16
+
+
+def test_views_resume_exactly_from_a_stream_position():
+    config = mmssl.load_config(CONFIGS / "tiny_graph.yaml")
+    model = mmssl.build_model(config)
+    straight = build_streams(config, model)["graph_contrastive"]
+    batches = [next(straight) for _ in range(3)]
+    resumed = build_streams(config, model)["graph_contrastive"]
+    for _ in range(2):
+        next(resumed)
+    state = resumed.state_dict()
+    fresh = build_streams(config, model)["graph_contrastive"]
+    fresh.load_state_dict(state)
+    torch.manual_seed(1234)  # the global RNG must not matter
+    third = next(fresh)
+    for key in ("view_a", "view_b"):
+        expected, got = batches[2][EXTRAS_KEY][key], third[EXTRAS_KEY][key]
+        assert torch.equal(expected.edge_index, got.edge_index) and torch.equal(expected.x, got.x)
+    assert not torch.equal(batches[1][EXTRAS_KEY]["view_a"].x, batches[2][EXTRAS_KEY]["view_a"].x)
