@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmssl.registry import closest
 from mmssl.world import World, sample_rng
 from modalities.base import InvalidSample, Modality
-from objectives.base import EXTRAS_KEY, MATCH_KEY
+from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +226,6 @@ def _identity(x: Any) -> Any:
 
 def _no_extras(sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
     return {}
-
-
-def stack_extras(extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-    """Default extras collation: stack each key's per-sample tensors."""
-    return {key: torch.stack(list(values)) for key, values in extras.items()}
 
 
 class Stream:

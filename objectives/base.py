@@ -20,6 +20,12 @@ MATCH_KEY = "match"
 EXTRAS_KEY = "extras"
 
 
+def stack_extras(extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """The default batching of ``Objective.prepare_sample`` values: stack each key's
+    per-sample tensors. Shapes: key -> B tensors [...] -> [B, ...]."""
+    return {key: torch.stack(list(values)) for key, values in extras.items()}
+
+
 def match_matrix(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tensor:
     """Which rows of a and b describe the same concept.
 
@@ -94,7 +100,7 @@ class Objective(nn.Module):
         """Batch the per-sample values of ``prepare_sample`` (key -> one value per kept
         sample). The default stacks tensors; an objective whose choices are not tensors
         (whole augmented graphs) collates them itself."""
-        return {key: torch.stack(list(values)) for key, values in extras.items()}
+        return stack_extras(extras)
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         """Project an encoder output into this objective's shared space, if it defines one.
