@@ -40,10 +40,12 @@ class DataConfig:
     ``source: folder`` reads every file of the objective's one modality under ``path``;
     ``source: text`` reads a text corpus for a text-only objective (``path`` to a .txt
     file, one document per line, or .jsonl with the text under ``text_field``). A
-    text-only objective on ``source: world`` reads the world's captions.
+    text-only objective on ``source: world`` reads the world's captions;
+    ``source: graphs`` reads a graph file (JSONL or a saved list of PyG Data) whose
+    optional ``text`` feeds a caption modality.
     """
 
-    source: Literal["world", "csv", "folder", "text"] = "world"
+    source: Literal["world", "csv", "folder", "text", "graphs"] = "world"
     path: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     text_field: str = "text"  # source text, JSONL files: the field holding the text
@@ -292,6 +294,8 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
             raise ConfigError(f"'{key}.data.path': required when data.source is '{data.source}'")
         if len(getattr(options, "modalities", ())) != 1:
             raise ConfigError(f"'{key}.data.source': '{data.source}' feeds objectives of one modality only")
+    if data.source == "graphs" and not data.path:
+        raise ConfigError(f"'{key}.data.path': required when data.source is 'graphs' (a .jsonl or .pt graph file)")
     if data.batch_size < 1:
         raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
     return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options, probability=probability)

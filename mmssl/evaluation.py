@@ -1,9 +1,10 @@
 """Zero-shot evaluation: class names x prompt templates -> text embeddings -> cosine.
 
 Works for any modality that an objective embeds into a space shared with a caption
-modality (image-text today; audio and graph the same way). Data comes from the
-embedded world's evaluation split (fresh samples of every class, plus the held-out
-compositions) or from a labelled dataset on disk (an image folder).
+modality (image-, audio- and graph-text). Data comes from the embedded world's
+evaluation split (fresh samples of every class, plus the held-out compositions) or
+from a labelled dataset on disk (an image folder, an ESC-50 style CSV, a graph file).
+A linear probe on frozen encoder features lives in ``mmssl.linear_probe``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from mmssl.config import WorldConfig
+from mmssl.graph_sources import BadRecord, read_graph_file, record_field
 from mmssl.model import MultimodalModel
 from mmssl.world import World, sample_rng, world_for
 from modalities.base import InvalidSample
@@ -46,6 +48,8 @@ class LabelledSet:
     captions: list[str] = field(default_factory=list)
     item_codes: list[list[int]] = field(default_factory=list)
     caption_codes: list[list[int]] = field(default_factory=list)
+    # "train" / "test" per item where the dataset fixes a split (for linear probes).
+    splits: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class ZeroShotResult:
     seen_top1: float | None = None
     heldout_classes: list[str] = field(default_factory=list)
     retrieval: dict[str, dict[str, float]] = field(default_factory=dict)
+    linear_probe: dict[str, Any] = field(default_factory=dict)
     data: str = ""
     checkpoint: str = ""
 
@@ -77,6 +82,8 @@ class ZeroShotResult:
             out.pop("heldout_classes")
         if not self.retrieval:
             out.pop("retrieval")
+        if not self.linear_probe:
+            out.pop("linear_probe")
         return out
 
 
@@ -159,8 +166,71 @@ def classification_csv_set(path: str | Path) -> LabelledSet:
     return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"csv:{path}")
 
 
-def load_eval_set(model: MultimodalModel, modality: str, spec: str | None, world_config: WorldConfig) -> LabelledSet:
-    """``spec``: None or 'world' (the embedded world), 'folder:PATH' or 'csv:PATH' (ESC-50 layout)."""
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a text file, one a line (line i names label i)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"class names file not found: {path}")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise EvaluationError(f"{path}: no class names (one a line)")
+    return names
+
+
+def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None) -> LabelledSet:
+    """A labelled graph file (JSONL or a saved list of Data, see ``mmssl.graph_sources``).
+
+    Labels are class names (strings) or indices into ``class_names`` (needed then);
+    ``y`` of a Data is an index. When every record has a ``text`` caption, retrieval
+    pairs each graph with its own caption; a ``split`` field fixes linear-probe splits.
+    """
+    try:
+        records, where = read_graph_file(path)
+    except Exception as exc:  # DataError
+        raise EvaluationError(str(exc)) from None
+    raw_labels = []
+    for record, name in zip(records, where):
+        if isinstance(record, BadRecord):
+            raise EvaluationError(f"{name}: {record.reason}")
+        label = record_field(record, "label")
+        if label is None or isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise EvaluationError(f"{name}: no usable 'label' (got {label!r}); need a class name or index")
+        raw_labels.append(label)
+    if class_names is None:
+        if not all(isinstance(label, str) for label in raw_labels):
+            raise EvaluationError(f"{path}: integer labels need class names (--class-names FILE, one name a line)")
+        class_names = sorted(set(raw_labels))
+    names = list(class_names)
+    labels = []
+    for label, name in zip(raw_labels, where):
+        if isinstance(label, str):
+            if label not in names:
+                raise EvaluationError(f"{name}: label '{label}' is not a class name ({names})")
+            labels.append(names.index(label))
+        elif not 0 <= label < len(names):
+            raise EvaluationError(f"{name}: label {label} out of range for {len(names)} class names")
+        else:
+            labels.append(label)
+    data = LabelledSet(list(records), labels, names, list(where), source=f"graphs:{path}")
+    texts = [record_field(r, "text") for r in records]
+    if all(isinstance(t, str) and t.strip() for t in texts):
+        data.captions = list(texts)
+        data.item_codes = data.caption_codes = [[i] for i in range(len(records))]
+    splits = [record_field(r, "split") for r in records]
+    if all(split in ("train", "test") for split in splits):
+        data.splits = list(splits)
+    return data
+
+
+def load_eval_set(
+    model: MultimodalModel,
+    modality: str,
+    spec: str | None,
+    world_config: WorldConfig,
+    class_names: Sequence[str] | None = None,
+) -> LabelledSet:
+    """``spec``: None or 'world' (the embedded world), 'folder:PATH', 'csv:PATH' (ESC-50
+    layout) or 'graphs:PATH' (a labelled graph file; ``class_names`` for integer labels)."""
     if spec is None or spec == "world":
         if model.encoders[modality].concept_space() is None:
             raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
@@ -170,7 +240,9 @@ def load_eval_set(model: MultimodalModel, modality: str, spec: str | None, world
         return folder_set(path, model.encoders[modality].file_extensions)
     if kind == "csv" and path:
         return classification_csv_set(path)
-    raise EvaluationError(f"unknown --data '{spec}': use 'world', 'folder:PATH' or 'csv:PATH'")
+    if kind == "graphs" and path:
+        return graph_file_set(path, class_names)
+    raise EvaluationError(f"unknown --data '{spec}': use 'world', 'folder:PATH', 'csv:PATH' or 'graphs:PATH'")
 
 
 # --------------------------------------------------------------------------------------
@@ -198,29 +270,51 @@ def class_embeddings(
 
 
 def embed_items(
-    model: MultimodalModel, modality: str, data: LabelledSet, objective: str, batch_size: int, on_error: str
+    model: MultimodalModel, modality: str, data: LabelledSet, objective: str | None, batch_size: int, on_error: str
 ) -> tuple[torch.Tensor, list[int], int]:
-    """Embeddings of the items that load, their labels, and how many were skipped."""
+    """Embeddings of the items that load, their indices in ``data``, and how many were
+    skipped. ``objective`` None gives the encoder's own pooled features (frozen, for
+    linear probes) instead of the objective's shared space."""
     encoder = model.encoders[modality]
-    kept_samples, kept_labels, skipped = [], [], 0
+    kept_samples, kept, skipped = [], [], 0
     embeddings = []
-    for item, label, where in zip(data.items, data.labels, data.where):
+
+    def encode(samples: list[Any]) -> torch.Tensor:
+        batch = encoder.collate(samples)
+        if objective is not None:
+            return model.encode(modality, batch, objective=objective)
+        return pooled_features(model, modality, batch)
+
+    for index, (item, where) in enumerate(zip(data.items, data.where)):
         try:
             kept_samples.append(encoder.transform(item, None))
-            kept_labels.append(label)
+            kept.append(index)
         except InvalidSample as exc:
             if on_error == "fail":
                 raise EvaluationError(f"bad sample {exc.source or where}: {exc.reason}") from None
             skipped += 1
             log.warning("skipped bad sample %s: %s", exc.source or where, exc.reason)
         if len(kept_samples) == batch_size:
-            embeddings.append(model.encode(modality, encoder.collate(kept_samples), objective=objective))
+            embeddings.append(encode(kept_samples))
             kept_samples = []
     if kept_samples:
-        embeddings.append(model.encode(modality, encoder.collate(kept_samples), objective=objective))
+        embeddings.append(encode(kept_samples))
     if not embeddings:
         raise EvaluationError(f"no usable samples in {data.source} ({skipped} skipped)")
-    return torch.cat(embeddings), kept_labels, skipped
+    return torch.cat(embeddings), kept, skipped
+
+
+@torch.no_grad()
+def pooled_features(model: MultimodalModel, modality: str, batch: Any) -> torch.Tensor:
+    """The encoder's pooled output [B, D] for a collated batch, in eval mode."""
+    encoder = model.encoders[modality]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return encoder(encoder.move_batch(batch, device)).pooled.float().cpu()
+    finally:
+        model.train(was_training)
 
 
 def retrieval_recall(
@@ -249,7 +343,8 @@ def zero_shot_classify(
     objective, text_modality = caption_partner(model, modality, objective)
     templates = list(templates or model.encoders[modality].prompt_templates())
     classes = class_embeddings(model, text_modality, data.class_names, templates, objective)
-    emb, labels, skipped = embed_items(model, modality, data, objective, batch_size, on_error)
+    emb, kept, skipped = embed_items(model, modality, data, objective, batch_size, on_error)
+    labels = [data.labels[i] for i in kept]
     scores = emb @ classes.T
     y = torch.tensor(labels)
     k = min(5, len(data.class_names))

@@ -65,7 +65,8 @@ class MultimodalModel(nn.Module):
 
         Args:
             modality: encoder name ("image", "text").
-            inputs: raw items (strings, PIL images, paths ...) or an already collated batch.
+            inputs: raw items (strings, PIL images, paths, graphs ...) or an already collated
+                batch (a dict, or a PyG ``Batch``).
             objective: whose space; by default the first contrastive space pairing
                 ``modality`` with text.
         """
@@ -77,7 +78,7 @@ class MultimodalModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            if isinstance(inputs, Mapping):
+            if isinstance(inputs, Mapping) or hasattr(inputs, "num_graphs"):  # a collated batch (PyG: a Batch)
                 batches = [inputs]
             else:
                 items = list(inputs)

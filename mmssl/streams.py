@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmssl.registry import closest
 from mmssl.world import World, sample_rng
 from modalities.base import InvalidSample, Modality
-from objectives.base import EXTRAS_KEY, MATCH_KEY
+from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class EpochBatches(Dataset):
         indices = self.order[b * s.batch_size : (b + 1) * s.batch_size]
         samples: dict[str, list[Any]] = collections.defaultdict(list)
         codes: dict[str, list[list[int]]] = collections.defaultdict(list)
-        extras: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
+        extras: dict[str, list[Any]] = collections.defaultdict(list)
         skipped = []
         for index in indices:
             index = int(index)
@@ -285,7 +285,7 @@ class EpochBatches(Dataset):
         if codes:
             data[MATCH_KEY] = {name: torch.tensor(c, dtype=torch.long) for name, c in codes.items()}
         if extras:
-            data[EXTRAS_KEY] = {key: torch.stack(values) for key, values in extras.items()}
+            data[EXTRAS_KEY] = s.collate_extras(extras)
         return BuiltBatch(data, len(next(iter(samples.values()))), skipped)
 
 
@@ -312,6 +312,7 @@ class Stream:
         train: random per-sample augmentation (else deterministic transforms).
         shuffle: new order every epoch.
         prepare: per-sample random choices of the objective (``Objective.prepare_sample``).
+        collate_extras: batches those choices (``Objective.collate_extras``; default: stack).
     """
 
     def __init__(
@@ -327,7 +328,8 @@ class Stream:
         train: bool = True,
         shuffle: bool = True,
         drop_last: bool = True,
-        prepare: Callable[[Mapping[str, Any], np.random.Generator], dict[str, torch.Tensor]] | None = None,
+        prepare: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]] | None = None,
+        collate_extras: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]] | None = None,
     ) -> None:
         if len(source) < batch_size and drop_last:
             raise DataError(f"stream '{name}': {len(source)} samples is fewer than one batch of {batch_size}")
@@ -343,6 +345,7 @@ class Stream:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.prepare = prepare or _no_extras
+        self.collate_extras = collate_extras or stack_extras
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
         self.samples = 0

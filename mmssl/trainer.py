@@ -31,6 +31,7 @@ from mmssl.checkpoint import (
 )
 from mmssl.config import RunConfig, TrainConfig
 from mmssl.encoder_sharing import share_encoder_calls
+from mmssl.graph_sources import GraphSource
 from mmssl.model import MultimodalModel, build_model
 from mmssl.run_log import RunLog
 from mmssl.schedule import ObjectiveSchedule
@@ -70,6 +71,8 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
             if not modality.consumes_captions:
                 raise DataError(f"objective '{name}': data.source 'text' feeds text modalities; '{modality.key}' is not one")
             source = TextCorpusSource(data.path, modality, field=data.text_field)
+        elif data.source == "graphs":
+            source = GraphSource.from_file(data.path, modalities)
         elif data.source == "folder":
             (modality,) = modalities.values()
             source = FolderSource(data.path, modality)
@@ -85,6 +88,7 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
             on_error=data.on_error,
             max_skip_fraction=data.max_skip_fraction,
             prepare=model.objectives[name].prepare_sample,
+            collate_extras=model.objectives[name].collate_extras,
         )
     return streams
 

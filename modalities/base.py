@@ -102,8 +102,8 @@ class Modality(nn.Module):
         """One raw item to a model-ready sample; ``rng`` None means eval (deterministic)."""
         raise NotImplementedError
 
-    def collate(self, samples: Sequence[Any]) -> dict[str, torch.Tensor]:
-        """A list of samples to a batch dict."""
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """A list of samples to a batch: a dict of tensors, or a PyG ``Batch`` for graphs."""
         raise NotImplementedError
 
     # --- model ------------------------------------------------------------------

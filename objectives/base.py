@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,12 @@ EXTRAS_KEY = "extras"
 # calls (``Objective.encoder_calls``), by slot, when it ran several objectives' calls
 # on one encoder as one call.
 ENCODED_KEY = "encoded"
+
+
+def stack_extras(extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """The default batching of ``Objective.prepare_sample`` values: stack each key's
+    per-sample tensors. Shapes: key -> B tensors [...] -> [B, ...]."""
+    return {key: torch.stack(list(values)) for key, values in extras.items()}
 
 
 def match_matrix(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tensor:
@@ -98,8 +104,8 @@ class Objective(nn.Module):
         """Random choices about one sample (a mask), drawn in the data pipeline from the
         sample's own generator, so they do not depend on workers, ranks or resumption.
 
-        ``sample`` maps modality names to transformed samples. The returned tensors are
-        stacked across the batch under ``batch[EXTRAS_KEY]``.
+        ``sample`` maps modality names to transformed samples. The returned values are
+        batched by ``collate_extras`` under ``batch[EXTRAS_KEY]``.
         """
         return {}
 
@@ -120,6 +126,12 @@ class Objective(nn.Module):
             return done[slot]
         call = self.encoder_calls(batch)[slot]
         return model.encoders[call.modality](call.inputs, **call.kwargs)
+
+    def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """Batch the per-sample values of ``prepare_sample`` (key -> one value per kept
+        sample). The default stacks tensors; an objective whose choices are not tensors
+        (whole augmented graphs) collates them itself."""
+        return stack_extras(extras)
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         """Project an encoder output into this objective's shared space, if it defines one.

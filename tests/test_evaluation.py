@@ -97,3 +97,76 @@ def test_audio_zero_shot_on_esc50_csv_skips_bad_files(tiny_audio_run, tmp_path):
     report = json.loads(output.read_text())
     assert report["num_samples"] == 2 and report["skipped"] == 1 and report["num_classes"] == 2
     assert "c.wav" in proc.stderr
+
+
+# --- graphs ----------------------------------------------------------------------------------
+
+
+def _graph_records(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_graph_file_set_reads_string_and_integer_labels(tmp_path):
+    from mmssl.evaluation import graph_file_set
+
+    ring = {"edges": [[0, 1], [1, 2], [2, 0]], "num_nodes": 3}
+    path = _graph_records(tmp_path / "g.jsonl", [{**ring, "label": "triangle", "text": "a triangle", "split": "train"},
+                                                  {**ring, "label": "path", "text": "a path", "split": "test"}])
+    data = graph_file_set(path)
+    assert data.class_names == ["path", "triangle"] and data.labels == [1, 0]
+    assert data.captions == ["a triangle", "a path"] and data.splits == ["train", "test"]
+    assert data.where[1] == f"{path} line 2"
+    numbered = _graph_records(tmp_path / "n.jsonl", [{**ring, "label": 1}, {**ring, "label": 0}])
+    with pytest.raises(EvaluationError, match="integer labels need class names"):
+        graph_file_set(numbered)
+    assert graph_file_set(numbered, ["small cycle", "large star"]).labels == [1, 0]
+    with pytest.raises(EvaluationError, match="line 1: label 1 out of range for 1 class names"):
+        graph_file_set(numbered, ["only"])
+    unlabelled = _graph_records(tmp_path / "u.jsonl", [ring])
+    with pytest.raises(EvaluationError, match="u.jsonl line 1: no usable 'label'"):
+        graph_file_set(unlabelled)
+
+
+@pytest.fixture(scope="module")
+def tiny_graph_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("graph_run")
+    proc = subprocess.run(
+        [sys.executable, "tools/pretrain.py", "configs/tiny_graph.yaml", "--output-dir", str(out), "train.steps=2"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_graph_zero_shot_on_world_reports_composition_retrieval_and_probe(tiny_graph_run, tmp_path):
+    output = tmp_path / "graph.json"
+    proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--output", str(output), "--linear-probe")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(output.read_text())
+    assert report["num_classes"] == 24 and report["num_samples"] == 48 and len(report["heldout_classes"]) == 4
+    assert 0 <= report["composition_top1"] <= 1
+    assert set(report["retrieval"]) == {"graph_to_text", "text_to_graph"}
+    assert report["linear_probe"]["num_classes"] == 24 and report["linear_probe"]["num_test"] == 24
+    assert "linear probe top1" in proc.stdout
+
+
+def test_graph_zero_shot_on_a_labelled_graph_file(tiny_graph_run, tmp_path):
+    records = []
+    for n in range(4, 10):
+        records.append({"edges": [[i, (i + 1) % n] for i in range(n)], "num_nodes": n, "label": 0, "text": f"a ring of {n}"})
+        records.append({"edges": [[0, i] for i in range(1, n)], "num_nodes": n, "label": 1, "text": f"a star of {n}"})
+    records.append({"edges": [[0, 1]], "num_nodes": 1, "label": 1, "text": "broken"})
+    path = _graph_records(tmp_path / "graphs.jsonl", records)
+    names = tmp_path / "classes.txt"
+    names.write_text("small cycle\nsmall star\n")
+    output = tmp_path / "file.json"
+    proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--data", f"graphs:{path}",
+                      "--class-names", str(names), "--linear-probe", "--output", str(output))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(output.read_text())
+    assert report["num_samples"] == 12 and report["skipped"] == 1 and report["class_names"] == ["small cycle", "small star"]
+    assert report["linear_probe"]["num_train"] + report["linear_probe"]["num_test"] == 12
+    assert "graphs.jsonl line 13" in proc.stderr and "edge endpoint 1 out of range for 1 nodes" in proc.stderr
+    proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--data", f"graphs:{path}")
+    assert proc.returncode == 2 and "integer labels need class names" in proc.stderr

@@ -3,11 +3,17 @@
     mmssl-zero-shot --checkpoint runs/default --modality image
     mmssl-zero-shot --checkpoint runs/default/checkpoints/step_00000800 --modality image \
         --data folder:/data/shapes_eval --output results/shapes.json
+    mmssl-zero-shot --checkpoint runs/graph --modality graph --data graphs:/data/graphs.jsonl \
+        --class-names /data/graph_classes.txt --linear-probe
 
 --data: 'world' (default: the embedded world's evaluation split, fresh samples of
 every class plus the held-out compositions, with retrieval R@1/5/10 against paired
 captions), 'folder:PATH' (PATH/<class>/<files>) or 'csv:PATH' (ESC-50 layout:
-filename,target,category; files beside the CSV or in ../audio/).
+filename,target,category; files beside the CSV or in ../audio/) or 'graphs:PATH' (a
+labelled graph file: JSONL records with edges, num_nodes, label and optional x and
+text, or a saved list of PyG Data with y; integer labels need --class-names).
+--linear-probe adds a logistic regression on the frozen encoder features (the
+dataset's train/test split if it has one, else a seeded stratified split).
 Writes a JSON report and a confusion-matrix PNG beside it.
 """
 
@@ -22,7 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 from mmssl.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint
-from mmssl.evaluation import EvaluationError, load_eval_set, zero_shot_classify
+from mmssl.evaluation import EvaluationError, load_eval_set, read_class_names, zero_shot_classify
+from mmssl.linear_probe import linear_probe
 from mmssl.plots import plot_confusion
 
 
@@ -32,7 +39,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a checkpoint directory")
     parser.add_argument("--modality", required=True, help="the modality to classify, e.g. image")
-    parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH' or 'csv:PATH'")
+    parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH', 'csv:PATH' or 'graphs:PATH'")
+    parser.add_argument("--class-names", default=None, help="text file of class names, one a line (line i names label i)")
+    parser.add_argument("--linear-probe", action="store_true", help="also fit a logistic regression on frozen features")
+    parser.add_argument("--probe-test-fraction", type=float, default=0.3, help="test share of the stratified probe split")
     parser.add_argument("--output", default=None, help="JSON report path (default: <run dir>/zero_shot_<modality>.json)")
     parser.add_argument("--objective", default=None, help="whose shared space (default: the one pairing the modality with text)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run config's eval.batch_size")
@@ -50,15 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.modality not in model.encoders:
             raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
         run_config = model.run_config
-        data = load_eval_set(model, args.modality, args.data, run_config.world)
+        class_names = read_class_names(args.class_names) if args.class_names else None
+        data = load_eval_set(model, args.modality, args.data, run_config.world, class_names)
+        batch_size = args.batch_size or run_config.eval.batch_size
         result = zero_shot_classify(
-            model,
-            args.modality,
-            data,
-            objective=args.objective,
-            batch_size=args.batch_size or run_config.eval.batch_size,
-            on_error=args.on_error,
+            model, args.modality, data, objective=args.objective, batch_size=batch_size, on_error=args.on_error
         )
+        if args.linear_probe:
+            result.linear_probe = linear_probe(
+                model, args.modality, data, batch_size, args.on_error, test_fraction=args.probe_test_fraction, seed=run_config.seed
+            )
     except (CheckpointError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  seen_top1 (combinations seen in training): {result.seen_top1:.4f}")
     for direction, recalls in result.retrieval.items():
         print(f"  retrieval {direction}: " + "  ".join(f"{k} {v:.4f}" for k, v in recalls.items()))
+    if result.linear_probe:
+        probe = result.linear_probe
+        print(
+            f"  linear probe top1 {probe['top1']:.4f} ({probe['num_train']} train, {probe['num_test']} test, {probe['split']})"
+        )
     if result.skipped:
         print(f"  skipped {result.skipped} bad samples")
     print(f"report: {output}; confusion matrix: {png}")

@@ -1,0 +1,131 @@
+"""Graph data on disk or in memory, as a stream source.
+
+Two file formats:
+
+- JSONL, one graph a line: ``{"edges": [[u, v], ...], "num_nodes": n, "x": [[...], ...]
+  (optional), "edge_attr": [...] (optional), "text": "..." (optional), "label": ...
+  (optional), "split": "train" | "test" (optional)}``.
+- A ``torch.save``'d list of PyG ``Data`` (optional ``text`` attribute, ``y`` label),
+  read with ``torch.load(weights_only=True)`` and only PyG's Data classes allowed.
+
+In Python, any sequence of ``Data`` (a PyG ``InMemoryDataset``, a list) is a source too.
+A line that is not JSON, or a graph the modality refuses, is a bad sample: counted
+and skipped, or a ``DataError`` naming the file and line under ``on_error: fail``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+from torch_geometric.data.storage import GlobalStorage
+
+from mmssl.streams import DataError
+from modalities.base import InvalidSample, Modality
+
+# What a saved list of Data may contain besides tensors and plain values.
+_SAFE_GLOBALS = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
+
+
+class BadRecord:
+    """A record that could not be read (bad JSON line); raised as InvalidSample on use."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def read_graph_file(path: str | Path) -> tuple[list[Any], list[str]]:
+    """(records, where) of a ``.jsonl`` or ``.pt`` graph file. Records are dicts,
+    ``Data`` objects or ``BadRecord``; ``where[i]`` names record i ("file line 7")."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"graph file not found: {path}")
+    if path.suffix.lower() == ".pt":
+        try:
+            with torch.serialization.safe_globals(_SAFE_GLOBALS):
+                graphs = torch.load(path, weights_only=True)
+        except Exception as exc:  # unpickling errors come in many types
+            raise DataError(f"{path}: cannot read a saved list of PyG Data: {exc}") from None
+        if not isinstance(graphs, (list, tuple)):
+            raise DataError(f"{path}: expected a saved list of PyG Data, got {type(graphs).__name__}")
+        return list(graphs), [f"{path} graph {i}" for i in range(len(graphs))]
+    records: list[Any] = []
+    where: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                record = BadRecord(f"not valid JSON: {exc.msg} at column {exc.colno}")
+            if not isinstance(record, (dict, BadRecord)):
+                record = BadRecord(f"expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+            where.append(f"{path} line {number}")
+    if not records:
+        raise DataError(f"{path}: no graphs (empty file)")
+    return records, where
+
+
+def record_field(record: Any, name: str) -> Any:
+    """A record's field: a JSON key, or a Data attribute (``label`` reads ``y``)."""
+    if isinstance(record, Mapping):
+        return record.get(name)
+    if isinstance(record, Data):
+        value = getattr(record, "y" if name == "label" else name, None)
+        if torch.is_tensor(value):
+            return value.reshape(-1)[0].item() if value.numel() == 1 else value
+        return value
+    return None
+
+
+class GraphSource:
+    """Graphs (and their captions) by index, from a file or any sequence of ``Data``.
+
+    Args:
+        graphs: records (dicts, ``Data``) or a PyG dataset.
+        modalities: the stream's modalities; one graph modality, optionally one caption
+            modality that receives each record's ``text``.
+        where: names of the records for messages (default "graph i").
+    """
+
+    def __init__(self, graphs: Sequence[Any], modalities: Mapping[str, Modality], where: Sequence[str] | None = None) -> None:
+        captioners = [k for k, m in modalities.items() if m.consumes_captions]
+        others = [k for k in modalities if k not in captioners]
+        if len(others) != 1 or len(captioners) > 1:
+            raise DataError(f"a graph source feeds one graph modality and at most one caption modality, got {list(modalities)}")
+        self.graphs = graphs
+        self.graph_key = others[0]
+        self.text_key = captioners[0] if captioners else None
+        self.names = list(where) if where is not None else None
+        if len(graphs) == 0:
+            raise DataError("graph source is empty")
+
+    @classmethod
+    def from_file(cls, path: str | Path, modalities: Mapping[str, Modality]) -> "GraphSource":
+        records, where = read_graph_file(path)
+        return cls(records, modalities, where)
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        record = self.graphs[index]
+        if isinstance(record, BadRecord):
+            raise InvalidSample(record.reason, source=self.where(index))
+        item: dict[str, Any] = {self.graph_key: record}
+        if self.text_key is not None:
+            text = record_field(record, "text")
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidSample("graph has no 'text' caption", source=self.where(index))
+            item[self.text_key] = text
+        return item
+
+    def where(self, index: int) -> str:
+        return self.names[index] if self.names is not None else f"graph {index}"

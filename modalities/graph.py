@@ -1,0 +1,417 @@
+"""Graphs on PyTorch Geometric: PyG ``Data``, networkx graphs, edge lists and JSONL
+records in; structural node features (degree one-hot, random-walk positional
+encodings) so featureless graphs are distinguishable; GIN / GINE / GATv2 / GPS
+encoders with mean / add / attention readout; graph families for the world.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import (
+    AttentionalAggregation,
+    GATv2Conv,
+    GINConv,
+    GINEConv,
+    GPSConv,
+    global_add_pool,
+    global_mean_pool,
+)
+from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_batch, to_undirected
+
+from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput
+
+@dataclass(frozen=True)
+class GraphConfig:
+    # gin: GINConv; gine: GINEConv over edge features; gat: GATv2Conv; gps: GPSConv
+    # (local GIN/GINE message passing plus global multi-head attention per layer).
+    encoder: Literal["gin", "gine", "gat", "gps"] = "gin"
+    width: int = 64
+    depth: int = 3
+    heads: int = 4  # gat and gps attention heads
+    dropout: float = 0.0
+    readout: Literal["mean", "add", "attention"] = "mean"
+    # Node features: ``in_features`` columns of x (0: the graphs carry no x), then a
+    # one-hot of the degree clamped to ``max_degree`` and ``walk_length`` random-walk
+    # return probabilities (as PyG's AddRandomWalkPE); 0 turns either off.
+    in_features: int = 0
+    max_degree: int = 16
+    walk_length: int = 8
+    # the graph's node count as log(N) / log(max_nodes), on every node: a size signal
+    # that does not depend on the family (mean readouts otherwise lose it)
+    size_feature: bool = False
+    edge_features: int = 0  # edge_attr columns (gine, gat and gps use them)
+    undirected: bool = True  # add reverse edges (PyG to_undirected)
+    # input limits: bigger graphs are refused rather than encoded
+    max_nodes: int = 2000
+    max_edges: int = 20000
+
+
+class GraphModality(Modality):
+    """Graph encoder over PyG mini-batches.
+
+    Structural features are computed for the whole batch in ``collate`` (one batched
+    pass is much cheaper than one per tiny graph), from each graph's own edges, so an
+    augmented view describes its own structure.
+
+    Shapes:
+        sample: ``Data`` with edge_index [2, E], num_nodes N, x [N, in_features] and
+            edge_attr [E, edge_features] when configured.
+        batch: a PyG ``Batch`` of B graphs: x [sum N, node_dim] (node_dim = in_features
+            + max_degree + 1 + walk_length + size_feature), edge_index, batch [sum N].
+        output: pooled [B, width]; tokens [B, N_max, width]; padding_mask [B, N_max]
+            (True = padding, graphs have different node counts).
+    """
+
+    Config = GraphConfig  # no file_extensions: one graph file holds many graphs (see mmssl.graph_sources)
+
+    def __init__(self, config: GraphConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.structural_dim = (c.max_degree + 1 if c.max_degree > 0 else 0) + c.walk_length + int(c.size_feature)
+        self.node_dim = c.in_features + self.structural_dim
+        if self.node_dim == 0:
+            raise ValueError("graph nodes have no input features: set in_features, max_degree or walk_length above 0")
+        if c.encoder == "gine" and c.edge_features == 0:
+            raise ValueError("graph encoder 'gine' needs edge features: set edge_features > 0 (or use encoder 'gin')")
+        if c.encoder == "gin" and c.edge_features > 0:
+            raise ValueError("graph encoder 'gin' ignores edge features: use 'gine', 'gat' or 'gps' with edge_features")
+        if c.encoder in ("gat", "gps") and c.width % c.heads:
+            raise ValueError(f"graph width {c.width} is not divisible by heads {c.heads}")
+        self.embed_dim = c.width
+        self.input = nn.Linear(self.node_dim, c.width)
+        edge_dim = c.edge_features or None
+        self.convs = nn.ModuleList([self._layer(edge_dim) for _ in range(c.depth)])
+        # GPSConv normalises inside; the message-passing layers get a per-node LayerNorm.
+        self.norms = nn.ModuleList([nn.LayerNorm(c.width) for _ in range(c.depth if c.encoder != "gps" else 0)])
+        self.out_norm = nn.LayerNorm(c.width)
+        self.pool = AttentionalAggregation(gate_nn=nn.Linear(c.width, 1)) if c.readout == "attention" else None
+
+    def _mlp(self) -> nn.Module:
+        w = self.config.width
+        return nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w))
+
+    def _layer(self, edge_dim: int | None) -> nn.Module:
+        c = self.config
+        if c.encoder == "gin":
+            return GINConv(self._mlp(), train_eps=True)
+        if c.encoder == "gine":
+            return GINEConv(self._mlp(), train_eps=True, edge_dim=edge_dim)
+        if c.encoder == "gat":
+            return GATv2Conv(c.width, c.width // c.heads, heads=c.heads, edge_dim=edge_dim, dropout=c.dropout)
+        local = GINEConv(self._mlp(), edge_dim=edge_dim) if edge_dim else GINConv(self._mlp())
+        return GPSConv(c.width, local, heads=c.heads, dropout=c.dropout, norm="layer_norm", norm_kwargs={"mode": "node"})
+
+    # --- data ---------------------------------------------------------------------------
+    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Data:
+        """A clean ``Data`` (x float or absent, edge_index long, edge_attr, num_nodes) from
+        a raw graph: a PyG Data, a networkx graph, a JSONL-style mapping (``edges``,
+        ``num_nodes``, ``x``, ``edge_attr``), an edge list or ``(edge list, num_nodes)``.
+        Raises InvalidSample naming what is wrong. The input is never modified; ``rng`` is
+        unused (graph augmentations belong to the graph contrastive objective)."""
+        if isinstance(raw, Data):
+            num_nodes = raw.num_nodes
+            edge_index = raw.edge_index if raw.edge_index is not None else torch.zeros(2, 0, dtype=torch.long)
+            x, edge_attr = raw.x, raw.edge_attr
+        elif isinstance(raw, nx.Graph):
+            num_nodes = raw.number_of_nodes()
+            self._check_size(num_nodes, raw.number_of_edges())
+            if num_nodes == 0:
+                raise InvalidSample("empty graph (0 nodes)")
+            data = from_networkx(raw)
+            edge_index, x, edge_attr = data.edge_index, getattr(data, "x", None), getattr(data, "edge_attr", None)
+        elif isinstance(raw, Mapping):
+            if "edges" not in raw:
+                raise InvalidSample(f"graph record has no 'edges' (keys: {sorted(raw)})")
+            edges = raw["edges"]
+            num_nodes = raw.get("num_nodes")
+            if num_nodes is None:
+                raise InvalidSample("graph record has no 'num_nodes'")
+            if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
+                raise InvalidSample(f"num_nodes must be an integer, got {num_nodes!r}")
+            self._check_size(num_nodes, len(edges) if hasattr(edges, "__len__") else 0)
+            edge_index = self._edge_list(edges)
+            x = self._float_tensor(raw.get("x"), "x")
+            edge_attr = self._float_tensor(raw.get("edge_attr"), "edge_attr")
+        elif isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], int):
+            num_nodes = raw[1]
+            self._check_size(num_nodes, len(raw[0]))
+            edge_index, x, edge_attr = self._edge_list(raw[0]), None, None
+        elif isinstance(raw, (list, np.ndarray)) or torch.is_tensor(raw):
+            edge_index = self._edge_list(raw)
+            num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+            x, edge_attr = None, None
+        else:
+            raise InvalidSample(
+                f"graph must be a PyG Data, networkx graph, edge list or mapping with 'edges', got {type(raw).__name__}"
+            )
+        return self._validated(num_nodes, edge_index, x, edge_attr)
+
+    def _check_size(self, num_nodes: int, num_edges: int) -> None:
+        c = self.config
+        if num_nodes is not None and num_nodes > c.max_nodes:
+            raise InvalidSample(f"graph has {num_nodes} nodes, over max_nodes={c.max_nodes}")
+        if num_edges > c.max_edges:
+            raise InvalidSample(f"graph has {num_edges} edges, over max_edges={c.max_edges}")
+
+    @staticmethod
+    def _edge_list(edges: Any) -> torch.Tensor:
+        """[[u, v], ...] or a [2, E] tensor -> edge_index [2, E] long."""
+        if torch.is_tensor(edges):
+            edge_index = edges
+        else:
+            try:
+                array = np.asarray(edges)
+            except ValueError:
+                raise InvalidSample("edges must be a list of [u, v] pairs") from None
+            if array.size == 0:
+                return torch.zeros(2, 0, dtype=torch.long)
+            if array.ndim != 2 or array.shape[1] != 2:
+                raise InvalidSample(f"edges must be a list of [u, v] pairs, got shape {array.shape}")
+            if array.dtype.kind not in "iu":
+                raise InvalidSample(f"edge endpoints must be integers, got {array.dtype} values")
+            edge_index = torch.from_numpy(array.astype(np.int64)).T
+        if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+            raise InvalidSample(f"edge_index must be [2, E], got shape {tuple(edge_index.shape)}")
+        if edge_index.dtype.is_floating_point or edge_index.dtype == torch.bool:
+            raise InvalidSample(f"edge_index must hold integers, got {edge_index.dtype}")
+        return edge_index.long()
+
+    @staticmethod
+    def _float_tensor(value: Any, name: str) -> torch.Tensor | None:
+        if value is None:
+            return None
+        try:
+            t = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        except (ValueError, TypeError):
+            raise InvalidSample(f"{name} must be a numeric [rows, features] array") from None
+        return t.unsqueeze(1) if t.ndim == 1 else t
+
+    def _validated(
+        self, num_nodes: int | None, edge_index: torch.Tensor, x: torch.Tensor | None, edge_attr: torch.Tensor | None
+    ) -> Data:
+        c = self.config
+        if num_nodes is None or num_nodes <= 0:
+            raise InvalidSample("empty graph (0 nodes)")
+        self._check_size(num_nodes, edge_index.shape[1])
+        if edge_index.numel():
+            low, high = int(edge_index.min()), int(edge_index.max())
+            if low < 0:
+                raise InvalidSample(f"negative node index {low} in edges")
+            if high >= num_nodes:
+                raise InvalidSample(f"edge endpoint {high} out of range for {num_nodes} nodes (indices are 0 to {num_nodes - 1})")
+        if c.in_features == 0 and x is not None:
+            raise InvalidSample(f"graph has node features x with {x.shape[-1]} columns but in_features is 0 (set in_features)")
+        if c.in_features > 0:
+            if x is None:
+                raise InvalidSample(f"graph has no node features x; in_features is {c.in_features}")
+            x = x.float()
+            if x.ndim != 2 or x.shape[0] != num_nodes:
+                raise InvalidSample(f"x has shape {tuple(x.shape)}; expected {num_nodes} rows, one per node")
+            if x.shape[1] != c.in_features:
+                raise InvalidSample(f"x has {x.shape[1]} features per node; in_features is {c.in_features}")
+            if not torch.isfinite(x).all():
+                raise InvalidSample("x contains NaN or infinite values")
+        if c.edge_features == 0 and edge_attr is not None:
+            edge_attr = None  # e.g. from_networkx weights; the encoder reads none
+        if c.edge_features > 0:
+            if edge_attr is None:
+                raise InvalidSample(f"graph has no edge_attr; edge_features is {c.edge_features}")
+            edge_attr = edge_attr.float()
+            if edge_attr.ndim == 1:
+                edge_attr = edge_attr.unsqueeze(1)
+            if edge_attr.shape != (edge_index.shape[1], c.edge_features):
+                raise InvalidSample(
+                    f"edge_attr has shape {tuple(edge_attr.shape)}; expected ({edge_index.shape[1]}, {c.edge_features})"
+                )
+            if not torch.isfinite(edge_attr).all():
+                raise InvalidSample("edge_attr contains NaN or infinite values")
+        if c.undirected and edge_index.numel():
+            if edge_attr is not None:
+                edge_index, edge_attr = to_undirected(edge_index, edge_attr, num_nodes=num_nodes)
+            else:
+                edge_index = to_undirected(edge_index, num_nodes=num_nodes)
+        data = Data(edge_index=edge_index, num_nodes=num_nodes)
+        if x is not None:
+            data.x = x
+        if edge_attr is not None:
+            data.edge_attr = edge_attr
+        return data
+
+    def featurize(self, graph: Data) -> Data:
+        """A shallow copy of ``graph`` (one Data or a Batch) whose x is [N, node_dim]: the
+        first ``in_features`` columns of ``graph.x``, a one-hot of the degree (clamped to
+        ``max_degree``), ``walk_length`` random-walk return probabilities and, if set, the
+        log node count, all from ``graph``'s own structure. ``graph`` is left unchanged."""
+        c = self.config
+        n = int(graph.num_nodes)
+        parts = []
+        if c.in_features:
+            parts.append(graph.x[:, : c.in_features].float())
+        if c.max_degree > 0:
+            deg = degree(graph.edge_index[0], n, dtype=torch.long).clamp(max=c.max_degree)
+            parts.append(F.one_hot(deg, c.max_degree + 1).float())
+        batch = getattr(graph, "batch", None)
+        if c.walk_length:
+            parts.append(random_walk_pe(graph.edge_index, n, c.walk_length, batch))
+        if c.size_feature:
+            index = batch if batch is not None else torch.zeros(n, dtype=torch.long)
+            sizes = torch.bincount(index).float()[index]
+            parts.append((sizes.log() / math.log(max(c.max_nodes, 2))).unsqueeze(1))
+        out = copy.copy(graph)
+        out.x = torch.cat(parts, dim=1)
+        return out
+
+    def collate(self, samples: Sequence[Data]) -> Batch:
+        return self.featurize(Batch.from_data_list(list(samples)))
+
+    def move_batch(self, batch: Batch, device: torch.device) -> Batch:
+        return batch.to(device)
+
+    # --- model --------------------------------------------------------------------------
+    def forward_features(self, batch: Batch) -> torch.Tensor:
+        """Node embeddings. Shapes: batch.x [sum N, node_dim] -> [sum N, width]."""
+        h = self.input(batch.x)
+        edge_attr = batch.edge_attr if self.config.edge_features else None
+        kwargs = {"edge_attr": edge_attr} if edge_attr is not None else {}
+        if self.config.encoder == "gps":
+            for conv in self.convs:
+                h = conv(h, batch.edge_index, batch.batch, **kwargs)
+        else:
+            for conv, norm in zip(self.convs, self.norms):
+                update = F.relu(norm(conv(h, batch.edge_index, **kwargs)))
+                h = h + F.dropout(update, self.config.dropout, self.training)
+        return self.out_norm(h)
+
+    def forward(self, batch: Batch) -> ModalityOutput:
+        nodes = self.forward_features(batch)
+        size = int(batch.num_graphs)
+        if self.config.readout == "mean":
+            pooled = global_mean_pool(nodes, batch.batch, size)
+        elif self.config.readout == "add":
+            pooled = global_add_pool(nodes, batch.batch, size)
+        else:
+            pooled = self.pool(nodes, batch.batch, dim_size=size)
+        tokens, real = to_dense_batch(nodes, batch.batch, batch_size=size)
+        return ModalityOutput(pooled=pooled, tokens=tokens, padding_mask=~real)
+
+    # --- embedded world -------------------------------------------------------------------
+    def concept_space(self) -> ConceptSpace:
+        return GRAPH_SPACE
+
+    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Data:
+        return render_graph(concept, rng)
+
+
+def random_walk_pe(edge_index: torch.Tensor, num_nodes: int, walk_length: int, batch: torch.Tensor | None = None) -> torch.Tensor:
+    """Random-walk return probabilities (RWPE, Dwivedi et al. 2022) of every node, for
+    steps 1 to ``walk_length``: the same values as PyG's ``AddRandomWalkPE`` on each
+    graph alone, computed for a whole batch at once on per-graph dense blocks
+    (``to_dense_adj``), since AddRandomWalkPE on a batch would go dense over all nodes.
+
+    Shapes:
+        edge_index: [2, E]; batch: [N] graph of each node (None: one graph); returns [N, walk_length].
+    """
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=edge_index.device)
+    adj = to_dense_adj(edge_index, batch, batch_size=int(batch.max()) + 1 if num_nodes else 0)  # [B, M, M]
+    walk = adj / adj.sum(-1, keepdim=True).clamp(min=1)  # row-stochastic (isolated nodes stay zero)
+    _, real = to_dense_batch(torch.zeros(num_nodes, 1, device=edge_index.device), batch)
+    steps, power = [], walk
+    for _ in range(walk_length):
+        steps.append(power.diagonal(dim1=-2, dim2=-1))
+        power = power @ walk
+    return torch.stack(steps, dim=-1)[real]  # [N, walk_length]
+
+
+GRAPH_SPACE = ConceptSpace(
+    class_attributes={
+        "size": ("small", "medium", "large"),
+        "family": ("cycle", "path", "star", "complete", "wheel", "grid", "ladder", "tree"),
+    },
+    nuisance_attributes={"motif": ("none", "triangle")},
+    caption_templates=(
+        "a {size} {family} graph",
+        "a {size} {family}",
+        "a {family} graph that is {size}",
+        "{size} {family}",
+        "a {size} {family} graph with {motif}",
+        "a {size} {family} network",
+    ),
+    single_attribute_templates={
+        "size": ("a {size} graph", "a {size} network", "a {size} graph with {motif}"),
+        "family": ("a {family} graph", "a {family}", "a {family} with {motif}"),
+    },
+    synonyms={
+        "small": ("small", "little"),
+        "medium": ("medium", "medium-sized"),
+        "large": ("large", "big"),
+        "cycle": ("cycle", "ring"),
+        "path": ("path", "chain"),
+        "complete": ("complete", "clique"),
+        "grid": ("grid", "lattice"),
+        "tree": ("tree", "random tree"),
+        "none": ("nothing attached", "no extra motif"),
+        "triangle": ("a triangle attached", "a pendant triangle"),
+    },
+    prompt_templates=("a {} graph.", "a {}.", "a {} network."),
+)
+
+# Node counts of the size classes (before motifs; ladders round down to even counts).
+SIZES = {"small": (5, 9), "medium": (12, 16), "large": (20, 25)}
+
+
+def family_graph(family: str, size: str, rng: np.random.Generator) -> nx.Graph:
+    """A graph of ``family`` whose node count lies in the size class's range."""
+    low, high = SIZES[size]
+    n = int(rng.integers(low, high + 1))
+    if family == "cycle":
+        return nx.cycle_graph(n)
+    if family == "path":
+        return nx.path_graph(n)
+    if family == "star":
+        return nx.star_graph(n - 1)
+    if family == "complete":
+        return nx.complete_graph(n)
+    if family == "wheel":
+        return nx.wheel_graph(n)
+    if family == "ladder":
+        return nx.ladder_graph(max(3, n // 2))
+    if family == "grid":
+        # at least 3 rows: a 2 x k grid is a ladder
+        shapes = [(r, c) for r in range(3, 6) for c in range(r, 9) if low <= r * c <= high]
+        r, c = shapes[int(rng.integers(len(shapes)))]
+        return nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c))
+    if family == "tree":
+        # a random recursive tree: node i hangs from a uniformly chosen earlier node
+        return nx.Graph([(i, int(rng.integers(i))) for i in range(1, n)])
+    raise ValueError(f"unknown graph family '{family}'")
+
+
+def render_graph(concept: Mapping[str, str], rng: np.random.Generator, noise_edges: int = 2) -> Data:
+    """A graph of the concept's family and size class, with its motif (a pendant
+    triangle) attached, up to ``noise_edges`` random extra edges and a random node
+    order. Every choice comes from ``rng``. Returns an undirected, featureless Data."""
+    graph = family_graph(concept["family"], concept["size"], rng)
+    n = graph.number_of_nodes()
+    if concept.get("motif") == "triangle":
+        anchor = int(rng.integers(n))
+        graph.add_edges_from([(anchor, n), (n, n + 1), (n + 1, anchor)])
+        n += 2
+    for _ in range(int(rng.integers(0, noise_edges + 1))):
+        u, v = (int(a) for a in rng.integers(n, size=2))
+        if u != v:
+            graph.add_edge(u, v)
+    order = rng.permutation(n)
+    edges = np.array([(order[u], order[v]) for u, v in graph.edges()], dtype=np.int64).reshape(-1, 2)
+    edge_index = torch.from_numpy(np.concatenate([edges, edges[:, ::-1]]).T.copy())
+    return Data(edge_index=edge_index, num_nodes=n)

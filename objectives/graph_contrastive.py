@@ -1,0 +1,281 @@
+"""GraphCL-style graph contrastive learning (You et al., 2020).
+
+Each graph yields two stochastic views, each made by augmentations drawn from a
+configured pool (node dropping, edge perturbation, feature masking, subgraph
+sampling; PyG's ``dropout_node``, ``dropout_edge``, ``add_random_edge``,
+``mask_feature``, ``k_hop_subgraph``, ``subgraph``). The views are built in the data
+pipeline (``prepare_sample``) from the sample's own generator and never mutate the
+sample; the modality's ``collate`` batches them (computing structural features of
+each view from its own edges), then masked feature rows are zeroed. The encoder
+embeds both views, a projection head maps them into a space where
+NT-Xent with a temperature pulls each graph's two views together against the other
+2B - 2 views of the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import (
+    add_random_edge,
+    dropout_edge,
+    dropout_node,
+    is_undirected,
+    k_hop_subgraph,
+    mask_feature,
+    subgraph,
+)
+
+from modalities.base import Modality, ModalityOutput
+from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
+
+VIEW_KEYS = ("view_a", "view_b")
+KEEP_KEY = "keep_features"  # node attribute of a view: [N, 1] bool, False = features masked
+
+
+# --------------------------------------------------------------------------------------
+# Augmentations: Data -> new Data, drawing from torch's global RNG (see seeded_global_rngs)
+# --------------------------------------------------------------------------------------
+
+
+def _with(data: Data, edge_index: torch.Tensor, node_mask: torch.Tensor | None, edge_sel: torch.Tensor | None,
+          extra_edges: int = 0) -> Data:
+    """A new Data over kept nodes / edges; edge attributes of added edges are zero."""
+    out = Data(edge_index=edge_index, num_nodes=int(node_mask.sum()) if node_mask is not None else data.num_nodes)
+    for key in ("x", KEEP_KEY):
+        if key in data:
+            out[key] = data[key][node_mask] if node_mask is not None else data[key].clone()
+    if data.edge_attr is not None:
+        attr = data.edge_attr[edge_sel] if edge_sel is not None else data.edge_attr.clone()
+        if extra_edges:
+            attr = torch.cat([attr, attr.new_zeros(extra_edges, attr.shape[1])])
+        out.edge_attr = attr
+    return out
+
+
+def drop_nodes(data: Data, strength: float) -> Data:
+    """Remove each node (and its edges) with probability ``strength``; keeps at least one."""
+    n = int(data.num_nodes)
+    edge_index, edge_mask, node_mask = dropout_node(data.edge_index, strength, n, relabel_nodes=True)
+    if not node_mask.any():
+        return _with(data, data.edge_index.clone(), None, None)
+    return _with(data, edge_index, node_mask, edge_mask)
+
+
+def perturb_edges(data: Data, strength: float) -> Data:
+    """GraphCL's edge perturbation: drop each edge with probability ``strength`` and add
+    round(strength * E) random non-edges of the original graph (an undirected graph's
+    edges are dropped and added in both directions)."""
+    n = int(data.num_nodes)
+    undirected = is_undirected(data.edge_index, num_nodes=n)
+    kept_index, kept = dropout_edge(data.edge_index, strength, force_undirected=undirected)
+    # PyG's negative sampling fails on a request for zero edges (a float empty tensor)
+    wanted = round(data.edge_index.shape[1] * strength) // (2 if undirected else 1)
+    if n > 1 and wanted > 0:
+        _, added = add_random_edge(data.edge_index, strength, force_undirected=undirected, num_nodes=n)
+    else:
+        added = data.edge_index.new_zeros(2, 0)
+    return _with(data, torch.cat([kept_index, added], dim=1), None, kept, extra_edges=added.shape[1])
+
+
+def mask_features(data: Data, strength: float) -> Data:
+    """Mask the whole feature row of each node with probability ``strength`` (GraphCL's
+    attribute masking). Node features (structural ones included) exist only once the
+    view is collated, so the view carries the mask (``keep_features``, drawn by PyG's
+    ``mask_feature``) and ``apply_feature_mask`` zeroes the rows in the batch."""
+    out = _with(data, data.edge_index.clone(), None, None)
+    keep = out[KEEP_KEY] if KEEP_KEY in out else torch.ones(int(data.num_nodes), 1, dtype=torch.bool)
+    _, row_kept = mask_feature(torch.ones(int(data.num_nodes), 1), strength, mode="row")
+    out[KEEP_KEY] = keep & row_kept.reshape(-1, 1)
+    return out
+
+
+def apply_feature_mask(batch: Batch) -> Batch:
+    """Zero the feature rows of masked nodes (``keep_features`` False) in a collated batch."""
+    batch.x = batch.x * batch[KEEP_KEY].to(batch.x.dtype)
+    return batch
+
+
+def sample_subgraph(data: Data, strength: float) -> Data:
+    """Keep a connected ball of about (1 - strength) of the nodes: breadth-first
+    (``k_hop_subgraph``) from a random node, the last ring sampled to fill it."""
+    n = int(data.num_nodes)
+    keep = max(1, math.ceil((1.0 - strength) * n))
+    center = torch.randint(n, (1,))
+    inside = center
+    hops = 0
+    while inside.numel() < keep:
+        hops += 1
+        ball = k_hop_subgraph(center, hops, data.edge_index, num_nodes=n)[0]
+        ring = ball[~torch.isin(ball, inside)]
+        if ring.numel() == 0:  # the component is exhausted
+            break
+        inside = torch.cat([inside, ring[torch.randperm(ring.numel())[: keep - inside.numel()]]])
+    node_mask = torch.zeros(n, dtype=torch.bool)
+    node_mask[inside] = True
+    edge_index, _, edge_mask = subgraph(node_mask, data.edge_index, num_nodes=n, relabel_nodes=True, return_edge_mask=True)
+    return _with(data, edge_index, node_mask, edge_mask)
+
+
+AUGMENTATIONS: dict[str, Callable[[Data, float], Data]] = {
+    "node_drop": drop_nodes,
+    "edge_perturb": perturb_edges,
+    "feature_mask": mask_features,
+    "subgraph": sample_subgraph,
+}
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(rng: np.random.Generator) -> Iterator[None]:
+    """PyG's augmentations draw from torch's global RNG (and negative sampling from
+    Python's): seed both from the sample's generator, restore them afterwards."""
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(rng.integers(2**62)))  # CPU only: torch.manual_seed is slow
+        random.seed(int(rng.integers(2**62)))
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+
+
+# --------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------
+
+
+def nt_xent(
+    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """NT-Xent (SimCLR, GraphCL) over 2B views: each view's positive is the other view
+    of its graph, the remaining 2B - 2 views (of every rank) are negatives.
+
+    Shapes:
+        z_a, z_b: [B, E] projections of the two views (normalised here); returns a scalar.
+    """
+    z_a, z_b = F.normalize(z_a.float(), dim=-1), F.normalize(z_b.float(), dim=-1)
+    n = z_a.shape[0]
+    if world_size > 1:
+        from torch.distributed.nn.functional import all_gather  # gathers with gradients
+
+        all_a, all_b = torch.cat(all_gather(z_a)), torch.cat(all_gather(z_b))
+    else:
+        all_a, all_b = z_a, z_b
+    m = all_a.shape[0]
+    anchors = torch.cat([z_a, z_b])  # [2B, E]
+    keys = torch.cat([all_a, all_b])  # [2M, E]
+    logits = anchors @ keys.T / temperature
+    own = rank * n + torch.arange(n, device=z_a.device)
+    itself = torch.cat([own, own + m])
+    partner = torch.cat([own + m, own])
+    rows = torch.arange(2 * n, device=z_a.device)
+    logits = logits.index_put((rows, itself), torch.tensor(float("-inf"), device=logits.device))
+    return F.cross_entropy(logits, partner)
+
+
+# --------------------------------------------------------------------------------------
+# Objective
+# --------------------------------------------------------------------------------------
+
+
+def _default_augmentations() -> dict[str, float]:
+    return {"node_drop": 0.2, "edge_perturb": 0.2, "feature_mask": 0.2, "subgraph": 0.3}
+
+
+@dataclass(frozen=True)
+class GraphContrastiveConfig:
+    modalities: tuple[str] = ("graph",)
+    # name -> strength (the share of nodes, edges or feature rows affected; for
+    # subgraph the share of nodes left out). GraphCL draws from this pool per view.
+    augmentations: dict[str, float] = field(default_factory=_default_augmentations)
+    augmentations_per_view: int = 1  # drawn without replacement from the pool
+    embed_dim: int = 128
+    temperature: float = 0.2
+    head: Literal["linear", "mlp"] = "mlp"
+
+
+class GraphContrastiveObjective(Objective):
+    """Two augmented views per graph, a projection head, NT-Xent over the batch.
+
+    Metrics: loss, view_acc (share of views whose nearest other view is their partner),
+    positive_cosine (mean cosine of the two views of a graph).
+    """
+
+    Config = GraphContrastiveConfig
+
+    def __init__(self, config: GraphContrastiveConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+        super().__init__(config, encoders, dist)
+        if len(self.modalities) != 1:
+            raise ValueError(f"graph contrastive learning takes one modality, got {list(self.modalities)}")
+        unknown = [name for name in config.augmentations if name not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"Could not resolve augmentation {unknown[0]!r} among choices {sorted(AUGMENTATIONS)}")
+        if not config.augmentations:
+            raise ValueError("graph contrastive learning needs at least one augmentation")
+        for name, strength in config.augmentations.items():
+            if not 0.0 <= strength < 1.0:
+                raise ValueError(f"augmentation {name!r} strength must be in [0, 1), got {strength}")
+        if not 1 <= config.augmentations_per_view <= len(config.augmentations):
+            raise ValueError(
+                f"augmentations_per_view must be in [1, {len(config.augmentations)}], got {config.augmentations_per_view}"
+            )
+        if config.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {config.temperature}")
+        self.key = self.modalities[0]
+        encoder = encoders[self.key]
+        # Views are batched the way the modality batches its samples.
+        self.collate_graphs: Callable[[Sequence[Data]], Batch] = encoder.collate
+        width, out = encoder.embed_dim, config.embed_dim
+        if config.head == "linear":
+            self.head: nn.Module = nn.Linear(width, out)
+        else:
+            self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out))
+
+    def view(self, graph: Data, rng: np.random.Generator) -> Data:
+        """One augmented view of ``graph`` (left unchanged): augmentations drawn from the
+        pool and applied in the pool's order. Every view carries ``keep_features``."""
+        names = list(self.config.augmentations)
+        chosen = set(names[i] for i in rng.permutation(len(names))[: self.config.augmentations_per_view])
+        out = _with(graph, graph.edge_index.clone(), None, None)
+        out[KEEP_KEY] = torch.ones(int(graph.num_nodes), 1, dtype=torch.bool)
+        with seeded_global_rngs(rng):
+            for name in names:
+                if name in chosen:
+                    out = AUGMENTATIONS[name](out, self.config.augmentations[name])
+        return out
+
+    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Data]:
+        graph = sample[self.key]
+        return {key: self.view(graph, rng) for key in VIEW_KEYS}
+
+    def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        return {key: apply_feature_mask(self.collate_graphs(values)) for key, values in extras.items()}
+
+    def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
+        return self.head(output.pooled) if modality == self.key else None
+
+    def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
+        encoder = model.encoders[self.key]
+        views = batch[EXTRAS_KEY]
+        z_a = self.head(encoder(views["view_a"]).pooled)
+        z_b = self.head(encoder(views["view_b"]).pooled)
+        loss = nt_xent(z_a, z_b, self.config.temperature, self.dist.rank, self.dist.world_size)
+        with torch.no_grad():
+            a, b = F.normalize(z_a.float(), dim=-1), F.normalize(z_b.float(), dim=-1)
+            z = torch.cat([a, b])
+            sim = z @ z.T
+            sim.fill_diagonal_(float("-inf"))
+            n = a.shape[0]
+            partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
+            acc = (sim.argmax(1) == partner).float().mean().item()
+            cosine = (a * b).sum(-1).mean().item()
+        return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), "view_acc": acc, "positive_cosine": cosine})
