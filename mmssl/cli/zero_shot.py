@@ -1,5 +1,6 @@
 """Zero-shot classification of a pretrained checkpoint.
 
+    mmssl-zero-shot --checkpoint runs/default        # every modality of the embedded world
     mmssl-zero-shot --checkpoint runs/default --modality image
     mmssl-zero-shot --checkpoint runs/default/checkpoints/step_00000800 --modality image \
         --data folder:/data/shapes_eval --output results/shapes.json
@@ -38,7 +39,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="mmssl-zero-shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a checkpoint directory")
-    parser.add_argument("--modality", required=True, help="the modality to classify, e.g. image")
+    parser.add_argument(
+        "--modality", default="all",
+        help="the modality to classify, e.g. image; 'all' (default): every modality of the embedded world",
+    )
     parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH', 'csv:PATH' or 'graphs:PATH'")
     parser.add_argument("--class-names", default=None, help="text file of class names, one a line (line i names label i)")
     parser.add_argument("--linear-probe", action="store_true", help="also fit a logistic regression on frozen features")
@@ -51,38 +55,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        model = load_pretrained(checkpoint, device=args.device)
-        if args.modality not in model.encoders:
-            raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
-        run_config = model.run_config
-        class_names = read_class_names(args.class_names) if args.class_names else None
-        data = load_eval_set(model, args.modality, args.data, run_config.world, class_names)
-        batch_size = args.batch_size or run_config.eval.batch_size
-        result = zero_shot_classify(
-            model, args.modality, data, objective=args.objective, batch_size=batch_size, on_error=args.on_error
+def _evaluate(args: argparse.Namespace, model, modality: str, checkpoint: Path):
+    """Zero-shot (and optionally a linear probe) of one modality; writes its report and plot."""
+    run_config = model.run_config
+    class_names = read_class_names(args.class_names) if args.class_names else None
+    data = load_eval_set(model, modality, args.data, run_config.world, class_names)
+    batch_size = args.batch_size or run_config.eval.batch_size
+    result = zero_shot_classify(model, modality, data, objective=args.objective, batch_size=batch_size, on_error=args.on_error)
+    if args.linear_probe:
+        result.linear_probe = linear_probe(
+            model, modality, data, batch_size, args.on_error, test_fraction=args.probe_test_fraction, seed=run_config.seed
         )
-        if args.linear_probe:
-            result.linear_probe = linear_probe(
-                model, args.modality, data, batch_size, args.on_error, test_fraction=args.probe_test_fraction, seed=run_config.seed
-            )
-    except (CheckpointError, EvaluationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     result.checkpoint = str(checkpoint)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
-    output = Path(args.output) if args.output else run_dir / f"zero_shot_{args.modality}.json"
+    output = Path(args.output) if args.output else run_dir / f"zero_shot_{modality}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(result.to_json(), indent=2))
     os.replace(tmp, output)
     png = output.with_name(output.stem + "_confusion.png")
-    plot_confusion(result.confusion, result.class_names, png, f"zero-shot {args.modality}: top-1 {result.top1:.3f}")
-    print(f"zero-shot {args.modality} on {result.data}: {result.num_samples} samples, {result.num_classes} classes")
+    plot_confusion(result.confusion, result.class_names, png, f"zero-shot {modality}: top-1 {result.top1:.3f}")
+    print(f"zero-shot {modality} on {result.data}: {result.num_samples} samples, {result.num_classes} classes")
     print(f"  top1 {result.top1:.4f}  top5 {result.top5:.4f}  mean per-class recall {result.mean_per_class_recall:.4f}")
     if result.composition_top1 is not None:
         print(f"  composition_top1 (held-out combinations {', '.join(result.heldout_classes)}): {result.composition_top1:.4f}")
@@ -97,6 +90,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.skipped:
         print(f"  skipped {result.skipped} bad samples")
     print(f"report: {output}; confusion matrix: {png}")
+    return result
+
+
+def _world_modalities(model) -> list[str]:
+    """Modalities that render the embedded world and have a shared space with text."""
+    found = []
+    for key, encoder in model.encoders.items():
+        if encoder.concept_space() is None:
+            continue
+        try:
+            model.shared_space(key)
+        except ValueError:
+            continue
+        found.append(key)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = {}
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        model = load_pretrained(checkpoint, device=args.device)
+        if args.modality == "all":
+            if args.data not in (None, "world") or args.output:
+                raise EvaluationError("--modality all evaluates the embedded world only, one report per modality; "
+                                      "name one modality to use --data or --output")
+            modalities = _world_modalities(model)
+            if not modalities:
+                raise EvaluationError(f"checkpoint has no modality that renders the world with a text-paired space ({sorted(model.encoders)})")
+        elif args.modality not in model.encoders:
+            raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
+        else:
+            modalities = [args.modality]
+        for modality in modalities:
+            results[modality] = _evaluate(args, model, modality, checkpoint)
+    except (CheckpointError, EvaluationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len(results) > 1:
+        print("\nsummary (fresh evaluation samples of the embedded world)")
+        print(f"  {'modality':10s} {'classes':>7s} {'top1':>7s} {'composition_top1':>17s} {'seen_top1':>10s}")
+        for modality, r in results.items():
+            comp = f"{r.composition_top1:.4f}" if r.composition_top1 is not None else "-"
+            seen = f"{r.seen_top1:.4f}" if r.seen_top1 is not None else "-"
+            print(f"  {modality:10s} {r.num_classes:7d} {r.top1:7.4f} {comp:>17s} {seen:>10s}")
     return 0
 
 
