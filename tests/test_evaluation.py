@@ -59,15 +59,19 @@ def test_classification_csv_errors_name_the_row(tmp_path):
         classification_csv_set(bad)
 
 
-@pytest.fixture(scope="module")
-def tiny_audio_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("audio_run")
+def _pretrain_two_steps(out: Path, config: str) -> Path:
+    """A 2-step run of ``configs/<config>`` through tools/pretrain.py, into ``out``."""
     proc = subprocess.run(
-        [sys.executable, "tools/pretrain.py", "configs/tiny_audio.yaml", "--output-dir", str(out), "train.steps=2"],
+        [sys.executable, "tools/pretrain.py", f"configs/{config}", "--output-dir", str(out), "train.steps=2"],
         capture_output=True, text=True, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_audio_run(tmp_path_factory):
+    return _pretrain_two_steps(tmp_path_factory.mktemp("audio_run"), "tiny_audio.yaml")
 
 
 def _zero_shot(*args):
@@ -130,13 +134,7 @@ def test_graph_file_set_reads_string_and_integer_labels(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_graph_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("graph_run")
-    proc = subprocess.run(
-        [sys.executable, "tools/pretrain.py", "configs/tiny_graph.yaml", "--output-dir", str(out), "train.steps=2"],
-        capture_output=True, text=True, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return _pretrain_two_steps(tmp_path_factory.mktemp("graph_run"), "tiny_graph.yaml")
 
 
 def test_graph_zero_shot_on_world_reports_composition_retrieval_and_probe(tiny_graph_run, tmp_path):

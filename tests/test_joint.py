@@ -2,9 +2,6 @@
 resume, on configs/tiny_joint.yaml (every objective, one shared text encoder)."""
 
 import collections
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,8 +13,8 @@ from mmssl.run_log import read_metrics
 from mmssl.schedule import ObjectiveSchedule
 from mmssl.trainer import Pretrainer
 from mmssl.weighting import InitialLossWeighting, LossWeighting, UncertaintyWeighting
-from tests.conftest import CONFIGS, REPO
-from tests.test_trainer import _KILL_SCRIPT, _assert_same_weights
+from tests.conftest import CONFIGS
+from tests.test_trainer import _assert_same_weights, run_until_killed
 
 TINY_JOINT = CONFIGS / "tiny_joint.yaml"
 
@@ -118,14 +115,7 @@ def test_joint_resume_after_kill_is_bit_exact(tmp_path):
     full.fit()
 
     run = tmp_path / "killed"
-    proc = subprocess.run(
-        [sys.executable, "-c", _KILL_SCRIPT, str(TINY_JOINT), str(run), *overrides],
-        env={**os.environ, "KILL_AT": "6"},
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert proc.returncode == -9, proc.stderr
+    run_until_killed(TINY_JOINT, run, overrides, kill_at=6)
     assert [p.name for p in list_checkpoints(run)] == ["step_00000004"]
 
     resumed = Pretrainer(_joint(*overrides), run)

@@ -54,19 +54,25 @@ _KILL_SCRIPT = textwrap.dedent(
 )
 
 
+def run_until_killed(config: Path, run: Path, overrides: list[str], kill_at: int) -> None:
+    """Train ``config`` into ``run`` in a subprocess that SIGKILLs itself after step ``kill_at``."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(config), str(run), *overrides],
+        env={**os.environ, "KILL_AT": str(kill_at)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == -9, proc.stderr
+
+
 def test_resume_after_kill_is_bit_exact(tiny_config, tmp_path):
     overrides = ["train.steps=7", "train.checkpoint_every=3"]
     full = Pretrainer(tiny_config(*overrides), tmp_path / "full")
     full.fit()
 
     run = tmp_path / "killed"
-    proc = subprocess.run(
-        [sys.executable, "-c", _KILL_SCRIPT, str(REPO / "configs" / "tiny.yaml"), str(run), *overrides],
-        env={**os.environ, "KILL_AT": "5"},
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == -9, proc.stderr
+    run_until_killed(REPO / "configs" / "tiny.yaml", run, overrides, kill_at=5)
     assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
 
     resumed = Pretrainer(tiny_config(*overrides), run)
