@@ -17,7 +17,7 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput
+from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput, seeded_torch_rng
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au")
 
@@ -230,9 +230,7 @@ class AudioModality(Modality):
             if rng is not None and self.config.freq_shift:
                 mel = self._shift_frequency(mel, int(rng.integers(-self.config.freq_shift, self.config.freq_shift + 1)))
             if rng is not None and len(self._augment):
-                # torchaudio's masks draw from the global RNG: seed it from the sample's generator.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(rng.integers(2**62)))
+                with seeded_torch_rng(rng):
                     mel = self._augment(mel.unsqueeze(0)).squeeze(0)
         # frames whose (centred) window touches real audio; later ones are pure padding
         c = self.config
@@ -369,21 +367,24 @@ def render_tone(concept: Mapping[str, str], rng: np.random.Generator, sample_rat
     freq = _frequency_track(concept["contour"], rng.uniform(low, high), t, rng)
     nyquist = sample_rate / 2
     timbre = concept["timbre"]
+    cycles = 2 * np.pi * np.cumsum(freq) / sample_rate  # the phase: running integral of the track
     if timbre == "noise":
         # a band of partials around the track: pitched noise that follows the contour
-        tone = np.zeros(duration)
-        for _ in range(24):
-            ratio = rng.uniform(0.85, 1.15)
-            phase = 2 * np.pi * np.cumsum(freq * ratio) / sample_rate + rng.uniform(0, 2 * np.pi)
-            tone += np.sin(phase)
-        tone /= np.sqrt(24)
+        draws = rng.random((24, 2))  # per partial: frequency ratio in [0.85, 1.15), phase offset
+        ratio, offset = 0.85 + 0.3 * draws[:, :1], 2 * np.pi * draws[:, 1:]
+        tone = np.sin(ratio * cycles + offset).sum(0) / np.sqrt(24)
     else:
-        phase = 2 * np.pi * np.cumsum(freq) / sample_rate + rng.uniform(0, 2 * np.pi)
         harmonics = {"sine": [1], "square": range(1, 16, 2), "sawtooth": range(1, 16)}[timbre]
+        # sin(k * phase) = Im(z**k) with z = exp(i * phase): one complex product per
+        # harmonic instead of a sine over the whole clip
+        z = np.exp(1j * (cycles + rng.uniform(0, 2 * np.pi)))
+        power = np.ones(duration, dtype=np.complex128)
         tone = np.zeros(duration)
-        for k in harmonics:
-            audible = (k * freq) < nyquist  # band-limited: no aliasing partials
-            tone += audible * np.sin(k * phase) / k
+        for k in range(1, max(harmonics) + 1):
+            power *= z
+            if k in harmonics:
+                audible = (k * freq) < nyquist  # band-limited: no aliasing partials
+                tone += audible * power.imag / k
     fade = min(int(0.01 * sample_rate), duration // 2)
     envelope = np.ones(duration)
     envelope[:fade] = np.linspace(0, 1, fade)

@@ -12,7 +12,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput
+from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput, seeded_torch_rng
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -99,9 +99,7 @@ class ImageModality(Modality):
             raise InvalidSample(f"image must be a path, PIL image, HxWx3 array or tensor, got {type(raw).__name__}")
         if rng is None or self.train_transform is self.eval_transform:
             return self.eval_transform(raw)
-        # torchvision draws from the global RNG: seed it from the sample's own generator.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**62)))
+        with seeded_torch_rng(rng):
             return self.train_transform(raw)
 
     def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ from torch_geometric.utils import (
     subgraph,
 )
 
-from modalities.base import Modality, ModalityOutput
+from modalities.base import Modality, ModalityOutput, seeded_torch_rng
 from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
 
 VIEW_KEYS = ("view_a", "view_b")
@@ -139,8 +139,7 @@ def seeded_global_rngs(rng: np.random.Generator) -> Iterator[None]:
     """PyG's augmentations draw from torch's global RNG (and negative sampling from
     Python's): seed both from the sample's generator, restore them afterwards."""
     python_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(int(rng.integers(2**62)))  # CPU only: torch.manual_seed is slow
+    with seeded_torch_rng(rng):
         random.seed(int(rng.integers(2**62)))
         try:
             yield
