@@ -48,6 +48,12 @@ class AudioConfig:
     # spectrogram transformer
     patch_freq: int = 16
     patch_time: int = 10
+    # spectrogram transformer, optional second view of the same log-mel: a token set of
+    # smaller patches beside the main grid (0 = off). Full-spectrum main patches see
+    # harmonic structure; small local patches see pitch movement. Both go through the
+    # same blocks and into the pooled embedding.
+    local_patch_freq: int = 0
+    local_patch_time: int = 0
     width: int = 128
     depth: int = 2
     heads: int = 4
@@ -98,6 +104,17 @@ class AudioModality(Modality):
             self.grid = (config.n_mels // config.patch_freq, self.frames // config.patch_time)
             self.num_patches = self.grid[0] * self.grid[1]
             self.patch_dim = config.patch_freq * config.patch_time
+        self.local_grid: tuple[int, int] | None = None
+        if (config.local_patch_freq or config.local_patch_time) and config.encoder == "spectrogram_transformer":
+            lf, lt = config.local_patch_freq, config.local_patch_time
+            if lf <= 0 or lt <= 0 or config.n_mels % lf or self.frames % lt:
+                raise ValueError(
+                    f"audio local_patch_freq/local_patch_time ({lf}, {lt}) must be positive and divide "
+                    f"n_mels {config.n_mels} and the {self.frames} patched frames"
+                )
+            self.local_grid = (config.n_mels // lf, self.frames // lt)
+        elif config.local_patch_freq or config.local_patch_time:
+            raise ValueError("audio local patches need encoder: spectrogram_transformer")
         if config.encoder == "timm":
             import timm
 
@@ -110,6 +127,11 @@ class AudioModality(Modality):
             self.patch_embed = nn.Linear(self.patch_dim, config.width)
             self.pos_embed = nn.Parameter(torch.randn(1, self.num_patches, config.width) * 0.02)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, config.width))
+            if self.local_grid is not None:
+                self.local_embed = nn.Linear(config.local_patch_freq * config.local_patch_time, config.width)
+                n_local = self.local_grid[0] * self.local_grid[1]
+                self.local_pos_embed = nn.Parameter(torch.randn(1, n_local, config.width) * 0.02)
+                self.local_mask_value = nn.Parameter(torch.zeros(()))  # what masked input reads as
             self.blocks = nn.ModuleList(
                 [Block(config.width, config.heads, config.mlp_ratio, qkv_bias=True) for _ in range(config.depth)]
             )
@@ -252,11 +274,30 @@ class AudioModality(Modality):
         c = self.config
         return rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=c.patch_freq, pt=c.patch_time)
 
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``patchify``: [B, N, patch_dim] -> mel [B, F, T]."""
+        c = self.config
+        return rearrange(patches, "b (f t) (pf pt) -> b (f pf) (t pt)", f=self.grid[0], pf=c.patch_freq, pt=c.patch_time)
+
     def patch_padding_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[B, N] True for patches that lie wholly in zero padding after the audio ends."""
-        start_frame = torch.arange(self.grid[1], device=batch["valid_frames"].device) * self.config.patch_time
+        return self._padding(batch, self.grid, self.config.patch_time)
+
+    @staticmethod
+    def _padding(batch: Mapping[str, torch.Tensor], grid: tuple[int, int], patch_time: int) -> torch.Tensor:
+        start_frame = torch.arange(grid[1], device=batch["valid_frames"].device) * patch_time
         padded_time = start_frame.unsqueeze(0) >= batch["valid_frames"].unsqueeze(1)  # [B, T']
-        return padded_time.unsqueeze(1).expand(-1, self.grid[0], -1).reshape(padded_time.shape[0], -1)
+        return padded_time.unsqueeze(1).expand(-1, grid[0], -1).reshape(padded_time.shape[0], -1)
+
+    def _local_tokens(self, mel: torch.Tensor, patch_mask: torch.Tensor | None) -> torch.Tensor:
+        """Tokens of the local view [B, N_local, width]. Masked main patches are hidden in
+        input space first, so the local view cannot reveal what masked modeling predicts."""
+        c = self.config
+        if patch_mask is not None:
+            hidden = torch.where(patch_mask.unsqueeze(-1), self.local_mask_value.to(mel.dtype), self.patchify(mel))
+            mel = self.unpatchify(hidden)
+        local = rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=c.local_patch_freq, pt=c.local_patch_time)
+        return self.local_embed(local) + self.local_pos_embed
 
     def forward(self, batch: Mapping[str, torch.Tensor], patch_mask: torch.Tensor | None = None) -> ModalityOutput:
         """Encode a batch; ``patch_mask`` [B, N] (True = masked) hides those patches
@@ -273,11 +314,8 @@ class AudioModality(Modality):
             mel = batch["mel"]
             if patch_mask is not None:
                 # mask in input space, so no masked content leaks through overlapping kernels
-                c = self.config
                 patches = torch.where(patch_mask.unsqueeze(-1), self.mask_value.to(mel.dtype), self.patchify(mel))
-                mel = rearrange(
-                    patches, "b (f t) (pf pt) -> b (f pf) (t pt)", f=self.grid[0], pf=c.patch_freq, pt=c.patch_time
-                )
+                mel = self.unpatchify(patches)
             features = self.backbone.forward_features(mel.unsqueeze(1))  # [B, C, h, w]
             grid = torch.nn.functional.adaptive_avg_pool2d(features, self.grid)
             tokens = rearrange(grid, "b c f t -> b (f t) c")
@@ -288,6 +326,9 @@ class AudioModality(Modality):
                 x = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
             x = x + self.pos_embed
             padding = self.patch_padding_mask(batch)
+            if self.local_grid is not None:
+                x = torch.cat([x, self._local_tokens(batch["mel"], patch_mask)], 1)
+                padding = torch.cat([padding, self._padding(batch, self.local_grid, self.config.local_patch_time)], 1)
             attn_mask = None
             if padding.any():
                 # every query may attend to non-padding keys only; [B, 1, 1, N] broadcasts over heads
@@ -297,7 +338,10 @@ class AudioModality(Modality):
             tokens = self.norm(x)
         keep = (~padding).unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return ModalityOutput(pooled=pooled, tokens=tokens, padding_mask=padding)
+        # tokens and padding stay those of the main grid (aligned with patchify); the
+        # local view's tokens feed the pooled embedding only
+        n = tokens.shape[1] if self.local_grid is None else self.num_patches
+        return ModalityOutput(pooled=pooled, tokens=tokens[:, :n], padding_mask=padding[:, :n])
 
     # --- embedded world -------------------------------------------------------------------
     def concept_space(self) -> ConceptSpace:

@@ -398,3 +398,41 @@ def test_timm_cnn_encoder_pools_onto_the_patch_grid_and_hides_masked_input():
     with torch.no_grad():
         assert torch.allclose(audio(batch, patch_mask=mask).tokens, audio(edited, patch_mask=mask).tokens)
         assert not torch.allclose(audio(batch).tokens, audio(edited).tokens)
+
+
+def test_local_view_feeds_the_pooled_embedding_and_cannot_see_masked_patches():
+    audio = _audio(local_patch_freq=8, local_patch_time=5)
+    assert audio.local_grid == (4, 10)
+    batch = audio.collate([audio.transform(_noise(0, 8000)), audio.transform(_noise(1, 3000))])
+    with torch.no_grad():
+        out = audio(batch)
+        # tokens stay the main grid's (masked modeling predicts from them); the local view
+        # only joins the pooled embedding
+        assert out.tokens.shape == (2, audio.num_patches, audio.embed_dim)
+        assert torch.equal(out.padding_mask, audio.patch_padding_mask(batch))
+        audio.local_embed.weight.mul_(2.0)
+        assert not torch.allclose(audio(batch).pooled, out.pooled, atol=1e-4)
+    # whatever lies under a masked main patch reaches neither view
+    mask = torch.zeros(2, audio.num_patches, dtype=torch.bool)
+    mask[:, :3] = True
+    edited = {k: v.clone() for k, v in batch.items()}
+    edited["mel"][:, :16, :30] = 7.0  # the first three time patches of the lowest frequency row
+    with torch.no_grad():
+        assert torch.allclose(audio(batch, patch_mask=mask).pooled, audio(edited, patch_mask=mask).pooled, atol=1e-6)
+        assert not torch.allclose(audio(batch).pooled, audio(edited).pooled, atol=1e-3)
+    # local patches wholly in padding after a short clip's end change nothing
+    padded = {k: v.clone() for k, v in batch.items()}
+    first_padded = -(-int(batch["valid_frames"][1]) // 10) * 10
+    padded["mel"][1, :, first_padded:] = 5.0
+    with torch.no_grad():
+        assert torch.allclose(audio(batch).pooled[1], audio(padded).pooled[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"local_patch_freq": 5, "local_patch_time": 10}, "must be positive and divide n_mels 32"),
+    ({"local_patch_freq": 8}, "must be positive"),
+    ({"encoder": "wav2vec2", "local_patch_freq": 8, "local_patch_time": 10}, "need encoder: spectrogram_transformer"),
+])
+def test_bad_local_patch_shapes_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _audio(**kw)
