@@ -417,7 +417,7 @@ class Stream:
             )
 
     def stats(self) -> dict[str, float]:
-        return {"samples": self.samples, "skipped": self.skipped, "wait_s": round(self.wait_seconds, 3)}
+        return {"samples": self.samples, "skipped": self.skipped, "total_wait_s": round(self.wait_seconds, 3)}
 
     def close(self) -> None:
         self._iterator = None

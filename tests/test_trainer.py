@@ -30,6 +30,9 @@ def test_loss_falls_on_tiny_run(tiny_config, tmp_path):
     last = sum(r["image_text/loss"] for r in records[-5:]) / 5
     assert last < first - 0.3, f"loss went {first:.3f} -> {last:.3f}"
     assert {"lr", "grad_norm", "samples_per_s", "image_text/image_to_text_acc", "data/image_text/wait_s"} <= set(records[-1])
+    # per-step wait (mean over the log interval) and the stream's running total are two keys
+    assert 0 <= records[-1]["data/image_text/wait_s"] <= records[-1]["data/image_text/total_wait_s"]
+    assert records[-1]["data/image_text/total_wait_s"] >= records[0]["data/image_text/total_wait_s"]
     assert (tmp_path / "tensorboard").is_dir()
 
 
