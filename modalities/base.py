@@ -23,7 +23,7 @@ def seeded_torch_rng(rng: np.random.Generator) -> Iterator[None]:
     afterwards: library transforms (torchvision, torchaudio, PyG) draw from it.
 
     Seeds the CPU generator only: ``torch.manual_seed`` also queues accelerator seeds,
-    which would reseed the model's dropout on a GPU and costs about 1.5 ms per call.
+    which would reseed the model's dropout on a GPU, and cost 0.35 ms per call here.
     """
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(rng.integers(2**62)))
