@@ -299,10 +299,14 @@ class AudioModality(Modality):
         local = rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=c.local_patch_freq, pt=c.local_patch_time)
         return self.local_embed(local) + self.local_pos_embed
 
-    def forward(self, batch: Mapping[str, torch.Tensor], patch_mask: torch.Tensor | None = None) -> ModalityOutput:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], patch_mask: torch.Tensor | None = None, local_view: bool = True
+    ) -> ModalityOutput:
         """Encode a batch; ``patch_mask`` [B, N] (True = masked) hides those patches
         (masked spectrogram modeling): the transformer sees its learned mask token in
-        their place, the CNN a learned input value."""
+        their place, the CNN a learned input value. ``local_view=False`` leaves out the
+        local patch view (if configured): the main grid alone, a fifth of the tokens at
+        8x20 local patches."""
         if self.config.encoder == "wav2vec2":
             if patch_mask is not None:
                 raise ValueError("the wav2vec2 audio encoder does not take patch masks")
@@ -326,7 +330,7 @@ class AudioModality(Modality):
                 x = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
             x = x + self.pos_embed
             padding = self.patch_padding_mask(batch)
-            if self.local_grid is not None:
+            if self.local_grid is not None and local_view:
                 x = torch.cat([x, self._local_tokens(batch["mel"], patch_mask)], 1)
                 padding = torch.cat([padding, self._padding(batch, self.local_grid, self.config.local_patch_time)], 1)
             attn_mask = None

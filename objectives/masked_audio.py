@@ -29,6 +29,10 @@ class MaskedAudioConfig:
     mask_kind: Literal["random", "time", "frequency"] = "random"
     norm_targets: bool = True  # normalise each target patch to zero mean, unit variance
     head: Literal["linear", "mlp"] = "mlp"
+    # let the encoder's local patch view (if it has one) take part in the masked pass;
+    # false encodes the main grid alone there (cheaper; the local view then learns
+    # from the other objectives only)
+    local_view: bool = True
 
 
 def patch_mask(grid: tuple[int, int], ratio: float, kind: str, rng: np.random.Generator) -> torch.Tensor:
@@ -89,6 +93,7 @@ class MaskedAudioObjective(Objective):
                 f"(use the spectrogram_transformer audio encoder)"
             )
         self.grid = tuple(encoder.grid)
+        self.has_local_view = getattr(encoder, "local_grid", None) is not None
         width, out = encoder.embed_dim, encoder.patch_dim
         if config.head == "linear":
             self.head: nn.Module = nn.Linear(width, out)
@@ -99,7 +104,10 @@ class MaskedAudioObjective(Objective):
         return {"patch_mask": patch_mask(self.grid, self.config.mask_ratio, self.config.mask_kind, rng)}
 
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
-        return {"masked": EncoderCall(self.key, batch[self.key], {"patch_mask": batch[EXTRAS_KEY]["patch_mask"]})}
+        kwargs: dict[str, Any] = {"patch_mask": batch[EXTRAS_KEY]["patch_mask"]}
+        if not self.config.local_view and self.has_local_view:
+            kwargs["local_view"] = False
+        return {"masked": EncoderCall(self.key, batch[self.key], kwargs)}
 
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         encoder = model.encoders[self.key]

@@ -78,6 +78,30 @@ def test_objective_ignores_padding_and_needs_patch_hooks():
         MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": wave}, DistContext())
 
 
+@pytest.mark.parametrize("local_view", [True, False])
+def test_masked_pass_runs_the_local_view_only_when_asked(local_view):
+    torch.manual_seed(0)
+    audio = AudioModality(AudioConfig(
+        sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2,
+        local_patch_freq=8, local_patch_time=10,
+    ))
+    audio.key = "audio"
+    objective = MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",), local_view=local_view), {"audio": audio}, DistContext())
+    waves = [np.random.default_rng(i).normal(size=4000).astype(np.float32) for i in range(2)]
+    batch = {"audio": audio.collate([audio.transform((w, 8000)) for w in waves])}
+    mask = torch.zeros(2, audio.num_patches, dtype=torch.bool)
+    mask[:, ::2] = True
+    batch[EXTRAS_KEY] = {"patch_mask": mask}
+    host = _Host({"audio": audio})
+    with torch.no_grad():
+        before = objective(host, batch).loss
+        audio.local_embed.weight.mul_(3.0)
+        after = objective(host, batch).loss
+    assert torch.equal(before, after) != local_view  # only a pass with the local view feels its weights
+    with torch.no_grad():  # other calls keep the local view
+        assert not torch.allclose(audio(batch["audio"], local_view=False).pooled, audio(batch["audio"]).pooled, atol=1e-4)
+
+
 def test_masks_come_from_the_data_pipeline_deterministically():
     config = mmssl.load_config(mmssl_configs() / "tiny_audio.yaml")
     model = mmssl.build_model(config)
