@@ -41,29 +41,35 @@ def main() -> None:
     args = parser.parse_args()
 
     variants = [("as configured", [])] + [parse_variant(v) for v in args.variant]
+    default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         trainers = []
+        threads: list[int] = []
         for i, (label, overrides) in enumerate(variants):
             extra = [f"train.threads={args.threads}"] if args.threads else []
             config = load_config(args.config, [*overrides, *extra, "train.progress=false"])
             trainer = Pretrainer(config, output_dir=f"{tmp}/{i}")
+            # torch's thread count is process-wide and each Pretrainer sets its own, so
+            # every variant's turn restores its own count
+            threads.append(config.train.threads or default_threads)
             for _ in range(args.warmup):
                 trainer.train_step()
             trainers.append(trainer)
         times: list[list[float]] = [[] for _ in variants]
         for _ in range(args.rounds):
             for i, trainer in enumerate(trainers):
+                torch.set_num_threads(threads[i])
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     trainer.train_step()
                 times[i].append((time.perf_counter() - start) / args.steps)
 
     base = statistics.median(times[0])
-    print(f"{args.config}: {args.rounds} rounds x {args.steps} steps, torch threads {torch.get_num_threads()}")
-    print(f"{'variant':40s} {'s/step':>8s} {'ratio':>6s}")
-    for (label, _), t in zip(variants, times):
+    print(f"{args.config}: {args.rounds} rounds x {args.steps} steps")
+    print(f"{'variant':40s} {'threads':>7s} {'s/step':>8s} {'ratio':>6s}")
+    for (label, _), t, n in zip(variants, times, threads):
         median = statistics.median(t)
-        print(f"{label:40s} {median:8.3f} {median / base:6.2f}")
+        print(f"{label:40s} {n:7d} {median:8.3f} {median / base:6.2f}")
 
 
 if __name__ == "__main__":
