@@ -269,10 +269,11 @@ class AudioModality(Modality):
         return {"patch_mask": torch.zeros(inputs["mel"].shape[0], self.num_patches, dtype=torch.bool, device=inputs["mel"].device)}
 
     # --- model --------------------------------------------------------------------------
-    def patchify(self, mel: torch.Tensor) -> torch.Tensor:
-        """Shapes: mel [B, F, T] -> patches [B, N, patch_freq * patch_time], frequency-major."""
-        c = self.config
-        return rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=c.patch_freq, pt=c.patch_time)
+    def patchify(self, mel: torch.Tensor, patch: tuple[int, int] | None = None) -> torch.Tensor:
+        """Shapes: mel [B, F, T] -> patches [B, N, pf * pt], frequency-major; ``patch``
+        (pf, pt) defaults to the main grid's (patch_freq, patch_time)."""
+        pf, pt = patch or (self.config.patch_freq, self.config.patch_time)
+        return rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=pf, pt=pt)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """Inverse of ``patchify``: [B, N, patch_dim] -> mel [B, F, T]."""
@@ -289,14 +290,16 @@ class AudioModality(Modality):
         padded_time = start_frame.unsqueeze(0) >= batch["valid_frames"].unsqueeze(1)  # [B, T']
         return padded_time.unsqueeze(1).expand(-1, grid[0], -1).reshape(padded_time.shape[0], -1)
 
+    def _hide_masked(self, mel: torch.Tensor, patch_mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``mel`` with every masked main-grid patch set to ``value``: masking in input space."""
+        return self.unpatchify(torch.where(patch_mask.unsqueeze(-1), value.to(mel.dtype), self.patchify(mel)))
+
     def _local_tokens(self, mel: torch.Tensor, patch_mask: torch.Tensor | None) -> torch.Tensor:
         """Tokens of the local view [B, N_local, width]. Masked main patches are hidden in
         input space first, so the local view cannot reveal what masked modeling predicts."""
-        c = self.config
         if patch_mask is not None:
-            hidden = torch.where(patch_mask.unsqueeze(-1), self.local_mask_value.to(mel.dtype), self.patchify(mel))
-            mel = self.unpatchify(hidden)
-        local = rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=c.local_patch_freq, pt=c.local_patch_time)
+            mel = self._hide_masked(mel, patch_mask, self.local_mask_value)
+        local = self.patchify(mel, (self.config.local_patch_freq, self.config.local_patch_time))
         return self.local_embed(local) + self.local_pos_embed
 
     def forward(
@@ -318,8 +321,7 @@ class AudioModality(Modality):
             mel = batch["mel"]
             if patch_mask is not None:
                 # mask in input space, so no masked content leaks through overlapping kernels
-                patches = torch.where(patch_mask.unsqueeze(-1), self.mask_value.to(mel.dtype), self.patchify(mel))
-                mel = self.unpatchify(patches)
+                mel = self._hide_masked(mel, patch_mask, self.mask_value)
             features = self.backbone.forward_features(mel.unsqueeze(1))  # [B, C, h, w]
             grid = torch.nn.functional.adaptive_avg_pool2d(features, self.grid)
             tokens = rearrange(grid, "b c f t -> b (f t) c")
