@@ -120,6 +120,7 @@ class ObjectiveSpec:
     data: DataConfig
     options: Any  # the objective class's Config
     probability: float = 1.0  # relative chance of running at a step, for train.schedule: weighted
+    every: int = 1  # runs at steps divisible by this, for train.schedule: all (cheap auxiliaries)
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,14 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
             f"'train.grad_diagnostics_modality': '{train.grad_diagnostics_modality}' is not a configured modality."
             f"{closest(train.grad_diagnostics_modality, list(modalities))} Configured: {sorted(modalities)}"
         )
+    sparse = [n for n, o in objectives.items() if o.every > 1]
+    if sparse and train.schedule != "all":
+        raise ConfigError(
+            f"'objectives.{sparse[0]}.every': only train.schedule 'all' runs objectives every N steps; "
+            f"schedule '{train.schedule}' already runs one objective per step"
+        )
+    if objectives and all(o.every > 1 for o in objectives.values()):
+        raise ConfigError("'objectives.<name>.every': at least one objective must run every step (every: 1)")
     if train.schedule == "weighted" and not any(o.probability > 0 for o in objectives.values()):
         raise ConfigError("'objectives.<name>.probability': train.schedule 'weighted' needs one objective with probability > 0")
     return RunConfig(
@@ -272,8 +281,11 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
     probability = convert(section.pop("probability", 1.0), float, f"{key}.probability")
     if probability < 0:
         raise ConfigError(f"'{key}.probability': must be >= 0, got {probability}")
+    every = convert(section.pop("every", 1), int, f"{key}.every")
+    if every < 1:
+        raise ConfigError(f"'{key}.every': must be >= 1, got {every}")
     data = convert(section.pop("data", {}), DataConfig, f"{key}.data")
-    options = convert(section, cls.Config, key, extra_valid=("type", "weight", "probability", "data"))
+    options = convert(section, cls.Config, key, extra_valid=("type", "weight", "probability", "every", "data"))
     for i, m in enumerate(getattr(options, "modalities", ())):
         if m not in modalities:
             raise ConfigError(
@@ -298,7 +310,7 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
         raise ConfigError(f"'{key}.data.path': required when data.source is 'graphs' (a .jsonl or .pt graph file)")
     if data.batch_size < 1:
         raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
-    return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options, probability=probability)
+    return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options, probability=probability, every=every)
 
 
 # --------------------------------------------------------------------------------------

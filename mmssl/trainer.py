@@ -210,7 +210,8 @@ class Pretrainer:
             self.train_cfg.weighting, weights, self.train_cfg.initial_loss_steps
         ).to(self.device)
         probabilities = {n: config.objectives[n].probability for n in self.model.objectives if n in config.objectives}
-        self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed)
+        every = {n: config.objectives[n].every for n in self.model.objectives if n in config.objectives}
+        self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed, every)
         self.optimizer = build_optimizer(self.model, self.train_cfg, extra=list(self.weighting.parameters()))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")

@@ -36,6 +36,28 @@ def test_schedules_choose_by_seed_and_step():
         ObjectiveSchedule("weighted", names, {"a": 0, "b": 0, "c": 0})
 
 
+def test_every_runs_an_objective_at_steps_divisible_by_it():
+    sparse = ObjectiveSchedule("all", ["a", "b", "c"], every={"b": 2, "c": 3})
+    assert [sparse(s) for s in range(4)] == [["a", "b", "c"], ["a"], ["a", "b"], ["a", "c"]]
+    with pytest.raises(ValueError, match="needs schedule 'all'"):
+        ObjectiveSchedule("round_robin", ["a", "b"], every={"b": 2})
+    with pytest.raises(ValueError, match="every step"):
+        ObjectiveSchedule("all", ["a", "b"], every={"a": 2, "b": 2})
+    with pytest.raises(mmssl.ConfigError, match=r"objectives\.mlm\.every': must be >= 1"):
+        _joint("objectives.mlm.every=0")
+    with pytest.raises(mmssl.ConfigError, match=r"objectives\.mlm\.every': only train.schedule 'all'"):
+        _joint("objectives.mlm.every=2", "train.schedule=round_robin")
+
+
+def test_sparse_objective_draws_batches_only_when_it_runs(tmp_path):
+    config = _joint("objectives.graph_contrastive.every=3", "train.steps=7", "train.checkpoint_every=0")
+    trainer = Pretrainer(config, tmp_path)
+    ran = ["graph_contrastive/loss" in trainer.train_step() for _ in range(7)]
+    assert ran == [True, False, False, True, False, False, True]
+    assert trainer.streams["graph_contrastive"].position == 3
+    assert trainer.streams["graph_text"].position == 7
+
+
 def test_weightings_combine_as_documented():
     losses = {"a": torch.tensor(2.0), "b": torch.tensor(8.0)}
     total, weights = LossWeighting({"a": 1.0, "b": 0.5}).combine(losses)
