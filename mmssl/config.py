@@ -55,6 +55,9 @@ class DataConfig:
     on_error: Literal["skip", "fail"] = "skip"
     max_skip_fraction: float = 0.5  # fail the run if more than this share of a batch's samples is bad
     epoch_size: int = 100_000  # world only: samples per epoch
+    # world only: draw renders from a pool of this many, shared by the streams of one
+    # modality, each reused with fresh captions and augmentation (0: render every sample)
+    render_pool: int = 0
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,8 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
             raise ConfigError(f"'{key}.data.source': '{data.source}' feeds objectives of one modality only")
     if data.source == "graphs" and not data.path:
         raise ConfigError(f"'{key}.data.path': required when data.source is 'graphs' (a .jsonl or .pt graph file)")
+    if data.render_pool < 0:
+        raise ConfigError(f"'{key}.data.render_pool': must be >= 0 (0 renders every sample), got {data.render_pool}")
     if data.batch_size < 1:
         raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
     return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options, probability=probability, every=every)

@@ -35,7 +35,16 @@ from mmssl.graph_sources import GraphSource
 from mmssl.model import MultimodalModel, build_model
 from mmssl.run_log import RunLog
 from mmssl.schedule import ObjectiveSchedule
-from mmssl.streams import CaptionSource, CsvSource, DataError, FolderSource, Stream, TextCorpusSource, WorldSource
+from mmssl.streams import (
+    CaptionSource,
+    CsvSource,
+    DataError,
+    FolderSource,
+    RenderPool,
+    Stream,
+    TextCorpusSource,
+    WorldSource,
+)
 from mmssl.weighting import LossWeighting, build_weighting
 from mmssl.world import world_for
 from objectives.base import DistContext
@@ -48,6 +57,7 @@ Callback = Callable[["Pretrainer", dict[str, Any]], None]
 def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, world_size: int = 1) -> dict[str, Stream]:
     """One data stream per objective, as its ``data`` section says."""
     streams = {}
+    pools: dict[tuple[str, int], RenderPool] = {}  # shared by the streams of one modality
     for name, spec in config.objectives.items():
         modalities = {m: model.encoders[m] for m in model.objectives[name].modalities}
         data = spec.data
@@ -64,8 +74,15 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
                     f"caption modality; got {list(modalities)}. Use data.source: csv for other pairs."
                 )
             else:
-                world = world_for(renderers[0], config.world)
-                source = WorldSource(world, renderers[0], captioners[0] if captioners else None, size=data.epoch_size)
+                renderer = renderers[0]
+                key = (renderer.key, data.render_pool)
+                if data.render_pool and key not in pools:
+                    pools[key] = RenderPool(world_for(renderer, config.world), renderer, data.render_pool)
+                pool = pools.get(key)
+                world = pool.world if pool is not None else world_for(renderer, config.world)
+                source = WorldSource(
+                    world, renderer, captioners[0] if captioners else None, size=data.epoch_size, pool=pool
+                )
         elif data.source == "text":
             (modality,) = modalities.values()
             if not modality.consumes_captions:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.streams import CsvSource, DataError, FolderSource, Stream, WorldSource
+from mmssl.streams import CsvSource, DataError, FolderSource, RenderPool, Stream, WorldSource
 from mmssl.trainer import build_streams
 from mmssl.world import world_for
 
@@ -101,6 +101,51 @@ def test_world_stream_draws_only_training_classes(tiny_config):
         codes = item["match"]["image"]
         names = tuple(list(v)[c] for v, c in zip(world.space.class_attributes.values(), codes))
         assert names not in heldout
+
+
+def _same_render(a, b) -> bool:
+    if hasattr(a, "edge_index"):  # PyG Data
+        return a.num_nodes == b.num_nodes and torch.equal(a.edge_index, b.edge_index)
+    if isinstance(a, tuple):  # (waveform, sample rate)
+        return np.array_equal(a[0], b[0]) and a[1] == b[1]
+    return np.array_equal(np.asarray(a), np.asarray(b))  # PIL image
+
+
+def test_render_pool_is_shared_reused_and_left_unmodified():
+    config = mmssl.load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "tiny_joint.yaml",
+        [f"objectives.{n}.data.render_pool=6" for n in ("image_text", "audio_text", "graph_text", "masked_audio", "graph_contrastive")],
+    )
+    model = mmssl.build_model(config)
+    streams = build_streams(config, model)
+    assert streams["audio_text"].source.pool is streams["masked_audio"].source.pool  # one pool per modality
+    assert streams["graph_text"].source.pool is streams["graph_contrastive"].source.pool
+    for name, stream in streams.items():
+        for _ in range(3):
+            batch = next(stream)
+        if stream.source.__class__ is not WorldSource:
+            continue
+        pool = stream.source.pool
+        assert len(pool) == 6  # 48 samples, every one of them from the 6 slots
+        world = pool.world
+        heldout = {tuple(world.attribute_codes(world.classes[i].attributes)) for i in world.heldout_classes}
+        fresh = RenderPool(world_for(pool.renderer, config.world), pool.renderer, 6)
+        for slot in range(6):
+            concept, render = pool.get(slot)
+            again, rerender = fresh.get(slot)
+            assert concept == again  # a slot's content depends on the world seed and the slot only
+            assert _same_render(render, rerender), f"{name}: slot {slot} was modified by a transform"
+            assert tuple(world.attribute_codes(concept)) not in heldout
+        slot_codes = {tuple(world.attribute_codes(pool.get(i)[0])) for i in range(6)}
+        renderer = pool.renderer.key
+        assert {tuple(c) for c in batch["match"][renderer].tolist()} <= slot_codes
+        if "text" in batch:  # captions are drawn afresh per sample: 16 samples, 6 renders
+            assert len({tuple(ids) for ids in batch["text"]["ids"].tolist()}) > 6
+
+
+def test_render_pool_size_must_not_be_negative():
+    with pytest.raises(mmssl.ConfigError, match=r"objectives\.image_text\.data\.render_pool': must be >= 0"):
+        mmssl.load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", ["objectives.image_text.data.render_pool=-1"])
 
 
 def test_folder_source_reads_one_modality_and_skips_bad_files(tmp_path):
