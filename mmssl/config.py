@@ -145,7 +145,14 @@ class RunConfig:
                 k: {"type": m.type, **_plain(m.options)} for k, m in self.modalities.items()
             },
             "objectives": {
-                k: {"type": o.type, "weight": o.weight, "probability": o.probability, "data": _plain(o.data), **_plain(o.options)}
+                k: {
+                    "type": o.type,
+                    "weight": o.weight,
+                    "probability": o.probability,
+                    "every": o.every,
+                    "data": _plain(o.data),
+                    **_plain(o.options),
+                }
                 for k, o in self.objectives.items()
             },
             "world": _plain(self.world),

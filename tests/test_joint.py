@@ -43,6 +43,8 @@ def test_every_runs_an_objective_at_steps_divisible_by_it():
         ObjectiveSchedule("round_robin", ["a", "b"], every={"b": 2})
     with pytest.raises(ValueError, match="every step"):
         ObjectiveSchedule("all", ["a", "b"], every={"a": 2, "b": 2})
+    config = _joint("objectives.mlm.every=4", "objectives.image_text.data.render_pool=32")
+    assert mmssl.config_from_dict(config.to_dict()) == config  # what a checkpoint saves
     with pytest.raises(mmssl.ConfigError, match=r"objectives\.mlm\.every': must be >= 1"):
         _joint("objectives.mlm.every=0")
     with pytest.raises(mmssl.ConfigError, match=r"objectives\.mlm\.every': only train.schedule 'all'"):
