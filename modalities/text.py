@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import TextTransformer
+from open_clip.transformer import TextTransformer, text_global_pool
 
 from modalities.base import InvalidSample, Modality, ModalityOutput
 
@@ -28,7 +28,9 @@ class TextConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
-    # causal: CLIP-style; bidirectional: needed by masked language modeling.
+    # Attention of ordinary calls (embeddings for contrastive objectives and zero-shot):
+    # causal is CLIP-style. A call may ask for the other kind (``attention=``); masked
+    # language modeling always runs bidirectionally, on the same weights (as UniLM does).
     attention: Literal["causal", "bidirectional"] = "causal"
     pool: Literal["eos", "first", "mean"] = "eos"
 
@@ -43,7 +45,8 @@ class TextModality(Modality):
 
     Hooks for masked language modeling: ``mask_token_id``, ``num_regular_tokens`` (ids
     below it are ordinary BPE tokens), ``vocab_size``, ``token_embedding``,
-    ``bidirectional`` and ``maskable_positions``.
+    ``bidirectional`` (the configured attention), ``maskable_positions``, and
+    ``forward(batch, attention="bidirectional")`` for a per-call attention.
     """
 
     Config = TextConfig
@@ -116,9 +119,17 @@ class TextModality(Modality):
         return ids < self.num_regular_tokens
 
     # --- model --------------------------------------------------------------------
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModalityOutput:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], attention: Literal["causal", "bidirectional"] | None = None
+    ) -> ModalityOutput:
+        """Encode ``batch``; ``attention`` overrides the configured attention for this call."""
         ids = batch["ids"]
-        pooled, tokens = self.tower(ids)
+        if attention not in (None, "causal", "bidirectional"):
+            raise ValueError(f"attention must be 'causal' or 'bidirectional', got {attention!r}")
+        if attention is None or (attention == "bidirectional") == self.bidirectional:
+            pooled, tokens = self.tower(ids)
+        else:
+            pooled, tokens = self._tower_with(ids, causal=attention == "causal")
         padding_mask = ids == self.pad_id
         if self.config.pool == "first":
             pooled = tokens[:, 0]
@@ -126,6 +137,20 @@ class TextModality(Modality):
             keep = (~padding_mask).unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
         return ModalityOutput(pooled=pooled, tokens=tokens, padding_mask=padding_mask)
+
+    def _tower_with(self, ids: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's forward under the attention it was not built with: open_clip fixes
+        the mask at construction, so this rebuilds it from the tower's own helpers
+        (padding keys masked, plus the causal triangle when asked)."""
+        tower = self.tower
+        x, _ = tower._embeds(ids)
+        length = ids.shape[1]
+        mask = tower._build_additive_mask(ids, length, x.dtype)
+        if causal:
+            mask = mask + tower.build_causal_mask()[:length, :length].to(mask)
+        tokens = tower.ln_final(tower.transformer(x, attn_mask=mask))
+        pooled = text_global_pool(tokens, ids, pool_type=tower.pool_type, eos_token_id=tower.eos_id)
+        return pooled, tokens
 
     # --- checkpoint extras ------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:

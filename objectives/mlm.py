@@ -1,4 +1,8 @@
-"""Masked language modeling (BERT style) on a bidirectional text encoder.
+"""Masked language modeling (BERT style) on a text encoder, always run bidirectionally.
+
+A text encoder configured causal (the attention its embeddings use) is called with
+bidirectional attention here, on the same weights, as UniLM shares one transformer
+between objectives with different attention masks.
 
 Each sequence gets ``mask_prob`` of its ordinary tokens selected (never SOT, EOT or
 padding); a selected token is replaced by the mask token with probability
@@ -10,6 +14,7 @@ pipeline from each sample's own generator, so they survive resumption exactly.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -89,10 +94,12 @@ class MLMObjective(Objective):
         missing = [h for h in REQUIRED_HOOKS if not hasattr(encoder, h)]
         if missing:
             raise ValueError(f"modality '{self.key}' lacks the hooks masked language modeling needs: {missing}")
-        if not encoder.bidirectional:
+        # a causal encoder is asked for bidirectional attention per call
+        self.call_kwargs = {} if encoder.bidirectional else {"attention": "bidirectional"}
+        if self.call_kwargs and "attention" not in inspect.signature(encoder.forward).parameters:
             raise ValueError(
-                f"masked language modeling needs a bidirectional text encoder: set "
-                f"modalities.{self.key}.attention: bidirectional"
+                f"masked language modeling needs bidirectional attention: modality '{self.key}' is causal and its "
+                f"forward takes no 'attention' argument; set modalities.{self.key}.attention: bidirectional"
             )
         self.mask_token_id = int(encoder.mask_token_id)
         self.num_regular_tokens = int(encoder.num_regular_tokens)
@@ -118,7 +125,8 @@ class MLMObjective(Objective):
         return {"mlm_ids": corrupted, "mlm_labels": labels}
 
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
-        return {"corrupted": EncoderCall(self.key, {**batch[self.key], "ids": batch[EXTRAS_KEY]["mlm_ids"]})}
+        inputs = {**batch[self.key], "ids": batch[EXTRAS_KEY]["mlm_ids"]}
+        return {"corrupted": EncoderCall(self.key, inputs, self.call_kwargs)}
 
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         encoder = model.encoders[self.key]

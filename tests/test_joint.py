@@ -134,6 +134,7 @@ def test_joint_resume_after_kill_is_bit_exact(tmp_path):
     overrides = [
         "train.steps=8", "train.checkpoint_every=4", "train.log_every=3",
         "train.schedule=weighted", "train.weighting=uncertainty",
+        "objectives.audio_text.data.render_pool=8", "objectives.masked_audio.data.render_pool=8",
     ]
     full = Pretrainer(_joint(*overrides), tmp_path / "full")
     full.fit()

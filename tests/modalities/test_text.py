@@ -32,6 +32,23 @@ def test_causal_vs_bidirectional_attention():
         assert (not torch.allclose(before[0, 1], after[0, 1])) is earlier_changes
 
 
+@pytest.mark.parametrize("pool", ["eos", "mean"])
+def test_per_call_attention_matches_a_tower_built_for_it(pool):
+    causal, bidirectional = _text("causal", pool=pool), _text("bidirectional", pool=pool)
+    bidirectional.load_state_dict(causal.state_dict())
+    batch = causal.tokenize(["a red circle on the left", "a star"])
+    real = ~(batch["ids"] == causal.pad_id)
+    with torch.no_grad():
+        for model, other, kind in ((causal, bidirectional, "bidirectional"), (bidirectional, causal, "causal")):
+            want, got = other(batch), model(batch, attention=kind)
+            # padding positions differ (a causal tower lets them attend to padding); nothing reads them
+            assert torch.allclose(got.tokens[real], want.tokens[real], atol=1e-5)
+            assert torch.allclose(got.pooled, want.pooled, atol=1e-5)
+            assert torch.equal(model(batch, attention=model.config.attention).tokens, model(batch).tokens)
+    with pytest.raises(ValueError, match="attention must be"):
+        causal(batch, attention="sideways")
+
+
 def test_non_string_is_invalid_sample():
     with pytest.raises(InvalidSample, match="must be a string"):
         _text().transform(3)

@@ -107,15 +107,36 @@ def test_loss_counts_selected_positions_only():
     assert objective(_Host({"text": text}), batch).loss != loss
 
 
-def test_tied_head_shares_the_token_embedding_and_needs_bidirectional():
+def test_tied_head_shares_the_token_embedding():
     text = _text()
     tied = MLMObjective(MLMConfig(), {"text": text}, DistContext())
     assert tied.decoder is None and not any(p is text.token_embedding.weight for p in tied.parameters())
     untied = MLMObjective(MLMConfig(tie_weights=False), {"text": text}, DistContext())
     assert untied.decoder.weight.shape == text.token_embedding.weight.shape
-    causal = TextModality(TextConfig(width=32, layers=1, heads=2, attention="causal"))
-    with pytest.raises(ValueError, match="attention: bidirectional"):
-        MLMObjective(MLMConfig(), {"text": causal}, DistContext())
+
+
+def test_mlm_runs_a_causal_encoder_bidirectionally():
+    bidirectional = _text()
+    causal = TextModality(TextConfig(width=32, layers=1, heads=2, context_length=24, attention="causal"))
+    causal.load_state_dict(bidirectional.state_dict())
+    torch.manual_seed(1)
+    objective = MLMObjective(MLMConfig(), {"text": bidirectional}, DistContext())
+    batch = _batch(bidirectional, objective, ["a red square on the left of a green circle"] * 4 + ["big blue star"] * 4)
+    expected = objective(_Host({"text": bidirectional}), batch).loss
+    on_causal = MLMObjective(MLMConfig(), {"text": causal}, DistContext())
+    on_causal.load_state_dict(objective.state_dict())
+    got = on_causal(_Host({"text": causal}), batch).loss  # same head, same weights, causal config
+    assert torch.allclose(got, expected, atol=1e-5)
+    plain = causal(batch["text"]).tokens  # the encoder's ordinary calls stay causal
+    assert not torch.allclose(plain, bidirectional(batch["text"]).tokens, atol=1e-3)
+
+    class NoAttentionArgument(TextModality):
+        def forward(self, batch):
+            return super().forward(batch)
+
+    legacy = NoAttentionArgument(TextConfig(width=32, layers=1, heads=2, attention="causal"))
+    with pytest.raises(ValueError, match="takes no 'attention' argument"):
+        MLMObjective(MLMConfig(), {"text": legacy}, DistContext())
 
 
 MLM_OVERRIDES = (
