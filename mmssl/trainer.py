@@ -57,7 +57,7 @@ Callback = Callable[["Pretrainer", dict[str, Any]], None]
 def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, world_size: int = 1) -> dict[str, Stream]:
     """One data stream per objective, as its ``data`` section says."""
     streams = {}
-    pools: dict[tuple[str, int], RenderPool] = {}  # shared by the streams of one modality
+    pools: dict[tuple[str, int], RenderPool] = {}  # shared by the streams of one modality and pool size
     for name, spec in config.objectives.items():
         modalities = {m: model.encoders[m] for m in model.objectives[name].modalities}
         data = spec.data

@@ -123,7 +123,7 @@ def test_render_pool_is_shared_reused_and_left_unmodified():
     for name, stream in streams.items():
         for _ in range(3):
             batch = next(stream)
-        if stream.source.__class__ is not WorldSource:
+        if not isinstance(stream.source, WorldSource):
             continue
         pool = stream.source.pool
         assert len(pool) == 6  # 48 samples, every one of them from the 6 slots
