@@ -70,3 +70,26 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     fig.suptitle("training losses")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_seed_sweep(results: dict[str, dict[int, dict[str, float]]], path: str | Path, title: str) -> None:
+    """One panel per metric: each seed's value per modality as a dot, the mean as a bar,
+    so the spread between seeds sits beside any difference a comparison claims."""
+    modalities = sorted(results)
+    metrics = [m for m in ("top1", "composition_top1") if any(m in v for r in results.values() for v in r.values())]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for x, modality in enumerate(modalities):
+            values = [v[metric] for v in results[modality].values() if metric in v]
+            if not values:
+                continue
+            ax.bar(x, float(np.mean(values)), width=0.6, color="lightsteelblue")
+            ax.scatter(np.full(len(values), x), values, color="navy", s=14, zorder=3)
+        ax.set_xticks(range(len(modalities)), modalities, fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

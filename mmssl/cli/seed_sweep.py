@@ -1,0 +1,163 @@
+"""Pretrain one config under several model seeds, evaluate each, tabulate the spread.
+
+    mmssl-seed-sweep configs/audio.yaml --seeds 0 1 2 --output-dir runs/sweep_audio
+    mmssl-seed-sweep configs/default.yaml --seeds 0 1 2 --jobs 2 --output-dir runs/sweep_joint \
+        train.threads=1 train.progress=false
+
+On the embedded world, held-out composition figures move by 0.1 to 0.3 between model
+seeds of one config, so comparing two configs by one run each mostly compares seeds.
+This runs each seed in <output-dir>/seed_<n> (mmssl-pretrain with ``seed=<n>`` and the
+overrides given; a finished run is only evaluated, an interrupted one resumes), then
+mmssl-zero-shot, and prints top1 and composition_top1 per modality and seed with their
+mean and standard deviation. Writes <output-dir>/seed_sweep.json and seed_sweep.png.
+``--jobs 2`` runs two seeds at once; give them ``train.threads=1`` on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mmssl.plots import plot_seed_sweep
+
+METRICS = ("top1", "composition_top1")
+
+
+class SweepError(RuntimeError):
+    """A seed's training or evaluation failed, or left no report."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mmssl-seed-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="YAML run config (configs/*.yaml)")
+    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="model seeds (the world seed stays the config's)")
+    parser.add_argument("--output-dir", required=True, help="one run directory per seed goes under it")
+    parser.add_argument("--modality", default="all", help="what mmssl-zero-shot evaluates (default: every world modality)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (default 1)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every seed, key.sub=value")
+    args = parser.parse_intermixed_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds has a repeated seed: {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if any(o.split("=", 1)[0] == "seed" for o in args.overrides):
+        parser.error("the sweep sets seed=<n> itself; leave it out of the overrides")
+    return args
+
+
+def _call(command: list[str], log: Path) -> None:
+    with open(log, "a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+    if code:
+        raise SweepError(f"'{' '.join(command[2:4])}' exited with {code}; see {log}")
+
+
+def run_seed(config: str, seed: int, run_dir: Path, overrides: Sequence[str], modality: str) -> None:
+    """Train (or resume, or skip if finished) and evaluate one seed in its own processes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "sweep.log"
+    python = sys.executable
+    _call([python, "-m", "mmssl.cli.pretrain", config, "--output-dir", str(run_dir), f"seed={seed}", *overrides], log)
+    _call([python, "-m", "mmssl.cli.zero_shot", "--checkpoint", str(run_dir), "--modality", modality], log)
+
+
+def collect(run_dirs: Mapping[int, Path], modality: str = "all") -> dict[str, dict[int, dict[str, float]]]:
+    """{modality: {seed: {metric: value}}} from each run's zero_shot_<modality>.json."""
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for seed, run_dir in run_dirs.items():
+        reports = sorted(run_dir.glob("zero_shot_*.json")) if modality == "all" else [run_dir / f"zero_shot_{modality}.json"]
+        reports = [r for r in reports if r.is_file()]
+        if not reports:
+            raise SweepError(f"seed {seed}: no zero-shot report (zero_shot_{modality}.json) in {run_dir}")
+        for path in reports:
+            report = json.loads(path.read_text())
+            name = report.get("modality") or path.stem.removeprefix("zero_shot_")
+            results.setdefault(name, {})[seed] = {m: float(report[m]) for m in METRICS if m in report}
+    return results
+
+
+def summarise(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean, sample standard deviation, min and max over seeds of each modality's metrics."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for modality, by_seed in results.items():
+        for metric in METRICS:
+            values = [v[metric] for v in by_seed.values() if metric in v]
+            if values:
+                summary.setdefault(modality, {})[metric] = {
+                    "mean": statistics.fmean(values),
+                    "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values),
+                    "max": max(values),
+                    "n": len(values),
+                }
+    return summary
+
+
+def format_table(results: Mapping[str, Mapping[int, Mapping[str, float]]], summary: Mapping[str, Any]) -> str:
+    seeds = sorted({s for by_seed in results.values() for s in by_seed})
+    header = ["modality", "metric", *(f"seed {s}" for s in seeds), "mean", "sd"]
+    rows = [header]
+    for modality in sorted(results):
+        for metric in METRICS:
+            if metric not in summary.get(modality, {}):
+                continue
+            cells = [f"{results[modality][s][metric]:.3f}" if metric in results[modality].get(s, {}) else "-" for s in seeds]
+            stat = summary[modality][metric]
+            rows.append([modality, metric, *cells, f"{stat['mean']:.3f}", f"{stat['sd']:.3f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not os.path.isfile(args.config):
+        print(f"error: config file not found: {args.config}", file=sys.stderr)
+        return 2
+    out = Path(args.output_dir)
+    run_dirs = {seed: out / f"seed_{seed}" for seed in args.seeds}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            seed: pool.submit(run_seed, args.config, seed, run_dir, args.overrides, args.modality)
+            for seed, run_dir in run_dirs.items()
+        }
+        failures = []
+        for seed, future in futures.items():
+            try:
+                future.result()
+                print(f"seed {seed}: done ({run_dirs[seed]})", flush=True)
+            except SweepError as error:
+                failures.append(f"seed {seed}: {error}")
+    if failures:
+        print("error: " + "\n       ".join(failures), file=sys.stderr)
+        return 1
+    results = collect(run_dirs, args.modality)
+    summary = summarise(results)
+    print(format_table(results, summary))
+    record = {
+        "config": args.config,
+        "overrides": args.overrides,
+        "seeds": args.seeds,
+        "results": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in results.items()},
+        "summary": summary,
+    }
+    tmp = out / ".seed_sweep.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / "seed_sweep.json")
+    plot_seed_sweep(results, out / "seed_sweep.png", title=f"{Path(args.config).name}: {len(args.seeds)} seeds")
+    print(f"wrote {out / 'seed_sweep.json'} and {out / 'seed_sweep.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""mmssl-seed-sweep: per-seed runs, their reports gathered, mean and spread."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmssl.cli.seed_sweep import SweepError, collect, format_table, summarise
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _report(run_dir: Path, modality: str, top1: float, composition: float) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = {"modality": modality, "top1": top1, "composition_top1": composition}
+    (run_dir / f"zero_shot_{modality}.json").write_text(json.dumps(report))
+
+
+def test_summary_gives_mean_and_sample_sd_per_modality(tmp_path):
+    dirs = {0: tmp_path / "seed_0", 1: tmp_path / "seed_1", 2: tmp_path / "seed_2"}
+    for (seed, run_dir), comp in zip(dirs.items(), (0.7, 0.4, 0.55)):
+        _report(run_dir, "audio", 0.9, comp)
+        _report(run_dir, "graph", 0.8 + seed / 100, 0.86)
+    results = collect(dirs)
+    summary = summarise(results)
+    assert results["audio"][1] == {"top1": 0.9, "composition_top1": 0.4}
+    assert summary["audio"]["composition_top1"]["mean"] == pytest.approx(0.55)
+    assert summary["audio"]["composition_top1"]["sd"] == pytest.approx(0.15)
+    assert summary["audio"]["composition_top1"]["min"] == 0.4 and summary["audio"]["top1"]["sd"] == 0.0
+    assert summary["graph"]["top1"]["mean"] == pytest.approx(0.81)
+    table = format_table(results, summary)
+    assert "seed 2" in table and "0.550" in table and "0.150" in table
+
+
+def test_a_seed_without_a_report_is_named(tmp_path):
+    _report(tmp_path / "seed_0", "image", 0.9, 0.7)
+    (tmp_path / "seed_3").mkdir()
+    with pytest.raises(SweepError, match=r"seed 3: no zero-shot report \(zero_shot_image.json\)"):
+        collect({0: tmp_path / "seed_0", 3: tmp_path / "seed_3"}, modality="image")
+
+
+def _sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "tools/seed_sweep.py", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_bad_arguments_are_refused():
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "0", "--output-dir", "unused")
+    assert proc.returncode == 2 and "repeated seed" in proc.stderr
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "--output-dir", "unused", "seed=3")
+    assert proc.returncode == 2 and "sets seed=<n> itself" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_trains_each_seed_and_writes_the_table(tmp_path):
+    out = tmp_path / "sweep"
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "1", "--jobs", "2", "--modality", "image",
+                  "--output-dir", str(out), "train.steps=2", "train.progress=false")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "seed_sweep.json").read_text())
+    assert sorted(record["results"]["image"]) == ["0", "1"]
+    assert record["summary"]["image"]["composition_top1"]["n"] == 2
+    for seed in (0, 1):
+        summary = json.loads((out / f"seed_{seed}" / "train_summary.json").read_text())
+        assert summary["steps"] == 2
+        assert f"seed={seed}" in (out / f"seed_{seed}" / "sweep.log").read_text()
+    assert (out / "seed_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "composition_top1" in proc.stdout
+
+    # A finished sweep run again only re-evaluates: the checkpoints stay those of step 2.
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "--modality", "image", "--output-dir", str(out), "train.steps=2")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (out / "seed_0" / "checkpoints").iterdir()) == ["step_00000002"]
