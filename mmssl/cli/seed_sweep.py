@@ -4,7 +4,7 @@
     mmssl-seed-sweep configs/default.yaml --seeds 0 1 2 --jobs 2 --output-dir runs/sweep_joint \
         train.threads=1 train.progress=false
 
-On the embedded world, held-out composition figures move by 0.1 to 0.3 between model
+On the embedded world, held-out composition figures move by 0.1 to 0.5 between model
 seeds of one config, so comparing two configs by one run each mostly compares seeds.
 This runs each seed in <output-dir>/seed_<n> (mmssl-pretrain with ``seed=<n>`` and the
 overrides given; a finished run is only evaluated, an interrupted one resumes), then
