@@ -72,11 +72,14 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_seed_sweep(results: dict[str, dict[int, dict[str, float]]], path: str | Path, title: str) -> None:
-    """One panel per metric: each seed's value per modality as a dot, the mean as a bar,
-    so the spread between seeds sits beside any difference a comparison claims."""
+def plot_seed_sweep(
+    results: dict[str, dict[int, dict[str, float]]], metrics: Sequence[str], path: str | Path, title: str
+) -> None:
+    """One panel per metric that any seed reports: each seed's value per modality as a
+    dot, the mean as a bar, so the spread between seeds sits beside any difference a
+    comparison claims."""
     modalities = sorted(results)
-    metrics = [m for m in ("top1", "composition_top1") if any(m in v for r in results.values() for v in r.values())]
+    metrics = [m for m in metrics if any(m in v for r in results.values() for v in r.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         for x, modality in enumerate(modalities):

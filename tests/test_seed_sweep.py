@@ -52,6 +52,12 @@ def test_bad_arguments_are_refused():
     assert proc.returncode == 2 and "sets seed=<n> itself" in proc.stderr
 
 
+def test_a_bad_override_fails_before_any_seed_runs(tmp_path):
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "1", "--output-dir", str(tmp_path / "sweep"), "train.stepz=2")
+    assert proc.returncode == 2 and "config error" in proc.stderr and "stepz" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.slow
 def test_sweep_trains_each_seed_and_writes_the_table(tmp_path):
     out = tmp_path / "sweep"

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mmssl.config import ConfigError, load_config
 from mmssl.plots import plot_seed_sweep
 
 METRICS = ("top1", "composition_top1")
@@ -121,8 +122,10 @@ def format_table(results: Mapping[str, Mapping[int, Mapping[str, float]]], summa
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if not os.path.isfile(args.config):
-        print(f"error: config file not found: {args.config}", file=sys.stderr)
+    try:  # a bad config or override fails here, once, rather than in every seed's run
+        load_config(args.config, [*args.overrides, f"seed={args.seeds[0]}"])
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output_dir)
     run_dirs = {seed: out / f"seed_{seed}" for seed in args.seeds}
@@ -154,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = out / ".seed_sweep.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, out / "seed_sweep.json")
-    plot_seed_sweep(results, out / "seed_sweep.png", title=f"{Path(args.config).name}: {len(args.seeds)} seeds")
+    plot_seed_sweep(results, METRICS, out / "seed_sweep.png", title=f"{Path(args.config).name}: {len(args.seeds)} seeds")
     print(f"wrote {out / 'seed_sweep.json'} and {out / 'seed_sweep.png'}")
     return 0
 
