@@ -76,6 +76,9 @@ class WorldConfig:
 class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
+    # multipliers on lr for one encoder's or objective's parameters ({text: 0.5});
+    # the schedule scales each the same way
+    lr_scale: dict[str, float] = field(default_factory=dict)
     min_lr_ratio: float = 0.0
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -236,6 +239,15 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
             f"'train.grad_diagnostics_modality': '{train.grad_diagnostics_modality}' is not a configured modality."
             f"{closest(train.grad_diagnostics_modality, list(modalities))} Configured: {sorted(modalities)}"
         )
+    for owner, scale in train.lr_scale.items():
+        if owner not in modalities and owner not in objectives:
+            known = sorted({*modalities, *objectives})
+            raise ConfigError(
+                f"'train.lr_scale.{owner}': not a configured modality or objective.{closest(owner, known)} "
+                f"Configured: {known}"
+            )
+        if not scale > 0:
+            raise ConfigError(f"'train.lr_scale.{owner}': must be > 0, got {scale}")
     sparse = [n for n, o in objectives.items() if o.every > 1]
     if sparse and train.schedule != "all":
         raise ConfigError(

@@ -114,26 +114,41 @@ def build_optimizer(
     model: torch.nn.Module, train: TrainConfig, extra: Sequence[torch.nn.Parameter] = ()
 ) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, temperatures and other 0/1-d parameters
-    (as open_clip), nor on embedding tables, nor on ``extra`` (loss-weighting parameters)."""
-    decay, no_decay = [], list(extra)
+    (as open_clip), nor on embedding tables, nor on ``extra`` (loss-weighting parameters).
+    ``train.lr_scale`` gives an encoder's or objective's parameters groups of their own
+    at ``lr * scale``."""
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {(1.0, True): [], (1.0, False): list(extra)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, eps=train.eps)
+        parts = name.split(".")
+        owner = parts[1] if len(parts) > 2 and parts[0] in ("encoders", "objectives") else None
+        scale = float(train.lr_scale.get(owner, 1.0)) if owner else 1.0
+        decay = not (p.ndim < 2 or "embedding" in name)
+        groups.setdefault((scale, decay), []).append(p)
+    param_groups = [
+        {"params": params, "lr": train.lr * scale, "weight_decay": train.weight_decay if decay else 0.0}
+        for (scale, decay), params in groups.items()
+        if params or scale == 1.0
+    ]
+    return torch.optim.AdamW(param_groups, lr=train.lr, betas=train.betas, eps=train.eps)
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Multiplier on each group's lr at ``step``: a linear ramp from ``1 / (warmup + 1)``
+    over the warmup steps, then cosine decay to ``min_lr_ratio`` at ``steps``."""
+    warmup = min(train.warmup_steps, max(train.steps - 1, 0))
+    if step < warmup:
+        start = 1.0 / (warmup + 1)
+        return start + (1.0 - start) * step / warmup
+    progress = min((step - warmup) / max(train.steps - warmup, 1), 1.0)
+    return train.min_lr_ratio + (1.0 - train.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
-    warmup = min(train.warmup_steps, max(train.steps - 1, 0))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(train.steps - warmup, 1), eta_min=train.lr * train.min_lr_ratio
-    )
-    if warmup == 0:
-        return cosine
-    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    """Warmup then cosine (``lr_factor``), applied to every parameter group alike, so a
+    group at ``lr_scale`` times the lr stays at that share of it."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -253,6 +268,17 @@ class Pretrainer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
+        if "lr_lambdas" not in state["scheduler"]:
+            raise ValueError(
+                "the checkpoint's lr scheduler state is from an older mmssl (before the schedule became one "
+                "LambdaLR); its weights load for evaluation, but training cannot resume from it (train.resume=none "
+                "starts over)"
+            )
+        if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"the checkpoint's optimizer has {len(state['optimizer']['param_groups'])} parameter groups, this "
+                f"run {len(self.optimizer.param_groups)}: was train.lr_scale changed? Resume with the saved one."
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("grad_scaler"):
@@ -283,7 +309,10 @@ class Pretrainer:
         else:
             checkpoint = resolve_checkpoint(resume)
         load_weights(self.model, checkpoint)
-        self.load_state_dict(load_trainer_state(checkpoint))
+        try:
+            self.load_state_dict(load_trainer_state(checkpoint))
+        except ValueError as exc:
+            raise ValueError(f"{checkpoint}: {exc}") from None
         log.info("resumed from %s at step %d", checkpoint, self.step)
         return checkpoint
 
