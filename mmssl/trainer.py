@@ -274,10 +274,12 @@ class Pretrainer:
                 "LambdaLR); its weights load for evaluation, but training cannot resume from it (train.resume=none "
                 "starts over)"
             )
-        if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+        saved_lrs = [g.get("initial_lr") for g in state["optimizer"]["param_groups"]]
+        run_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        if saved_lrs != run_lrs:
             raise ValueError(
-                f"the checkpoint's optimizer has {len(state['optimizer']['param_groups'])} parameter groups, this "
-                f"run {len(self.optimizer.param_groups)}: was train.lr_scale changed? Resume with the saved one."
+                f"the checkpoint's optimizer groups start at lr {saved_lrs}, this run's at {run_lrs}: "
+                "resume with the train.lr and train.lr_scale it was saved with"
             )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

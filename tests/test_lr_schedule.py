@@ -68,8 +68,11 @@ def test_lr_scale_names_unknown_owner_and_bad_scale(tiny_config):
     assert tiny_config("train.lr_scale={image_text: 2}").train.lr_scale == {"image_text": 2.0}
 
 
-def test_resume_with_other_lr_scale_groups_is_refused_by_name(tiny_config, tmp_path):
+def test_resume_with_other_lr_or_lr_scale_is_refused_by_name(tiny_config, tmp_path):
     Pretrainer(tiny_config("train.steps=2"), tmp_path).fit()
     again = Pretrainer(tiny_config("train.steps=4", "train.lr_scale={text: 0.5}"), tmp_path)
-    with pytest.raises(ValueError, match=r"step_0+2.*parameter groups.*train\.lr_scale"):
+    with pytest.raises(ValueError, match=r"step_0+2.*start at lr.*train\.lr_scale"):
         again.maybe_resume()
+    same_groups = Pretrainer(tiny_config("train.steps=4", "train.lr=0.001"), tmp_path)
+    with pytest.raises(ValueError, match=r"step_0+2.*\[0\.002, 0\.002\].*\[0\.001, 0\.001\]"):
+        same_groups.maybe_resume()
