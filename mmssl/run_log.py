@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from mmssl.atomic import write_text_atomic
+
 
 class RunLog:
     """Writes ``metrics.jsonl`` and TensorBoard events under ``output_dir``.
@@ -61,9 +63,7 @@ def _jsonable(value: Any) -> Any:
 def _drop_records_after(path: Path, step: int) -> None:
     """Forget records a killed run logged after its last checkpoint: the resumed run logs them again."""
     kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(kept))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mmssl.atomic import write_text_atomic
 from mmssl.config import ConfigError, load_config
 from mmssl.plots import plot_seed_sweep
 
@@ -154,9 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in results.items()},
         "summary": summary,
     }
-    tmp = out / ".seed_sweep.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / "seed_sweep.json")
+    write_text_atomic(out / "seed_sweep.json", json.dumps(record, indent=2))
     plot_seed_sweep(results, METRICS, out / "seed_sweep.png", title=f"{Path(args.config).name}: {len(args.seeds)} seeds")
     print(f"wrote {out / 'seed_sweep.json'} and {out / 'seed_sweep.png'}")
     return 0

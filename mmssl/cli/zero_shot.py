@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from mmssl.atomic import write_text_atomic
 from mmssl.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint
 from mmssl.evaluation import EvaluationError, load_eval_set, read_class_names, zero_shot_classify
 from mmssl.linear_probe import linear_probe
@@ -70,9 +70,7 @@ def _evaluate(args: argparse.Namespace, model, modality: str, checkpoint: Path):
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
     output = Path(args.output) if args.output else run_dir / f"zero_shot_{modality}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result.to_json(), indent=2))
-    os.replace(tmp, output)
+    write_text_atomic(output, json.dumps(result.to_json(), indent=2))
     png = output.with_name(output.stem + "_confusion.png")
     plot_confusion(result.confusion, result.class_names, png, f"zero-shot {modality}: top-1 {result.top1:.3f}")
     print(f"zero-shot {modality} on {result.data}: {result.num_samples} samples, {result.num_classes} classes")
