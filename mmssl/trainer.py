@@ -123,7 +123,7 @@ def build_optimizer(
             continue
         parts = name.split(".")
         owner = parts[1] if len(parts) > 2 and parts[0] in ("encoders", "objectives") else None
-        scale = float(train.lr_scale.get(owner, 1.0)) if owner else 1.0
+        scale = train.lr_scale.get(owner, 1.0)
         decay = not (p.ndim < 2 or "embedding" in name)
         groups.setdefault((scale, decay), []).append(p)
     param_groups = [
@@ -267,7 +267,6 @@ class Pretrainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.step = int(state["step"])
         if "lr_lambdas" not in state["scheduler"]:
             raise ValueError(
                 "the checkpoint's lr scheduler state is from an older mmssl (before the schedule became one "
@@ -281,6 +280,7 @@ class Pretrainer:
                 f"the checkpoint's optimizer groups start at lr {saved_lrs}, this run's at {run_lrs}: "
                 "resume with the train.lr and train.lr_scale it was saved with"
             )
+        self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("grad_scaler"):
