@@ -73,26 +73,46 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 
 def plot_seed_sweep(
-    results: dict[str, dict[int, dict[str, float]]], metrics: Sequence[str], path: str | Path, title: str
+    results: dict[str, dict[int, dict[str, float]]],
+    metrics: Sequence[str],
+    path: str | Path,
+    title: str,
+    baseline: dict[str, dict[int, dict[str, float]]] | None = None,
+    baseline_label: str = "baseline",
 ) -> None:
     """One panel per metric that any seed reports: each seed's value per modality as a
     dot, the mean as a bar, so the spread between seeds sits beside any difference a
-    comparison claims."""
+    comparison claims. With a baseline, its bar stands to the right of each modality's
+    and a line joins the two values of each seed both have."""
     modalities = sorted(results)
     metrics = [m for m in metrics if any(m in v for r in results.values() for v in r.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    shift, width = (0.2, 0.35) if baseline else (0.0, 0.6)
     for ax, metric in zip(axes.flat, metrics):
+        labelled = False
         for x, modality in enumerate(modalities):
-            values = [v[metric] for v in results[modality].values() if metric in v]
-            if not values:
+            ours = {s: v[metric] for s, v in results[modality].items() if metric in v}
+            if not ours:
                 continue
-            ax.bar(x, float(np.mean(values)), width=0.6, color="lightsteelblue")
-            ax.scatter(np.full(len(values), x), values, color="navy", s=14, zorder=3)
+            theirs = {s: v[metric] for s, v in (baseline or {}).get(modality, {}).items() if metric in v}
+            label = theirs and not labelled
+            ax.bar(x - shift, float(np.mean(list(ours.values()))), width=width, color="lightsteelblue",
+                   label="this sweep" if label else None)
+            ax.scatter(np.full(len(ours), x - shift), list(ours.values()), color="navy", s=14, zorder=3)
+            if theirs:
+                labelled = True
+                ax.bar(x + shift, float(np.mean(list(theirs.values()))), width=width, color="moccasin",
+                       label=baseline_label if label else None)
+                ax.scatter(np.full(len(theirs), x + shift), list(theirs.values()), color="darkorange", s=14, zorder=3)
+                for seed in ours.keys() & theirs.keys():
+                    ax.plot([x - shift, x + shift], [ours[seed], theirs[seed]], color="gray", lw=0.6, alpha=0.6)
         ax.set_xticks(range(len(modalities)), modalities, fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.set_title(metric, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.tick_params(labelsize=7)
+        if labelled:
+            ax.legend(fontsize=6, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)

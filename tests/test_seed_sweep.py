@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from mmssl.cli.seed_sweep import SweepError, collect, format_table, summarise
+from mmssl.cli.seed_sweep import (
+    SweepError,
+    collect,
+    collect_sweep_dir,
+    format_paired_table,
+    format_table,
+    paired_differences,
+    summarise,
+    t_quantile_975,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +50,49 @@ def test_a_seed_without_a_report_is_named(tmp_path):
         collect({0: tmp_path / "seed_0", 3: tmp_path / "seed_3"}, modality="image")
 
 
+def test_paired_differences_give_mean_t_interval_and_wins(tmp_path):
+    ours = {"audio": {0: {"composition_top1": 0.70}, 1: {"composition_top1": 0.50}, 2: {"composition_top1": 0.60},
+                      3: {"composition_top1": 0.90}}}
+    theirs = {"audio": {0: {"composition_top1": 0.60}, 1: {"composition_top1": 0.50}, 2: {"composition_top1": 0.80}},
+              "graph": {0: {"composition_top1": 0.80}}}
+    paired = paired_differences(ours, theirs)
+    assert list(paired) == ["audio"]  # graph is not in this sweep; seed 3 not in the baseline
+    p = paired["audio"]["composition_top1"]
+    assert p["seeds"] == [0, 1, 2] and p["differences"] == pytest.approx([0.1, 0.0, -0.2])
+    assert p["mean"] == pytest.approx(-0.1 / 3)
+    sd = (((0.1 + 0.1 / 3) ** 2 + (0.1 / 3) ** 2 + (-0.2 + 0.1 / 3) ** 2) / 2) ** 0.5
+    assert p["sd"] == pytest.approx(sd)
+    half = 4.303 * sd / 3**0.5
+    assert p["ci95"] == pytest.approx([-0.1 / 3 - half, -0.1 / 3 + half])
+    assert (p["wins"], p["ties"], p["losses"], p["n"]) == (1, 1, 1, 3)
+    table = format_paired_table(paired)
+    assert "+0.100" in table and "-0.200" in table and "1/1/1" in table and "seed 3" not in table
+
+
+def test_one_paired_seed_has_no_interval():
+    p = paired_differences({"image": {4: {"top1": 0.9}}}, {"image": {4: {"top1": 0.8}}})["image"]["top1"]
+    assert p["mean"] == pytest.approx(0.1) and p["sd"] is None and p["ci95"] is None
+    assert "-" in format_paired_table({"image": {"top1": p}}).splitlines()[1].split()
+
+
+def test_t_quantiles_match_the_table_and_approach_the_normal():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(9) == 2.262
+    assert t_quantile_975(31) == pytest.approx(2.0395, abs=2e-4)
+    assert t_quantile_975(120) == pytest.approx(1.9799, abs=2e-4)
+    assert t_quantile_975(10**6) == pytest.approx(1.95996, abs=1e-4)
+    with pytest.raises(ValueError, match="at least 1"):
+        t_quantile_975(0)
+
+
+def test_a_baseline_directory_is_read_by_its_seed_dirs(tmp_path):
+    _report(tmp_path / "seed_2", "graph", 0.9, 0.8)
+    _report(tmp_path / "seed_10", "graph", 0.8, 0.7)
+    (tmp_path / "notes").mkdir()
+    assert sorted(collect_sweep_dir(tmp_path)["graph"]) == [2, 10]
+    with pytest.raises(SweepError, match=r"baseline .*notes: no seed_<n> run directories"):
+        collect_sweep_dir(tmp_path / "notes")
+
+
 def _sweep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "tools/seed_sweep.py", *args], capture_output=True, text=True, cwd=REPO)
 
@@ -55,6 +107,10 @@ def test_bad_arguments_are_refused():
 def test_a_bad_override_fails_before_any_seed_runs(tmp_path):
     proc = _sweep("configs/tiny.yaml", "--seeds", "0", "1", "--output-dir", str(tmp_path / "sweep"), "train.stepz=2")
     assert proc.returncode == 2 and "config error" in proc.stderr and "stepz" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "--output-dir", str(tmp_path / "sweep"),
+                  "--baseline", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "missing is not a directory" in proc.stderr
     assert not (tmp_path / "sweep").exists()
 
 
@@ -75,6 +131,18 @@ def test_sweep_trains_each_seed_and_writes_the_table(tmp_path):
     assert "composition_top1" in proc.stdout
 
     # A finished sweep run again only re-evaluates: the checkpoints stay those of step 2.
-    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "--modality", "image", "--output-dir", str(out), "train.steps=2")
+    # Against a baseline sweep, each seed is paired with the baseline's same seed.
+    baseline = tmp_path / "baseline"
+    _report(baseline / "seed_0", "image", 0.5, 0.25)
+    _report(baseline / "seed_1", "image", 0.4, 0.125)
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "1", "--modality", "image", "--output-dir", str(out),
+                  "--baseline", str(baseline), "train.steps=2")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "seed_0" / "checkpoints").iterdir()) == ["step_00000002"]
+    rerun = json.loads((out / "seed_sweep.json").read_text())
+    assert rerun["results"] == record["results"]
+    paired = rerun["baseline"]["paired"]["image"]["composition_top1"]
+    ours = [rerun["results"]["image"][s]["composition_top1"] for s in ("0", "1")]
+    assert paired["differences"] == pytest.approx([ours[0] - 0.25, ours[1] - 0.125])
+    assert paired["n"] == 2 and len(paired["ci95"]) == 2
+    assert "paired with" in proc.stdout and "95% CI" in proc.stdout

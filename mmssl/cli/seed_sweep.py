@@ -11,12 +11,19 @@ overrides given; a finished run is only evaluated, an interrupted one resumes), 
 mmssl-zero-shot, and prints top1 and composition_top1 per modality and seed with their
 mean and standard deviation. Writes <output-dir>/seed_sweep.json and seed_sweep.png.
 ``--jobs 2`` runs two seeds at once; give them ``train.threads=1`` on a 2-core machine.
+
+``--baseline DIR`` pairs each seed with the same seed of another sweep (any directory
+of seed_<n> runs with zero-shot reports, e.g. a single-modality config's sweep) and
+prints the per-seed differences, their mean with a 95% t-interval, and wins / ties /
+losses: the same seed shares the world, so pairing removes part of the spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import statistics
 import subprocess
 import sys
@@ -44,6 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, help="one run directory per seed goes under it")
     parser.add_argument("--modality", default="all", help="what mmssl-zero-shot evaluates (default: every world modality)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (default 1)")
+    parser.add_argument("--baseline", default=None, help="a directory of seed_<n> runs to compare with, seed by seed")
     parser.add_argument("overrides", nargs="*", help="config overrides for every seed, key.sub=value")
     args = parser.parse_intermixed_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
@@ -105,6 +113,81 @@ def summarise(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[
     return summary
 
 
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 0.975 quantile: a table to 30 degrees of freedom, then the
+    Cornish-Fisher expansion around the normal quantile (error under 1e-4 there)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = statistics.NormalDist().inv_cdf(0.975)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def collect_sweep_dir(directory: Path, modality: str = "all") -> dict[str, dict[int, dict[str, float]]]:
+    """collect() over every seed_<n> run directory under a sweep's output directory."""
+    run_dirs = {
+        int(match.group(1)): path
+        for path in sorted(directory.iterdir()) if path.is_dir() and (match := re.fullmatch(r"seed_(\d+)", path.name))
+    } if directory.is_dir() else {}
+    if not run_dirs:
+        raise SweepError(f"baseline {directory}: no seed_<n> run directories")
+    return collect(run_dirs, modality)
+
+
+def paired_differences(
+    results: Mapping[str, Mapping[int, Mapping[str, float]]],
+    baseline: Mapping[str, Mapping[int, Mapping[str, float]]],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per modality and metric, over the seeds both have: this run minus the baseline
+    seed by seed, the mean difference with its 95% t-interval, and wins / ties / losses."""
+    paired: dict[str, dict[str, dict[str, Any]]] = {}
+    for modality in sorted(set(results) & set(baseline)):
+        for metric in METRICS:
+            seeds = sorted(
+                s for s, v in results[modality].items() if metric in v and metric in baseline[modality].get(s, {})
+            )
+            if not seeds:
+                continue
+            diffs = [results[modality][s][metric] - baseline[modality][s][metric] for s in seeds]
+            mean = statistics.fmean(diffs)
+            sd = half = None  # one seed has no spread to estimate
+            if len(diffs) > 1:
+                sd = statistics.stdev(diffs)
+                half = t_quantile_975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+            paired.setdefault(modality, {})[metric] = {
+                "seeds": seeds,
+                "differences": diffs,
+                "mean": mean,
+                "sd": sd,
+                "ci95": [mean - half, mean + half] if half is not None else None,
+                "wins": sum(d > 0 for d in diffs),
+                "ties": sum(d == 0 for d in diffs),
+                "losses": sum(d < 0 for d in diffs),
+                "n": len(diffs),
+            }
+    return paired
+
+
+def format_paired_table(paired: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    seeds = sorted({s for by_metric in paired.values() for p in by_metric.values() for s in p["seeds"]})
+    header = ["modality", "metric", *(f"seed {s}" for s in seeds), "mean", "95% CI", "w/t/l"]
+    rows = [header]
+    for modality in sorted(paired):
+        for metric, p in paired[modality].items():
+            by_seed = dict(zip(p["seeds"], p["differences"]))
+            cells = [f"{by_seed[s]:+.3f}" if s in by_seed else "-" for s in seeds]
+            interval = "[{:+.3f}, {:+.3f}]".format(*p["ci95"]) if p["ci95"] else "-"
+            rows.append([modality, metric, *cells, f"{p['mean']:+.3f}", interval, f"{p['wins']}/{p['ties']}/{p['losses']}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
 def format_table(results: Mapping[str, Mapping[int, Mapping[str, float]]], summary: Mapping[str, Any]) -> str:
     seeds = sorted({s for by_seed in results.values() for s in by_seed})
     header = ["modality", "metric", *(f"seed {s}" for s in seeds), "mean", "sd"]
@@ -127,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.baseline and not Path(args.baseline).is_dir():
+        print(f"error: --baseline {args.baseline} is not a directory", file=sys.stderr)
+        return 2
     out = Path(args.output_dir)
     run_dirs = {seed: out / f"seed_{seed}" for seed in args.seeds}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -147,6 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = collect(run_dirs, args.modality)
     summary = summarise(results)
     print(format_table(results, summary))
+    baseline = paired = None
+    if args.baseline:
+        try:
+            baseline = collect_sweep_dir(Path(args.baseline), args.modality)
+        except SweepError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        paired = paired_differences(results, baseline)
+        if not paired:
+            print(f"error: baseline {args.baseline} shares no modality and seed with this sweep", file=sys.stderr)
+            return 1
+        print(f"\npaired with {args.baseline}, same seeds (this sweep minus the baseline):")
+        print(format_paired_table(paired))
     record = {
         "config": args.config,
         "overrides": args.overrides,
@@ -154,8 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in results.items()},
         "summary": summary,
     }
+    if baseline is not None:
+        record["baseline"] = {
+            "dir": args.baseline,
+            "results": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in baseline.items()},
+            "paired": paired,
+        }
     write_text_atomic(out / "seed_sweep.json", json.dumps(record, indent=2))
-    plot_seed_sweep(results, METRICS, out / "seed_sweep.png", title=f"{Path(args.config).name}: {len(args.seeds)} seeds")
+    plot_seed_sweep(
+        results, METRICS, out / "seed_sweep.png", title=f"{Path(args.config).name}: {len(args.seeds)} seeds",
+        baseline=baseline, baseline_label=Path(args.baseline).name if args.baseline else "baseline",
+    )
     print(f"wrote {out / 'seed_sweep.json'} and {out / 'seed_sweep.png'}")
     return 0
 
