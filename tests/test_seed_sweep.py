@@ -11,6 +11,7 @@ from mmssl.cli.seed_sweep import (
     SweepError,
     collect,
     collect_sweep_dir,
+    collect_sweep_dirs,
     format_paired_table,
     format_table,
     paired_differences,
@@ -93,6 +94,18 @@ def test_a_baseline_directory_is_read_by_its_seed_dirs(tmp_path):
         collect_sweep_dir(tmp_path / "notes")
 
 
+def test_baselines_from_several_sweeps_merge_and_must_not_overlap(tmp_path):
+    _report(tmp_path / "image" / "seed_0", "image", 0.9, 0.7)
+    _report(tmp_path / "audio" / "seed_0", "audio", 0.8, 0.5)
+    _report(tmp_path / "audio" / "seed_1", "audio", 0.8, 0.4)
+    merged = collect_sweep_dirs([tmp_path / "image", tmp_path / "audio"])
+    assert merged == {"image": {0: {"top1": 0.9, "composition_top1": 0.7}},
+                      "audio": {0: {"top1": 0.8, "composition_top1": 0.5}, 1: {"top1": 0.8, "composition_top1": 0.4}}}
+    _report(tmp_path / "audio_again" / "seed_1", "audio", 0.7, 0.3)
+    with pytest.raises(SweepError, match=r"baselines .*audio and .*audio_again both report audio seed 1"):
+        collect_sweep_dirs([tmp_path / "audio", tmp_path / "audio_again"])
+
+
 def _sweep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "tools/seed_sweep.py", *args], capture_output=True, text=True, cwd=REPO)
 
@@ -141,6 +154,7 @@ def test_sweep_trains_each_seed_and_writes_the_table(tmp_path):
     assert sorted(p.name for p in (out / "seed_0" / "checkpoints").iterdir()) == ["step_00000002"]
     rerun = json.loads((out / "seed_sweep.json").read_text())
     assert rerun["results"] == record["results"]
+    assert rerun["baseline"]["dirs"] == [str(baseline)]
     paired = rerun["baseline"]["paired"]["image"]["composition_top1"]
     ours = [rerun["results"]["image"][s]["composition_top1"] for s in ("0", "1")]
     assert paired["differences"] == pytest.approx([ours[0] - 0.25, ours[1] - 0.125])

@@ -13,9 +13,9 @@ mean and standard deviation. Writes <output-dir>/seed_sweep.json and seed_sweep.
 ``--jobs 2`` runs two seeds at once; give them ``train.threads=1`` on a 2-core machine.
 
 ``--baseline DIR`` pairs each seed with the same seed of another sweep (any directory
-of seed_<n> runs with zero-shot reports, e.g. a single-modality config's sweep) and
-prints the per-seed differences, their mean with a 95% t-interval, and wins / ties /
-losses: the same seed shares the world, so pairing removes part of the spread.
+of seed_<n> runs with zero-shot reports) and prints the per-seed differences, their
+mean with a 95% t-interval, and wins / ties / losses. Repeat it to gather a baseline
+from several sweeps, e.g. each modality's own config against the joint one.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, help="one run directory per seed goes under it")
     parser.add_argument("--modality", default="all", help="what mmssl-zero-shot evaluates (default: every world modality)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (default 1)")
-    parser.add_argument("--baseline", default=None, help="a directory of seed_<n> runs to compare with, seed by seed")
+    parser.add_argument(
+        "--baseline", action="append", default=[],
+        help="a directory of seed_<n> runs to compare with, seed by seed; repeat it to gather one modality from each",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every seed, key.sub=value")
     args = parser.parse_intermixed_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
@@ -127,6 +130,21 @@ def t_quantile_975(df: int) -> float:
         return _T975[df - 1]
     z = statistics.NormalDist().inv_cdf(0.975)
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def collect_sweep_dirs(directories: Sequence[Path], modality: str = "all") -> dict[str, dict[int, dict[str, float]]]:
+    """collect() over every seed_<n> run directory under one or more sweeps' output
+    directories; two of them reporting the same modality and seed is an error."""
+    merged: dict[str, dict[int, dict[str, float]]] = {}
+    source: dict[tuple[str, int], Path] = {}
+    for directory in directories:
+        for name, by_seed in collect_sweep_dir(directory, modality).items():
+            for seed, values in by_seed.items():
+                if (name, seed) in source:
+                    raise SweepError(f"baselines {source[name, seed]} and {directory} both report {name} seed {seed}")
+                source[name, seed] = directory
+                merged.setdefault(name, {})[seed] = values
+    return merged
 
 
 def collect_sweep_dir(directory: Path, modality: str = "all") -> dict[str, dict[int, dict[str, float]]]:
@@ -210,9 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    if args.baseline and not Path(args.baseline).is_dir():
-        print(f"error: --baseline {args.baseline} is not a directory", file=sys.stderr)
-        return 2
+    for directory in args.baseline:
+        if not Path(directory).is_dir():
+            print(f"error: --baseline {directory} is not a directory", file=sys.stderr)
+            return 2
     out = Path(args.output_dir)
     run_dirs = {seed: out / f"seed_{seed}" for seed in args.seeds}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -236,15 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = paired = None
     if args.baseline:
         try:
-            baseline = collect_sweep_dir(Path(args.baseline), args.modality)
+            baseline = collect_sweep_dirs([Path(d) for d in args.baseline], args.modality)
         except SweepError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         paired = paired_differences(results, baseline)
         if not paired:
-            print(f"error: baseline {args.baseline} shares no modality and seed with this sweep", file=sys.stderr)
+            print(f"error: baseline {', '.join(args.baseline)} shares no modality and seed with this sweep", file=sys.stderr)
             return 1
-        print(f"\npaired with {args.baseline}, same seeds (this sweep minus the baseline):")
+        print(f"\npaired with {', '.join(args.baseline)}, same seeds (this sweep minus the baseline):")
         print(format_paired_table(paired))
     record = {
         "config": args.config,
@@ -255,14 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if baseline is not None:
         record["baseline"] = {
-            "dir": args.baseline,
+            "dirs": args.baseline,
             "results": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in baseline.items()},
             "paired": paired,
         }
     write_text_atomic(out / "seed_sweep.json", json.dumps(record, indent=2))
     plot_seed_sweep(
         results, METRICS, out / "seed_sweep.png", title=f"{Path(args.config).name}: {len(args.seeds)} seeds",
-        baseline=baseline, baseline_label=Path(args.baseline).name if args.baseline else "baseline",
+        baseline=baseline, baseline_label=" + ".join(Path(d).name for d in args.baseline) or "baseline",
     )
     print(f"wrote {out / 'seed_sweep.json'} and {out / 'seed_sweep.png'}")
     return 0
