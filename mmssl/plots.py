@@ -95,7 +95,7 @@ def plot_seed_sweep(
             if not ours:
                 continue
             theirs = {s: v[metric] for s, v in (baseline or {}).get(modality, {}).items() if metric in v}
-            label = theirs and not labelled
+            label = bool(theirs) and not labelled
             ax.bar(x - shift, float(np.mean(list(ours.values()))), width=width, color="lightsteelblue",
                    label="this sweep" if label else None)
             ax.scatter(np.full(len(ours), x - shift), list(ours.values()), color="navy", s=14, zorder=3)

@@ -30,7 +30,6 @@ def summarise(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[
     return summary
 
 
-
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -45,7 +44,6 @@ def t_quantile_975(df: int) -> float:
         return _T975[df - 1]
     z = statistics.NormalDist().inv_cdf(0.975)
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
 
 
 def paired_differences(
@@ -93,7 +91,6 @@ def format_paired_table(paired: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
             interval = "[{:+.3f}, {:+.3f}]".format(*p["ci95"]) if p["ci95"] else "-"
             rows.append([modality, metric, *cells, f"{p['mean']:+.3f}", interval, f"{p['wins']}/{p['ties']}/{p['losses']}"])
     return _align(rows)
-
 
 
 def format_table(results: Mapping[str, Mapping[int, Mapping[str, float]]], summary: Mapping[str, Any]) -> str:

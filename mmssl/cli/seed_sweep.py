@@ -113,13 +113,19 @@ def collect_sweep_dirs(directories: Sequence[Path], modality: str = "all") -> di
 
 def collect_sweep_dir(directory: Path, modality: str = "all") -> dict[str, dict[int, dict[str, float]]]:
     """collect() over every seed_<n> run directory under a sweep's output directory."""
-    run_dirs = {
-        int(match.group(1)): path
-        for path in sorted(directory.iterdir()) if path.is_dir() and (match := re.fullmatch(r"seed_(\d+)", path.name))
-    } if directory.is_dir() else {}
+    run_dirs = {}
+    if directory.is_dir():
+        for path in sorted(directory.iterdir()):
+            if path.is_dir() and (match := re.fullmatch(r"seed_(\d+)", path.name)):
+                run_dirs[int(match.group(1))] = path
     if not run_dirs:
         raise SweepError(f"baseline {directory}: no seed_<n> run directories")
     return collect(run_dirs, modality)
+
+
+def _json_keys(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[str, dict[str, Mapping[str, float]]]:
+    """Seeds as string keys, as JSON has them."""
+    return {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in results.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,13 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": args.config,
         "overrides": args.overrides,
         "seeds": args.seeds,
-        "results": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in results.items()},
+        "results": _json_keys(results),
         "summary": summary,
     }
     if baseline is not None:
         record["baseline"] = {
             "dirs": args.baseline,
-            "results": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in baseline.items()},
+            "results": _json_keys(baseline),
             "paired": paired,
         }
     write_text_atomic(out / "seed_sweep.json", json.dumps(record, indent=2))
