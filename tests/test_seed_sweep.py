@@ -151,3 +151,12 @@ def test_sweep_trains_each_seed_and_writes_the_table(tmp_path):
     assert paired["differences"] == pytest.approx([ours[0] - 0.25, ours[1] - 0.125])
     assert paired["n"] == 2 and len(paired["ci95"]) == 2
     assert "paired with" in proc.stdout and "95% CI" in proc.stdout
+
+    # A baseline that shares no seed fails the sweep, but its own record is still written.
+    (out / "seed_sweep.json").unlink()
+    _report(tmp_path / "other" / "seed_7", "image", 0.5, 0.25)
+    proc = _sweep("configs/tiny.yaml", "--seeds", "0", "1", "--modality", "image", "--output-dir", str(out),
+                  "--baseline", str(tmp_path / "other"), "train.steps=2")
+    assert proc.returncode == 1 and "shares no modality and seed" in proc.stderr
+    alone = json.loads((out / "seed_sweep.json").read_text())
+    assert alone["results"] == record["results"] and "baseline" not in alone

@@ -160,18 +160,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(results)
     print(format_table(results, summary))
     baseline = paired = None
+    baseline_error = ""
     if args.baseline:
         try:
             baseline = collect_sweep_dirs([Path(d) for d in args.baseline], args.modality)
+            paired = paired_differences(results, baseline)
+            if not paired:
+                raise SweepError(f"baseline {', '.join(args.baseline)} shares no modality and seed with this sweep")
         except SweepError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        paired = paired_differences(results, baseline)
-        if not paired:
-            print(f"error: baseline {', '.join(args.baseline)} shares no modality and seed with this sweep", file=sys.stderr)
-            return 1
-        print(f"\npaired with {', '.join(args.baseline)}, same seeds (this sweep minus the baseline):")
-        print(format_paired_table(paired))
+            # The sweep's own record is still written below: its runs are done and sound.
+            baseline = paired = None
+            baseline_error = str(error)
+        else:
+            print(f"\npaired with {', '.join(args.baseline)}, same seeds (this sweep minus the baseline):")
+            print(format_paired_table(paired))
     record = {
         "config": args.config,
         "overrides": args.overrides,
@@ -191,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline=baseline, baseline_label=" + ".join(Path(d).name for d in args.baseline) or "baseline",
     )
     print(f"wrote {out / 'seed_sweep.json'} and {out / 'seed_sweep.png'}")
+    if baseline_error:
+        print(f"error: {baseline_error}; the record has no baseline", file=sys.stderr)
+        return 1
     return 0
 
 
