@@ -42,6 +42,12 @@ def test_zero_shot_on_world_reports_both_accuracies(tiny_run, tmp_path):
     assert (tmp_path / "zs_confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert "composition_top1" in proc.stdout
 
+    # More fresh samples per class than the run config's 2, for a tighter figure.
+    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "image", "--output", str(output),
+                "--samples-per-class", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(output.read_text())["num_samples"] == 36 * 5
+
 
 def test_zero_shot_on_image_folder_skips_bad_files(tiny_run, tmp_path):
     data = tmp_path / "folder"
@@ -72,5 +78,10 @@ def test_clear_errors_for_bad_arguments(tiny_run, tmp_path):
     assert proc.returncode == 2 and "no checkpoint at" in proc.stderr
     proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "audio")
     assert proc.returncode == 2 and "has no modality 'audio'" in proc.stderr
+    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--samples-per-class", "0")
+    assert proc.returncode == 2 and "--samples-per-class must be at least 1" in proc.stderr
+    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "image",
+                "--data", f"folder:{tmp_path}", "--samples-per-class", "3")
+    assert proc.returncode == 2 and f"--data folder:{tmp_path} has its own" in proc.stderr
     proc = _run("tools/pretrain.py", "configs/tiny.yaml", "--output-dir", str(tmp_path), "train.stpes=3")
     assert proc.returncode == 2 and "'train.stpes'" in proc.stderr and "steps" in proc.stderr
