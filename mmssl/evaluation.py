@@ -318,16 +318,19 @@ def pooled_features(model: MultimodalModel, modality: str, batch: Any) -> torch.
 
 
 def retrieval_recall(
-    queries: torch.Tensor, keys: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+    queries: torch.Tensor, keys: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10), chunk: int = 1024
 ) -> dict[str, float]:
     """Share of queries with a relevant key among their top k by cosine.
 
     Shapes:
         queries: [Q, E]; keys: [K, E] (both L2-normalised); relevant: [Q, K] bool.
     """
-    order = (queries @ keys.T).argsort(dim=1, descending=True)
-    hits = torch.gather(relevant, 1, order)
-    return {f"R@{k}": float(hits[:, : min(k, keys.shape[0])].any(1).float().mean()) for k in ks}
+    top = min(max(ks), keys.shape[0])
+    hits = torch.cat([  # the top keys of a block of queries at a time: memory stays [chunk, K]
+        torch.gather(relevant[i : i + chunk], 1, (queries[i : i + chunk] @ keys.T).topk(top, dim=1).indices)
+        for i in range(0, queries.shape[0], chunk)
+    ])
+    return {f"R@{k}": float(hits[:, : min(k, top)].any(1).float().mean()) for k in ks}
 
 
 def zero_shot_classify(
