@@ -17,7 +17,7 @@ text, or a saved list of PyG Data with y; integer labels need --class-names).
 dataset's train/test split if it has one, else a seeded stratified split).
 --samples-per-class n evaluates the embedded world on n fresh samples per class instead
 of the run config's count: held-out compositions are a few classes, so at 25 samples a
-class one sample moves the figure by 0.01 and sampling alone by ±0.05 (two SD).
+class one sample moves the figure by 0.01 and sampling alone by about ±0.09 (two SD).
 Writes a JSON report and a confusion-matrix PNG beside it.
 """
 
