@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mmssl.world import sample_rng
+from mmssl.seeding import sample_rng
 
 SCHEDULES = ("all", "round_robin", "weighted")
 

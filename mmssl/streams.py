@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmssl.registry import closest
-from mmssl.world import World, sample_rng
+from mmssl.seeding import sample_rng
+from mmssl.world import World
 from modalities.base import InvalidSample, Modality
 from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
 

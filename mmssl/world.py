@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import itertools
 import string
-import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmssl.seeding import sample_rng
 from modalities.base import ConceptSpace, Modality
-
-
-def stable_hash(text: str) -> int:
-    """A process-independent 32-bit hash (Python's hash() is salted per process)."""
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def sample_rng(*keys: int | str) -> np.random.Generator:
-    """A generator seeded by a tuple of ints/strings: the one source of per-sample randomness."""
-    return np.random.default_rng([k if isinstance(k, int) else stable_hash(k) for k in keys])
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def test_world_stream_draws_only_training_classes(tiny_config):
     model = mmssl.build_model(config)
     world = world_for(model.encoders["image"], config.world)
     source = WorldSource(world, model.encoders["image"], model.encoders["text"], size=200)
-    from mmssl.world import sample_rng
+    from mmssl.seeding import sample_rng
 
     heldout = {tuple(world.classes[i].attributes.values()) for i in world.heldout_classes}
     for i in range(200):

@@ -1,6 +1,7 @@
 import numpy as np
 
-from mmssl.world import World, sample_rng
+from mmssl.seeding import sample_rng
+from mmssl.world import World
 from modalities.image import SHAPES_SPACE
 
 
