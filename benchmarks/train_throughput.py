@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 import mmssl
-from mmssl.trainer import Pretrainer, build_optimizer, move_to
+from mmssl.optim import build_optimizer
+from mmssl.trainer import Pretrainer, move_to
 
 
 class RepeatStream:

@@ -29,10 +29,11 @@ from mmssl.checkpoint import (
     list_checkpoints,
     save_checkpoint,
 )
-from mmssl.config import RunConfig, TrainConfig
+from mmssl.config import RunConfig
 from mmssl.encoder_sharing import share_encoder_calls
 from mmssl.graph_sources import GraphSource
 from mmssl.model import MultimodalModel, build_model
+from mmssl.optim import build_optimizer, build_scheduler
 from mmssl.run_log import RunLog
 from mmssl.schedule import ObjectiveSchedule
 from mmssl.streams import (
@@ -47,6 +48,7 @@ from mmssl.streams import (
 )
 from mmssl.weighting import LossWeighting, build_weighting
 from mmssl.world import world_for
+from modalities.base import modality_roles
 from objectives.base import DistContext
 
 log = logging.getLogger(__name__)
@@ -59,14 +61,15 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
     streams = {}
     pools: dict[tuple[str, int], RenderPool] = {}  # shared by the streams of one modality and pool size
     for name, spec in config.objectives.items():
-        modalities = {m: model.encoders[m] for m in model.objectives[name].modalities}
+        modalities = model.modalities_of(name)
         data = spec.data
         if data.source == "world":
-            renderers = [m for m in modalities.values() if m.concept_space() is not None]
-            captioners = [m for m in modalities.values() if m.consumes_captions]
+            roles = modality_roles(modalities)
+            renderers = [modalities[k] for k in roles.renderers]
+            captioners = [modalities[k] for k in roles.captioners]
             if not renderers and len(captioners) == 1 == len(modalities):
                 # a text-only objective: the captions of every world in the model
-                worlds = [world_for(m, config.world) for m in model.encoders.values() if m.concept_space() is not None]
+                worlds = [world_for(model.encoders[k], config.world) for k in modality_roles(model.encoders).renderers]
                 source = CaptionSource(worlds, captioners[0], size=data.epoch_size)
             elif len(renderers) != 1 or len(captioners) > 1 or len(renderers) + len(captioners) != len(modalities):
                 raise DataError(
@@ -108,47 +111,6 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
             collate_extras=model.objectives[name].collate_extras,
         )
     return streams
-
-
-def build_optimizer(
-    model: torch.nn.Module, train: TrainConfig, extra: Sequence[torch.nn.Parameter] = ()
-) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, temperatures and other 0/1-d parameters
-    (as open_clip), nor on embedding tables, nor on ``extra`` (loss-weighting parameters).
-    ``train.lr_scale`` gives an encoder's or objective's parameters groups of their own
-    at ``lr * scale``."""
-    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {(1.0, True): [], (1.0, False): list(extra)}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        parts = name.split(".")
-        owner = parts[1] if len(parts) > 2 and parts[0] in ("encoders", "objectives") else None
-        scale = train.lr_scale.get(owner, 1.0)
-        decay = not (p.ndim < 2 or "embedding" in name)
-        groups.setdefault((scale, decay), []).append(p)
-    param_groups = [
-        {"params": params, "lr": train.lr * scale, "weight_decay": train.weight_decay if decay else 0.0}
-        for (scale, decay), params in groups.items()
-        if params or scale == 1.0
-    ]
-    return torch.optim.AdamW(param_groups, lr=train.lr, betas=train.betas, eps=train.eps)
-
-
-def lr_factor(step: int, train: TrainConfig) -> float:
-    """Multiplier on each group's lr at ``step``: a linear ramp from ``1 / (warmup + 1)``
-    over the warmup steps, then cosine decay to ``min_lr_ratio`` at ``steps``."""
-    warmup = min(train.warmup_steps, max(train.steps - 1, 0))
-    if step < warmup:
-        start = 1.0 / (warmup + 1)
-        return start + (1.0 - start) * step / warmup
-    progress = min((step - warmup) / max(train.steps - warmup, 1), 1.0)
-    return train.min_lr_ratio + (1.0 - train.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Warmup then cosine (``lr_factor``), applied to every parameter group alike, so a
-    group at ``lr_scale`` times the lr stays at that share of it."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
 
 
 def _rng_state() -> dict[str, Any]:
