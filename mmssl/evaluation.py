@@ -21,8 +21,9 @@ import torch
 from mmssl.config import WorldConfig
 from mmssl.graph_sources import BadRecord, read_graph_file, record_field
 from mmssl.model import MultimodalModel
-from mmssl.world import World, sample_rng, world_for
-from modalities.base import InvalidSample
+from mmssl.seeding import sample_rng
+from mmssl.world import World, world_for
+from modalities.base import InvalidSample, modality_roles
 from objectives.base import match_matrix
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def load_eval_set(
     """``spec``: None or 'world' (the embedded world), 'folder:PATH', 'csv:PATH' (ESC-50
     layout) or 'graphs:PATH' (a labelled graph file; ``class_names`` for integer labels)."""
     if spec is None or spec == "world":
-        if model.encoders[modality].concept_space() is None:
+        if modality not in modality_roles(model.encoders).renderers:
             raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
         return world_eval_set(model, modality, world_config)
     kind, _, path = spec.partition(":")
@@ -253,7 +254,7 @@ def load_eval_set(
 def caption_partner(model: MultimodalModel, modality: str, objective: str | None = None) -> tuple[str, str]:
     """(objective, caption modality) that give ``modality`` a space shared with text."""
     name = model.shared_space(modality, objective)
-    partners = [m for m in model.objectives[name].modalities if m != modality and model.encoders[m].consumes_captions]
+    partners = [m for m in modality_roles(model.modalities_of(name)).captioners if m != modality]
     if not partners:
         raise EvaluationError(f"objective '{name}' pairs '{modality}' with no caption modality: no zero-shot prompts")
     return name, partners[0]

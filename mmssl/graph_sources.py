@@ -26,7 +26,7 @@ from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 
 from mmssl.streams import DataError
-from modalities.base import InvalidSample, Modality
+from modalities.base import InvalidSample, Modality, modality_roles
 
 # What a saved list of Data may contain besides tensors and plain values.
 _SAFE_GLOBALS = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
@@ -96,13 +96,12 @@ class GraphSource:
     """
 
     def __init__(self, graphs: Sequence[Any], modalities: Mapping[str, Modality], where: Sequence[str] | None = None) -> None:
-        captioners = [k for k, m in modalities.items() if m.consumes_captions]
-        others = [k for k in modalities if k not in captioners]
-        if len(others) != 1 or len(captioners) > 1:
+        roles = modality_roles(modalities)
+        if len(roles.items) != 1 or len(roles.captioners) > 1:
             raise DataError(f"a graph source feeds one graph modality and at most one caption modality, got {list(modalities)}")
         self.graphs = graphs
-        self.graph_key = others[0]
-        self.text_key = captioners[0] if captioners else None
+        self.graph_key = roles.items[0]
+        self.text_key = roles.captioners[0] if roles.captioners else None
         self.names = list(where) if where is not None else None
         if len(graphs) == 0:
             raise DataError("graph source is empty")

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmssl.config import RunConfig
 from mmssl.registry import get_modality, get_objective
-from modalities.base import Modality, ModalityOutput
+from modalities.base import Modality, ModalityOutput, modality_roles
 from objectives.base import DistContext, Objective, ObjectiveOutput
 
 
@@ -35,6 +35,10 @@ class MultimodalModel(nn.Module):
     def forward(self, objective: str, batch: Mapping[str, Any]) -> ObjectiveOutput:
         return self.objectives[objective](self, batch)
 
+    def modalities_of(self, objective: str) -> dict[str, Modality]:
+        """The encoders ``objective`` uses, by key, in its declared order."""
+        return {m: self.encoders[m] for m in self.objectives[objective].modalities}
+
     def shared_space(self, modality: str, objective: str | None = None) -> str:
         """The objective whose shared space embeds ``modality``: the one named, or the first
         objective that projects it and pairs it with a caption modality, or any that projects it."""
@@ -46,8 +50,7 @@ class MultimodalModel(nn.Module):
             name for name, obj in self.objectives.items() if modality in obj.modalities and _has_space(obj)
         ]
         with_text = [
-            n for n in candidates
-            if any(self.encoders[m].consumes_captions for m in self.objectives[n].modalities if m != modality)
+            n for n in candidates if any(m != modality for m in modality_roles(self.modalities_of(n)).captioners)
         ]
         if not candidates:
             raise ValueError(f"no objective gives modality '{modality}' a shared embedding space")

@@ -9,8 +9,9 @@ space and renders concepts (``concept_space``, ``render``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -154,3 +155,136 @@ class Modality(nn.Module):
     def move_batch(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
         """Batch to device (non-blocking where possible)."""
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Roles: which modalities render the embedded world, which take captions
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModalityRoles:
+    """The keys of a set of modalities by the part they play in the embedded world.
+
+    Attributes:
+        renderers: modalities with a concept space (they render world concepts).
+        captioners: language modalities (``consumes_captions``): they take the world's
+            captions and zero-shot prompts as raw items.
+        items: every modality that is not a captioner, rendering or not.
+    """
+
+    renderers: tuple[str, ...]
+    captioners: tuple[str, ...]
+    items: tuple[str, ...]
+
+
+def modality_roles(modalities: Mapping[str, Modality]) -> ModalityRoles:
+    """Split ``modalities`` (key -> modality, in order) into their world roles."""
+    return ModalityRoles(
+        renderers=tuple(k for k, m in modalities.items() if m.concept_space() is not None),
+        captioners=tuple(k for k, m in modalities.items() if m.consumes_captions),
+        items=tuple(k for k, m in modalities.items() if not m.consumes_captions),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Capabilities: what an objective needs of a modality beyond the base contract
+# --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class PatchEncoder(Protocol):
+    """A patch-based encoder whose input patches can be hidden and predicted (masked
+    spectrogram modeling). The audio modality's spectrogram transformer and timm
+    encoders are ones.
+
+    Members:
+        embed_dim: token width D.
+        grid: the patch grid (F', T'); N = F' * T' tokens, frequency-major.
+        patch_dim: values per patch, P (the size of a prediction target).
+        patchify(values): the encoder's input values cut into patches aligned with its
+            tokens. Shapes: [B, F, T] -> [B, N, P].
+        patch_padding_mask(batch): True for patches that lie wholly in padding.
+            Shapes: [B, N].
+        forward(batch, patch_mask=...): a [B, N] bool ``patch_mask`` (True = hidden)
+            hides those patches; the output's ``tokens`` are [B, N, D], one per patch.
+    """
+
+    embed_dim: int
+    grid: tuple[int, int]
+    patch_dim: int
+
+    def patchify(self, values: torch.Tensor) -> torch.Tensor: ...
+
+    def patch_padding_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class MaskableTokenEncoder(Protocol):
+    """A token encoder whose input ids can be corrupted and predicted (masked language
+    modeling). The text modality is one.
+
+    Members:
+        embed_dim: token width D.
+        vocab_size: size V of the id space the output projection covers.
+        mask_token_id: the id that replaces a masked token.
+        num_regular_tokens: ids below it are ordinary tokens (what a random
+            replacement draws from); special tokens lie above.
+        token_embedding: the input embedding [V, D] (tied to the output projection).
+        bidirectional: whether the configured attention is bidirectional; if it is
+            not, ``forward`` must take ``attention="bidirectional"`` per call.
+        maskable_positions(ids): True where a token may be selected. Shapes: [..., L].
+    """
+
+    embed_dim: int
+    vocab_size: int
+    mask_token_id: int
+    num_regular_tokens: int
+    token_embedding: nn.Embedding
+    bidirectional: bool
+
+    def maskable_positions(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
+def capability_members(capability: type) -> list[str]:
+    """The public members a capability Protocol declares (its own and inherited)."""
+    names: list[str] = []
+    for cls in reversed(capability.__mro__):
+        if not getattr(cls, "_is_protocol", False) or cls is Protocol:
+            continue
+        for name in (*getattr(cls, "__annotations__", {}), *vars(cls)):
+            if not name.startswith("_") and name not in names:
+                names.append(name)
+    return names
+
+
+def require_capability(
+    modality: Modality, capability: type, purpose: str, forward_kwargs: Sequence[str] = (), hint: str = ""
+) -> None:
+    """Check that ``modality`` meets ``capability`` before an objective uses it.
+
+    A runtime-checkable Protocol only checks that members exist; this names the ones
+    missing, and also checks that ``forward`` takes the keyword arguments the
+    objective will pass (``forward_kwargs``).
+
+    Raises:
+        ValueError naming the modality, the capability and what is missing; ``hint``
+        (e.g. which encoder to configure) is appended.
+    """
+    suffix = f"; {hint}" if hint else ""
+    missing = [name for name in capability_members(capability) if not hasattr(modality, name)]
+    if missing:
+        raise ValueError(
+            f"modality '{modality.key}' is no {capability.__name__} (modalities/base.py), which {purpose} needs: "
+            f"it lacks {missing}{suffix}"
+        )
+    params = inspect.signature(modality.forward).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        names = {p.name for p in params}
+        absent = [k for k in forward_kwargs if k not in names]
+        if absent:
+            raise ValueError(
+                f"{purpose} calls modality '{modality.key}' with {absent}, but its forward takes no "
+                + ", ".join(repr(k) for k in absent)
+                + f" argument{suffix}"
+            )

@@ -21,6 +21,7 @@ from torch import nn
 
 from modalities.base import Modality, ModalityOutput
 from objectives.base import MATCH_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput, match_matrix
+from objectives.heads import HeadKind, projection_head
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class ContrastiveConfig:
     modalities: tuple[str, str]
     embed_dim: int = 128
     loss: Literal["clip", "siglip"] = "clip"
-    head: Literal["linear", "mlp"] = "linear"
+    head: HeadKind = "linear"
     init_temperature: float = 0.07  # clip: logits scale = 1 / temperature
     max_logit_scale: float = 100.0
     learn_temperature: bool = True
@@ -100,12 +101,6 @@ class MultiPositiveSigLipLoss(SigLipLoss):
             self.positives = None
 
 
-def projection_head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim, bias=False)
-    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim, bias=False))
-
-
 class ContrastiveObjective(Objective):
     """Aligns ``modalities[0]`` with ``modalities[1]`` in a shared space.
 
@@ -121,7 +116,7 @@ class ContrastiveObjective(Objective):
         if a == b:
             raise ValueError(f"contrastive objective needs two different modalities, got {a!r} twice")
         self.heads = nn.ModuleDict(
-            {m: projection_head(encoders[m].embed_dim, config.embed_dim, config.head) for m in (a, b)}
+            {m: projection_head(encoders[m].embed_dim, config.embed_dim, config.head, out_bias=False) for m in (a, b)}
         )
         if config.loss == "clip":
             init_scale, init_bias = math.log(1 / config.init_temperature), None

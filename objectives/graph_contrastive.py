@@ -18,7 +18,7 @@ import contextlib
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from torch_geometric.utils import (
 
 from modalities.base import Modality, ModalityOutput, seeded_torch_rng
 from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
+from objectives.heads import HeadKind, projection_head
 
 VIEW_KEYS = ("view_a", "view_b")
 KEEP_KEY = "keep_features"  # node attribute of a view: [N, 1] bool, False = features masked
@@ -199,7 +200,7 @@ class GraphContrastiveConfig:
     augmentations_per_view: int = 1  # drawn without replacement from the pool
     embed_dim: int = 128
     temperature: float = 0.2
-    head: Literal["linear", "mlp"] = "mlp"
+    head: HeadKind = "mlp"
 
 
 class GraphContrastiveObjective(Objective):
@@ -233,11 +234,7 @@ class GraphContrastiveObjective(Objective):
         encoder = encoders[self.key]
         # Views are batched the way the modality batches its samples.
         self.collate_graphs: Callable[[Sequence[Data]], Batch] = encoder.collate
-        width, out = encoder.embed_dim, config.embed_dim
-        if config.head == "linear":
-            self.head: nn.Module = nn.Linear(width, out)
-        else:
-            self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out))
+        self.head = projection_head(encoder.embed_dim, config.embed_dim, config.head, activation=nn.ReLU)
 
     def view(self, graph: Data, rng: np.random.Generator) -> Data:
         """One augmented view of ``graph`` (left unchanged): augmentations drawn from the

@@ -14,13 +14,10 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
-from modalities.base import Modality
+from modalities.base import Modality, PatchEncoder, require_capability
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
-
-REQUIRED_HOOKS = ("patchify", "patch_padding_mask", "grid", "patch_dim")
-
+from objectives.heads import HeadKind, projection_head
 
 @dataclass(frozen=True)
 class MaskedAudioConfig:
@@ -28,7 +25,7 @@ class MaskedAudioConfig:
     mask_ratio: float = 0.5
     mask_kind: Literal["random", "time", "frequency"] = "random"
     norm_targets: bool = True  # normalise each target patch to zero mean, unit variance
-    head: Literal["linear", "mlp"] = "mlp"
+    head: HeadKind = "mlp"
     # let the encoder's local patch view (if it has one) take part in the masked pass;
     # false encodes the main grid alone there (cheaper; the local view then learns
     # from the other objectives only)
@@ -86,19 +83,13 @@ class MaskedAudioObjective(Objective):
             raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio}")
         self.key = self.modalities[0]
         encoder = encoders[self.key]
-        missing = [h for h in REQUIRED_HOOKS if not hasattr(encoder, h)]
-        if missing:
-            raise ValueError(
-                f"modality '{self.key}' lacks the patch hooks masked audio modeling needs: {missing} "
-                f"(use the spectrogram_transformer audio encoder)"
-            )
+        require_capability(
+            encoder, PatchEncoder, "masked audio modeling", forward_kwargs=("patch_mask",),
+            hint="use the spectrogram_transformer audio encoder",
+        )
         self.grid = tuple(encoder.grid)
         self.has_local_view = getattr(encoder, "local_grid", None) is not None
-        width, out = encoder.embed_dim, encoder.patch_dim
-        if config.head == "linear":
-            self.head: nn.Module = nn.Linear(width, out)
-        else:
-            self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out))
+        self.head = projection_head(encoder.embed_dim, encoder.patch_dim, config.head)
 
     def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return {"patch_mask": patch_mask(self.grid, self.config.mask_ratio, self.config.mask_kind, rng)}

@@ -14,7 +14,6 @@ pipeline from each sample's own generator, so they survive resumption exactly.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -24,10 +23,9 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.base import Modality
+from modalities.base import MaskableTokenEncoder, Modality, require_capability
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 
-REQUIRED_HOOKS = ("mask_token_id", "num_regular_tokens", "vocab_size", "token_embedding", "bidirectional", "maskable_positions")
 IGNORE = -100  # label of positions that are not predicted
 
 
@@ -91,16 +89,12 @@ class MLMObjective(Objective):
             )
         self.key = self.modalities[0]
         encoder = encoders[self.key]
-        missing = [h for h in REQUIRED_HOOKS if not hasattr(encoder, h)]
-        if missing:
-            raise ValueError(f"modality '{self.key}' lacks the hooks masked language modeling needs: {missing}")
         # a causal encoder is asked for bidirectional attention per call
-        self.call_kwargs = {} if encoder.bidirectional else {"attention": "bidirectional"}
-        if self.call_kwargs and "attention" not in inspect.signature(encoder.forward).parameters:
-            raise ValueError(
-                f"masked language modeling needs bidirectional attention: modality '{self.key}' is causal and its "
-                f"forward takes no 'attention' argument; set modalities.{self.key}.attention: bidirectional"
-            )
+        self.call_kwargs = {} if getattr(encoder, "bidirectional", True) else {"attention": "bidirectional"}
+        require_capability(
+            encoder, MaskableTokenEncoder, "masked language modeling", forward_kwargs=tuple(self.call_kwargs),
+            hint=f"set modalities.{self.key}.attention: bidirectional" if self.call_kwargs else "",
+        )
         self.mask_token_id = int(encoder.mask_token_id)
         self.num_regular_tokens = int(encoder.num_regular_tokens)
         self._maskable = encoder.maskable_positions

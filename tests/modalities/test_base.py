@@ -1,0 +1,83 @@
+"""The modality contract's helpers: world roles and objective capabilities."""
+
+import pytest
+import torch
+
+from modalities.audio import AudioConfig, AudioModality
+from modalities.base import (
+    MaskableTokenEncoder,
+    Modality,
+    PatchEncoder,
+    capability_members,
+    modality_roles,
+    require_capability,
+)
+from modalities.graph import GraphConfig, GraphModality
+from modalities.image import ImageConfig, ImageModality
+from modalities.text import TextConfig, TextModality
+
+
+def _text(**kw) -> TextModality:
+    return TextModality(TextConfig(width=32, layers=1, heads=2, context_length=24, **kw))
+
+
+def _audio(**kw) -> AudioModality:
+    return AudioModality(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80,
+                                     width=32, depth=1, heads=2, **kw))
+
+
+def test_roles_split_renderers_captioners_and_items():
+    modalities = {
+        "image": ImageModality(ImageConfig(backbone="test_resnet", image_size=32)),
+        "text": _text(),
+        "graph": GraphModality(GraphConfig(width=16, depth=1)),
+    }
+    roles = modality_roles(modalities)
+    assert roles.renderers == ("image", "graph")
+    assert roles.captioners == ("text",)
+    assert roles.items == ("image", "graph")
+
+
+def test_capability_members_are_the_protocols_declared_members():
+    assert capability_members(PatchEncoder) == ["embed_dim", "grid", "patch_dim", "patchify", "patch_padding_mask"]
+    assert set(capability_members(MaskableTokenEncoder)) == {
+        "embed_dim", "vocab_size", "mask_token_id", "num_regular_tokens", "token_embedding", "bidirectional",
+        "maskable_positions",
+    }
+
+
+def test_builtins_meet_the_capabilities_they_declare():
+    audio, text = _audio(), _text()
+    assert isinstance(audio, PatchEncoder) and isinstance(text, MaskableTokenEncoder)
+    assert not isinstance(text, PatchEncoder)
+    require_capability(audio, PatchEncoder, "masked audio modeling", forward_kwargs=("patch_mask",))
+    require_capability(text, MaskableTokenEncoder, "masked language modeling", forward_kwargs=("attention",))
+
+
+def test_missing_members_are_named():
+    wave = _audio(encoder="wav2vec2", wav2vec2_layers=1)
+    wave.key = "sound"
+    with pytest.raises(ValueError, match=r"modality 'sound' is no PatchEncoder .*masked audio modeling.*\['grid', 'patch_dim'\]; use x"):
+        require_capability(wave, PatchEncoder, "masked audio modeling", hint="use x")
+
+
+def test_missing_forward_argument_is_named():
+    class Plain(Modality):
+        embed_dim = 4
+        grid = (1, 1)
+        patch_dim = 1
+
+        def patchify(self, values):
+            return values
+
+        def patch_padding_mask(self, batch):
+            return torch.zeros(1, 1, dtype=torch.bool)
+
+        def forward(self, batch):
+            raise NotImplementedError
+
+    plain = Plain(None)
+    plain.key = "plain"
+    require_capability(plain, PatchEncoder, "masked modeling")  # members alone are there
+    with pytest.raises(ValueError, match=r"calls modality 'plain' with \['patch_mask'\], but its forward takes no 'patch_mask' argument"):
+        require_capability(plain, PatchEncoder, "masked modeling", forward_kwargs=("patch_mask",))
