@@ -5,12 +5,13 @@ Public API:
     build_model, MultimodalModel                 encoders + objectives from a config
     Pretrainer                                   the joint training loop
     load_pretrained                              a checkpoint's model, for encode()
+    load_checkpoint, Pretrained                  a checkpoint's model with its run config
     register_modality, register_objective        plugins (or entry points)
     list_modalities, list_objectives
     World, world_for, sample_rng                 the embedded world and its seeded generators
 """
 
-from mmssl.checkpoint import load_pretrained
+from mmssl.checkpoint import Pretrained, load_checkpoint, load_pretrained
 from mmssl.config import ConfigError, RunConfig, config_from_dict, load_config
 from mmssl.model import MultimodalModel, build_model
 from mmssl.registry import (
@@ -20,13 +21,15 @@ from mmssl.registry import (
     register_objective,
 )
 from mmssl.trainer import Pretrainer
-from mmssl.world import World, sample_rng, world_for
+from mmssl.seeding import sample_rng
+from mmssl.world import World, world_for
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
     "MultimodalModel",
+    "Pretrained",
     "Pretrainer",
     "RunConfig",
     "World",
@@ -34,6 +37,7 @@ __all__ = [
     "config_from_dict",
     "list_modalities",
     "list_objectives",
+    "load_checkpoint",
     "load_config",
     "load_pretrained",
     "register_modality",

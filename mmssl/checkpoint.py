@@ -18,14 +18,14 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import load_model, save_model
 
-from mmssl.config import RunConfig, config_from_dict
+from mmssl.config import RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
 
 FORMAT_VERSION = 1
@@ -124,7 +124,7 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def load_run_config(checkpoint: Path) -> RunConfig:
-    return config_from_dict(yaml.safe_load((checkpoint / CONFIG).read_text()))
+    return config_from_dict(read_yaml((checkpoint / CONFIG).read_text()))
 
 
 def load_weights(model: MultimodalModel, checkpoint: Path) -> None:
@@ -145,17 +145,36 @@ def load_weights(model: MultimodalModel, checkpoint: Path) -> None:
                 raise CheckpointError(f"{tokenizer_file}: modality '{key}': {exc}") from None
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> MultimodalModel:
-    """The model of a checkpoint (or of a run directory's latest), in eval mode.
+@dataclass(frozen=True)
+class Pretrained:
+    """A checkpoint's model (eval mode) with the run config it was trained with."""
+
+    model: MultimodalModel
+    config: RunConfig
+    checkpoint: Path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+    """The model of a checkpoint (or of a run directory's latest), its run config and
+    the checkpoint directory it came from.
 
     Example:
-        model = mmssl.load_pretrained("runs/default")
-        emb = model.encode("text", ["a red circle"])
+        loaded = mmssl.load_checkpoint("runs/default")
+        loaded.config.world.eval_samples_per_class, loaded.checkpoint.name
     """
     checkpoint = resolve_checkpoint(path)
     config = load_run_config(checkpoint)
     model = build_model(config)
     load_weights(model, checkpoint)
-    model.checkpoint_dir = checkpoint
-    model.run_config = config
-    return model.to(device).eval()
+    return Pretrained(model=model.to(device).eval(), config=config, checkpoint=checkpoint)
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> MultimodalModel:
+    """The model of a checkpoint (or of a run directory's latest), in eval mode
+    (``load_checkpoint`` also gives its config).
+
+    Example:
+        model = mmssl.load_pretrained("runs/default")
+        emb = model.encode("text", ["a red circle"])
+    """
+    return load_checkpoint(path, device).model

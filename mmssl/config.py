@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -170,6 +172,101 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------------------
+# Reading YAML: plain scalars are read by the field's declared type
+# --------------------------------------------------------------------------------------
+
+
+class PlainScalar(str):
+    """An unquoted YAML scalar, kept as its text until the typed conversion reads it by
+    the field's declared type.
+
+    PyYAML resolves plain scalars by YAML 1.1's patterns, which surprise: ``2e-3`` and
+    ``1e-3`` (no dot) are strings there, ``no``, ``on`` and ``off`` are booleans, ``010``
+    is octal 8. Here ``lr: 2e-3`` is a float because ``lr`` is declared a float, and
+    ``name: no`` stays the string "no" because ``name`` is declared a string.
+    """
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """A SafeLoader that resolves only null (``null``, ``~``, empty) and merge keys
+    implicitly: every other plain scalar is a ``PlainScalar``; quoted ones are strings."""
+
+
+_IMPLICIT = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: kept
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    if (kept := [(tag, regexp) for tag, regexp in resolvers if tag in _IMPLICIT])
+}
+
+
+def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    return PlainScalar(value) if node.style is None else value
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse config YAML; plain scalars (other than null) come back as ``PlainScalar``
+    for ``convert`` to read by type. Raises ``yaml.YAMLError`` on bad syntax."""
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
+# YAML 1.2 core schema patterns (plus digit underscores, as Python and YAML 1.1 allow),
+# for plain scalars in untyped places (``backbone_args`` passed on to timm).
+_INT = re.compile(r"[-+]?[0-9](_?[0-9])*|0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT = re.compile(r"[-+]?(\.[0-9](_?[0-9])*|[0-9](_?[0-9])*(\.([0-9](_?[0-9])*)?)?)([eE][-+]?[0-9]+)?")
+_SPECIAL_FLOATS = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _untyped(value: Any) -> Any:
+    """A value of no declared type, with plain scalars resolved as YAML 1.2's core
+    schema does (``true``/``false``, ints, floats such as ``1e-3``, else strings)."""
+    if isinstance(value, dict):
+        return {_untyped(k): _untyped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untyped(v) for v in value]
+    if not isinstance(value, PlainScalar):
+        return value
+    text = str(value)
+    if text in ("true", "True", "TRUE", "false", "False", "FALSE"):
+        return text.lower() == "true"
+    if _INT.fullmatch(text):
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return _SPECIAL_FLOATS.get(text.lower(), text)
+
+
+def _number(value: PlainScalar, tp: type) -> int | float | None:
+    """The plain scalar read as Python's ``int()`` / ``float()`` read it (YAML's
+    ``.inf``/``.nan`` too, and ``0x``/``0o``/``0b`` ints); None if it is no number."""
+    text = str(value)
+    try:
+        return tp(text)
+    except ValueError:
+        pass
+    try:
+        return int(text, 0) if tp is int else _SPECIAL_FLOATS[text.lower()]
+    except (ValueError, KeyError):
+        return None
+
+
+def _quoted_hint(value: Any, tp: type) -> str:
+    """A hint for a quoted YAML string that would read as a number unquoted."""
+    if isinstance(value, str) and _number(PlainScalar(value), tp) is not None:
+        return " (a quoted string: write it without quotes)"
+    return ""
+
+
+def _type_name(value: Any) -> str:
+    return "str" if isinstance(value, str) else type(value).__name__
+
+
+# --------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------
 
@@ -180,7 +277,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -203,7 +300,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         if not all(parts):
             raise ConfigError(f"override '{item}': empty key segment")
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
         node = out
@@ -228,11 +325,11 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         if not raw.get(required):
             raise ConfigError(f"'{required}': required section is missing or empty")
     modalities = {
-        name: _modality_spec(name, section)
+        str(name): _modality_spec(str(name), section)
         for name, section in _mapping(raw["modalities"], "modalities").items()
     }
     objectives = {
-        name: _objective_spec(name, section, modalities)
+        str(name): _objective_spec(str(name), section, modalities)
         for name, section in _mapping(raw["objectives"], "objectives").items()
     }
     train = convert(raw.get("train", {}), TrainConfig, "train")
@@ -277,11 +374,12 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return value
 
 
-def _registry_class(registry: Any, name: Any, key: str) -> type:
+def _registry_class(registry: Any, name: Any, key: str) -> tuple[str, type]:
+    """(name as a plain str, the registered class)."""
     if not isinstance(name, str):
         raise ConfigError(f"'{key}': expected a {registry.kind} name, got {name!r}")
     try:
-        return registry.get(name)
+        return str(name), registry.get(name)
     except RegistryError as exc:
         raise ConfigError(f"'{key}': {exc}") from None
 
@@ -289,16 +387,14 @@ def _registry_class(registry: Any, name: Any, key: str) -> type:
 def _modality_spec(name: str, section: Any) -> ModalitySpec:
     key = f"modalities.{name}"
     section = dict(_mapping(section or {}, key))
-    type_name = section.pop("type", name)
-    cls = _registry_class(MODALITIES, type_name, f"{key}.type")
+    type_name, cls = _registry_class(MODALITIES, section.pop("type", name), f"{key}.type")
     return ModalitySpec(type=type_name, options=convert(section, cls.Config, key))
 
 
 def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySpec]) -> ObjectiveSpec:
     key = f"objectives.{name}"
     section = dict(_mapping(section or {}, key))
-    type_name = section.pop("type", name)
-    cls = _registry_class(OBJECTIVES, type_name, f"{key}.type")
+    type_name, cls = _registry_class(OBJECTIVES, section.pop("type", name), f"{key}.type")
     weight = convert(section.pop("weight", 1.0), float, f"{key}.weight")
     if weight < 0:
         raise ConfigError(f"'{key}.weight': must be >= 0, got {weight}")
@@ -352,12 +448,17 @@ def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], key: str) -> None:
 
 
 def convert(value: Any, tp: Any, key: str, extra_valid: Sequence[str] = ()) -> Any:
-    """``value`` checked against type ``tp`` (dataclass, Literal, Optional, list, dict ...)."""
+    """``value`` checked against type ``tp`` (dataclass, Literal, Optional, list, dict ...).
+
+    A ``PlainScalar`` (unquoted YAML) is read by ``tp``: every spelling Python's
+    ``int()`` / ``float()`` accepts for numbers, true/false/yes/no/on/off for booleans,
+    its text for strings. The result holds only built-in types.
+    """
     if is_dataclass(tp):
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}': expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"'{key}': expected a mapping, got {_type_name(value)} {value!r}")
         hints = typing.get_type_hints(tp)
         dc_fields = {f.name: f for f in fields(tp) if f.init}
         for k in value:
@@ -374,19 +475,19 @@ def convert(value: Any, tp: Any, key: str, extra_valid: Sequence[str] = ()) -> A
 
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    plain = isinstance(value, PlainScalar)
     if tp is Any:
-        return value
+        return _untyped(value)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"'{key}': {value!r} is not one of {list(args)}.{closest(str(value), [str(a) for a in args])}")
-        return value
+        return args[args.index(value)]  # the declared value itself, not a PlainScalar
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        # a plain scalar is read as a string only when no other member type reads it
+        for arg in sorted((a for a in args if a is not type(None)), key=lambda a: plain and a is str):
             try:
                 return convert(value, arg, key)
             except ConfigError as exc:
@@ -394,7 +495,7 @@ def convert(value: Any, tp: Any, key: str, extra_valid: Sequence[str] = ()) -> A
         raise ConfigError(errors[0] if len(errors) == 1 else f"'{key}': {value!r} matches none of {tp}")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{key}': expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"'{key}': expected a list, got {_type_name(value)} {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"'{key}': expected {len(args)} items, got {len(value)}: {value!r}")
@@ -404,25 +505,33 @@ def convert(value: Any, tp: Any, key: str, extra_valid: Sequence[str] = ()) -> A
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}': expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"'{key}': expected a mapping, got {_type_name(value)} {value!r}")
         kt, vt = args if args else (Any, Any)
         return {convert(k, kt, key): convert(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
+        if plain and str(value).lower() in _BOOLS:
+            return _BOOLS[str(value).lower()]
         if not isinstance(value, bool):
-            raise ConfigError(f"'{key}': expected true/false, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"'{key}': expected true/false, got {_type_name(value)} {value!r}")
         return value
+    if tp in (int, float) and plain:
+        number = _number(value, tp)
+        if number is None:
+            expected = "an integer" if tp is int else "a number"
+            raise ConfigError(f"'{key}': expected {expected}, got str {value!r}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{key}': expected an integer, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"'{key}': expected an integer, got {_type_name(value)} {value!r}{_quoted_hint(value, tp)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{key}': expected a number, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"'{key}': expected a number, got {_type_name(value)} {value!r}{_quoted_hint(value, tp)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"'{key}': expected a string, got {type(value).__name__} {value!r}")
-        return value
+            raise ConfigError(f"'{key}': expected a string, got {_type_name(value)} {value!r}")
+        return str(value)
     raise ConfigError(f"'{key}': unsupported config type {tp}")
 
 

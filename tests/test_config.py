@@ -84,3 +84,73 @@ def test_bad_yaml_and_missing_file_are_clear(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+# --- YAML 1.1 surprises: plain scalars are read by the field's declared type ----------
+
+NUMBER_SPELLINGS = ["2e-3", "1e-3", "1.0e9", "-5e-4", "1E3", "+0.5", "1_000.5", "3"]
+
+
+def _tiny_text() -> str:
+    return (Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()
+
+
+@pytest.mark.parametrize("text", NUMBER_SPELLINGS)
+def test_every_float_spelling_loads_as_a_float_from_a_file(tmp_path, text):
+    path = tmp_path / "lr.yaml"
+    path.write_text(_tiny_text().replace("  lr: 0.002", f"  lr: {text}"))
+    config = load_config(path)
+    assert type(config.train.lr) is float and config.train.lr == float(text)
+
+
+@pytest.mark.parametrize("text", NUMBER_SPELLINGS)
+def test_every_float_spelling_loads_as_a_float_from_an_override(tiny_config, text):
+    config = tiny_config(f"train.lr={text}", f"train.weight_decay={text}")
+    assert type(config.train.lr) is float and config.train.lr == float(text)
+    assert type(config.train.weight_decay) is float and config.train.weight_decay == float(text)
+
+
+def test_int_fields_take_python_int_spellings(tiny_config):
+    config = tiny_config("train.steps=1_000", "train.log_every=010", "train.warmup_steps=+5")
+    assert (config.train.steps, config.train.log_every, config.train.warmup_steps) == (1000, 10, 5)
+    assert "'train.steps': expected an integer, got str '1e3'" in _error("train.steps=1e3")
+
+
+def test_string_fields_keep_yaml_1_1_booleans_and_numbers_as_text(tmp_path, tiny_config):
+    path = tmp_path / "strings.yaml"
+    path.write_text(_tiny_text().replace("name: tiny", "name: no") + "  resume: on\n")
+    config = load_config(path)
+    assert config.name == "no" and config.train.resume == "on"
+    config = tiny_config("name=off", "train.grad_diagnostics_modality=yes", "train.device=010")
+    assert (config.name, config.train.grad_diagnostics_modality, config.train.device) == ("off", "yes", "010")
+    assert type(config.name) is str  # a plain str, so the config saves as YAML
+    assert config_from_dict(mmssl.config.read_yaml(config.to_yaml())) == config
+
+
+def test_bool_fields_take_yes_no_on_off(tiny_config):
+    assert tiny_config("train.progress=off").train.progress is False
+    assert tiny_config("train.progress=Yes").train.progress is True
+    assert "'train.progress': expected true/false" in _error("train.progress=maybe")
+
+
+def test_optional_and_union_fields_read_plain_scalars_by_type(tiny_config):
+    config = tiny_config("train.grad_clip=1e-1", "train.threads=2", "world.heldout=5")
+    assert config.train.grad_clip == 0.1 and config.train.threads == 2 and config.world.heldout == 5
+    assert tiny_config("train.grad_clip=null").train.grad_clip is None
+
+
+def test_untyped_options_follow_yaml_1_2_core(tiny_config):
+    args = tiny_config("modalities.image.backbone_args={drop_rate: 1e-1, flag: true, word: no, n: 1_0}")
+    assert args.modalities["image"].options.backbone_args == {"drop_rate": 0.1, "flag": True, "word": "no", "n": 10}
+
+
+def test_a_real_non_number_still_fails_naming_the_key():
+    message = _error("train.lr=abc")
+    assert "'train.lr': expected a number, got str 'abc'" in message
+
+
+def test_quoted_numbers_stay_strings(tmp_path):
+    path = tmp_path / "quoted.yaml"
+    path.write_text(_tiny_text().replace("  lr: 0.002", '  lr: "2e-3"'))
+    with pytest.raises(ConfigError, match=r"'train.lr': expected a number, got str '2e-3' \(a quoted string: write it without quotes\)"):
+        load_config(path)

@@ -138,6 +138,17 @@ def test_load_pretrained_encodes_normalised(tiny_config, tmp_path):
     assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
     saved = (resolve_checkpoint(tmp_path) / "config.yaml").read_text()
     assert mmssl.config_from_dict(__import__("yaml").safe_load(saved)) == trainer.config
+    assert not hasattr(model, "run_config")  # the config comes from load_checkpoint, not a patched attribute
+
+
+def test_load_checkpoint_gives_model_config_and_directory(tiny_config, tmp_path):
+    trainer = Pretrainer(tiny_config("train.steps=2", "name=no"), tmp_path)
+    trainer.fit()
+    loaded = mmssl.load_checkpoint(tmp_path)
+    assert loaded.checkpoint == resolve_checkpoint(tmp_path)
+    assert loaded.config == trainer.config and loaded.config.name == "no"
+    assert not loaded.model.training
+    _assert_same_weights(trainer.model, loaded.model)
 
 
 def test_resume_none_starts_over(tiny_config, tmp_path):

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Sequence
 
 from mmssl.atomic import write_text_atomic
-from mmssl.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint
+from mmssl.checkpoint import CheckpointError, Pretrained, load_checkpoint
 from mmssl.evaluation import EvaluationError, load_eval_set, read_class_names, zero_shot_classify
 from mmssl.linear_probe import linear_probe
 from mmssl.plots import plot_confusion
+from modalities.base import modality_roles
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -70,9 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _evaluate(args: argparse.Namespace, model, modality: str, checkpoint: Path):
+def _evaluate(args: argparse.Namespace, loaded: Pretrained, modality: str):
     """Zero-shot (and optionally a linear probe) of one modality; writes its report and plot."""
-    run_config = model.run_config
+    model, run_config, checkpoint = loaded.model, loaded.config, loaded.checkpoint
     class_names = read_class_names(args.class_names) if args.class_names else None
     world = run_config.world
     if args.samples_per_class is not None:
@@ -112,9 +113,7 @@ def _evaluate(args: argparse.Namespace, model, modality: str, checkpoint: Path):
 def _world_modalities(model) -> list[str]:
     """Modalities that render the embedded world and have a shared space with text."""
     found = []
-    for key, encoder in model.encoders.items():
-        if encoder.concept_space() is None:
-            continue
+    for key in modality_roles(model.encoders).renderers:
         try:
             model.shared_space(key)
         except ValueError:
@@ -128,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = {}
     try:
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        model = load_pretrained(checkpoint, device=args.device)
+        loaded = load_checkpoint(args.checkpoint, device=args.device)
+        model = loaded.model
         if args.modality == "all":
             if args.data not in (None, "world") or args.output:
                 raise EvaluationError("--modality all evaluates the embedded world only, one report per modality; "
@@ -142,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             modalities = [args.modality]
         for modality in modalities:
-            results[modality] = _evaluate(args, model, modality, checkpoint)
+            results[modality] = _evaluate(args, loaded, modality)
     except (CheckpointError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
