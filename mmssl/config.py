@@ -77,6 +77,15 @@ class WorldConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """Data-parallel settings (under torchrun; a plain run ignores them)."""
+
+    # every N steps compare a parameter checksum across ranks and stop naming the step
+    # if they diverged (0 = off)
+    check_every: int = 100
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
@@ -110,6 +119,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: str = "auto"  # "auto" (latest in output dir, if any), "none", or a checkpoint dir
     progress: bool = True
+    # under data parallelism, BatchNorm statistics over the global batch (SyncBatchNorm on
+    # GPU, an all-reduced BatchNorm on CPU), so a BN model trains as on one process
+    sync_batchnorm: bool = True
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 @dataclass(frozen=True)

@@ -295,7 +295,9 @@ class EpochBatches(Dataset):
 
     def __getitem__(self, b: int) -> BuiltBatch:
         s = self.stream
-        indices = self.order[b * s.batch_size : (b + 1) * s.batch_size]
+        # this rank's slice of global batch b: the ranks' slices together are the batch
+        start = b * s.batch_size + s.rank * s.local_batch_size
+        indices = self.order[start : start + s.local_batch_size]
         samples: dict[str, list[Any]] = collections.defaultdict(list)
         codes: dict[str, list[list[int]]] = collections.defaultdict(list)
         extras: dict[str, list[Any]] = collections.defaultdict(list)
@@ -347,7 +349,11 @@ class Stream:
         name: stream (objective) name; part of every sample's seed.
         source: raw items by index.
         modalities: the modalities the batch feeds, by their name in the model.
-        batch_size: samples per batch before bad ones are dropped.
+        batch_size: samples per global batch before bad ones are dropped.
+        rank, world_size: under data parallelism this process yields the ``rank``-th of
+            ``world_size`` equal slices of every global batch; each sample keeps the
+            generator of its global index, so the slices together are exactly the
+            one-process batch, and the stream's position stays global.
         seed: run seed.
         num_workers: DataLoader worker processes (0: build batches in this process).
         on_error: "skip" counts and logs bad samples; "fail" raises DataError.
@@ -373,9 +379,21 @@ class Stream:
         drop_last: bool = True,
         prepare: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]] | None = None,
         collate_extras: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(source) < batch_size and drop_last:
             raise DataError(f"stream '{name}': {len(source)} samples is fewer than one batch of {batch_size}")
+        if batch_size % world_size:
+            raise DataError(
+                f"objective '{name}': data.batch_size {batch_size} does not divide over {world_size} processes "
+                f"(each takes batch_size / world_size samples); use a multiple of {world_size}"
+            )
+        if not drop_last and world_size > 1:
+            raise DataError(f"stream '{name}': a last partial batch cannot be cut equally over {world_size} processes")
+        self.rank = rank
+        self.world_size = world_size
+        self.local_batch_size = batch_size // world_size
         self.name = name
         self.source = source
         self.modalities = dict(modalities)

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmssl import distributed
 from mmssl.checkpoint import (
     load_trainer_state,
     load_weights,
     prune_checkpoints,
-    resolve_checkpoint,
+    checkpoints_root,
     list_checkpoints,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from mmssl.config import RunConfig
@@ -49,7 +51,6 @@ from mmssl.streams import (
 from mmssl.weighting import LossWeighting, build_weighting
 from mmssl.world import world_for
 from modalities.base import modality_roles
-from objectives.base import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,46 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
             max_skip_fraction=data.max_skip_fraction,
             prepare=model.objectives[name].prepare_sample,
             collate_extras=model.objectives[name].collate_extras,
+            rank=rank,
+            world_size=world_size,
         )
     return streams
+
+
+class JointForward(torch.nn.Module):
+    """One micro-step's active objectives and their weighted sum, as one module call.
+
+    This is the call DistributedDataParallel wraps: DDP allows one forward per
+    backward, and the loss weighting's own parameters (uncertainty log-variances) must
+    be inside it to have their gradients averaged over ranks too.
+    """
+
+    def __init__(self, model: MultimodalModel, weighting: LossWeighting) -> None:
+        super().__init__()
+        self.model = model
+        self.weighting = weighting
+
+    def forward(self, batches: Mapping[str, Any], step: int, share_calls: bool) -> tuple[Any, ...]:
+        """Returns (weighted total, losses, losses' values averaged over ranks, metrics by
+        objective, effective weights). A non-finite loss on any rank raises on every rank."""
+        if share_calls and len(batches) > 1:
+            share_encoder_calls(self.model.objectives, self.model.encoders, batches)
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        for name, batch in batches.items():
+            out = self.model(name, batch)
+            losses[name] = out.loss
+            metrics[name] = out.metrics
+        bad = distributed.first_flagged({n: not bool(torch.isfinite(loss)) for n, loss in losses.items()})
+        if bad is not None:
+            value = losses[bad].item()
+            where = f"{value}" if not math.isfinite(value) else "not finite on another rank"
+            raise FloatingPointError(f"objective '{bad}' loss is {where} at step {step}")
+        # the mean over ranks of each objective's loss is its one-process loss (DistContext)
+        means = distributed.all_reduce_sum(torch.stack([loss.detach().double() for loss in losses.values()]))
+        observed = {n: float(v) / distributed.context().world_size for n, v in zip(losses, means)}
+        total, weights = self.weighting.combine(losses, observed)
+        return total, losses, observed, metrics, weights
 
 
 def _rng_state() -> dict[str, Any]:
@@ -159,8 +198,9 @@ def batch_size_of(batch: Mapping[str, Any], modality: str) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU (``LOCAL_RANK``) if there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -193,9 +233,14 @@ class Pretrainer:
         self.device = resolve_device(self.train_cfg.device)
         if self.train_cfg.threads:
             torch.set_num_threads(self.train_cfg.threads)
-        self.dist = DistContext()
+        self.dist = distributed.context()
         self.model = (model if model is not None else build_model(config, self.dist)).to(self.device)
-        self.streams = dict(streams) if streams is not None else build_streams(config, self.model)
+        if self.dist.world_size > 1 and self.train_cfg.sync_batchnorm:
+            self.model = distributed.convert_sync_batchnorm(self.model, self.device)
+        self.streams = (
+            dict(streams) if streams is not None
+            else build_streams(config, self.model, self.dist.rank, self.dist.world_size)
+        )
         missing = [n for n in self.model.objectives if n not in self.streams]
         if missing:
             raise ValueError(f"no data stream for objectives {missing}")
@@ -206,11 +251,21 @@ class Pretrainer:
         probabilities = {n: config.objectives[n].probability for n in self.model.objectives if n in config.objectives}
         every = {n: config.objectives[n].every for n in self.model.objectives if n in config.objectives}
         self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed, every)
+        self.joint = JointForward(self.model, self.weighting)
+        self.forward_module: torch.nn.Module = self.joint
+        if self.dist.world_size > 1:
+            # objectives that sit a step out leave parameters without gradients
+            self.forward_module = torch.nn.parallel.DistributedDataParallel(
+                self.joint,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         self.optimizer = build_optimizer(self.model, self.train_cfg, extra=list(self.weighting.parameters()))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
         self.callbacks = list(callbacks)
         self.step = 0
+        self._saved_step: int | None = None  # the step of the checkpoint last saved or loaded here
         self.history: list[dict[str, Any]] = []
         # per-objective metric sums and counts since the last log line (saved with checkpoints)
         self._pending: dict[str, list[float]] = {}
@@ -222,11 +277,17 @@ class Pretrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
-            "streams": {name: s.state_dict() for name, s in self.streams.items()},
+            "streams": {name: self._global_stream_state(s) for name, s in self.streams.items()},
             "weighting": self.weighting.state_dict(),
             "pending_metrics": {k: list(v) for k, v in self._pending.items()},
             "rng": _rng_state(),
         }
+
+    def _global_stream_state(self, stream: Stream) -> dict[str, int]:
+        """A stream's position (the same on every rank) with its counts summed over ranks."""
+        state = stream.state_dict()
+        counts = distributed.all_reduce_sum(torch.tensor([state["samples"], state["skipped"]], dtype=torch.long))
+        return {**state, "samples": int(counts[0]), "skipped": int(counts[1])}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "lr_lambdas" not in state["scheduler"]:
@@ -250,6 +311,8 @@ class Pretrainer:
         for name, stream_state in state["streams"].items():
             if name not in self.streams:
                 raise ValueError(f"checkpoint has a stream '{name}' that this run does not configure")
+            if self.dist.rank > 0:  # rank 0 carries the saved global counts, so sums over ranks stay global
+                stream_state = {**stream_state, "samples": 0, "skipped": 0}
             self.streams[name].load_state_dict(stream_state)
         if "weighting" in state:
             self.weighting.load_state_dict(state["weighting"])
@@ -257,8 +320,15 @@ class Pretrainer:
         _set_rng_state(state["rng"])
 
     def save(self) -> Path:
-        path = save_checkpoint(self.output_dir, self.step, self.model, self.state_dict(), self.config)
-        prune_checkpoints(self.output_dir, self.train_cfg.keep_checkpoints)
+        """Save a checkpoint of this step (called on every rank: rank 0 writes, the others
+        wait for it, so no rank reads or resumes from a half-written directory)."""
+        state = self.state_dict()
+        path = checkpoints_root(self.output_dir) / f"step_{self.step:08d}"
+        if distributed.is_main():
+            path = save_checkpoint(self.output_dir, self.step, self.model, state, self.config)
+            prune_checkpoints(self.output_dir, self.train_cfg.keep_checkpoints)
+        distributed.barrier()
+        self._saved_step = self.step
         return path
 
     def maybe_resume(self) -> Path | None:
@@ -277,6 +347,8 @@ class Pretrainer:
             self.load_state_dict(load_trainer_state(checkpoint))
         except ValueError as exc:
             raise ValueError(f"{checkpoint}: {exc}") from None
+        if checkpoint.parent == checkpoints_root(self.output_dir):
+            self._saved_step = self.step
         log.info("resumed from %s at step %d", checkpoint, self.step)
         return checkpoint
 
@@ -306,25 +378,23 @@ class Pretrainer:
         samples = 0
         total_value = 0.0
         for micro in range(cfg.accum_steps):
-            losses = {}
             batches = {name: move_to(next(self.streams[name]), self.device) for name in active}
-            if cfg.share_encoder_calls and len(active) > 1:
+            samples += sum(batch_size_of(b, self.model.objectives[n].modalities[0]) for n, b in batches.items())
+            last_micro = micro == cfg.accum_steps - 1
+            # gradients are averaged over ranks once, on the last micro-step
+            sync = contextlib.nullcontext() if last_micro or self.dist.world_size == 1 else self.forward_module.no_sync()
+            with sync:
                 with self._autocast():
-                    share_encoder_calls(self.model.objectives, self.model.encoders, batches)
-            for name, batch in batches.items():
-                samples += batch_size_of(batch, self.model.objectives[name].modalities[0])
-                with self._autocast():
-                    out = self.model(name, batch)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(f"objective '{name}' loss is {out.loss.item()} at step {self.step}")
-                losses[name] = out.loss
-                for key, value in out.metrics.items():
-                    sums[f"{name}/{key}"] += value / cfg.accum_steps
-            total, weights = self.weighting.combine(losses)
-            if diagnose and micro == 0:
-                diagnostics = self.gradient_diagnostics(losses, weights)
-            self.scaler.scale(total / cfg.accum_steps).backward()
-            total_value += total.item() / cfg.accum_steps
+                    total, losses, observed, metrics, weights = self.forward_module(
+                        batches, self.step, cfg.share_encoder_calls
+                    )
+                for name, values in metrics.items():
+                    for key, value in {**values, "loss": observed[name]}.items():
+                        sums[f"{name}/{key}"] += value / cfg.accum_steps
+                if diagnose and micro == 0:
+                    diagnostics = self.gradient_diagnostics(losses, weights)
+                self.scaler.scale(total / cfg.accum_steps).backward()
+            total_value += float(distributed.all_reduce_sum(total.detach().double())) / self.dist.world_size / cfg.accum_steps
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -334,6 +404,8 @@ class Pretrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step += 1
+        if cfg.distributed.check_every and self.step % cfg.distributed.check_every == 0:
+            distributed.check_consistency(self.model, self.step)
         seconds = time.perf_counter() - start
         metrics = {
             "loss": total_value,
@@ -347,7 +419,7 @@ class Pretrainer:
         }
         for name, stream in self.streams.items():
             metrics[f"data/{name}/wait_s"] = stream.wait_seconds - waited[name]
-        return metrics
+        return distributed.reduce_metrics(metrics, weight=samples, sums=("samples_per_s",))
 
     def gradient_diagnostics(self, losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> dict[str, float]:
         """Each objective's (weighted) gradient norm on the shared encoder named by
@@ -386,14 +458,17 @@ class Pretrainer:
         """Train to ``train.steps`` (resuming first, as configured); returns the last logged
         record (metric means over the last logging interval, plus data stats)."""
         cfg = self.train_cfg
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        main = distributed.is_main()
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         resumed = self.maybe_resume()
-        run_log = RunLog(self.output_dir, resume_step=self.step if resumed else None)
+        run_log = RunLog(self.output_dir, enabled=main, resume_step=self.step if resumed else None)
         interactive = sys.stderr.isatty()
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
-            disable=not cfg.progress,
+            disable=not cfg.progress or not main,
             dynamic_ncols=True,
             desc=self.config.name,
             mininterval=0.5 if interactive else 30.0,  # a log file gets a line every 30 s, not every step
@@ -408,7 +483,8 @@ class Pretrainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {**self._flush(), "lr": metrics["lr"]}
                     for name, stream in self.streams.items():
-                        for key, value in stream.stats().items():
+                        stats = distributed.reduce_metrics(stream.stats(), weight=1.0, sums=("samples", "skipped"))
+                        for key, value in stats.items():
                             record[f"data/{name}/{key}"] = value
                     run_log.log(self.step, record)
                     self.history.append({"step": self.step, **record})
@@ -417,8 +493,7 @@ class Pretrainer:
                     self.save()
                 for callback in self.callbacks:
                     callback(self, metrics)
-            final = self.output_dir / "checkpoints" / f"step_{self.step:08d}"
-            if not final.exists():
+            if self._saved_step != self.step:
                 self.save()
         finally:
             bar.close()

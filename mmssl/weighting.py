@@ -38,16 +38,20 @@ class LossWeighting(nn.Module):
         """A term added to the total when ``name`` runs (the uncertainty penalty), or None."""
         return None
 
-    def observe(self, name: str, loss: torch.Tensor) -> None:
-        """See ``name``'s raw loss of a step (before weighting)."""
+    def observe(self, name: str, loss: float) -> None:
+        """See ``name``'s raw loss value of a step (before weighting)."""
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def combine(
+        self, losses: Mapping[str, torch.Tensor], observed: Mapping[str, float] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted total of the given (active) objectives' losses and the effective
-        weight of each, for the log."""
+        weight of each, for the log. ``observed``: the loss values the weighting learns
+        from (under data parallelism the mean over ranks, so every rank weighs alike);
+        default the losses' own values."""
         total = None
         weights = {}
         for name, loss in losses.items():
-            self.observe(name, loss)
+            self.observe(name, observed[name] if observed is not None else float(loss.detach()))
             weight = self.effective(name)
             term = weight.to(loss.dtype) * loss
             extra = self.regulariser(name)
@@ -86,10 +90,10 @@ class InitialLossWeighting(LossWeighting):
         self.register_buffer("initial_sum", torch.zeros(len(self.names), dtype=torch.float64))
         self.register_buffer("initial_count", torch.zeros(len(self.names), dtype=torch.long))
 
-    def observe(self, name: str, loss: torch.Tensor) -> None:
+    def observe(self, name: str, loss: float) -> None:
         i = self._index(name)
         if self.initial_count[i] < self.warmup:
-            self.initial_sum[i] += float(loss.detach())
+            self.initial_sum[i] += loss
             self.initial_count[i] += 1
 
     def effective(self, name: str) -> torch.Tensor:

@@ -47,12 +47,34 @@ def match_matrix(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DistContext:
-    """Distributed settings handed to objectives (never read from globals inside a loss)."""
+    """Distributed settings handed to objectives (never read from globals inside a loss).
+
+    Under data parallelism each rank holds ``1 / world_size`` of every global batch. An
+    objective's loss on a rank must be such that the mean over ranks of its value is the
+    one-process loss of the global batch, and DDP's mean of the ranks' gradients the
+    one-process gradient: gather across ranks with gradient where samples interact (a
+    contrastive batch), divide by global counts where a loss averages a variable count.
+    """
 
     rank: int = 0
     world_size: int = 1
-    local_loss: bool = False
-    gather_with_grad: bool = False
+
+
+def mean_over_global_count(summed: torch.Tensor, count: torch.Tensor | float, dist: DistContext) -> torch.Tensor:
+    """``summed / count`` where both are totals over every rank's share of the batch.
+
+    ``summed`` is this rank's sum of per-item losses, ``count`` this rank's number of
+    items (masked tokens, masked patches). Under data parallelism the count is
+    all-reduced, and the local sum scaled by the world size: DDP averages gradients
+    over ranks, so the mean of the ranks' losses (and gradients) is then the
+    one-process loss over the global count.
+    """
+    count = torch.as_tensor(count, dtype=torch.float32, device=summed.device).reshape(())
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        count = count.clone()
+        torch.distributed.all_reduce(count)
+        return summed * dist.world_size / count.clamp_min(1.0)
+    return summed / count.clamp_min(1.0)
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,33 @@ class ContrastiveConfig:
     learn_temperature: bool = True
     # Count same-concept pairs as positives when the batch carries attribute codes.
     same_concept_positives: bool = True
+    # Across ranks (DDP). clip: gather embeddings with their gradient (exact one-process
+    # gradients; without it only the local embeddings get gradient, as open_clip's
+    # default) and compute only the local rows of the logit matrix ([B/W, B] per rank
+    # instead of [B, B]). siglip: how the other ranks' text embeddings travel; every
+    # option gives the same loss and gradients, they differ in communication and memory.
+    gather_with_grad: bool = True
+    local_loss: bool = True
+    dist_impl: Literal["bidir", "shift", "reduce", "gather"] = "bidir"
 
 
 def _gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:
     out = [torch.empty_like(t) for _ in range(world_size)]
     torch_dist.all_gather(out, t.contiguous())
     return torch.cat(out)
+
+
+def check_equal_batches(features: torch.Tensor, world_size: int) -> None:
+    """open_clip's cross-rank losses exchange equal-sized blocks: fail clearly (on every
+    rank at once) where the ranks' batches differ, e.g. after skipped bad samples."""
+    if world_size == 1:
+        return
+    sizes = _gather_no_grad(torch.tensor([features.shape[0]], device=features.device), world_size).tolist()
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"contrastive loss across ranks needs equal per-rank batches, got {sizes}: a rank dropped bad samples; "
+            "clean the data or use on_error: fail to find them"
+        )
 
 
 class MultiPositiveClipLoss(ClipLoss):
@@ -94,11 +115,39 @@ class MultiPositiveSigLipLoss(SigLipLoss):
         codes_a: torch.Tensor | None = None,
         codes_b: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self.positives = match_matrix(codes_a, codes_b) if codes_a is not None and codes_b is not None else None
+        with_codes = codes_a is not None and codes_b is not None
+        self.positives = match_matrix(codes_a, codes_b) if with_codes else None
         try:
-            return super().forward(features_a, features_b, logit_scale, logit_bias)
+            loss = super().forward(features_a, features_b, logit_scale, logit_bias)
         finally:
             self.positives = None
+        if with_codes and self.world_size > 1:
+            loss = loss + self._remote_positive_correction(features_a, features_b, logit_scale, logit_bias, codes_a, codes_b)
+        return loss
+
+    def _remote_positive_correction(
+        self,
+        features_a: torch.Tensor,
+        features_b: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor,
+        codes_a: torch.Tensor,
+        codes_b: torch.Tensor,
+    ) -> torch.Tensor:
+        """open_clip scores other ranks' blocks as negatives only. For a pair there that
+        shows the same concept, the positive term -log sigmoid(l) replaces the negative
+        -log sigmoid(-l); their difference is -l. Only those pairs' logits are computed
+        (from embeddings gathered with gradient), so no [B/W, B] matrix is built."""
+        from torch.distributed.nn.functional import all_gather
+
+        all_b = torch.cat(all_gather(features_b))
+        all_codes = _gather_no_grad(codes_b, self.world_size)
+        n = features_a.shape[0]
+        remote = torch.ones(all_b.shape[0], dtype=torch.bool, device=all_b.device)
+        remote[self.rank * n : (self.rank + 1) * n] = False
+        rows, cols = (match_matrix(codes_a, all_codes) & remote).nonzero(as_tuple=True)
+        logits = logit_scale * (features_a[rows] * all_b[cols]).sum(-1) + logit_bias
+        return -logits.sum() / n
 
 
 class ContrastiveObjective(Objective):
@@ -121,12 +170,12 @@ class ContrastiveObjective(Objective):
         if config.loss == "clip":
             init_scale, init_bias = math.log(1 / config.init_temperature), None
             self.loss_fn: nn.Module = MultiPositiveClipLoss(
-                local_loss=dist.local_loss, gather_with_grad=dist.gather_with_grad,
+                local_loss=config.local_loss, gather_with_grad=config.gather_with_grad,
                 rank=dist.rank, world_size=dist.world_size,
             )
         else:
             init_scale, init_bias = math.log(10.0), -10.0  # SigLIP paper's initialisation
-            self.loss_fn = MultiPositiveSigLipLoss(rank=dist.rank, world_size=dist.world_size)
+            self.loss_fn = MultiPositiveSigLipLoss(rank=dist.rank, world_size=dist.world_size, dist_impl=config.dist_impl)
         self.logit_scale = nn.Parameter(torch.tensor(init_scale), requires_grad=config.learn_temperature)
         self.logit_bias = (
             nn.Parameter(torch.tensor(init_bias), requires_grad=config.learn_temperature) if init_bias is not None else None
@@ -148,6 +197,7 @@ class ContrastiveObjective(Objective):
         codes = batch.get(MATCH_KEY) if self.config.same_concept_positives else None
         codes_a = codes.get(a) if codes else None
         codes_b = codes.get(b) if codes else None
+        check_equal_batches(fa, self.dist.world_size)
         if self.logit_bias is None:
             loss = self.loss_fn(fa, fb, scale, codes_a, codes_b)
         else:

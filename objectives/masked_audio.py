@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from modalities.base import Modality, PatchEncoder, require_capability
-from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
+from objectives.base import (
+    EXTRAS_KEY,
+    DistContext,
+    EncoderCall,
+    EncoderHost,
+    Objective,
+    ObjectiveOutput,
+    mean_over_global_count,
+)
 from objectives.heads import HeadKind, projection_head
 
 @dataclass(frozen=True)
@@ -59,15 +67,18 @@ def normalise_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (patches - mean) / (var + eps).sqrt()
 
 
-def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over masked patches only.
+def masked_patch_loss(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, dist: DistContext | None = None
+) -> torch.Tensor:
+    """Mean squared error over masked patches only (over every rank's masked patches
+    under data parallelism; see ``mean_over_global_count``).
 
     Shapes:
         prediction, target: [B, N, P]; mask: [B, N] bool (True = counts).
     """
     per_patch = (prediction.float() - target.float()).pow(2).mean(-1)
     weights = mask.to(per_patch.dtype)
-    return (per_patch * weights).sum() / weights.sum().clamp_min(1.0)
+    return mean_over_global_count((per_patch * weights).sum(), weights.sum(), dist or DistContext())
 
 
 class MaskedAudioObjective(Objective):
@@ -110,10 +121,10 @@ class MaskedAudioObjective(Objective):
         target = encoder.patchify(inputs["mel"]).float()
         if self.config.norm_targets:
             target = normalise_patches(target)
-        loss = masked_patch_loss(prediction, target, counted)
+        loss = masked_patch_loss(prediction, target, counted, self.dist)
         with torch.no_grad():
             trivial = target.mean(-1, keepdim=True).expand_as(target)
-            baseline = masked_patch_loss(trivial, target, counted)
+            baseline = masked_patch_loss(trivial, target, counted, self.dist)
         metrics = {
             "loss": loss.item(),
             "trivial_loss": baseline.item(),

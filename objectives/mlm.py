@@ -19,12 +19,19 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
 from modalities.base import MaskableTokenEncoder, Modality, require_capability
-from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
+from objectives.base import (
+    EXTRAS_KEY,
+    DistContext,
+    EncoderCall,
+    EncoderHost,
+    Objective,
+    ObjectiveOutput,
+    mean_over_global_count,
+)
 
 IGNORE = -100  # label of positions that are not predicted
 
@@ -132,13 +139,7 @@ class MLMObjective(Objective):
         logits = F.linear(hidden, weight, self.decoder_bias)  # [M, V]
         targets = labels[selected]
         summed = F.cross_entropy(logits.float(), targets, reduction="sum")
-        count = torch.tensor(float(targets.numel()), device=logits.device)
-        if self.dist.world_size > 1 and torch_dist.is_initialized():
-            # Normalise by the global count; DDP averages gradients over ranks, hence the factor.
-            torch_dist.all_reduce(count)
-            loss = summed * self.dist.world_size / count.clamp_min(1.0)
-        else:
-            loss = summed / count.clamp_min(1.0)
+        loss = mean_over_global_count(summed, targets.numel(), self.dist)
         if targets.numel() == 0:
             loss = loss + 0.0 * output.tokens.sum()  # keep the graph connected
         with torch.no_grad():

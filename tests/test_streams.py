@@ -205,3 +205,24 @@ def test_audio_text_csv_stream(tmp_path, caplog):
     first = next(stream)
     assert first["audio"]["mel"].shape[0] == 2 and first["text"]["ids"].shape[0] == 2
     assert stream.skipped == 1 and "row 4" in caplog.text and "clip2.flac" in caplog.text
+
+
+def test_ranks_slices_together_are_the_one_process_batch(tiny_config):
+    """Under data parallelism rank r of W takes the r-th slice of each global batch, every
+    sample drawn from the generator of its global index."""
+    config = tiny_config()
+    model = mmssl.build_model(config)
+    whole = build_streams(config, model)["image_text"]
+    ranks = [build_streams(config, model, rank=r, world_size=2)["image_text"] for r in (0, 1)]
+    for _ in range(3):
+        full = next(whole)
+        halves = [next(s) for s in ranks]
+        assert torch.equal(torch.cat([h["image"]["pixels"] for h in halves]), full["image"]["pixels"])
+        assert torch.equal(torch.cat([h["text"]["ids"] for h in halves]), full["text"]["ids"])
+    assert [s.state_dict()["position"] for s in ranks] == [whole.state_dict()["position"]] * 2
+
+
+def test_batch_that_does_not_divide_over_ranks_is_named(tiny_config):
+    config = tiny_config("objectives.image_text.data.batch_size=15")
+    with pytest.raises(DataError, match=r"objective 'image_text': data.batch_size 15 does not divide over 2 processes"):
+        build_streams(config, mmssl.build_model(config), rank=0, world_size=2)

@@ -3,6 +3,7 @@
     mmssl-pretrain configs/default.yaml --output-dir runs/default
     mmssl-pretrain configs/tiny.yaml --output-dir runs/tiny train.steps=50 objectives.image_text.weight=0.5
     mmssl-pretrain configs/default.yaml --output-dir runs/default --resume      # latest checkpoint in runs/default
+    torchrun --nproc_per_node=2 tools/pretrain.py configs/default.yaml --output-dir runs/ddp   # data parallel
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
+from mmssl import distributed
 from mmssl.config import ConfigError, load_config
+from mmssl.atomic import write_text_atomic
 from mmssl.plots import plot_losses
 from mmssl.run_log import read_metrics
 from mmssl.trainer import Pretrainer
@@ -48,14 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     output = Path(args.output_dir)
     start = time.perf_counter()
-    trainer = Pretrainer(config, output)
-    last = trainer.fit()
+    in_group = distributed.init_from_env()  # under torchrun: join its process group
+    try:
+        trainer = Pretrainer(config, output)
+        last = trainer.fit()
+    finally:
+        if in_group:
+            torch.distributed.destroy_process_group()
     seconds = time.perf_counter() - start
+    if not distributed.is_main_process_of_env():
+        return 0
     metrics_file = output / "metrics.jsonl"
     if metrics_file.is_file():
         plot_losses(read_metrics(metrics_file), output / "losses.png")
     summary = {"steps": trainer.step, "seconds": round(seconds, 1), **{k: v for k, v in last.items() if "/" in k or k == "loss"}}
-    (output / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    summary["world_size"] = trainer.dist.world_size
+    summary["per_rank_batch"] = {name: s.local_batch_size for name, s in trainer.streams.items()}
+    write_text_atomic(output / "train_summary.json", json.dumps(summary, indent=2))
     print(f"trained {trainer.step} steps in {seconds:.0f} s; final loss {last.get('loss', float('nan')):.4f}")
     for name in trainer.model.objectives:  # means over the last logging interval
         values = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(f"{name}/")}
