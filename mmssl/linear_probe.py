@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmssl.evaluation import EvaluationError, LabelledSet, embed_items
+from mmssl.data.eval_sets import EvaluationError, LabelledSet
+from mmssl.evaluation import embed_items
 from mmssl.model import MultimodalModel
 
 

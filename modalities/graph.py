@@ -72,7 +72,7 @@ class GraphModality(Modality):
             (True = padding, graphs have different node counts).
     """
 
-    Config = GraphConfig  # no file_extensions: one graph file holds many graphs (see mmssl.graph_sources)
+    Config = GraphConfig  # no file_extensions: one graph file holds many graphs (see mmssl.data.graphs)
 
     def __init__(self, config: GraphConfig) -> None:
         super().__init__(config)

@@ -9,7 +9,8 @@ import pytest
 import soundfile
 import torch
 
-from mmssl.evaluation import EvaluationError, classification_csv_set, retrieval_recall
+from mmssl.data.eval_sets import EvaluationError, classification_csv_set
+from mmssl.evaluation import retrieval_recall
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ def _graph_records(path: Path, records) -> Path:
 
 
 def test_graph_file_set_reads_string_and_integer_labels(tmp_path):
-    from mmssl.evaluation import graph_file_set
+    from mmssl.data.eval_sets import graph_file_set
 
     ring = {"edges": [[0, 1], [1, 2], [2, 0]], "num_nodes": 3}
     path = _graph_records(tmp_path / "g.jsonl", [{**ring, "label": "triangle", "text": "a triangle", "split": "train"},

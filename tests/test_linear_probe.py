@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.evaluation import EvaluationError, LabelledSet
+from mmssl.data.eval_sets import EvaluationError, LabelledSet
 from mmssl.linear_probe import fit_logistic_regression, linear_probe, stratified_split
-from tests.test_graph_sources import CONFIGS
+from tests.data.test_graphs import CONFIGS
 
 
 def test_stratified_split_keeps_every_class_on_both_sides_and_is_seeded():

@@ -33,7 +33,8 @@ from typing import Sequence
 
 from mmssl.atomic import write_text_atomic
 from mmssl.checkpoint import CheckpointError, Pretrained, load_checkpoint
-from mmssl.evaluation import EvaluationError, load_eval_set, read_class_names, zero_shot_classify
+from mmssl.data.eval_sets import EvaluationError, load_eval_set, read_class_names
+from mmssl.evaluation import zero_shot_classify
 from mmssl.linear_probe import linear_probe
 from mmssl.plots import plot_confusion
 from modalities.base import modality_roles

@@ -10,7 +10,8 @@ from torch_geometric.data import Data
 from torch_geometric.utils import is_undirected
 
 import mmssl
-from mmssl.trainer import Pretrainer, build_streams
+from mmssl.data import build_streams
+from mmssl.trainer import Pretrainer
 from objectives.base import EXTRAS_KEY, DistContext
 from objectives.graph_contrastive import (
     AUGMENTATIONS,

@@ -4,7 +4,8 @@ import torch
 
 import mmssl
 from mmssl.run_log import read_metrics
-from mmssl.trainer import Pretrainer, build_streams
+from mmssl.data import build_streams
+from mmssl.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality
 from objectives.base import EXTRAS_KEY, DistContext
 from objectives.masked_audio import (

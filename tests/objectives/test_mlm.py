@@ -6,8 +6,8 @@ import torch
 
 import mmssl
 from mmssl.run_log import read_metrics
-from mmssl.streams import DataError
-from mmssl.trainer import Pretrainer, build_streams
+from mmssl.data import DataError, build_streams
+from mmssl.trainer import Pretrainer
 from modalities.text import TextConfig, TextModality
 from objectives.base import EXTRAS_KEY, DistContext
 from objectives.mlm import IGNORE, MLMConfig, MLMObjective, mask_tokens

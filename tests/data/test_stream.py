@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.streams import CsvSource, DataError, FolderSource, RenderPool, Stream, WorldSource
-from mmssl.trainer import build_streams
+from mmssl.data import CsvSource, DataError, FolderSource, RenderPool, Stream, WorldSource, build_streams
 from mmssl.world import world_for
 
 
@@ -113,7 +112,7 @@ def _same_render(a, b) -> bool:
 
 def test_render_pool_is_shared_reused_and_left_unmodified():
     config = mmssl.load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "tiny_joint.yaml",
+        Path(__file__).resolve().parents[2] / "configs" / "tiny_joint.yaml",
         [f"objectives.{n}.data.render_pool=6" for n in ("image_text", "audio_text", "graph_text", "masked_audio", "graph_contrastive")],
     )
     model = mmssl.build_model(config)
@@ -145,14 +144,14 @@ def test_render_pool_is_shared_reused_and_left_unmodified():
 
 def test_render_pool_size_must_not_be_negative():
     with pytest.raises(mmssl.ConfigError, match=r"objectives\.image_text\.data\.render_pool': must be >= 0"):
-        mmssl.load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", ["objectives.image_text.data.render_pool=-1"])
+        mmssl.load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml", ["objectives.image_text.data.render_pool=-1"])
 
 
 def test_folder_source_reads_one_modality_and_skips_bad_files(tmp_path):
     import soundfile
 
     config = mmssl.load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "tiny_audio.yaml",
+        Path(__file__).resolve().parents[2] / "configs" / "tiny_audio.yaml",
         ["objectives.masked_audio.data.source=folder", f"objectives.masked_audio.data.path={tmp_path}",
          "objectives.masked_audio.data.batch_size=3"],
     )
@@ -195,7 +194,7 @@ def test_audio_text_csv_stream(tmp_path, caplog):
         rows.append({"path": name, "caption": f"sound number {i}"})
     path = write_csv(tmp_path / "audio_text.csv", rows)
     config = mmssl.load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "tiny_audio.yaml",
+        Path(__file__).resolve().parents[2] / "configs" / "tiny_audio.yaml",
         ["objectives.audio_text.data.source=csv", f"objectives.audio_text.data.path={path}",
          "objectives.audio_text.data.columns={audio: path, text: caption}", "objectives.audio_text.data.batch_size=3"],
     )

@@ -7,11 +7,10 @@ import torch
 from torch_geometric.data import Data
 
 import mmssl
-from mmssl.graph_sources import GraphSource, read_graph_file
-from mmssl.streams import DataError, Stream
-from mmssl.trainer import build_streams
+from mmssl.data import DataError, GraphSource, Stream, build_streams
+from mmssl.data.graphs import read_graph_file
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _cycle(n: int, text: str | None = None) -> dict:

@@ -25,7 +25,7 @@ from torch_geometric.data import Data
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 
-from mmssl.streams import DataError
+from mmssl.data.stream import DataError
 from modalities.base import InvalidSample, Modality, modality_roles
 
 # What a saved list of Data may contain besides tensors and plain values.

@@ -1,0 +1,30 @@
+"""Data: streams (order, batches, workers, resumable state), the source kinds, the
+builder that makes one stream per objective from a run config, and evaluation sets.
+
+    stream.py     Stream, the Source protocol, DataError
+    world.py      WorldSource, CaptionSource, RenderPool: the embedded world
+    files.py      CsvSource, FolderSource, TextCorpusSource: files on disk
+    graphs.py     GraphSource and the graph file formats (JSONL, saved PyG Data)
+    builder.py    build_streams: one stream per objective, from the config
+    eval_sets.py  labelled evaluation sets (world, image folder, ESC-50 CSV, graph file)
+"""
+
+from mmssl.data.builder import build_streams
+from mmssl.data.files import CsvSource, FolderSource, TextCorpusSource
+from mmssl.data.graphs import GraphSource
+from mmssl.data.stream import DataError, Source, Stream
+from mmssl.data.world import CaptionSource, RenderPool, WorldSource
+
+__all__ = [
+    "CaptionSource",
+    "CsvSource",
+    "DataError",
+    "FolderSource",
+    "GraphSource",
+    "RenderPool",
+    "Source",
+    "Stream",
+    "TextCorpusSource",
+    "WorldSource",
+    "build_streams",
+]

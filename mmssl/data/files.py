@@ -1,0 +1,131 @@
+"""Sources on disk: a text corpus, a CSV of paired columns, a folder of files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from mmssl.data.stream import DataError
+from mmssl.registry import closest
+from modalities.base import InvalidSample, Modality
+
+
+class TextCorpusSource:
+    """A text corpus: a .txt file (one document per non-empty line) or JSONL (one object
+    per line, the text under ``field``). Lines are parsed when drawn, so a bad record
+    is a counted skip (or an error) naming its line, not a failure at start-up."""
+
+    def __init__(self, path: str | Path, modality: Modality, field: str = "text") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"text corpus not found: {self.path}")
+        self.jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson")
+        self.field = field
+        self.modality = modality
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self.lines = [(n, line.rstrip("\n")) for n, line in enumerate(f, start=1) if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{self.path}: not UTF-8 text: {exc}") from None
+        if not self.lines:
+            raise DataError(f"{self.path}: no non-empty lines")
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        _, line = self.lines[index]
+        if not self.jsonl:
+            return {self.modality.key: line.strip()}
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidSample(f"not valid JSON: {exc.msg} (column {exc.colno})", source=self.where(index)) from None
+        if not isinstance(record, dict) or self.field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise InvalidSample(f"no '{self.field}' field (has {keys})", source=self.where(index))
+        text = record[self.field]
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidSample(f"'{self.field}' is not a non-empty string: {text!r}", source=self.where(index))
+        return {self.modality.key: text.strip()}
+
+    def where(self, index: int) -> str:
+        return f"{self.path} line {self.lines[index][0]}"
+
+
+class CsvSource:
+    """Rows of a CSV with one column per modality (open_clip's image-text layout).
+
+    File-backed modalities read the path in their column, relative to the CSV's folder;
+    caption modalities take the cell text as is.
+    """
+
+    def __init__(self, path: str | Path, columns: Mapping[str, str], modalities: Mapping[str, Modality], separator: str = ",") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"CSV file not found: {self.path}")
+        with open(self.path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=separator)
+            header = list(reader.fieldnames or [])
+            for modality, column in columns.items():
+                if column not in header:
+                    raise DataError(
+                        f"{self.path}: no column '{column}' (for modality '{modality}').{closest(column, header)} "
+                        f"Columns: {header}"
+                    )
+            self.rows = [{m: row[c] for m, c in columns.items()} for row in reader]
+        if not self.rows:
+            raise DataError(f"{self.path}: no data rows")
+        self.columns = dict(columns)
+        self.modalities = modalities
+        self.root = self.path.parent
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        row = self.rows[index]
+        item: dict[str, Any] = {}
+        for name in self.columns:
+            modality = self.modalities[name]
+            value = row[name]
+            if value is None or value == "":
+                raise InvalidSample(f"empty '{self.columns[name]}' cell", source=self.where(index))
+            if modality.consumes_captions:
+                item[name] = value
+            else:
+                try:
+                    item[name] = modality.load(str(self.root / value))
+                except InvalidSample as exc:
+                    raise InvalidSample(exc.reason, source=f"{self.where(index)} ({exc.source})") from None
+        return item
+
+    def where(self, index: int) -> str:
+        return f"{self.path} row {index + 2}"  # +1 header, +1 one-based
+
+
+class FolderSource:
+    """Every file of one modality under a folder (recursively), e.g. unlabeled audio."""
+
+    def __init__(self, root: str | Path, modality: Modality) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"data folder not found: {self.root}")
+        extensions = tuple(modality.file_extensions)
+        self.files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        if not self.files:
+            raise DataError(f"{self.root}: no {modality.key} files ({', '.join(extensions)})")
+        self.modality = modality
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        return {self.modality.key: self.modality.load(str(self.files[index]))}
+
+    def where(self, index: int) -> str:
+        return str(self.files[index])

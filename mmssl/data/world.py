@@ -1,0 +1,118 @@
+"""Sources of the embedded world: rendered items with captions, captions alone, and a
+seeded pool of renders shared by the streams of one modality."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from mmssl.data.stream import DataError
+from mmssl.seeding import sample_rng
+from mmssl.world import World
+from modalities.base import Modality
+from objectives.base import MATCH_KEY
+
+
+class RenderPool:
+    """A finite set of renders of one world's training classes, each made on first use
+    and then kept.
+
+    Rendering is a large share of a world sample's cost, and a run draws many more
+    samples than it needs distinct renders. Sources that share a pool draw a slot per
+    sample and add a fresh caption and fresh augmentation to it, so a run pays for at
+    most ``size`` renders. Slot ``i``'s concept and render depend only on (world seed,
+    modality, ``i``), so every stream, worker, rank and resumed run sees the same pool.
+    Transforms must not modify the raw render (the built-in modalities never do).
+    """
+
+    def __init__(self, world: World, renderer: Modality, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a render pool needs at least one slot, got {size}")
+        self.world = world
+        self.renderer = renderer
+        self.size = size
+        self._slots: dict[int, tuple[dict[str, str], Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def get(self, slot: int) -> tuple[dict[str, str], Any]:
+        """(concept, raw render) of ``slot``, rendered on first use."""
+        if slot not in self._slots:
+            rng = sample_rng(self.world.seed, self.renderer.key, "render_pool", slot)
+            classes = self.world.train_classes
+            concept = self.world.concept(classes[int(rng.integers(len(classes)))], rng)
+            self._slots[slot] = (concept, self.renderer.render(concept, rng))
+        return self._slots[slot]
+
+
+class WorldSource:
+    """Pairs from the embedded world: one modality renders a concept, a caption
+    modality receives its caption. ``split='train'`` draws only training classes;
+    with a ``pool`` (training classes only) the render comes from the pool's slots."""
+
+    def __init__(
+        self,
+        world: World,
+        renderer: Modality,
+        captioner: Modality | None,
+        size: int,
+        split: Literal["train", "all"] = "train",
+        pool: RenderPool | None = None,
+    ) -> None:
+        if pool is not None and (split != "train" or pool.world is not world):
+            raise ValueError("a render pool serves the training split of its own world")
+        self.world = world
+        self.renderer = renderer
+        self.captioner = captioner
+        self.size = size
+        self.pool = pool
+        self.classes = world.train_classes if split == "train" else [c.index for c in world.classes]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        if self.pool is not None:
+            concept, render = self.pool.get(int(rng.integers(self.pool.size)))
+        else:
+            cls = self.classes[int(rng.integers(len(self.classes)))]
+            concept = self.world.concept(cls, rng)
+            render = self.renderer.render(concept, rng)
+        item: dict[str, Any] = {self.renderer.key: render}
+        codes = {self.renderer.key: self.world.attribute_codes(concept)}
+        if self.captioner is not None:
+            text, caption_codes = self.world.caption(concept, rng)
+            item[self.captioner.key] = text
+            codes[self.captioner.key] = caption_codes
+        item[MATCH_KEY] = codes
+        return item
+
+    def where(self, index: int) -> str:
+        return f"world sample {index}"
+
+
+class CaptionSource:
+    """Captions of the embedded world, alone: the default corpus of text-only objectives
+    (masked language modeling). Each item is a training-class caption of one of the
+    worlds, chosen at random; held-out combinations never appear, not even as text."""
+
+    def __init__(self, worlds: Sequence[World], captioner: Modality, size: int) -> None:
+        if not worlds:
+            raise DataError("the embedded world has no rendering modality to caption; use data.source: text")
+        self.worlds = list(worlds)
+        self.captioner = captioner
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        world = self.worlds[int(rng.integers(len(self.worlds)))]
+        cls = world.train_classes[int(rng.integers(len(world.train_classes)))]
+        text, _ = world.caption(world.concept(cls, rng), rng)
+        return {self.captioner.key: text}
+
+    def where(self, index: int) -> str:
+        return f"world caption {index}"
