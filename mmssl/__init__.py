@@ -6,8 +6,9 @@ Public API:
     Pretrainer                                   the joint training loop
     load_pretrained                              a checkpoint's model, for encode()
     load_checkpoint, Pretrained                  a checkpoint's model with its run config
-    register_modality, register_objective        plugins (or entry points)
-    list_modalities, list_objectives
+    register_modality, register_objective,       plugins (or entry points)
+    register_source
+    list_modalities, list_objectives, list_sources
     World, world_for, sample_rng                 the embedded world and its seeded generators
 """
 
@@ -17,8 +18,10 @@ from mmssl.model import MultimodalModel, build_model
 from mmssl.registry import (
     list_modalities,
     list_objectives,
+    list_sources,
     register_modality,
     register_objective,
+    register_source,
 )
 from mmssl.trainer import Pretrainer
 from mmssl.seeding import sample_rng
@@ -37,11 +40,13 @@ __all__ = [
     "config_from_dict",
     "list_modalities",
     "list_objectives",
+    "list_sources",
     "load_checkpoint",
     "load_config",
     "load_pretrained",
     "register_modality",
     "register_objective",
+    "register_source",
     "sample_rng",
     "world_for",
 ]

@@ -1,4 +1,4 @@
-"""``python -m mmssl list``: the registered modalities and objectives, with their source."""
+"""``python -m mmssl list``: the registered modalities, objectives and data sources, with\nwhere each comes from."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import argparse
 import sys
 from typing import Sequence
 
-from mmssl.registry import MODALITIES, OBJECTIVES
+from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmssl")
     sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="registered modalities and objectives")
+    listing = sub.add_parser("list", help="registered modalities, objectives and data sources")
     listing.add_argument("pattern", nargs="?", default="*", help="fnmatch filter on names")
     args = parser.parse_args(argv)
     if args.command == "list":
-        for title, registry in (("modalities", MODALITIES), ("objectives", OBJECTIVES)):
+        for title, registry in (("modalities", MODALITIES), ("objectives", OBJECTIVES), ("sources", SOURCES)):
             print(f"{title}:")
             for entry in registry.entries():
                 if entry.name in registry.list(args.pattern):

@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from mmssl.registry import MODALITIES, OBJECTIVES, RegistryError, closest
+from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES, RegistryError, closest
 
 
 class ConfigError(ValueError):
@@ -34,32 +34,22 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """One objective's data stream.
+    """One objective's data stream: the stream's own settings plus its source.
 
-    ``source: world`` renders the embedded world; ``source: csv`` reads a CSV with one
-    column per modality (``columns: {image: filepath, text: title}``), where file
-    columns hold paths relative to the CSV's folder (open_clip's layout);
-    ``source: folder`` reads every file of the objective's one modality under ``path``;
-    ``source: text`` reads a text corpus for a text-only objective (``path`` to a .txt
-    file, one document per line, or .jsonl with the text under ``text_field``). A
-    text-only objective on ``source: world`` reads the world's captions;
-    ``source: graphs`` reads a graph file (JSONL or a saved list of PyG Data) whose
-    optional ``text`` feeds a caption modality.
+    ``source`` names a registered source kind (``world``, ``csv``, ``folder``, ``text``,
+    ``graphs``, or a plugin's); the section's other keys are that kind's options
+    (``options``, its ``Config``): ``path``, ``columns`` ..., as docs/data.md lists.
     """
 
-    source: Literal["world", "csv", "folder", "text", "graphs"] = "world"
-    path: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)
-    text_field: str = "text"  # source text, JSONL files: the field holding the text
-    separator: str = ","
-    batch_size: int = 64
+    source: str = "world"
+    batch_size: int = 64  # the global batch of one micro-step (cut by rank under DDP)
     num_workers: int = 0
     on_error: Literal["skip", "fail"] = "skip"
     max_skip_fraction: float = 0.5  # fail the run if more than this share of a batch's samples is bad
-    epoch_size: int = 100_000  # world only: samples per epoch
-    # world only: draw renders from a pool of this many, shared by the streams of one
-    # modality, each reused with fresh captions and augmentation (0: render every sample)
-    render_pool: int = 0
+    options: Any = None  # the source kind's Config (flat beside the keys above in YAML)
+
+
+STREAM_KEYS = ("batch_size", "num_workers", "on_error", "max_skip_fraction")
 
 
 @dataclass(frozen=True)
@@ -170,7 +160,11 @@ class RunConfig:
                     "weight": o.weight,
                     "probability": o.probability,
                     "every": o.every,
-                    "data": _plain(o.data),
+                    "data": {
+                        "source": o.data.source,
+                        **{k: getattr(o.data, k) for k in STREAM_KEYS},
+                        **_plain(o.data.options),
+                    },
                     **_plain(o.options),
                 }
                 for k, o in self.objectives.items()
@@ -417,7 +411,7 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
     every = convert(section.pop("every", 1), int, f"{key}.every")
     if every < 1:
         raise ConfigError(f"'{key}.every': must be >= 1, got {every}")
-    data = convert(section.pop("data", {}), DataConfig, f"{key}.data")
+    data_section = section.pop("data", {})
     options = convert(section, cls.Config, key, extra_valid=("type", "weight", "probability", "every", "data"))
     for i, m in enumerate(getattr(options, "modalities", ())):
         if m not in modalities:
@@ -425,27 +419,21 @@ def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySp
                 f"'{key}.modalities[{i}]': modality '{m}' is not configured under 'modalities'."
                 f"{closest(m, list(modalities))} Configured: {sorted(modalities)}"
             )
-    if data.source == "csv":
-        if not data.path:
-            raise ConfigError(f"'{key}.data.path': required when data.source is 'csv'")
-        for m in getattr(options, "modalities", ()):
-            if m not in data.columns:
-                raise ConfigError(
-                    f"'{key}.data.columns': no column given for modality '{m}' "
-                    f"(e.g. columns: {{{m}: <column name>}})"
-                )
-    if data.source in ("folder", "text"):
-        if not data.path:
-            raise ConfigError(f"'{key}.data.path': required when data.source is '{data.source}'")
-        if len(getattr(options, "modalities", ())) != 1:
-            raise ConfigError(f"'{key}.data.source': '{data.source}' feeds objectives of one modality only")
-    if data.source == "graphs" and not data.path:
-        raise ConfigError(f"'{key}.data.path': required when data.source is 'graphs' (a .jsonl or .pt graph file)")
-    if data.render_pool < 0:
-        raise ConfigError(f"'{key}.data.render_pool': must be >= 0 (0 renders every sample), got {data.render_pool}")
+    data = _data_config(data_section, f"{key}.data", tuple(getattr(options, "modalities", ())))
     if data.batch_size < 1:
         raise ConfigError(f"'{key}.data.batch_size': must be >= 1, got {data.batch_size}")
     return ObjectiveSpec(type=type_name, weight=weight, data=data, options=options, probability=probability, every=every)
+
+
+def _data_config(section: Any, key: str, modalities: Sequence[str]) -> DataConfig:
+    """An objective's ``data`` section: the stream's keys, and the rest checked against
+    the options of the source kind that ``source`` names (did-you-mean on a miss)."""
+    section = dict(_mapping(section or {}, key))
+    source, kind = _registry_class(SOURCES, section.pop("source", "world"), f"{key}.source")
+    stream = {k: section.pop(k) for k in STREAM_KEYS if k in section}
+    options = convert(section, kind.Config, key, extra_valid=("source", *STREAM_KEYS))
+    kind.check(options, key, modalities)
+    return dataclasses.replace(convert(stream, DataConfig, key), source=source, options=options)
 
 
 # --------------------------------------------------------------------------------------

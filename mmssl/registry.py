@@ -1,4 +1,5 @@
-"""Name -> class tables for modalities and objectives, filled by decorators and entry points.
+"""Name -> class tables for modalities, objectives and data sources, filled by decorators
+and entry points.
 
 Built-in modalities and objectives are declared as entry points in our own
 pyproject.toml, exactly like a third-party plugin, so the plugin path runs every
@@ -143,6 +144,7 @@ class Registry(Generic[T]):
 
 MODALITIES: Registry = Registry("modality", "mmssl.modalities")
 OBJECTIVES: Registry = Registry("objective", "mmssl.objectives")
+SOURCES: Registry = Registry("source", "mmssl.sources")
 
 
 def register_modality(name: str) -> Callable[[T], T]:
@@ -153,6 +155,11 @@ def register_modality(name: str) -> Callable[[T], T]:
 def register_objective(name: str) -> Callable[[T], T]:
     """Register an Objective subclass under ``name``."""
     return OBJECTIVES.register(name)
+
+
+def register_source(name: str) -> Callable[[T], T]:
+    """Register a data source kind (a ``mmssl.data.SourceKind`` subclass) under ``name``."""
+    return SOURCES.register(name)
 
 
 def get_modality(name: str) -> type:
@@ -169,3 +176,7 @@ def list_modalities(pattern: str = "*") -> list[str]:
 
 def list_objectives(pattern: str = "*") -> list[str]:
     return OBJECTIVES.list(pattern)
+
+
+def list_sources(pattern: str = "*") -> list[str]:
+    return SOURCES.list(pattern)

@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import soundfile
@@ -169,20 +170,27 @@ class AudioModality(Modality):
         """(samples [T, C] float32, sample rate) from a wav/flac/ogg/... file."""
         if not os.path.isfile(path):  # soundfile reports a missing file as a "System error"
             raise InvalidSample("audio file not found", source=str(path))
+        return self._decode(lambda: path, str(path))
+
+    def load_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, int]:
+        """The same from an audio file's bytes (a tar shard member)."""
+        return self._decode(lambda: io.BytesIO(data), name)
+
+    def _decode(self, open_source: Callable[[], Any], where: str) -> tuple[np.ndarray, int]:
         try:
-            info = soundfile.info(path)
+            info = soundfile.info(open_source())
         except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
-            raise InvalidSample(f"unsupported or corrupt audio file: {exc}", source=str(path)) from None
+            raise InvalidSample(f"unsupported or corrupt audio file: {exc}", source=where) from None
         if info.frames <= 0:
-            raise InvalidSample("audio file has no samples (zero length)", source=str(path))
+            raise InvalidSample("audio file has no samples (zero length)", source=where)
         if info.duration > self.config.max_file_seconds:
             raise InvalidSample(
-                f"audio is {info.duration:.2f}s long, over max_file_seconds={self.config.max_file_seconds}", source=str(path)
+                f"audio is {info.duration:.2f}s long, over max_file_seconds={self.config.max_file_seconds}", source=where
             )
         try:
-            data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+            data, rate = soundfile.read(open_source(), dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-            raise InvalidSample(f"cannot decode audio: {exc}", source=str(path)) from None
+            raise InvalidSample(f"cannot decode audio: {exc}", source=where) from None
         return data, int(rate)
 
     def waveform(self, raw: Any) -> torch.Tensor:

@@ -113,6 +113,11 @@ class Modality(nn.Module):
         """Read one raw item from a file. Raises InvalidSample naming the file."""
         raise NotImplementedError(f"modality '{self.name}' does not read files")
 
+    def load_bytes(self, data: bytes, name: str) -> Any:
+        """Read one raw item from a file's bytes (a member of a tar shard); ``name`` is
+        the member's name, for messages and format detection. Raises InvalidSample."""
+        raise InvalidSample(f"modality '{self.name}' reads no file bytes", source=name)
+
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Any:
         """One raw item to a model-ready sample; ``rng`` None means eval (deterministic)."""
         raise NotImplementedError

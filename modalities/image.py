@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
@@ -75,16 +76,23 @@ class ImageModality(Modality):
 
     # --- data ---------------------------------------------------------------------
     def load(self, path: str) -> Image.Image:
+        return self._decode(path, str(path))
+
+    def load_bytes(self, data: bytes, name: str) -> Image.Image:
+        return self._decode(io.BytesIO(data), name)
+
+    @staticmethod
+    def _decode(source: Any, where: str) -> Image.Image:
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()  # decode now, so truncated files fail here and not in collate
                 return img.convert("RGB")
         except FileNotFoundError:
-            raise InvalidSample("image file not found", source=str(path)) from None
+            raise InvalidSample("image file not found", source=where) from None
         except UnidentifiedImageError:
-            raise InvalidSample("not a readable image (cannot identify image file)", source=str(path)) from None
+            raise InvalidSample("not a readable image (cannot identify image file)", source=where) from None
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidSample(f"corrupt image: {exc}", source=str(path)) from None
+            raise InvalidSample(f"corrupt image: {exc}", source=where) from None
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
         if isinstance(raw, str):

@@ -84,6 +84,7 @@ def test_broken_plugin_error_names_it(monkeypatch):
 
 def test_cli_list_prints_sources():
     out = subprocess.run([sys.executable, "-m", "mmssl", "list"], capture_output=True, text=True, check=True).stdout
-    assert "modalities:" in out and "objectives:" in out
+    assert "modalities:" in out and "objectives:" in out and "sources:" in out
     assert "image" in out and "modalities.image:ImageModality" in out
     assert "contrastive" in out
+    assert "mmssl.data.files:CsvKind" in out and "mmssl.data.world:WorldKind" in out

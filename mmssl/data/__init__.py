@@ -1,10 +1,12 @@
 """Data: streams (order, batches, workers, resumable state), the source kinds, the
 builder that makes one stream per objective from a run config, and evaluation sets.
 
-    stream.py     Stream, the Source protocol, DataError
+    stream.py     Stream, the Source protocol, SourceKind (what a registered kind provides), DataError
     world.py      WorldSource, CaptionSource, RenderPool: the embedded world
     files.py      CsvSource, FolderSource, TextCorpusSource: files on disk
     graphs.py     GraphSource and the graph file formats (JSONL, saved PyG Data)
+    shards.py     ShardSource: WebDataset tar shards, map-style through a member index
+    make_shards.py  CSV / folder / graph JSONL to shards (mmssl-make-shards)
     builder.py    build_streams: one stream per objective, from the config
     eval_sets.py  labelled evaluation sets (world, image folder, ESC-50 CSV, graph file)
 """
@@ -12,10 +14,12 @@ builder that makes one stream per objective from a run config, and evaluation se
 from mmssl.data.builder import build_streams
 from mmssl.data.files import CsvSource, FolderSource, TextCorpusSource
 from mmssl.data.graphs import GraphSource
-from mmssl.data.stream import DataError, Source, Stream
+from mmssl.data.shards import ShardSource
+from mmssl.data.stream import BuildContext, DataError, Source, SourceKind, Stream
 from mmssl.data.world import CaptionSource, RenderPool, WorldSource
 
 __all__ = [
+    "BuildContext",
     "CaptionSource",
     "CsvSource",
     "DataError",
@@ -23,6 +27,8 @@ __all__ = [
     "GraphSource",
     "RenderPool",
     "Source",
+    "ShardSource",
+    "SourceKind",
     "Stream",
     "TextCorpusSource",
     "WorldSource",

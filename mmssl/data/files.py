@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmssl.data.stream import DataError
+from mmssl.config import ConfigError
+from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from mmssl.registry import closest
 from modalities.base import InvalidSample, Modality
 
@@ -129,3 +131,85 @@ class FolderSource:
 
     def where(self, index: int) -> str:
         return str(self.files[index])
+
+
+def _require_path(kind: str, path: str | None, key: str, what: str = "") -> None:
+    if not path:
+        raise ConfigError(f"'{key}.path': required when data.source is '{kind}'{what}")
+
+
+def _one_modality(kind: str, key: str, modalities: Sequence[str]) -> None:
+    if len(modalities) != 1:
+        raise ConfigError(f"'{key}.source': '{kind}' feeds objectives of one modality only")
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    path: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # modality -> column ({image: filepath, text: title})
+    separator: str = ","
+
+
+class CsvKind(SourceKind):
+    """``data.source: csv``: a CSV with one column per modality; file columns hold paths
+    relative to the CSV's folder (open_clip's layout)."""
+
+    Config = CsvOptions
+
+    @classmethod
+    def check(cls, options: CsvOptions, key: str, modalities: Sequence[str]) -> None:
+        _require_path(cls.name, options.path, key)
+        for m in modalities:
+            if m not in options.columns:
+                raise ConfigError(f"'{key}.columns': no column given for modality '{m}' (e.g. columns: {{{m}: <column name>}})")
+
+    @classmethod
+    def build(cls, options: CsvOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+        return CsvSource(options.path, options.columns, modalities, separator=options.separator)
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    path: str | None = None
+
+
+class FolderKind(SourceKind):
+    """``data.source: folder``: every file of the objective's one modality under ``path``."""
+
+    Config = FolderOptions
+
+    @classmethod
+    def check(cls, options: FolderOptions, key: str, modalities: Sequence[str]) -> None:
+        _require_path(cls.name, options.path, key)
+        _one_modality(cls.name, key, modalities)
+
+    @classmethod
+    def build(cls, options: FolderOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+        (modality,) = modalities.values()
+        return FolderSource(options.path, modality)
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    path: str | None = None
+    text_field: str = "text"  # JSONL files: the field holding the text
+
+
+class TextKind(SourceKind):
+    """``data.source: text``: a text corpus for a text-only objective, a .txt file (one
+    document a line) or JSONL (the text under ``text_field``)."""
+
+    Config = TextOptions
+
+    @classmethod
+    def check(cls, options: TextOptions, key: str, modalities: Sequence[str]) -> None:
+        _require_path(cls.name, options.path, key)
+        _one_modality(cls.name, key, modalities)
+
+    @classmethod
+    def build(cls, options: TextOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+        (modality,) = modalities.values()
+        if not modality.consumes_captions:
+            raise DataError(f"objective '{objective}': data.source 'text' feeds text modalities; '{modality.key}' is not one")
+        return TextCorpusSource(options.path, modality, field=options.text_field)
+

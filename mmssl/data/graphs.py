@@ -16,6 +16,7 @@ and skipped, or a ``DataError`` naming the file and line under ``on_error: fail`
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +26,8 @@ from torch_geometric.data import Data
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 
-from mmssl.data.stream import DataError
+from mmssl.config import ConfigError
+from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from modalities.base import InvalidSample, Modality, modality_roles
 
 # What a saved list of Data may contain besides tensors and plain values.
@@ -128,3 +130,24 @@ class GraphSource:
 
     def where(self, index: int) -> str:
         return self.names[index] if self.names is not None else f"graph {index}"
+
+
+@dataclass(frozen=True)
+class GraphsOptions:
+    path: str | None = None  # a .jsonl or .pt graph file
+
+
+class GraphsKind(SourceKind):
+    """``data.source: graphs``: a graph file; a record's ``text`` feeds the caption modality."""
+
+    Config = GraphsOptions
+
+    @classmethod
+    def check(cls, options: GraphsOptions, key: str, modalities: Sequence[str]) -> None:
+        if not options.path:
+            raise ConfigError(f"'{key}.path': required when data.source is 'graphs' (a .jsonl or .pt graph file)")
+
+    @classmethod
+    def build(cls, options: GraphsOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+        return GraphSource.from_file(options.path, modalities)
+

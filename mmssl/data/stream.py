@@ -32,6 +32,46 @@ class DataError(RuntimeError):
     """A data problem that stops the run; the message names the stream and the sample."""
 
 
+@dataclass
+class BuildContext:
+    """What a source kind may need besides its options: the run config (its world
+    section, seed), the model (every encoder, for the world's captions) and a dict the
+    kinds of one build share (render pools shared by the streams of one modality)."""
+
+    config: Any  # RunConfig
+    model: Any  # MultimodalModel
+    shared: dict[Any, Any] = field(default_factory=dict)
+
+
+class SourceKind:
+    """Base class of a data source kind: subclass it and declare it as an entry point
+    (group ``mmssl.sources``) or register it with ``mmssl.register_source("name")``.
+
+    ``data.source: <name>`` in a config picks the kind; the other keys of the ``data``
+    section, beside the stream's own (batch_size, num_workers, on_error,
+    max_skip_fraction), are the kind's options, checked against ``Config``.
+
+    Class attributes:
+        name: the registry key; set by the registry.
+        Config: a dataclass of the kind's options.
+    """
+
+    name: str = ""
+    Config: type = object
+
+    @classmethod
+    def check(cls, options: Any, key: str, modalities: Sequence[str]) -> None:
+        """Raise ``ConfigError`` naming ``key.<option>`` when the options cannot feed an
+        objective of ``modalities``; runs at config load time, before any work."""
+
+    @classmethod
+    def build(
+        cls, options: Any, objective: str, modalities: Mapping[str, Modality], context: BuildContext
+    ) -> "Source":
+        """The source of raw items for ``objective``'s stream."""
+        raise NotImplementedError
+
+
 class Source(Protocol):
     """Raw items by index. ``get`` raises InvalidSample for a bad item."""
 

@@ -3,14 +3,16 @@ seeded pool of renders shared by the streams of one modality."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from mmssl.data.stream import DataError
+from mmssl.config import ConfigError
+from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from mmssl.seeding import sample_rng
-from mmssl.world import World
-from modalities.base import Modality
+from mmssl.world import World, world_for
+from modalities.base import Modality, modality_roles
 from objectives.base import MATCH_KEY
 
 
@@ -116,3 +118,52 @@ class CaptionSource:
 
     def where(self, index: int) -> str:
         return f"world caption {index}"
+
+
+@dataclass(frozen=True)
+class WorldOptions:
+    epoch_size: int = 100_000  # samples per epoch
+    # draw renders from a pool of this many, shared by the streams of one modality, each
+    # reused with fresh captions and augmentation (0: render every sample)
+    render_pool: int = 0
+
+
+class WorldKind(SourceKind):
+    """``data.source: world``: the embedded world. One rendering modality with at most
+    one caption modality gets rendered items and their captions; a caption modality
+    alone gets the captions of every world in the model (training classes only)."""
+
+    Config = WorldOptions
+
+    @classmethod
+    def check(cls, options: WorldOptions, key: str, modalities: Sequence[str]) -> None:
+        if options.render_pool < 0:
+            raise ConfigError(f"'{key}.render_pool': must be >= 0 (0 renders every sample), got {options.render_pool}")
+        if options.epoch_size < 1:
+            raise ConfigError(f"'{key}.epoch_size': must be >= 1, got {options.epoch_size}")
+
+    @classmethod
+    def build(
+        cls, options: WorldOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext
+    ) -> Source:
+        roles = modality_roles(modalities)
+        renderers = [modalities[k] for k in roles.renderers]
+        captioners = [modalities[k] for k in roles.captioners]
+        world_config = context.config.world
+        if not renderers and len(captioners) == 1 == len(modalities):
+            encoders = context.model.encoders
+            worlds = [world_for(encoders[k], world_config) for k in modality_roles(encoders).renderers]
+            return CaptionSource(worlds, captioners[0], size=options.epoch_size)
+        if len(renderers) != 1 or len(captioners) > 1 or len(renderers) + len(captioners) != len(modalities):
+            raise DataError(
+                f"objective '{objective}': the embedded world pairs one rendering modality with at most one "
+                f"caption modality; got {list(modalities)}. Use data.source: csv for other pairs."
+            )
+        renderer = renderers[0]
+        key = ("render_pool", renderer.key, options.render_pool)  # one pool per modality and size
+        if options.render_pool and key not in context.shared:
+            context.shared[key] = RenderPool(world_for(renderer, world_config), renderer, options.render_pool)
+        pool = context.shared.get(key)
+        world = pool.world if pool is not None else world_for(renderer, world_config)
+        return WorldSource(world, renderer, captioners[0] if captioners else None, size=options.epoch_size, pool=pool)
+
