@@ -429,11 +429,22 @@ def _data_config(section: Any, key: str, modalities: Sequence[str]) -> DataConfi
     """An objective's ``data`` section: the stream's keys, and the rest checked against
     the options of the source kind that ``source`` names (did-you-mean on a miss)."""
     section = dict(_mapping(section or {}, key))
-    source, kind = _registry_class(SOURCES, section.pop("source", "world"), f"{key}.source")
     stream = {k: section.pop(k) for k in STREAM_KEYS if k in section}
-    options = convert(section, kind.Config, key, extra_valid=("source", *STREAM_KEYS))
-    kind.check(options, key, modalities)
+    source, _, options = source_options(section, key, modalities, extra_valid=STREAM_KEYS)
     return dataclasses.replace(convert(stream, DataConfig, key), source=source, options=options)
+
+
+def source_options(
+    section: Mapping[str, Any], key: str, modalities: Sequence[str], extra_valid: Sequence[str] = ()
+) -> tuple[str, type, Any]:
+    """(kind name, kind class, its checked options) of a source section: ``source`` names
+    a registered kind (default ``world``), the other keys are its options. ``extra_valid``
+    are keys the caller took out before (listed in the unknown-key message)."""
+    section = dict(section)
+    source, kind = _registry_class(SOURCES, section.pop("source", "world"), f"{key}.source")
+    options = convert(section, kind.Config, key, extra_valid=("source", *extra_valid))
+    kind.check(options, key, modalities)
+    return source, kind, options
 
 
 # --------------------------------------------------------------------------------------

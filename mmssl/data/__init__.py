@@ -7,6 +7,7 @@ builder that makes one stream per objective from a run config, and evaluation se
     graphs.py     GraphSource and the graph file formats (JSONL, saved PyG Data)
     shards.py     ShardSource: WebDataset tar shards, map-style through a member index
     make_shards.py  CSV / folder / graph JSONL to shards (mmssl-make-shards)
+    mix.py        MixSource: several sources for one objective, drawn with weights
     builder.py    build_streams: one stream per objective, from the config
     eval_sets.py  labelled evaluation sets (world, image folder, ESC-50 CSV, graph file)
 """
@@ -14,6 +15,7 @@ builder that makes one stream per objective from a run config, and evaluation se
 from mmssl.data.builder import build_streams
 from mmssl.data.files import CsvSource, FolderSource, TextCorpusSource
 from mmssl.data.graphs import GraphSource
+from mmssl.data.mix import MixSource
 from mmssl.data.shards import ShardSource
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind, Stream
 from mmssl.data.world import CaptionSource, RenderPool, WorldSource
@@ -25,6 +27,7 @@ __all__ = [
     "DataError",
     "FolderSource",
     "GraphSource",
+    "MixSource",
     "RenderPool",
     "Source",
     "ShardSource",

@@ -133,11 +133,6 @@ class FolderSource:
         return str(self.files[index])
 
 
-def _require_path(kind: str, path: str | None, key: str, what: str = "") -> None:
-    if not path:
-        raise ConfigError(f"'{key}.path': required when data.source is '{kind}'{what}")
-
-
 def _one_modality(kind: str, key: str, modalities: Sequence[str]) -> None:
     if len(modalities) != 1:
         raise ConfigError(f"'{key}.source': '{kind}' feeds objectives of one modality only")
@@ -158,7 +153,7 @@ class CsvKind(SourceKind):
 
     @classmethod
     def check(cls, options: CsvOptions, key: str, modalities: Sequence[str]) -> None:
-        _require_path(cls.name, options.path, key)
+        cls.require_path(options.path, key)
         for m in modalities:
             if m not in options.columns:
                 raise ConfigError(f"'{key}.columns': no column given for modality '{m}' (e.g. columns: {{{m}: <column name>}})")
@@ -180,7 +175,7 @@ class FolderKind(SourceKind):
 
     @classmethod
     def check(cls, options: FolderOptions, key: str, modalities: Sequence[str]) -> None:
-        _require_path(cls.name, options.path, key)
+        cls.require_path(options.path, key)
         _one_modality(cls.name, key, modalities)
 
     @classmethod
@@ -203,7 +198,7 @@ class TextKind(SourceKind):
 
     @classmethod
     def check(cls, options: TextOptions, key: str, modalities: Sequence[str]) -> None:
-        _require_path(cls.name, options.path, key)
+        cls.require_path(options.path, key)
         _one_modality(cls.name, key, modalities)
 
     @classmethod

@@ -26,7 +26,6 @@ from torch_geometric.data import Data
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 
-from mmssl.config import ConfigError
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from modalities.base import InvalidSample, Modality, modality_roles
 
@@ -144,8 +143,7 @@ class GraphsKind(SourceKind):
 
     @classmethod
     def check(cls, options: GraphsOptions, key: str, modalities: Sequence[str]) -> None:
-        if not options.path:
-            raise ConfigError(f"'{key}.path': required when data.source is 'graphs' (a .jsonl or .pt graph file)")
+        cls.require_path(options.path, key, " (a .jsonl or .pt graph file)")
 
     @classmethod
     def build(cls, options: GraphsOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:

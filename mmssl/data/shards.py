@@ -28,7 +28,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmssl.config import ConfigError
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from modalities.base import InvalidSample, Modality
 
@@ -220,8 +219,7 @@ class ShardsKind(SourceKind):
 
     @classmethod
     def check(cls, options: ShardsOptions, key: str, modalities: Sequence[str]) -> None:
-        if not options.path:
-            raise ConfigError(f"'{key}.path': required when data.source is 'shards' (a brace pattern or a directory)")
+        cls.require_path(options.path, key, " (a brace pattern or a directory)")
 
     @classmethod
     def build(cls, options: ShardsOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmssl.config import ConfigError
 from mmssl.seeding import sample_rng
 from modalities.base import InvalidSample, Modality
 from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
@@ -63,6 +64,12 @@ class SourceKind:
     def check(cls, options: Any, key: str, modalities: Sequence[str]) -> None:
         """Raise ``ConfigError`` naming ``key.<option>`` when the options cannot feed an
         objective of ``modalities``; runs at config load time, before any work."""
+
+    @classmethod
+    def require_path(cls, path: str | None, key: str, what: str = "") -> None:
+        """For ``check``: fail naming ``key.path`` when a kind that reads files has none."""
+        if not path:
+            raise ConfigError(f"'{key}.path': required when data.source is '{cls.name}'{what}")
 
     @classmethod
     def build(
