@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from mmssl.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(config: str, nproc: int, threads: int, steps: int, skip: int, overrides: list[str]) -> float:
@@ -47,7 +42,7 @@ def run(config: str, nproc: int, threads: int, steps: int, skip: int, overrides:
         else:
             cmd = [
                 sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", *script,
+                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", *script,
             ]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if done.returncode:

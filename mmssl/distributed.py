@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from typing import Mapping, Sequence
 
 import torch
@@ -105,15 +106,12 @@ def reduce_metrics(metrics: Mapping[str, float], weight: float, sums: Sequence[s
     return {k: float(v) if k in sums else float(v) / total_weight for k, v in zip(keys, totals[:-1])}
 
 
-def first_flagged(flags: Mapping[str, bool]) -> str | None:
-    """The first key (in the given order) flagged on any rank; every rank gets the same
-    answer, so all ranks can stop together instead of one hanging in a collective."""
-    keys = list(flags)
-    if not keys:
-        return None
-    mask = all_reduce_sum(torch.tensor([1.0 if flags[k] else 0.0 for k in keys], dtype=torch.float64))
-    hits = [k for k, m in zip(keys, mask.tolist()) if m > 0]
-    return hits[0] if hits else None
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now: a rendezvous endpoint for local runs (tests,
+    benchmarks, a single-machine ``torchrun --rdzv-endpoint``)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def parameter_checksums(module: nn.Module) -> torch.Tensor:

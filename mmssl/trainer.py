@@ -69,14 +69,15 @@ class JointForward(torch.nn.Module):
             out = self.model(name, batch)
             losses[name] = out.loss
             metrics[name] = out.metrics
-        bad = distributed.first_flagged({n: not bool(torch.isfinite(loss)) for n, loss in losses.items()})
+        # the mean over ranks of each objective's loss is its one-process loss (DistContext);
+        # a non-finite loss on any rank makes its mean non-finite on every rank, so all stop
+        means = distributed.all_reduce_sum(torch.stack([loss.detach().double() for loss in losses.values()]))
+        observed = {n: float(v) / distributed.context().world_size for n, v in zip(losses, means)}
+        bad = next((n for n, v in observed.items() if not math.isfinite(v)), None)
         if bad is not None:
             value = losses[bad].item()
             where = f"{value}" if not math.isfinite(value) else "not finite on another rank"
             raise FloatingPointError(f"objective '{bad}' loss is {where} at step {step}")
-        # the mean over ranks of each objective's loss is its one-process loss (DistContext)
-        means = distributed.all_reduce_sum(torch.stack([loss.detach().double() for loss in losses.values()]))
-        observed = {n: float(v) / distributed.context().world_size for n, v in zip(losses, means)}
         total, weights = self.weighting.combine(losses, observed)
         return total, losses, observed, metrics, weights
 
@@ -180,12 +181,12 @@ class Pretrainer:
         probabilities = {n: config.objectives[n].probability for n in self.model.objectives if n in config.objectives}
         every = {n: config.objectives[n].every for n in self.model.objectives if n in config.objectives}
         self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed, every)
-        self.joint = JointForward(self.model, self.weighting)
-        self.forward_module: torch.nn.Module = self.joint
+        joint = JointForward(self.model, self.weighting)
+        self.forward_module: torch.nn.Module = joint
         if self.dist.world_size > 1:
             # objectives that sit a step out leave parameters without gradients
             self.forward_module = torch.nn.parallel.DistributedDataParallel(
-                self.joint,
+                joint,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )

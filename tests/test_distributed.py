@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from mmssl.checkpoint import resolve_checkpoint
+from mmssl.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_JOINT = str(REPO / "configs" / "tiny_joint.yaml")
 COMMON = ["train.threads=1", "train.progress=false"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pretrain(output: Path, *overrides: str, nproc: int = 1, extra: tuple[str, ...] = (), timeout: int = 300):
