@@ -82,12 +82,22 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
+def _collective_device(tensor: torch.Tensor) -> torch.device:
+    """Where ``tensor`` must be for a collective: NCCL reduces CUDA tensors only, so host
+    tensors (metrics, counts, checksums) travel through this rank's GPU."""
+    if torch_dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return tensor.device
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (a copy; the input is left alone). Identity on one process."""
-    out = values.clone()
-    if context().world_size > 1:
-        torch_dist.all_reduce(out)
-    return out
+    """Sum over ranks (a copy on the input's device; the input is left alone). Identity
+    on one process."""
+    if context().world_size == 1:
+        return values.clone()
+    out = values.to(_collective_device(values), copy=True)
+    torch_dist.all_reduce(out)
+    return out.to(values.device)
 
 
 def reduce_metrics(metrics: Mapping[str, float], weight: float, sums: Sequence[str] = ()) -> dict[str, float]:
@@ -131,6 +141,7 @@ def check_consistency(module: nn.Module, step: int) -> None:
     if ctx.world_size == 1:
         return
     mine = parameter_checksums(module)
+    mine = mine.to(_collective_device(mine))
     gathered = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
     torch_dist.all_gather(gathered, mine)
     reference = gathered[0]
