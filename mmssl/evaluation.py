@@ -100,9 +100,9 @@ def embed_items(
             return model.encode(modality, batch, objective=objective)
         return pooled_features(model, modality, batch)
 
-    for index, (item, where) in enumerate(zip(data.items, data.where)):
-        try:
-            kept_samples.append(encoder.transform(item, None))
+    for index, where in enumerate(data.where):
+        try:  # items may be read when indexed (shards): reading fails like transforming
+            kept_samples.append(encoder.transform(data.items[index], None))
             kept.append(index)
         except InvalidSample as exc:
             if on_error == "fail":
@@ -185,7 +185,7 @@ def zero_shot_classify(
         per_class_recall=recall,
         confusion=confusion.tolist(),
         class_names=list(data.class_names),
-        skipped=skipped,
+        skipped=data.skipped + skipped,
         data=data.source,
     )
     if data.captions and not skipped:

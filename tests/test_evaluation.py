@@ -177,3 +177,25 @@ def test_graph_zero_shot_on_a_labelled_graph_file(tiny_graph_run, tmp_path):
     assert "graphs.jsonl line 13" in proc.stderr and "edge endpoint 1 out of range for 1 nodes" in proc.stderr
     proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--data", f"graphs:{path}")
     assert proc.returncode == 2 and "integer labels need class names" in proc.stderr
+
+
+def test_graph_zero_shot_on_labelled_shards(tiny_graph_run, tmp_path):
+    from mmssl.cli.make_shards import main as make_shards
+
+    records = []
+    for n in range(4, 10):
+        records.append({"edges": [[i, (i + 1) % n] for i in range(n)], "num_nodes": n, "label": "small cycle", "text": f"a ring of {n}"})
+        records.append({"edges": [[0, i] for i in range(1, n)], "num_nodes": n, "label": "small star", "text": f"a star of {n}"})
+    records.append({"edges": [[0, 1]], "num_nodes": 2, "text": "no label"})
+    assert make_shards([str(_graph_records(tmp_path / "g.jsonl", records)), "--output", str(tmp_path / "shards"), "--shard-size", "5"]) == 0
+    output = tmp_path / "shards.json"
+    proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--data", f"shards:{tmp_path / 'shards'}",
+                      "--linear-probe", "--output", str(output))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(output.read_text())
+    assert report["num_samples"] == 12 and report["skipped"] == 1 and report["class_names"] == ["small cycle", "small star"]
+    assert set(report["retrieval"]) == {"graph_to_text", "text_to_graph"}
+    assert "shard-000002.tar key 00000012" in proc.stderr and "no label" in proc.stderr
+    proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--data", f"shards:{tmp_path / 'shards'}",
+                      "--on-error", "fail")
+    assert proc.returncode == 2 and "key 00000012" in proc.stderr

@@ -10,9 +10,12 @@
 --data: 'world' (default: the embedded world's evaluation split, fresh samples of
 every class plus the held-out compositions, with retrieval R@1/5/10 against paired
 captions), 'folder:PATH' (PATH/<class>/<files>) or 'csv:PATH' (ESC-50 layout:
-filename,target,category; files beside the CSV or in ../audio/) or 'graphs:PATH' (a
+filename,target,category; files beside the CSV or in ../audio/), 'graphs:PATH' (a
 labelled graph file: JSONL records with edges, num_nodes, label and optional x and
-text, or a saved list of PyG Data with y; integer labels need --class-names).
+text, or a saved list of PyG Data with y; integer labels need --class-names) or
+'shards:PATH' (WebDataset shards, a directory or a brace pattern: labels from KEY.cls
+or the label of KEY.json, class names from --class-names or classnames.txt beside the
+shards; KEY.txt captions add retrieval).
 --linear-probe adds a logistic regression on the frozen encoder features (the
 dataset's train/test split if it has one, else a seeded stratified split).
 --samples-per-class n evaluates the embedded world on n fresh samples per class instead
@@ -49,7 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--modality", default="all",
         help="the modality to classify, e.g. image; 'all' (default): every modality of the embedded world",
     )
-    parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH', 'csv:PATH' or 'graphs:PATH'")
+    parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH', 'csv:PATH', 'graphs:PATH' or 'shards:PATH'")
     parser.add_argument(
         "--samples-per-class", type=int, default=None,
         help="embedded world only: fresh samples per class (default: the run config's world.eval_samples_per_class); "
@@ -79,7 +82,7 @@ def _evaluate(args: argparse.Namespace, loaded: Pretrained, modality: str):
     world = run_config.world
     if args.samples_per_class is not None:
         world = dataclasses.replace(world, eval_samples_per_class=args.samples_per_class)
-    data = load_eval_set(model, modality, args.data, world, class_names)
+    data = load_eval_set(model, modality, args.data, world, class_names, args.on_error)
     batch_size = args.batch_size or run_config.eval.batch_size
     result = zero_shot_classify(model, modality, data, objective=args.objective, batch_size=batch_size, on_error=args.on_error)
     if args.linear_probe:

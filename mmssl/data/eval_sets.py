@@ -1,20 +1,26 @@
 """Labelled evaluation sets: the embedded world's fresh samples, an image folder, an
-ESC-50 style CSV, a labelled graph file. Each is a ``LabelledSet`` of raw items that
+ESC-50 style CSV, a labelled graph file, labelled WebDataset shards. Each is a ``LabelledSet`` of raw items that
 the modality's ``transform`` reads, as training sources are."""
 
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from mmssl.config import WorldConfig
 from mmssl.data.graphs import BadRecord, read_graph_file, record_field
+from mmssl.data.shards import ShardSource, expand_shards
+from mmssl.data.stream import DataError
 from mmssl.model import MultimodalModel
 from mmssl.seeding import sample_rng
 from mmssl.world import World, world_for
-from modalities.base import modality_roles
+from modalities.base import InvalidSample, Modality, modality_roles
+
+log = logging.getLogger(__name__)
+CLASS_NAMES_FILE = "classnames.txt"  # clip_benchmark's name, beside the shards or one folder up
 
 
 class EvaluationError(ValueError):
@@ -26,7 +32,7 @@ class LabelledSet:
     """Raw items with integer labels over ``class_names``; ``heldout`` marks classes
     whose attribute combination training never saw (world only)."""
 
-    items: list[Any]
+    items: Sequence[Any]
     labels: list[int]
     class_names: list[str]
     where: list[str]
@@ -39,6 +45,7 @@ class LabelledSet:
     caption_codes: list[list[int]] = field(default_factory=list)
     # "train" / "test" per item where the dataset fixes a split (for linear probes).
     splits: list[str] = field(default_factory=list)
+    skipped: int = 0  # samples left out while reading the set (their label could not be read)
 
 
 def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldConfig) -> LabelledSet:
@@ -126,6 +133,30 @@ def read_class_names(path: str | Path) -> list[str]:
     return names
 
 
+def resolve_labels(
+    raw_labels: Sequence[int | str], where: Sequence[str], class_names: Sequence[str] | None, path: str | Path
+) -> tuple[list[str], list[int]]:
+    """(class names, label indices) from labels that are class names or indices into
+    ``class_names``; without ``class_names`` the sorted set of string labels."""
+    if class_names is None:
+        if not all(isinstance(label, str) for label in raw_labels):
+            raise EvaluationError(f"{path}: integer labels need class names (--class-names FILE, one name a line)")
+        class_names = sorted(set(raw_labels))
+    names = list(class_names)
+    index = {name: i for i, name in enumerate(names)}
+    labels = []
+    for label, name in zip(raw_labels, where):
+        if isinstance(label, str):
+            if label not in index:
+                raise EvaluationError(f"{name}: label '{label}' is not a class name ({names})")
+            labels.append(index[label])
+        elif not 0 <= label < len(names):
+            raise EvaluationError(f"{name}: label {label} out of range for {len(names)} class names")
+        else:
+            labels.append(label)
+    return names, labels
+
+
 def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None) -> LabelledSet:
     """A labelled graph file (JSONL or a saved list of Data, see ``mmssl.data.graphs``).
 
@@ -145,21 +176,7 @@ def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None) -
         if label is None or isinstance(label, bool) or not isinstance(label, (int, str)):
             raise EvaluationError(f"{name}: no usable 'label' (got {label!r}); need a class name or index")
         raw_labels.append(label)
-    if class_names is None:
-        if not all(isinstance(label, str) for label in raw_labels):
-            raise EvaluationError(f"{path}: integer labels need class names (--class-names FILE, one name a line)")
-        class_names = sorted(set(raw_labels))
-    names = list(class_names)
-    labels = []
-    for label, name in zip(raw_labels, where):
-        if isinstance(label, str):
-            if label not in names:
-                raise EvaluationError(f"{name}: label '{label}' is not a class name ({names})")
-            labels.append(names.index(label))
-        elif not 0 <= label < len(names):
-            raise EvaluationError(f"{name}: label {label} out of range for {len(names)} class names")
-        else:
-            labels.append(label)
+    names, labels = resolve_labels(raw_labels, where, class_names, path)
     data = LabelledSet(list(records), labels, names, list(where), source=f"graphs:{path}")
     texts = [record_field(r, "text") for r in records]
     if all(isinstance(t, str) and t.strip() for t in texts):
@@ -171,15 +188,89 @@ def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None) -
     return data
 
 
+class ShardItems(Sequence[Any]):
+    """Raw items of chosen shard samples, read when indexed: a shard set need not fit in memory."""
+
+    def __init__(self, source: ShardSource, indices: Sequence[int], modality: Modality) -> None:
+        self.source, self.indices, self.modality = source, list(indices), modality
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        return self.source.raw_item(self.indices[i], self.modality)
+
+
+def _shard_label(source: ShardSource, index: int) -> int | str:
+    cls = source.text_member(index, ".cls")
+    if cls is not None:
+        try:
+            return int(cls)
+        except ValueError:
+            raise InvalidSample(f".cls member {cls[:40]!r} is not a class index", source=source.where(index)) from None
+    record = source.record(index) or {}
+    label = record.get("label")
+    if label is None or isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise InvalidSample(f"no label: a .cls member or a 'label' in the .json member (got {label!r})", source=source.where(index))
+    return label
+
+
+def shard_set(path: str, modality: Modality, class_names: Sequence[str] | None = None, on_error: str = "skip") -> LabelledSet:
+    """Labelled WebDataset shards (``path``: a directory or a brace pattern, as in training).
+
+    A sample's label is its ``KEY.cls`` member (a class index: webdataset's and
+    clip_benchmark's convention) or the ``label`` of its ``KEY.json`` (a class name or
+    index). Class names: ``class_names``, else ``classnames.txt`` beside the shards or
+    one folder up (clip_benchmark's layout), else the sorted string labels. When every
+    sample has a caption (``KEY.txt``, or the caption/text of ``KEY.json``), retrieval
+    pairs each item with its own caption. A sample whose label cannot be read is a
+    counted, logged skip, or an error under ``on_error: fail``.
+    """
+    try:
+        shards = expand_shards(path)
+        source = ShardSource(shards, {modality.key: modality})
+    except DataError as exc:
+        raise EvaluationError(str(exc)) from None
+    kept, raw_labels, where, captions, skipped = [], [], [], [], 0
+    for index in range(len(source)):
+        try:
+            label, caption = _shard_label(source, index), source.caption(index)
+        except InvalidSample as exc:
+            if on_error == "fail":
+                raise EvaluationError(f"bad sample {exc.source}: {exc.reason}") from None
+            skipped += 1
+            log.warning("skipped bad sample %s: %s", exc.source, exc.reason)
+            continue
+        kept.append(index)
+        raw_labels.append(label)
+        captions.append(caption)
+        where.append(source.where(index))
+    if not kept:
+        raise EvaluationError(f"shard set {path}: no sample with a readable label ({skipped} skipped)")
+    if class_names is None:
+        folders = (shards[0].parent, shards[0].parent.parent)
+        found = next((f / CLASS_NAMES_FILE for f in folders if (f / CLASS_NAMES_FILE).is_file()), None)
+        if found is not None and not all(isinstance(label, str) for label in raw_labels):
+            class_names = read_class_names(found)
+    names, labels = resolve_labels(raw_labels, where, class_names, path)
+    data = LabelledSet(ShardItems(source, kept, modality), labels, names, where, source=f"shards:{path}", skipped=skipped)
+    if all(captions):
+        data.captions = list(captions)
+        data.item_codes = data.caption_codes = [[i] for i in range(len(kept))]
+    return data
+
+
 def load_eval_set(
     model: MultimodalModel,
     modality: str,
     spec: str | None,
     world_config: WorldConfig,
     class_names: Sequence[str] | None = None,
+    on_error: str = "skip",
 ) -> LabelledSet:
     """``spec``: None or 'world' (the embedded world), 'folder:PATH', 'csv:PATH' (ESC-50
-    layout) or 'graphs:PATH' (a labelled graph file; ``class_names`` for integer labels)."""
+    layout), 'graphs:PATH' (a labelled graph file) or 'shards:PATH' (labelled WebDataset
+    shards); ``class_names`` name integer labels."""
     if spec is None or spec == "world":
         if modality not in modality_roles(model.encoders).renderers:
             raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
@@ -191,4 +282,6 @@ def load_eval_set(
         return classification_csv_set(path)
     if kind == "graphs" and path:
         return graph_file_set(path, class_names)
-    raise EvaluationError(f"unknown --data '{spec}': use 'world', 'folder:PATH', 'csv:PATH' or 'graphs:PATH'")
+    if kind == "shards" and path:
+        return shard_set(path, model.encoders[modality], class_names, on_error)
+    raise EvaluationError(f"unknown --data '{spec}': use 'world', 'folder:PATH', 'csv:PATH', 'graphs:PATH' or 'shards:PATH'")

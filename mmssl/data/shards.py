@@ -153,26 +153,47 @@ class ShardSource:
         return data
 
     def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        return {key: self.raw_item(index, modality) for key, modality in self.modalities.items()}
+
+    def raw_item(self, index: int, modality: Modality) -> Any:
+        """Sample ``index``'s raw item for ``modality``; raises InvalidSample naming shard and key."""
         sample = self.samples[index]
         where = self.where(index)
         if sample.problem is not None:
             raise InvalidSample(sample.problem, source=where)
-        item: dict[str, Any] = {}
-        for key, modality in self.modalities.items():
-            item[key] = self._raw_item(sample, modality, where)
-        return item
+        return self._raw_item(sample, modality, where)
+
+    def record(self, index: int) -> dict[str, Any] | None:
+        """Sample ``index``'s ``.json`` member, if it has one; raises InvalidSample."""
+        sample = self.samples[index]
+        if sample.problem is not None:
+            raise InvalidSample(sample.problem, source=self.where(index))
+        if RECORD_EXTENSION not in sample.members:
+            return None
+        return self._json(self._read(sample, RECORD_EXTENSION), self.where(index))
+
+    def text_member(self, index: int, ext: str) -> str | None:
+        """Sample ``index``'s ``ext`` member (".cls") as stripped UTF-8, if it has one."""
+        sample = self.samples[index]
+        if sample.problem is not None:
+            raise InvalidSample(sample.problem, source=self.where(index))
+        if ext not in sample.members:
+            return None
+        return self._text(self._read(sample, ext), self.where(index))
+
+    def caption(self, index: int) -> str | None:
+        """Sample ``index``'s caption (``.txt``, or ``.json`` caption/text), if it has a caption member."""
+        sample = self.samples[index]
+        if sample.problem is not None:
+            raise InvalidSample(sample.problem, source=self.where(index))
+        return self._caption(sample, self.where(index))
 
     def _raw_item(self, sample: ShardSample, modality: Modality, where: str) -> Any:
         if modality.consumes_captions:
-            if ".txt" in sample.members:
-                return self._text(self._read(sample, ".txt"), where)
-            if ".json" in sample.members:
-                record = self._json(self._read(sample, ".json"), where)
-                caption = next((record[f] for f in CAPTION_FIELDS if isinstance(record.get(f), str)), None)
-                if caption is None:
-                    raise InvalidSample(f"{sample.key}.json has no string 'caption' or 'text'", source=where)
-                return caption
-            raise InvalidSample(f"no caption member ({sample.key}.txt or {sample.key}.json)", source=where)
+            caption = self._caption(sample, where)
+            if caption is None:
+                raise InvalidSample(f"no caption member ({sample.key}.txt or {sample.key}.json)", source=where)
+            return caption
         extensions = tuple(modality.file_extensions)
         if not extensions:
             if RECORD_EXTENSION not in sample.members:
@@ -185,6 +206,18 @@ class ShardSource:
             return modality.load_bytes(self._read(sample, ext), f"{sample.key}{ext}")
         except InvalidSample as exc:
             raise InvalidSample(exc.reason, source=where) from None
+
+    def _caption(self, sample: ShardSample, where: str) -> str | None:
+        """The ``.txt`` member, else the caption of the ``.json`` member; None if neither exists."""
+        if ".txt" in sample.members:
+            return self._text(self._read(sample, ".txt"), where)
+        if ".json" not in sample.members:
+            return None
+        record = self._json(self._read(sample, ".json"), where)
+        caption = next((record[f] for f in CAPTION_FIELDS if isinstance(record.get(f), str)), None)
+        if caption is None:
+            raise InvalidSample(f"{sample.key}.json has no string 'caption' or 'text'", source=where)
+        return caption
 
     @staticmethod
     def _text(data: bytes, where: str) -> str:

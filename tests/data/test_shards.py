@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -18,8 +20,10 @@ from mmssl.cli.make_shards import main as make_shards
 from mmssl.data import DataError, ShardSource, build_streams
 from mmssl.data.shards import expand_shards
 from modalities.base import InvalidSample
+from tests.killing import metric_lines, run_and_kill
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
 
 
 def _tiny(*overrides: str) -> mmssl.RunConfig:
@@ -177,3 +181,46 @@ def test_shard_fed_run_resumes_mid_epoch_exactly(image_text_csv, tmp_path, worke
     whole = load_file(resolve_checkpoint(tmp_path / "whole") / "model.safetensors")
     again = load_file(resolve_checkpoint(tmp_path / "resumed") / "model.safetensors")
     assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_shard_fed_run_resumes_to_the_same_weights(image_text_csv, tmp_path, workers):
+    assert make_shards([str(image_text_csv(40)), "--output", str(tmp_path / "shards"), "--shard-size", "7"]) == 0
+    # 40 samples in batches of 16: an epoch is 2 steps, so the kill after step 5 is mid-epoch
+    cmd = [sys.executable, str(REPO / "tools" / "pretrain.py"), str(CONFIGS / "tiny.yaml"), "train.threads=1",
+           "train.progress=false", "train.steps=8", "train.checkpoint_every=1", "train.keep_checkpoints=0",
+           "objectives.image_text.data.source=shards", f"objectives.image_text.data.path={tmp_path / 'shards'}",
+           f"objectives.image_text.data.num_workers={workers}"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([*cmd, "--output-dir", str(whole)], cwd=REPO, check=True, capture_output=True, timeout=300)
+    run_and_kill([*cmd, "--output-dir", str(killed)], tmp_path / "killed.log", lambda: metric_lines(killed) >= 5, REPO)
+    assert metric_lines(killed) < 8
+    done = subprocess.run([*cmd, "--output-dir", str(killed)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout + done.stderr
+    a = load_file(resolve_checkpoint(whole) / "model.safetensors")
+    b = load_file(resolve_checkpoint(killed) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_labelled_image_shards_as_an_evaluation_set(tmp_path):
+    from mmssl.data.eval_sets import EvaluationError, shard_set
+
+    (tmp_path / "test").mkdir()
+    (tmp_path / "classnames.txt").write_text("red circle\nblue square\n")  # clip_benchmark: names one folder up
+    _shard(tmp_path / "test" / "0.tar", {"a.png": _png(0), "a.cls": b"1", "a.txt": b"a blue square",
+                                          "b.png": _png(1), "b.cls": b"0", "b.txt": b"a red circle"})
+    _shard(tmp_path / "test" / "1.tar", {"c.png": _png(2), "c.cls": b"one", "c.txt": b"?", "d.png": b"not a png", "d.cls": b"0"})
+    image = _encoders()["image"]
+    data = shard_set(str(tmp_path / "test" / "{0..1}.tar"), image)
+    assert data.class_names == ["red circle", "blue square"] and data.labels == [1, 0, 0]
+    assert data.skipped == 1 and data.where[2].endswith("1.tar key d")
+    assert data.captions == []  # d has no caption: no retrieval
+    assert data.items[0].size == (16, 16)  # read when indexed
+    with pytest.raises(InvalidSample, match="key d"):
+        data.items[2]
+    with pytest.raises(EvaluationError, match=r"1.tar key c: .cls member 'one' is not a class index"):
+        shard_set(str(tmp_path / "test"), image, on_error="fail")
+    with pytest.raises(EvaluationError, match="label 1 out of range for 1 class names"):
+        shard_set(str(tmp_path / "test" / "0.tar"), image, class_names=["red circle"])
