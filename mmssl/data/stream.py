@@ -91,41 +91,56 @@ class Source(Protocol):
 
 @dataclass
 class BuiltBatch:
-    """A collated batch plus what was dropped while building it."""
+    """A collated batch plus what was dropped while building it, and where it stands."""
 
     data: dict[str, Any] | None
     size: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
+    epoch: int = 0
+    index: int = 0  # of the batch within its epoch
 
 
-class EpochBatches(Dataset):
-    """Map-style dataset whose item ``b`` is batch ``b`` of one epoch, built whole."""
+def batch_positions(epoch: int, position: int, num_batches: int) -> Iterator[tuple[int, int]]:
+    """(epoch, batch) from a stream position on, without end: one loader spans epochs,
+    so its workers keep building batches across an epoch's end instead of restarting."""
+    epoch, position = epoch + position // num_batches, position % num_batches
+    while True:
+        yield epoch, position
+        position += 1
+        if position == num_batches:
+            epoch, position = epoch + 1, 0
 
-    def __init__(self, stream: "Stream", epoch: int) -> None:
+
+class StreamBatches(Dataset):
+    """Map-style dataset whose item ``(epoch, b)`` is batch ``b`` of that epoch, built whole."""
+
+    def __init__(self, stream: "Stream") -> None:
         self.stream = stream
-        self.epoch = epoch
         n = len(stream.source)
-        if stream.shuffle:
-            self.order = sample_rng(stream.seed, stream.name, epoch, "order").permutation(n)
-        else:
-            self.order = np.arange(n)
         self.num_batches = n // stream.batch_size if stream.drop_last else -(-n // stream.batch_size)
+        self._order: tuple[int, np.ndarray] | None = None  # the last epoch's order, per process
 
-    def __len__(self) -> int:
-        return self.num_batches
+    def order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            s = self.stream
+            n = len(s.source)
+            order = sample_rng(s.seed, s.name, epoch, "order").permutation(n) if s.shuffle else np.arange(n)
+            self._order = (epoch, order)
+        return self._order[1]
 
-    def __getitem__(self, b: int) -> BuiltBatch:
+    def __getitem__(self, position: tuple[int, int]) -> BuiltBatch:
         s = self.stream
+        epoch, b = position
         # this rank's slice of global batch b: the ranks' slices together are the batch
         start = b * s.batch_size + s.rank * s.local_batch_size
-        indices = self.order[start : start + s.local_batch_size]
+        indices = self.order(epoch)[start : start + s.local_batch_size]
         samples: dict[str, list[Any]] = collections.defaultdict(list)
         codes: dict[str, list[list[int]]] = collections.defaultdict(list)
         extras: dict[str, list[Any]] = collections.defaultdict(list)
         skipped = []
         for index in indices:
             index = int(index)
-            rng = sample_rng(s.seed, s.name, self.epoch, index) if s.train else None
+            rng = sample_rng(s.seed, s.name, epoch, index) if s.train else None
             # Eval streams transform deterministically (rng None) but still need a
             # per-sample generator for which item to render and the objective's choices.
             choices = rng if rng is not None else sample_rng(s.seed, s.name, "eval", index)
@@ -146,13 +161,13 @@ class EpochBatches(Dataset):
             for key, value in extra.items():
                 extras[key].append(value)
         if not samples:
-            return BuiltBatch(None, 0, skipped)
+            return BuiltBatch(None, 0, skipped, epoch, b)
         data: dict[str, Any] = {name: s.modalities[name].collate(samples[name]) for name in s.modalities}
         if codes:
             data[MATCH_KEY] = {name: torch.tensor(c, dtype=torch.long) for name, c in codes.items()}
         if extras:
             data[EXTRAS_KEY] = s.collate_extras(extras)
-        return BuiltBatch(data, len(next(iter(samples.values()))), skipped)
+        return BuiltBatch(data, len(next(iter(samples.values()))), skipped, epoch, b)
 
 
 def _identity(x: Any) -> Any:
@@ -248,15 +263,14 @@ class Stream:
         self._iterator = None
 
     # --- iteration --------------------------------------------------------------------
-    def _start_epoch(self) -> Iterator[BuiltBatch]:
-        batches = EpochBatches(self, self.epoch)
+    def _start(self) -> Iterator[BuiltBatch]:
+        batches = StreamBatches(self)
         loader = DataLoader(
             batches,
             batch_size=None,
-            sampler=range(self.position, len(batches)),
+            sampler=batch_positions(self.epoch, self.position, batches.num_batches),
             num_workers=self.num_workers,
             collate_fn=_identity,
-            persistent_workers=False,
             prefetch_factor=2 if self.num_workers else None,
         )
         return iter(loader)
@@ -268,15 +282,9 @@ class Stream:
         start = time.perf_counter()
         while True:
             if self._iterator is None:
-                self._iterator = self._start_epoch()
-            try:
-                built = next(self._iterator)
-            except StopIteration:
-                self.epoch += 1
-                self.position = 0
-                self._iterator = None
-                continue
-            self.position += 1
+                self._iterator = self._start()
+            built = next(self._iterator)
+            self.epoch, self.position = built.epoch, built.index + 1
             self._account(built)
             if built.data is not None:
                 self.wait_seconds += time.perf_counter() - start
