@@ -339,6 +339,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         str(name): _objective_spec(str(name), section, modalities)
         for name, section in _mapping(raw["objectives"], "objectives").items()
     }
+    _check_spaces(objectives)
     train = convert(raw.get("train", {}), TrainConfig, "train")
     if train.grad_diagnostics_every and train.grad_diagnostics_modality not in modalities:
         raise ConfigError(
@@ -373,6 +374,23 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         train=train,
         eval=convert(raw.get("eval", {}), EvalConfig, "eval"),
     )
+
+
+def _check_spaces(objectives: Mapping[str, ObjectiveSpec]) -> None:
+    """Objectives naming one space share a head per modality: their head options must agree."""
+    first: dict[str, tuple[str, Any]] = {}
+    for name, spec in objectives.items():
+        space = getattr(spec.options, "space", None)
+        if not space:
+            continue
+        other, options = first.setdefault(space, (name, spec.options))
+        for option in ("embed_dim", "head"):
+            mine, theirs = getattr(spec.options, option, None), getattr(options, option, None)
+            if other != name and mine != theirs:
+                raise ConfigError(
+                    f"'objectives.{name}.{option}': {mine!r}, but '{other}' in the same space '{space}' has {theirs!r}; "
+                    "objectives in one space share their projection heads"
+                )
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class MultimodalModel(nn.Module):
             missing = [m for m in objective.modalities if m not in self.encoders]
             if missing:
                 raise ValueError(f"objective '{name}' needs modalities {missing}; the model has {list(self.encoders)}")
+        tie_spaces(self.objectives)
 
     def forward(self, objective: str, batch: Mapping[str, Any]) -> ObjectiveOutput:
         return self.objectives[objective](self, batch)
@@ -39,16 +40,31 @@ class MultimodalModel(nn.Module):
         """The encoders ``objective`` uses, by key, in its declared order."""
         return {m: self.encoders[m] for m in self.objectives[objective].modalities}
 
-    def shared_space(self, modality: str, objective: str | None = None) -> str:
+    @property
+    def spaces(self) -> dict[str, list[str]]:
+        """Named spaces and the objectives in each."""
+        found: dict[str, list[str]] = {}
+        for name, obj in self.objectives.items():
+            if obj.space:
+                found.setdefault(obj.space, []).append(name)
+        return found
+
+    def shared_space(self, modality: str, objective: str | None = None, space: str | None = None) -> str:
         """The objective whose shared space embeds ``modality``: the one named, or the first
-        objective that projects it and pairs it with a caption modality, or any that projects it."""
+        of the named ``space`` that projects it, or the first objective that projects it
+        and pairs it with a caption modality, or any that projects it."""
         if objective is not None:
             if objective not in self.objectives:
                 raise KeyError(f"no objective '{objective}'; the model has {list(self.objectives)}")
             return objective
+        if space is not None and space not in self.spaces:
+            raise KeyError(f"no space '{space}'; the model has {sorted(self.spaces) or 'none'} (objectives name one with space: NAME)")
         candidates = [
-            name for name, obj in self.objectives.items() if modality in obj.modalities and _has_space(obj)
+            name for name, obj in self.objectives.items()
+            if modality in obj.modalities and _has_space(obj) and (space is None or obj.space == space)
         ]
+        if space is not None and not candidates:
+            raise ValueError(f"space '{space}' embeds no '{modality}' (its objectives: {self.spaces[space]})")
         with_text = [
             n for n in candidates if any(m != modality for m in modality_roles(self.modalities_of(n)).captioners)
         ]
@@ -63,8 +79,9 @@ class MultimodalModel(nn.Module):
         inputs: Sequence[Any] | Mapping[str, torch.Tensor],
         objective: str | None = None,
         batch_size: int = 256,
+        space: str | None = None,
     ) -> torch.Tensor:
-        """L2-normalised embeddings [N, E] in an objective's shared space.
+        """L2-normalised embeddings [N, E] in a shared space.
 
         Args:
             modality: encoder name ("image", "text").
@@ -72,11 +89,13 @@ class MultimodalModel(nn.Module):
                 batch (a dict, or a PyG ``Batch``).
             objective: whose space; by default the first contrastive space pairing
                 ``modality`` with text.
+            space: a named space (``space: hub`` in the objectives' configs), where
+                every modality its objectives project shares one space.
         """
         if modality not in self.encoders:
             raise KeyError(f"no modality '{modality}'; the model has {list(self.encoders)}")
         encoder = self.encoders[modality]
-        head = self.objectives[self.shared_space(modality, objective)]
+        head = self.objectives[self.shared_space(modality, objective, space)]
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
@@ -100,6 +119,31 @@ class MultimodalModel(nn.Module):
 
 def _has_space(objective: Objective) -> bool:
     return type(objective).embed is not Objective.embed
+
+
+def tie_spaces(objectives: Mapping[str, Objective]) -> None:
+    """Give the objectives of one named space one projection head per modality: the
+    first objective's head (in config order) replaces the others'. Their own heads were
+    built first, so every other parameter's initial value is as without the space.
+    A shared head's parameters take the lr scale of that first objective."""
+    owners: dict[tuple[str, str], tuple[str, nn.Module]] = {}
+    for name, objective in objectives.items():
+        if not objective.space:
+            continue
+        heads = getattr(objective, "heads", None)
+        if not isinstance(heads, nn.ModuleDict):
+            raise ValueError(f"objective '{name}' names space '{objective.space}' but keeps no heads (nn.ModuleDict) to share")
+        for modality in list(heads):
+            first = owners.setdefault((objective.space, modality), (name, heads[modality]))
+            if first[1] is heads[modality]:
+                continue
+            shapes = [tuple(p.shape) for p in heads[modality].parameters()]
+            if type(first[1]) is not type(heads[modality]) or shapes != [tuple(p.shape) for p in first[1].parameters()]:
+                raise ValueError(
+                    f"objectives '{first[0]}' and '{name}' share space '{objective.space}' but their '{modality}' heads "
+                    "differ; give them the same embed_dim and head"
+                )
+            heads[modality] = first[1]
 
 
 def build_model(config: RunConfig, dist: DistContext | None = None) -> MultimodalModel:

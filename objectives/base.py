@@ -162,3 +162,12 @@ class Objective(nn.Module):
         shared space for ``modality``.
         """
         return None
+
+    @property
+    def space(self) -> str | None:
+        """The named space this objective embeds into (``config.space``), if any.
+
+        Objectives in one named space share one projection head per modality: the
+        model ties them, so an objective that names a space keeps its heads in
+        ``self.heads`` (an ``nn.ModuleDict`` by modality)."""
+        return getattr(self.config, "space", None)

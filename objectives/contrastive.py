@@ -1,7 +1,7 @@
 """Contrastive alignment of any two modalities (CLIP / SigLIP), reusing open_clip's losses.
 
-Each modality's pooled embedding goes through its own projection head into a shared
-space; open_clip's ``ClipLoss`` (softmax, with cross-rank gathering) or ``SigLipLoss``
+Each modality's pooled embedding goes through a projection head into a shared space
+(the objective's own, or a named space whose heads several objectives share); open_clip's ``ClipLoss`` (softmax, with cross-rank gathering) or ``SigLipLoss``
 (sigmoid) aligns the pairs. When a batch carries attribute codes (the embedded world
 repeats concepts within a batch), every pair whose codes agree counts as a positive
 rather than a negative: the targets become soft over all matching entries.
@@ -30,6 +30,10 @@ class ContrastiveConfig:
     embed_dim: int = 128
     loss: Literal["clip", "siglip"] = "clip"
     head: HeadKind = "linear"
+    # A named space shared with other objectives (e.g. "hub"): objectives in one space
+    # share one projection head per modality, so every modality paired with text lands
+    # in one space anchored on the text encoder. None: this objective's own heads.
+    space: str | None = None
     init_temperature: float = 0.07  # clip: logits scale = 1 / temperature
     max_logit_scale: float = 100.0
     learn_temperature: bool = True
