@@ -1,14 +1,17 @@
-"""Linear probe: logistic regression on frozen encoder features (GraphMAE / PyGCL style).
+"""Linear and few-shot probes: logistic regression on frozen encoder features.
 
 Works for any modality: the encoder's pooled output of every item of a labelled set,
 a train/test split (the dataset's own, or a seeded stratified one), a multinomial
-logistic regression fitted with L-BFGS on standardised training features, and
-top-1 accuracy on the test items.
+logistic regression fitted with L-BFGS on standardised training features, its L2
+strength chosen on a validation split of the training items (as CLIP's linear probes
+choose theirs), and top-1 accuracy on the test items. The few-shot probe trains on k
+items a class drawn from the training split, over several seeded draws.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,6 +63,136 @@ def fit_logistic_regression(
     return linear
 
 
+WEIGHT_DECAYS = tuple(10.0**e for e in range(-6, 1))  # the L2 strengths a validation split chooses from
+
+
+@dataclass
+class Probe:
+    """A fitted probe: the linear layer on standardised features, and its L2 strength."""
+
+    linear: torch.nn.Linear
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight_decay: float
+    validation_top1: float | None  # of the chosen strength; None when there was no validation split
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.std).argmax(1)
+
+
+def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float) -> Probe:
+    mean = features.mean(0)
+    std = features.std(0).nan_to_num(1.0).clamp_min(1e-6)  # one item: std is NaN
+    linear = fit_logistic_regression((features - mean) / std, labels, num_classes, weight_decay)
+    return Probe(linear, mean, std, weight_decay, None)
+
+
+def fit_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    validation: tuple[list[int], list[int]] | None,
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
+    default_weight_decay: float = 1e-4,
+) -> Probe:
+    """A probe on all of ``features``; its L2 strength is the one of ``weight_decays``
+    with the best top-1 on ``validation`` = (fit positions, validation positions),
+    the larger on a tie, or ``default_weight_decay`` without a validation split."""
+    if validation is None or not validation[0] or not validation[1]:
+        return _fit(features, labels, num_classes, default_weight_decay)
+    fit, held = validation
+    scores = []
+    for wd in weight_decays:
+        probe = _fit(features[fit], labels[fit], num_classes, wd)
+        scores.append((float((probe.predict(features[held]) == labels[held]).float().mean()), wd))
+    best_top1, best_wd = max(scores)
+    probe = _fit(features, labels, num_classes, best_wd)
+    probe.validation_top1 = best_top1
+    return probe
+
+
+def probe_split(data: LabelledSet, kept: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int], str]:
+    """(train, test) positions among the ``kept`` items, and how the split was made."""
+    if data.splits:
+        train = [j for j, i in enumerate(kept) if data.splits[i] == "train"]
+        test = [j for j, i in enumerate(kept) if data.splits[i] == "test"]
+        return train, test, "given by the dataset"
+    train, test = stratified_split([data.labels[i] for i in kept], test_fraction, seed)
+    return train, test, f"stratified, test fraction {test_fraction}, seed {seed}"
+
+
+def linear_probe_on_features(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    train: list[int],
+    test: list[int],
+    num_classes: int,
+    seed: int = 0,
+    validation_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """Top-1 on ``test`` of a probe fitted on ``train``, its L2 strength chosen on a
+    stratified ``validation_fraction`` of ``train``."""
+    if not train or not test:
+        raise EvaluationError(f"linear probe needs train and test items; got {len(train)} train, {len(test)} test")
+    fit, held = stratified_split(labels[train].tolist(), validation_fraction, seed)
+    probe = fit_probe(features[train], labels[train], num_classes, (fit, held))
+    return {
+        "top1": float((probe.predict(features[test]) == labels[test]).float().mean()),
+        "train_top1": float((probe.predict(features[train]) == labels[train]).float().mean()),
+        "weight_decay": probe.weight_decay,
+        "validation_top1": probe.validation_top1,
+        "num_train": len(train),
+        "num_test": len(test),
+        "num_classes": num_classes,
+    }
+
+
+def fewshot_probe_on_features(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    train: list[int],
+    test: list[int],
+    num_classes: int,
+    k: int,
+    seed: int = 0,
+    trials: int = 5,
+) -> dict[str, Any]:
+    """Top-1 on ``test`` of probes fitted on ``k`` items a class of ``train`` (classes with
+    fewer take all they have), mean and SD over ``trials`` seeded draws. With k >= 2 the
+    L2 strength is chosen by holding out one shot a class; with k = 1 it is fixed (1e-4)."""
+    if k < 1:
+        raise EvaluationError(f"few-shot k must be at least 1, got {k}")
+    by_class: dict[int, list[int]] = {}
+    for position in train:
+        by_class.setdefault(int(labels[position]), []).append(position)
+    top1 = []
+    decays = []
+    for trial in range(trials):
+        rng = np.random.default_rng([seed, k, trial])
+        shots = [rng.permutation(members)[:k].tolist() for _, members in sorted(by_class.items())]
+        chosen = [p for class_shots in shots for p in class_shots]
+        # positions within ``chosen``: the last shot of each class with two or more validates
+        held, offset = [], 0
+        for class_shots in shots:
+            if len(class_shots) >= 2:
+                held.append(offset + len(class_shots) - 1)
+            offset += len(class_shots)
+        fit = [j for j in range(len(chosen)) if j not in set(held)]
+        probe = fit_probe(features[chosen], labels[chosen], num_classes, (fit, held) if k >= 2 else None)
+        top1.append(float((probe.predict(features[test]) == labels[test]).float().mean()))
+        decays.append(probe.weight_decay)
+    return {
+        "k": k,
+        "top1": float(np.mean(top1)),
+        "top1_sd": float(np.std(top1, ddof=1)) if trials > 1 else 0.0,
+        "trials": trials,
+        "weight_decays": decays,
+        "num_test": len(test),
+        "num_classes": num_classes,
+    }
+
+
 def linear_probe(
     model: MultimodalModel,
     modality: str,
@@ -68,7 +201,6 @@ def linear_probe(
     on_error: str = "skip",
     test_fraction: float = 0.3,
     seed: int = 0,
-    weight_decay: float = 1e-4,
 ) -> dict[str, Any]:
     """Top-1 of a logistic regression on frozen pooled features of ``data``'s items.
 
@@ -77,28 +209,7 @@ def linear_probe(
     """
     features, kept, skipped = embed_items(model, modality, data, None, batch_size, on_error)
     labels = torch.tensor([data.labels[i] for i in kept])
-    if data.splits:
-        train = [j for j, i in enumerate(kept) if data.splits[i] == "train"]
-        test = [j for j, i in enumerate(kept) if data.splits[i] == "test"]
-        split = "given by the dataset"
-    else:
-        train, test = stratified_split(labels.tolist(), test_fraction, seed)
-        split = f"stratified, test fraction {test_fraction}, seed {seed}"
-    if not train or not test:
-        raise EvaluationError(f"linear probe needs train and test items; got {len(train)} train, {len(test)} test")
-    mean = features[train].mean(0)
-    std = features[train].std(0).clamp_min(1e-6)
-    standardised = (features - mean) / std
-    probe = fit_logistic_regression(standardised[train], labels[train], len(data.class_names), weight_decay)
-    with torch.no_grad():
-        predicted = probe(standardised[test]).argmax(1)
-    return {
-        "top1": float((predicted == labels[test]).float().mean()),
-        "train_top1": float((probe(standardised[train]).argmax(1) == labels[train]).float().mean().detach()),
-        "num_train": len(train),
-        "num_test": len(test),
-        "num_classes": len(data.class_names),
-        "skipped": skipped,
-        "split": split,
-        "features": f"{modality} encoder pooled output (frozen)",
-    }
+    train, test, split = probe_split(data, kept, test_fraction, seed)
+    result = linear_probe_on_features(features, labels, train, test, len(data.class_names), seed)
+    result.update(skipped=skipped, split=split, features=f"{modality} encoder pooled output (frozen)")
+    return result

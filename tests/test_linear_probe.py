@@ -48,3 +48,39 @@ def test_linear_probe_on_frozen_graph_features_uses_the_given_split():
     assert result["split"] == "given by the dataset" and result["top1"] == 1.0
     stratified = linear_probe(model, "graph", LabelledSet(items[:-1], labels[:-1], ["star", "path"], ["x"] * 24))
     assert stratified["num_test"] == 8 and "stratified" in stratified["split"]
+
+
+def _clusters(n_per_class: int, seed: int, spread: float = 1.0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 6, generator=generator) * 2
+    labels = torch.arange(4).repeat_interleave(n_per_class)
+    return centres[labels] + spread * torch.randn(len(labels), 6, generator=generator), labels
+
+
+def test_probe_strength_is_the_validation_best_of_the_grid():
+    from mmssl.linear_probe import WEIGHT_DECAYS, _fit, fit_probe
+
+    features, labels = _clusters(15, 0, spread=2.5)
+    fit, held = stratified_split(labels.tolist(), 0.3, seed=0)
+    probe = fit_probe(features, labels, 4, (fit, held))
+    scores = {wd: float((_fit(features[fit], labels[fit], 4, wd).predict(features[held]) == labels[held]).float().mean())
+              for wd in WEIGHT_DECAYS}
+    assert probe.validation_top1 == max(scores.values())
+    assert probe.weight_decay == max(wd for wd, s in scores.items() if s == probe.validation_top1)
+    assert fit_probe(features, labels, 4, None).weight_decay == 1e-4 and fit_probe(features, labels, 4, None).validation_top1 is None
+
+
+def test_fewshot_probe_draws_k_a_class_repeatably_and_learns_from_them():
+    from mmssl.linear_probe import fewshot_probe_on_features, linear_probe_on_features
+
+    features, labels = _clusters(30, 1, spread=0.8)
+    train, test = stratified_split(labels.tolist(), 0.5, seed=0)
+    one = fewshot_probe_on_features(features, labels, train, test, 4, k=1, seed=3, trials=4)
+    five = fewshot_probe_on_features(features, labels, train, test, 4, k=5, seed=3, trials=4)
+    assert one == fewshot_probe_on_features(features, labels, train, test, 4, k=1, seed=3, trials=4)
+    assert one["weight_decays"] == [1e-4] * 4  # one shot: nothing to validate on
+    assert five["top1"] > 0.8 and one["top1"] > 0.5 and five["top1_sd"] >= 0
+    full = linear_probe_on_features(features, labels, train, test, 4)
+    assert full["top1"] >= five["top1"] - 0.05 and full["num_train"] == 60
+    with pytest.raises(EvaluationError, match="few-shot k must be at least 1"):
+        fewshot_probe_on_features(features, labels, train, test, 4, k=0)
