@@ -17,7 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from tqdm.auto import tqdm
+
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
+from mmssl.metrics import Relevance, caption_relevance, retrieval_metrics
 from mmssl.model import MultimodalModel
 from modalities.base import InvalidSample, modality_roles
 from objectives.base import match_matrix
@@ -85,7 +88,13 @@ def class_embeddings(
 
 
 def embed_items(
-    model: MultimodalModel, modality: str, data: LabelledSet, objective: str | None, batch_size: int, on_error: str
+    model: MultimodalModel,
+    modality: str,
+    data: LabelledSet,
+    objective: str | None,
+    batch_size: int,
+    on_error: str,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, list[int], int]:
     """Embeddings of the items that load, their indices in ``data``, and how many were
     skipped. ``objective`` None gives the encoder's own pooled features (frozen, for
@@ -93,6 +102,7 @@ def embed_items(
     encoder = model.encoders[modality]
     kept_samples, kept, skipped = [], [], 0
     embeddings = []
+    bar = tqdm(total=len(data.where), desc=f"embed {modality}", unit="item", disable=not progress, leave=False)
 
     def encode(samples: list[Any]) -> torch.Tensor:
         batch = encoder.collate(samples)
@@ -112,8 +122,10 @@ def embed_items(
         if len(kept_samples) == batch_size:
             embeddings.append(encode(kept_samples))
             kept_samples = []
+        bar.update()
     if kept_samples:
         embeddings.append(encode(kept_samples))
+    bar.close()
     if not embeddings:
         raise EvaluationError(f"no usable samples in {data.source} ({skipped} skipped)")
     return torch.cat(embeddings), kept, skipped
@@ -132,20 +144,40 @@ def pooled_features(model: MultimodalModel, modality: str, batch: Any) -> torch.
         model.train(was_training)
 
 
-def retrieval_recall(
-    queries: torch.Tensor, keys: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10), chunk: int = 1024
-) -> dict[str, float]:
-    """Share of queries with a relevant key among their top k by cosine.
+def caption_pairs(data: LabelledSet, kept: Sequence[int]) -> tuple[list[int], Relevance, Relevance]:
+    """For retrieval between the ``kept`` items and their captions: the captions to
+    embed, and item-to-caption and caption-to-item relevance. The world matches by
+    attribute codes (a caption matches every item of the concept it names); other
+    sets by the caption's item, or an identical text of one of the item's captions."""
+    if data.item_codes:
+        item_codes = torch.tensor([data.item_codes[i] for i in kept])
+        caption_codes = torch.tensor(data.caption_codes)
+        return (
+            list(range(len(data.captions))),
+            lambda rows: match_matrix(item_codes[rows], caption_codes),
+            lambda rows: match_matrix(caption_codes[rows], item_codes),
+        )
+    position = {item: j for j, item in enumerate(kept)}
+    captions = [c for c, owner in enumerate(data.caption_owners) if owner in position]
+    relevant = caption_relevance(
+        [position[data.caption_owners[c]] for c in captions], [data.captions[c] for c in captions], len(kept)
+    )
+    return captions, relevant, relevant.T
 
-    Shapes:
-        queries: [Q, E]; keys: [K, E] (both L2-normalised); relevant: [Q, K] bool.
-    """
-    top = min(max(ks), keys.shape[0])
-    hits = torch.cat([  # the top keys of a block of queries at a time: memory stays [chunk, K]
-        torch.gather(relevant[i : i + chunk], 1, (queries[i : i + chunk] @ keys.T).topk(top, dim=1).indices)
-        for i in range(0, queries.shape[0], chunk)
-    ])
-    return {f"R@{k}": float(hits[:, : min(k, top)].any(1).float().mean()) for k in ks}
+
+def caption_retrieval(
+    model: MultimodalModel, modality: str, text_modality: str, data: LabelledSet, emb: torch.Tensor, kept: Sequence[int],
+    objective: str, batch_size: int = 256,
+) -> dict[str, dict[str, float]]:
+    """Item-to-caption and caption-to-item R@1/5/10, mean and median rank."""
+    captions, item_to_caption, caption_to_item = caption_pairs(data, kept)
+    if not captions:
+        raise EvaluationError(f"{data.source}: no captions of usable items to retrieve")
+    text = model.encode(text_modality, [data.captions[c] for c in captions], objective=objective, batch_size=batch_size)
+    return {
+        f"{modality}_to_{text_modality}": retrieval_metrics(emb, text, item_to_caption),
+        f"{text_modality}_to_{modality}": retrieval_metrics(text, emb, caption_to_item),
+    }
 
 
 def zero_shot_classify(
@@ -157,11 +189,33 @@ def zero_shot_classify(
     batch_size: int = 256,
     on_error: str = "skip",
 ) -> ZeroShotResult:
-    """Classify ``data`` by cosine to class prompt embeddings; top-1/top-5/per-class recall."""
+    """Classify ``data`` by cosine to class prompt embeddings; top-1/top-5/per-class
+    recall, and retrieval against the set's captions where it has them."""
+    objective, text_modality = caption_partner(model, modality, objective)
+    emb, kept, skipped = embed_items(model, modality, data, objective, batch_size, on_error)
+    result = classify_embeddings(model, modality, data, emb, kept, skipped, templates, objective)
+    if data.captions:
+        result.retrieval = caption_retrieval(model, modality, text_modality, data, emb, kept, objective, batch_size)
+    return result
+
+
+def classify_embeddings(
+    model: MultimodalModel,
+    modality: str,
+    data: LabelledSet,
+    emb: torch.Tensor,
+    kept: Sequence[int],
+    skipped: int,
+    templates: Sequence[str] | None,
+    objective: str,
+) -> ZeroShotResult:
+    """Zero-shot classification of ``data``'s ``kept`` items from their embeddings [N, E]
+    in ``objective``'s space."""
+    if not data.class_names or not data.labels:
+        raise EvaluationError(f"{data.source} has no labels: classification needs a labelled set")
     objective, text_modality = caption_partner(model, modality, objective)
     templates = list(templates or model.encoders[modality].prompt_templates())
     classes = class_embeddings(model, text_modality, data.class_names, templates, objective)
-    emb, kept, skipped = embed_items(model, modality, data, objective, batch_size, on_error)
     labels = [data.labels[i] for i in kept]
     scores = emb @ classes.T
     y = torch.tensor(labels)
@@ -188,13 +242,6 @@ def zero_shot_classify(
         skipped=data.skipped + skipped,
         data=data.source,
     )
-    if data.captions and not skipped:
-        text = model.encode(text_modality, data.captions, objective=objective)
-        relevant = match_matrix(torch.tensor(data.item_codes), torch.tensor(data.caption_codes))
-        result.retrieval = {
-            f"{modality}_to_{text_modality}": retrieval_recall(emb, text, relevant),
-            f"{text_modality}_to_{modality}": retrieval_recall(text, emb, relevant.T),
-        }
     if data.heldout_classes:
         heldout = torch.isin(y, torch.tensor(data.heldout_classes))
         result.composition_top1 = float(correct1[heldout].float().mean())

@@ -116,3 +116,28 @@ def plot_seed_sweep(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_comparison(records: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Each task's headline figure (top-1, R@1) side by side per checkpoint: one group
+    of bars per task x modality, one bar per checkpoint."""
+    from mmssl.eval_tasks import headline
+
+    values: dict[str, dict[str, float]] = defaultdict(dict)
+    checkpoints: list[str] = []
+    for record in records:
+        label, value = headline(record)
+        values[label][record["checkpoint"]] = value
+        if record["checkpoint"] not in checkpoints:
+            checkpoints.append(record["checkpoint"])
+    labels = list(values)
+    width = 0.8 / max(len(checkpoints), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) * max(len(checkpoints), 1) + 2), 4.5))
+    for i, checkpoint in enumerate(checkpoints):
+        heights = [values[label].get(checkpoint, np.nan) for label in labels]
+        ax.bar(np.arange(len(labels)) + (i - (len(checkpoints) - 1) / 2) * width, heights, width, label=checkpoint)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 / R@1")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.45))
+    _save(fig, path)

@@ -22,6 +22,19 @@ dataset's train/test split if it has one, else a seeded stratified split).
 of the run config's count: held-out compositions are a few classes, so at 25 samples a
 class one sample moves the figure by 0.01 and sampling alone by about ±0.09 (two SD).
 Writes a JSON report and a confusion-matrix PNG beside it.
+
+--task classification|retrieval|linear_probe|fewshot|cross_modal|all runs tasks instead,
+for one modality (--modality M) or every modality of the embedded world, and writes a
+flat list of records (one per modality x task, direction or k) to --output:
+
+    mmssl-zero-shot --checkpoint runs/default --task all --output results.json
+    mmssl-zero-shot --checkpoint runs/default --task cross_modal --modalities audio image
+    mmssl-zero-shot --checkpoint runs/a runs/b --task all --output compare.json   # + a comparison plot
+
+retrieval: item->text and text->item R@1/5/10, mean and median rank (world, graph files
+and shards with captions, 'pairs:PATH' CSVs of file,caption rows). fewshot: --fewshot-k
+items a class. cross_modal: retrieval between two modalities of one named space (space:
+hub), a hit being an item with the same value of a world attribute both render.
 """
 
 from __future__ import annotations
@@ -36,18 +49,29 @@ from typing import Sequence
 
 from mmssl.atomic import write_text_atomic
 from mmssl.checkpoint import CheckpointError, Pretrained, load_checkpoint
-from mmssl.data.eval_sets import EvaluationError, load_eval_set, read_class_names
+from mmssl.data.eval_sets import EvaluationError, load_eval_set, read_class_names, read_templates
+from mmssl.eval_tasks import TASKS, Evaluator, TaskOptions, cross_modal_pairs, headline, world_modalities
 from mmssl.evaluation import zero_shot_classify
 from mmssl.linear_probe import linear_probe
-from mmssl.plots import plot_confusion
-from modalities.base import modality_roles
+from mmssl.plots import plot_comparison, plot_confusion
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mmssl-zero-shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a checkpoint directory")
+    parser.add_argument(
+        "--checkpoint", required=True, nargs="+",
+        help="a run directory (its latest checkpoint) or a checkpoint directory; several (with --task) are compared",
+    )
+    parser.add_argument("--task", choices=(*TASKS, "all"), default=None, help="tasks to run (default: classification, as before)")
+    parser.add_argument("--modalities", nargs=2, default=None, metavar=("QUERY", "GALLERY"), help="cross_modal: the two modalities")
+    parser.add_argument("--templates", default=None, help="text file of prompt templates, one a line, each with one {}")
+    parser.add_argument("--fewshot-k", type=int, nargs="+", default=[1, 5, 10], help="fewshot: items a class (default 1 5 10)")
+    parser.add_argument("--fewshot-trials", type=int, default=5, help="fewshot: seeded draws per k (default 5)")
+    parser.add_argument("--space", default=None, help="a named space of the checkpoint (space: hub) to embed in")
+    parser.add_argument("--file-column", default="filepath", help="pairs:PATH: the file column (default filepath)")
+    parser.add_argument("--caption-column", default="title", help="pairs:PATH: the caption column (default title)")
     parser.add_argument(
         "--modality", default="all",
         help="the modality to classify, e.g. image; 'all' (default): every modality of the embedded world",
@@ -67,6 +91,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--on-error", choices=("skip", "fail"), default="skip", help="bad data files: skip (counted) or fail")
     args = parser.parse_args(argv)
+    if args.task is None and len(args.checkpoint) > 1:
+        parser.error("several --checkpoint values compare runs: name the tasks with --task (e.g. --task all)")
+    if args.modalities is not None and args.task not in ("cross_modal", "all"):
+        parser.error("--modalities names the two modalities of --task cross_modal")
     if args.samples_per_class is not None:
         if args.samples_per_class < 1:
             parser.error(f"--samples-per-class must be at least 1, got {args.samples_per_class}")
@@ -82,9 +110,11 @@ def _evaluate(args: argparse.Namespace, loaded: Pretrained, modality: str):
     world = run_config.world
     if args.samples_per_class is not None:
         world = dataclasses.replace(world, eval_samples_per_class=args.samples_per_class)
-    data = load_eval_set(model, modality, args.data, world, class_names, args.on_error)
+    data = load_eval_set(model, modality, args.data, world, class_names, args.on_error, (args.file_column, args.caption_column))
     batch_size = args.batch_size or run_config.eval.batch_size
-    result = zero_shot_classify(model, modality, data, objective=args.objective, batch_size=batch_size, on_error=args.on_error)
+    templates = read_templates(args.templates) if args.templates else None
+    objective = args.objective or (model.shared_space(modality, space=args.space) if args.space else None)
+    result = zero_shot_classify(model, modality, data, templates, objective, batch_size, args.on_error)
     if args.linear_probe:
         result.linear_probe = linear_probe(
             model, modality, data, batch_size, args.on_error, test_fraction=args.probe_test_fraction, seed=run_config.seed
@@ -114,22 +144,105 @@ def _evaluate(args: argparse.Namespace, loaded: Pretrained, modality: str):
     return result
 
 
-def _world_modalities(model) -> list[str]:
-    """Modalities that render the embedded world and have a shared space with text."""
-    found = []
-    for key in modality_roles(model.encoders).renderers:
-        try:
-            model.shared_space(key)
-        except ValueError:
-            continue
-        found.append(key)
-    return found
+def _run_tasks(args: argparse.Namespace) -> list[dict]:
+    """Every asked task for every asked modality of every checkpoint, as records."""
+    records: list[dict] = []
+    tasks = TASKS if args.task == "all" else (args.task,)
+    for path in args.checkpoint:
+        loaded = load_checkpoint(path, device=args.device)
+        options = TaskOptions(
+            data=args.data, class_names=read_class_names(args.class_names) if args.class_names else None,
+            templates=read_templates(args.templates) if args.templates else None,
+            fewshot_k=tuple(args.fewshot_k), fewshot_trials=args.fewshot_trials, test_fraction=args.probe_test_fraction,
+            batch_size=args.batch_size or loaded.config.eval.batch_size, on_error=args.on_error, objective=args.objective,
+            space=args.space, samples_per_class=args.samples_per_class, columns=(args.file_column, args.caption_column),
+            progress=sys.stderr.isatty(), seed=loaded.config.seed,
+        )
+        evaluator = Evaluator(loaded, options)
+        if args.modality == "all":
+            if args.data not in (None, "world"):
+                raise EvaluationError("--modality all evaluates the embedded world; name one modality to use --data")
+            modalities = world_modalities(loaded.model)
+        else:
+            if args.modality not in loaded.model.encoders:
+                raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(loaded.model.encoders)}")
+            modalities = [args.modality]
+        for task in tasks:
+            if task == "cross_modal":
+                if args.modalities:
+                    records += evaluator.cross_modal(*args.modalities)
+                    continue
+                pairs, why_not = cross_modal_pairs(evaluator, world_modalities(loaded.model))
+                if args.task == "cross_modal" and not pairs:
+                    raise EvaluationError("no two modalities to match: " + "; ".join(why_not))
+                for reason in why_not:
+                    print(f"cross_modal skipped: {reason}", file=sys.stderr)
+                for a, b in pairs:
+                    records += evaluator.cross_modal(a, b)
+                continue
+            for modality in modalities:
+                try:
+                    records += getattr(evaluator, task)(modality)
+                except EvaluationError as exc:
+                    if args.task != "all":
+                        raise
+                    print(f"{task} {modality} skipped: {exc}", file=sys.stderr)
+    return records
+
+
+def _details(r: dict) -> str:
+    """The figures beside a record's headline in the stdout table."""
+    task = r["task"]
+    if task == "classification":
+        return f"top5 {r['top5']:.4f}" + (f"  composition {r['composition_top1']:.4f}" if "composition_top1" in r else "")
+    if task == "retrieval":
+        return f"R@5 {r['R@5']:.4f}  R@10 {r['R@10']:.4f}  median rank {r['median_rank']:.0f}"
+    if task == "linear_probe":
+        return f"weight decay {r['weight_decay']:.0e}, {r['num_train']} train / {r['num_test']} test"
+    if task == "fewshot":
+        return f"sd {r['top1_sd']:.4f} over {r['trials']} draws"
+    return (f"{r['attribute']}: chance {r['R@1_chance']:.4f} ({r['R@1_over_chance']:.1f}x)  "
+            f"mAP {r['mAP']:.4f} (chance {r['mAP_chance']:.4f})")
+
+
+def _write_task_report(args: argparse.Namespace, records: list[dict]) -> None:
+    """The table on stdout; the JSON records, confusion PNGs and a comparison plot beside --output."""
+    print(f"\n{'task':<38s} {'figure':>10s}  details")
+    for record in records:
+        label, value = headline(record)
+        who = f"  [{record['checkpoint']}]" if len(args.checkpoint) > 1 else ""
+        print(f"{label:<38s} {value:10.4f}  {_details(record)}{who}")
+    if not args.output:
+        return
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        confusion = record.pop("confusion", None)
+        names = record.pop("class_names", None)
+        if confusion is not None and len(args.checkpoint) == 1:
+            png = output.with_name(f"{output.stem}_{record['modality']}_confusion.png")
+            plot_confusion(confusion, names, png, f"zero-shot {record['modality']}: top-1 {record['top1']:.3f}")
+    write_text_atomic(output, json.dumps(records, indent=2))
+    print(f"report: {output}")
+    if len(args.checkpoint) > 1:
+        png = output.with_name(output.stem + "_comparison.png")
+        plot_comparison(records, png)
+        print(f"comparison plot: {png}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.task is not None:
+        try:
+            records = _run_tasks(args)
+        except (CheckpointError, EvaluationError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        _write_task_report(args, records)
+        return 0
     results = {}
+    args.checkpoint = args.checkpoint[0]
     try:
         loaded = load_checkpoint(args.checkpoint, device=args.device)
         model = loaded.model
@@ -137,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.data not in (None, "world") or args.output:
                 raise EvaluationError("--modality all evaluates the embedded world only, one report per modality; "
                                       "name one modality to use --data or --output")
-            modalities = _world_modalities(model)
+            modalities = world_modalities(model)
             if not modalities:
                 raise EvaluationError(f"checkpoint has no modality that renders the world with a text-paired space ({sorted(model.encoders)})")
         elif args.modality not in model.encoders:

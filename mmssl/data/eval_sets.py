@@ -43,6 +43,13 @@ class LabelledSet:
     captions: list[str] = field(default_factory=list)
     item_codes: list[list[int]] = field(default_factory=list)
     caption_codes: list[list[int]] = field(default_factory=list)
+    # Or, outside the world: the item each caption describes (several captions may share
+    # an item; a caption whose text equals one of an item's own also counts for it).
+    caption_owners: list[int] = field(default_factory=list)
+    # The world's attribute values of each item (class and nuisance attributes), and the
+    # values each attribute can take: what cross-modal retrieval matches on.
+    item_attributes: list[dict[str, str]] = field(default_factory=list)
+    attribute_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # "train" / "test" per item where the dataset fixes a split (for linear probes).
     splits: list[str] = field(default_factory=list)
     skipped: int = 0  # samples left out while reading the set (their label could not be read)
@@ -53,6 +60,8 @@ def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldCon
     encoder = model.encoders[modality]
     world: World = world_for(encoder, world_config)
     data = LabelledSet([], [], world.class_names, [], list(world.heldout_classes), source="world")
+    space = world.space
+    data.attribute_values = {a: tuple(v) for a, v in {**space.class_attributes, **space.nuisance_attributes}.items()}
     for cls in world.classes:
         for i in range(world_config.eval_samples_per_class):
             # An "eval" key in the seed: training streams never draw these generators.
@@ -65,6 +74,7 @@ def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldCon
             data.captions.append(caption)
             data.caption_codes.append(codes)
             data.item_codes.append(world.attribute_codes(concept))
+            data.item_attributes.append(dict(concept))
     return data
 
 
@@ -122,6 +132,40 @@ def classification_csv_set(path: str | Path) -> LabelledSet:
     return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"csv:{path}")
 
 
+def pairs_set(path: str | Path, file_column: str = "filepath", caption_column: str = "title") -> LabelledSet:
+    """Paired data for retrieval: a CSV of file and caption columns (open_clip's layout,
+    files relative to the CSV's folder). Rows naming the same file are several captions
+    of one item. No labels: classification and probes need a labelled set."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"paired CSV not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in (file_column, caption_column) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EvaluationError(
+                f"{path}: no column {missing[0]!r} (columns: {reader.fieldnames}); name them with --file-column / --caption-column"
+            )
+        rows = list(reader)
+    items: list[str] = []
+    where: list[str] = []
+    index: dict[str, int] = {}
+    data = LabelledSet(items, [], [], where, source=f"pairs:{path}")
+    for i, row in enumerate(rows):
+        file, caption = (row[file_column] or "").strip(), (row[caption_column] or "").strip()
+        if not file or not caption:
+            raise EvaluationError(f"{path} row {i + 2}: empty {file_column if not file else caption_column!r}")
+        if file not in index:
+            index[file] = len(items)
+            items.append(str(path.parent / file))
+            where.append(f"{path} row {i + 2} ({path.parent / file})")
+        data.captions.append(caption)
+        data.caption_owners.append(index[file])
+    if not items:
+        raise EvaluationError(f"{path}: no data rows")
+    return data
+
+
 def read_class_names(path: str | Path) -> list[str]:
     """Class names from a text file, one a line (line i names label i)."""
     path = Path(path)
@@ -157,6 +201,23 @@ def resolve_labels(
     return names, labels
 
 
+def read_templates(path: str | Path) -> list[str]:
+    """Prompt templates from a text file, one a line, each with one ``{}`` for the class name."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"templates file not found: {path}")
+    templates = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.count("{}") != 1 or line.replace("{}", "").count("{") or line.replace("{}", "").count("}"):
+            raise EvaluationError(f"{path} line {number}: a template needs exactly one {{}} for the class name, got {line!r}")
+        templates.append(line.strip())
+    if not templates:
+        raise EvaluationError(f"{path}: no templates (one a line, e.g. 'a photo of a {{}}.')")
+    return templates
+
+
 def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None) -> LabelledSet:
     """A labelled graph file (JSONL or a saved list of Data, see ``mmssl.data.graphs``).
 
@@ -181,7 +242,7 @@ def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None) -
     texts = [record_field(r, "text") for r in records]
     if all(isinstance(t, str) and t.strip() for t in texts):
         data.captions = list(texts)
-        data.item_codes = data.caption_codes = [[i] for i in range(len(records))]
+        data.caption_owners = list(range(len(records)))
     splits = [record_field(r, "split") for r in records]
     if all(split in ("train", "test") for split in splits):
         data.splits = list(splits)
@@ -256,7 +317,7 @@ def shard_set(path: str, modality: Modality, class_names: Sequence[str] | None =
     data = LabelledSet(ShardItems(source, kept, modality), labels, names, where, source=f"shards:{path}", skipped=skipped)
     if all(captions):
         data.captions = list(captions)
-        data.item_codes = data.caption_codes = [[i] for i in range(len(kept))]
+        data.caption_owners = list(range(len(kept)))
     return data
 
 
@@ -267,21 +328,43 @@ def load_eval_set(
     world_config: WorldConfig,
     class_names: Sequence[str] | None = None,
     on_error: str = "skip",
+    columns: tuple[str, str] = ("filepath", "title"),
 ) -> LabelledSet:
     """``spec``: None or 'world' (the embedded world), 'folder:PATH', 'csv:PATH' (ESC-50
-    layout), 'graphs:PATH' (a labelled graph file) or 'shards:PATH' (labelled WebDataset
-    shards); ``class_names`` name integer labels."""
-    if spec is None or spec == "world":
+    layout), 'graphs:PATH' (a labelled graph file), 'shards:PATH' (WebDataset shards) or
+    'pairs:PATH' (a CSV of file and caption ``columns``, for retrieval). ``class_names``
+    name integer labels, or rename a set's classes (the count must match)."""
+    if modality not in model.encoders:
+        raise EvaluationError(f"checkpoint has no modality '{modality}'; it has {sorted(model.encoders)}")
+    encoder = model.encoders[modality]
+    kind, _, path = (spec or "world").partition(":")
+    if kind in ("folder", "csv", "pairs") and encoder.consumes_captions or kind in ("folder", "csv") and not encoder.file_extensions:
+        raise EvaluationError(f"modality '{modality}' reads no files: --data {kind}:PATH cannot feed it")
+    if kind == "graphs" and (encoder.file_extensions or encoder.consumes_captions):
+        raise EvaluationError(f"modality '{modality}' does not read graph records: --data graphs:PATH cannot feed it")
+    if kind == "world" and not path:
         if modality not in modality_roles(model.encoders).renderers:
             raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
-        return world_eval_set(model, modality, world_config)
-    kind, _, path = spec.partition(":")
-    if kind == "folder" and path:
-        return folder_set(path, model.encoders[modality].file_extensions)
-    if kind == "csv" and path:
-        return classification_csv_set(path)
-    if kind == "graphs" and path:
+        data = world_eval_set(model, modality, world_config)
+    elif kind == "folder" and path:
+        data = folder_set(path, encoder.file_extensions)
+    elif kind == "csv" and path:
+        data = classification_csv_set(path)
+    elif kind == "graphs" and path:
         return graph_file_set(path, class_names)
-    if kind == "shards" and path:
-        return shard_set(path, model.encoders[modality], class_names, on_error)
-    raise EvaluationError(f"unknown --data '{spec}': use 'world', 'folder:PATH', 'csv:PATH', 'graphs:PATH' or 'shards:PATH'")
+    elif kind == "shards" and path:
+        return shard_set(path, encoder, class_names, on_error)
+    elif kind == "pairs" and path:
+        return pairs_set(path, *columns)
+    else:
+        raise EvaluationError(
+            f"unknown --data '{spec}': use 'world', 'folder:PATH', 'csv:PATH', 'graphs:PATH', 'shards:PATH' or 'pairs:PATH'"
+        )
+    if class_names is not None:
+        if len(class_names) != len(data.class_names):
+            raise EvaluationError(
+                f"--class-names has {len(class_names)} names but {data.source} has {len(data.class_names)} classes "
+                f"({', '.join(data.class_names[:4])}{', ...' if len(data.class_names) > 4 else ''})"
+            )
+        data.class_names = list(class_names)
+    return data
