@@ -87,7 +87,7 @@ class World:
     def concept(self, class_index: int, rng: np.random.Generator) -> dict[str, str]:
         """A full concept of a class: its class attributes plus random nuisance values."""
         concept = dict(self.classes[class_index].attributes)
-        for attr, values in self.space.nuisance_attributes.items():
+        for attr, values in {**self.space.nuisance_attributes, **self.space.shared_attributes}.items():
             concept[attr] = values[int(rng.integers(len(values)))]
         return concept
 
@@ -99,9 +99,9 @@ class World:
         self, concept: Mapping[str, str], rng: np.random.Generator, single_attribute_prob: float | None = None
     ) -> tuple[str, list[int]]:
         """A training caption of ``concept`` (random template, random synonyms) and its
-        attribute codes: class-attribute value indices, -1 where the caption does not
-        name the attribute. Items and captions match where codes agree or either is -1;
-        the contrastive objective uses that for same-concept positives."""
+        match codes (``match_codes``): -1 where the caption does not name the attribute.
+        Items and captions match where codes agree or either is -1; the contrastive
+        objective uses that for same-concept positives."""
         single = self.space.single_attribute_templates
         prob = self.single_attribute_prob if single_attribute_prob is None else single_attribute_prob
         if single and rng.random() < prob:
@@ -112,13 +112,22 @@ class World:
         template = templates[int(rng.integers(len(templates)))]
         text = template.format(**{k: self._word(v, rng) for k, v in concept.items()})
         named = {field for _, field, _, _ in string.Formatter().parse(template) if field}
-        return text, self.attribute_codes(concept, named)
+        return text, self.match_codes(concept, named)
 
     def attribute_codes(self, concept: Mapping[str, str], named: set[str] | None = None) -> list[int]:
         """Class-attribute value indices of ``concept``; -1 for attributes not in ``named``."""
+        return self._codes(self.space.class_attributes, concept, named)
+
+    def match_codes(self, concept: Mapping[str, str], named: set[str] | None = None) -> list[int]:
+        """Value indices of the class and shared attributes (what decides whether an item
+        and a caption show the same thing); -1 for attributes not in ``named``."""
+        return self._codes({**self.space.class_attributes, **self.space.shared_attributes}, concept, named)
+
+    @staticmethod
+    def _codes(attributes: Mapping[str, Sequence[str]], concept: Mapping[str, str], named: set[str] | None) -> list[int]:
         return [
             list(values).index(concept[attr]) if named is None or attr in named else -1
-            for attr, values in self.space.class_attributes.items()
+            for attr, values in attributes.items()
         ]
 
     def prompts(self, class_index: int) -> list[str]:

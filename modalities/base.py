@@ -60,18 +60,29 @@ class ModalityOutput:
     padding_mask: torch.Tensor | None = None
 
 
+# The world's attribute that crosses modalities: an image shows that many dots, a tone
+# plays that many notes, a graph carries that many pendant triangles, and every caption
+# that names it uses the same number word. No pair of two non-text modalities is ever
+# trained, so matching an image and a sound on it is emergent, through the text.
+COUNT = {"count": ("one", "two", "three", "four")}
+
+
 @dataclass(frozen=True)
 class ConceptSpace:
     """The concepts a modality can render in the embedded world, and how to caption them.
 
     A class is one value for each of ``class_attributes`` (e.g. colour x shape); the
     ``nuisance_attributes`` (size, position) vary within a class and may appear in
-    captions. Templates use ``{attribute}`` fields; a value is written as itself or
-    one of its ``synonyms``.
+    captions. ``shared_attributes`` (``COUNT``) vary within a class too, but every
+    modality that renders one uses the same values and captions name them with the same
+    words; a caption that names one matches only items of its value (contrastive
+    positives), and cross-modal retrieval matches items on it. Templates use
+    ``{attribute}`` fields; a value is written as itself or one of its ``synonyms``.
     """
 
     class_attributes: Mapping[str, Sequence[str]]
     nuisance_attributes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    shared_attributes: Mapping[str, Sequence[str]] = field(default_factory=dict)
     caption_templates: Sequence[str] = ()
     single_attribute_templates: Mapping[str, Sequence[str]] = field(default_factory=dict)
     synonyms: Mapping[str, Sequence[str]] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from torch_geometric.nn import (
 )
 from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_batch, to_undirected
 
-from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput
+from modalities.base import COUNT, ConceptSpace, InvalidSample, Modality, ModalityOutput
 
 @dataclass(frozen=True)
 class GraphConfig:
@@ -338,18 +338,19 @@ GRAPH_SPACE = ConceptSpace(
         "size": ("small", "medium", "large"),
         "family": ("cycle", "path", "star", "complete", "wheel", "grid", "ladder", "tree"),
     },
-    nuisance_attributes={"motif": ("none", "triangle")},
+    shared_attributes=COUNT,
     caption_templates=(
         "a {size} {family} graph",
         "a {size} {family}",
         "a {family} graph that is {size}",
         "{size} {family}",
-        "a {size} {family} graph with {motif}",
+        "a {size} {family} graph with {count}",
         "a {size} {family} network",
+        "a {family} graph with {count}",
     ),
     single_attribute_templates={
-        "size": ("a {size} graph", "a {size} network", "a {size} graph with {motif}"),
-        "family": ("a {family} graph", "a {family}", "a {family} with {motif}"),
+        "size": ("a {size} graph", "a {size} network", "a {size} graph with {count}"),
+        "family": ("a {family} graph", "a {family}", "a {family} with {count}"),
     },
     synonyms={
         "small": ("small", "little"),
@@ -360,13 +361,15 @@ GRAPH_SPACE = ConceptSpace(
         "complete": ("complete", "clique"),
         "grid": ("grid", "lattice"),
         "tree": ("tree", "random tree"),
-        "none": ("nothing attached", "no extra motif"),
-        "triangle": ("a triangle attached", "a pendant triangle"),
+        "one": ("one triangle attached", "one pendant triangle"),
+        "two": ("two triangles attached", "two pendant triangles"),
+        "three": ("three triangles attached", "three pendant triangles"),
+        "four": ("four triangles attached", "four pendant triangles"),
     },
     prompt_templates=("a {} graph.", "a {}.", "a {} network."),
 )
 
-# Node counts of the size classes (before motifs; ladders round down to even counts).
+# Node counts of the size classes (before pendant triangles; ladders round down to even counts).
 SIZES = {"small": (5, 9), "medium": (12, 16), "large": (20, 25)}
 
 
@@ -398,13 +401,14 @@ def family_graph(family: str, size: str, rng: np.random.Generator) -> nx.Graph:
 
 
 def render_graph(concept: Mapping[str, str], rng: np.random.Generator, noise_edges: int = 2) -> Data:
-    """A graph of the concept's family and size class, with its motif (a pendant
-    triangle) attached, up to ``noise_edges`` random extra edges and a random node
-    order. Every choice comes from ``rng``. Returns an undirected, featureless Data."""
+    """A graph of the concept's family and size class, with its count of pendant
+    triangles attached (the world's count, as a graph shows it), up to ``noise_edges``
+    random extra edges and a random node order. Every choice comes from ``rng``.
+    Returns an undirected, featureless Data."""
     graph = family_graph(concept["family"], concept["size"], rng)
-    n = graph.number_of_nodes()
-    if concept.get("motif") == "triangle":
-        anchor = int(rng.integers(n))
+    n = base = graph.number_of_nodes()
+    for _ in range(COUNT["count"].index(concept["count"]) + 1 if "count" in concept else 0):
+        anchor = int(rng.integers(base))
         graph.add_edges_from([(anchor, n), (n, n + 1), (n + 1, anchor)])
         n += 2
     for _ in range(int(rng.integers(0, noise_edges + 1))):

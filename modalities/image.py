@@ -13,7 +13,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from modalities.base import ConceptSpace, InvalidSample, Modality, ModalityOutput, seeded_torch_rng
+from modalities.base import COUNT, ConceptSpace, InvalidSample, Modality, ModalityOutput, seeded_torch_rng
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -141,6 +141,7 @@ SHAPES_SPACE = ConceptSpace(
         "size": ("small", "large"),
         "position": ("left", "right", "top", "bottom", "middle"),
     },
+    shared_attributes=COUNT,
     caption_templates=(
         "a {colour} {shape}",
         "a {size} {colour} {shape}",
@@ -151,12 +152,20 @@ SHAPES_SPACE = ConceptSpace(
         "a {shape} that is {colour}",
         "a {size} {shape} coloured {colour}",
         "{colour} {shape}",
+        "a {colour} {shape} with {count}",
+        "{count} and a {colour} {shape}",
+        "a {size} {colour} {shape} with {count}",
+        "a picture of a {colour} {shape} and {count}",
     ),
     single_attribute_templates={
-        "colour": ("a {colour} shape", "something {colour}", "a {size} {colour} thing"),
-        "shape": ("a {shape}", "a picture of a {shape}", "a {size} {shape}"),
+        "colour": ("a {colour} shape", "something {colour}", "a {size} {colour} thing", "a {colour} shape with {count}"),
+        "shape": ("a {shape}", "a picture of a {shape}", "a {size} {shape}", "a {shape} with {count}"),
     },
     synonyms={
+        "one": ("one dot",),
+        "two": ("two dots",),
+        "three": ("three dots",),
+        "four": ("four dots",),
         "circle": ("circle", "disc"),
         "square": ("square", "box"),
         "cross": ("cross", "plus sign"),
@@ -206,8 +215,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in pts]
 
 
+def _draw_dots(draw: ImageDraw.ImageDraw, n: int, at_bottom: bool, canvas: int, rng: np.random.Generator) -> None:
+    """``n`` light dots in a row along the top edge (the bottom one when the shape sits
+    at the top), clear of the shape: the world's count, as an image shows it."""
+    r, gap = canvas * 0.045, canvas * 0.13
+    x = canvas * rng.uniform(0.08, 0.92 - 3 * 0.13 - 0.09)
+    y = canvas * (0.92 if at_bottom else 0.08) + rng.normal(0, canvas * 0.005)
+    grey = int(rng.integers(200, 256))
+    for i in range(n):
+        draw.ellipse([x + i * gap - r, y - r, x + i * gap + r, y + r], fill=(grey, grey, grey))
+
+
 def render_shape(concept: Mapping[str, str], rng: np.random.Generator, size: int) -> Image.Image:
-    """One coloured shape on a noisy background; every choice comes from ``rng``."""
+    """One coloured shape on a noisy background, with the concept's count of dots if it
+    has one; every choice comes from ``rng``."""
     scale = 4  # draw large, downsample with antialiasing
     canvas = size * scale
     background = rng.integers(10, 90, size=3)
@@ -225,6 +246,8 @@ def render_shape(concept: Mapping[str, str], rng: np.random.Generator, size: int
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
     else:
         draw.polygon(_polygon(shape, cx, cy, radius, rng.uniform(-0.25, 0.25)), fill=fill)
+    if "count" in concept:
+        _draw_dots(draw, COUNT["count"].index(concept["count"]) + 1, concept["position"] == "top", canvas, rng)
     img = img.resize((size, size), Image.Resampling.LANCZOS)
     pixels = np.asarray(img, dtype=np.float32) + rng.normal(0, 8.0, size=(size, size, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

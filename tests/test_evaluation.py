@@ -75,7 +75,7 @@ def test_audio_zero_shot_on_world_reports_retrieval(tiny_audio_run, tmp_path):
     report = json.loads(output.read_text())
     assert report["num_classes"] == 16 and len(report["heldout_classes"]) == 4
     assert set(report["retrieval"]) == {"audio_to_text", "text_to_audio"}
-    assert set(report["retrieval"]["audio_to_text"]) == {"R@1", "R@5", "R@10"}
+    assert set(report["retrieval"]["audio_to_text"]) == {"R@1", "R@5", "R@10", "mean_rank", "median_rank"}
     assert "retrieval audio_to_text" in proc.stdout
 
 

@@ -33,10 +33,47 @@ def test_captions_name_attributes_and_codes_say_which():
             if code == value:
                 words = SHAPES_SPACE.synonyms.get(concept[attr], (concept[attr],))
                 assert any(w in text for w in words), (text, attr)
-        singles += -1 in codes
+        singles += -1 in codes[:2]  # a class attribute left unnamed: a single-attribute caption
     assert 60 < singles < 140
 
 
 def test_sample_rng_is_stable():
     assert np.array_equal(sample_rng(1, "s", 2, 3).integers(1000, size=5), sample_rng(1, "s", 2, 3).integers(1000, size=5))
     assert not np.array_equal(sample_rng(1, "s", 2, 3).integers(1000, size=5), sample_rng(1, "t", 2, 3).integers(1000, size=5))
+
+
+def test_count_crosses_modalities_and_each_renders_it():
+    from scipy import ndimage
+
+    from modalities.audio import TONES_SPACE, render_tone
+    from modalities.base import COUNT
+    from modalities.graph import GRAPH_SPACE, SIZES, render_graph
+    from modalities.image import render_shape
+
+    assert all(space.shared_attributes == COUNT for space in (SHAPES_SPACE, TONES_SPACE, GRAPH_SPACE))
+    for n, count in enumerate(COUNT["count"], 1):
+        rng = sample_rng(0, "count", n)
+        image = np.asarray(render_shape({"colour": "blue", "shape": "cross", "size": "small", "position": "top", "count": count}, rng, 32))
+        dots = image[24:, :, :].min(2) > 150  # light grey dots along the bottom edge, clear of the shape at the top
+        assert ndimage.label(dots)[1] == n, count
+        tone = render_tone({"contour": "steady", "timbre": "sine", "register": "middle", "count": count}, rng, 8000, 1.0)
+        loud = np.convolve(np.abs(tone), np.ones(40) / 40, mode="same") > 0.05
+        assert np.sum(np.diff(loud.astype(int)) == 1) + loud[0] == n, count
+        graph = render_graph({"family": "path", "size": "small", "count": count}, rng)
+        low, high = SIZES["small"]
+        assert low <= graph.num_nodes - 2 * n <= high
+
+
+def test_captions_that_name_the_count_match_only_items_of_that_count():
+    world = World(SHAPES_SPACE, 0, 6, single_attribute_prob=0.5)
+    rng = sample_rng(0, "count captions")
+    named = 0
+    for _ in range(300):
+        concept = world.concept(world.train_classes[0], rng)
+        text, codes = world.caption(concept, rng)
+        assert len(codes) == 3 and world.match_codes(concept)[:2] == world.attribute_codes(concept)
+        if codes[2] != -1:
+            named += 1
+            assert codes[2] == ("one", "two", "three", "four").index(concept["count"])
+            assert concept["count"] in text
+    assert 0.15 < named / 300 < 0.45

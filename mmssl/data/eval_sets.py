@@ -61,7 +61,8 @@ def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldCon
     world: World = world_for(encoder, world_config)
     data = LabelledSet([], [], world.class_names, [], list(world.heldout_classes), source="world")
     space = world.space
-    data.attribute_values = {a: tuple(v) for a, v in {**space.class_attributes, **space.nuisance_attributes}.items()}
+    attributes = {**space.class_attributes, **space.nuisance_attributes, **space.shared_attributes}
+    data.attribute_values = {a: tuple(v) for a, v in attributes.items()}
     for cls in world.classes:
         for i in range(world_config.eval_samples_per_class):
             # An "eval" key in the seed: training streams never draw these generators.
@@ -73,7 +74,7 @@ def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldCon
             caption, codes = world.caption(concept, rng, single_attribute_prob=0.0)
             data.captions.append(caption)
             data.caption_codes.append(codes)
-            data.item_codes.append(world.attribute_codes(concept))
+            data.item_codes.append(world.match_codes(concept))
             data.item_attributes.append(dict(concept))
     return data
 

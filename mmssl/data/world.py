@@ -83,7 +83,7 @@ class WorldSource:
             concept = self.world.concept(cls, rng)
             render = self.renderer.render(concept, rng)
         item: dict[str, Any] = {self.renderer.key: render}
-        codes = {self.renderer.key: self.world.attribute_codes(concept)}
+        codes = {self.renderer.key: self.world.match_codes(concept)}
         if self.captioner is not None:
             text, caption_codes = self.world.caption(concept, rng)
             item[self.captioner.key] = text

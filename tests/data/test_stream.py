@@ -135,7 +135,7 @@ def test_render_pool_is_shared_reused_and_left_unmodified():
             assert concept == again  # a slot's content depends on the world seed and the slot only
             assert _same_render(render, rerender), f"{name}: slot {slot} was modified by a transform"
             assert tuple(world.attribute_codes(concept)) not in heldout
-        slot_codes = {tuple(world.attribute_codes(pool.get(i)[0])) for i in range(6)}
+        slot_codes = {tuple(world.match_codes(pool.get(i)[0])) for i in range(6)}
         renderer = pool.renderer.key
         assert {tuple(c) for c in batch["match"][renderer].tolist()} <= slot_codes
         if "text" in batch:  # captions are drawn afresh per sample: 16 samples, 6 renders

@@ -77,7 +77,7 @@ def test_structural_features_distinguish_a_six_cycle_from_two_triangles():
 
 def test_batched_random_walk_pe_equals_pyg_transform_per_graph():
     rng = sample_rng(0, "rwpe")
-    graphs = [render_graph({"family": f, "size": s, "motif": "triangle"}, rng) for f in ("tree", "wheel", "grid") for s in ("small", "large")]
+    graphs = [render_graph({"family": f, "size": s, "count": "one"}, rng) for f in ("tree", "wheel", "grid") for s in ("small", "large")]
     graphs.append(Data(edge_index=torch.tensor([[0], [1]]), num_nodes=3))  # directed edge and an isolated node
     batch = Batch.from_data_list(graphs)
     ours = random_walk_pe(batch.edge_index, batch.num_nodes, 5, batch.batch)
@@ -194,16 +194,16 @@ def test_world_has_24_classes_and_renders_every_family_in_its_size_class():
     assert len(world.classes) == 24 and len(world.heldout_classes) == 4
     rng = sample_rng(0, "render")
     for cls in world.classes:
-        for motif in ("none", "triangle"):
-            g = render_graph({**cls.attributes, "motif": motif}, rng)
-            n = g.num_nodes - (2 if motif == "triangle" else 0)
+        for count, triangles in (("one", 1), ("four", 4)):
+            g = render_graph({**cls.attributes, "count": count}, rng)
+            n = g.num_nodes - 2 * triangles
             low, high = SIZES[cls.attributes["size"]]
             assert low - 1 <= n <= high, (cls.name, n)  # ladders round down to an even count
             assert g.edge_index.max() < g.num_nodes and (g.edge_index[0] != g.edge_index[1]).all()
 
 
 def test_render_follows_the_rng_and_relabels_nodes():
-    concept = {"size": "large", "family": "star", "motif": "none"}
+    concept = {"size": "large", "family": "star"}
     a, b = render_graph(concept, sample_rng(1, "g")), render_graph(concept, sample_rng(1, "g"))
     assert torch.equal(a.edge_index, b.edge_index)
     hubs = set()

@@ -152,7 +152,7 @@ def test_mlm_learns_the_world_captions(tiny_config, tmp_path):
     # Attribute words of the captions are unpredictable from context (every colour goes
     # with every shape); template words are not, which is what lifts accuracy over the
     # most-frequent-token baseline.
-    config = tiny_config(*MLM_OVERRIDES, "train.steps=150", "train.lr=0.01", "train.warmup_steps=5", "train.log_every=5")
+    config = tiny_config(*MLM_OVERRIDES, "train.steps=250", "train.lr=0.01", "train.warmup_steps=5", "train.log_every=5")
     Pretrainer(config, tmp_path).fit()
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "mlm/accuracy" in r]
     assert records[-1]["mlm/loss"] < 0.4 * records[0]["mlm/loss"]
