@@ -172,6 +172,9 @@ def _run_tasks(args: argparse.Namespace) -> list[dict]:
                 if args.modalities:
                     records += evaluator.cross_modal(*args.modalities)
                     continue
+                if args.data not in (None, "world"):
+                    print("cross_modal skipped: it matches items on the embedded world's attributes", file=sys.stderr)
+                    continue
                 pairs, why_not = cross_modal_pairs(evaluator, world_modalities(loaded.model))
                 if args.task == "cross_modal" and not pairs:
                     raise EvaluationError("no two modalities to match: " + "; ".join(why_not))
