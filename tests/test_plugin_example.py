@@ -45,6 +45,13 @@ def test_installed_plugin_is_listed_with_its_distribution(plugin_env):
 
 
 @pytest.mark.slow
+def test_plugin_passes_its_own_tests_built_on_the_contract_suite(plugin_env):
+    done = _run(plugin_env, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests"))
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "4 passed" in done.stdout
+
+
+@pytest.mark.slow
 def test_plugin_trains_from_its_config_and_its_source_and_evaluates_above_chance(plugin_env, tmp_path):
     # a long recording for the forecast objective, read through the plugin's own source
     rng = np.random.default_rng(0)

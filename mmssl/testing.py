@@ -1,0 +1,254 @@
+"""Contract checks a modality or objective author runs with one pytest line:
+
+    from mmssl.testing import check_modality, check_objective
+
+    def test_sensor_meets_the_modality_contract():
+        check_modality(SensorModality, {"width": 32, "depth": 1})
+
+    def test_forecast_meets_the_objective_contract():
+        check_objective("configs/sensor.yaml", "forecast")
+
+Each check fails with an ``AssertionError`` that names the contract rule and what was
+found. The built-in modalities and objectives pass the same checks (tests/test_contracts.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mmssl.config import RunConfig, convert, load_config
+from mmssl.seeding import sample_rng
+from modalities.base import MaskableTokenEncoder, Modality, ModalityOutput, PatchEncoder
+from objectives.base import ObjectiveOutput
+
+
+class ContractError(AssertionError):
+    """A contract rule a modality or objective breaks; the message names the rule."""
+
+
+def _require(condition: bool, rule: str, found: str = "") -> None:
+    if not condition:
+        raise ContractError(f"{rule}" + (f": {found}" if found else ""))
+
+
+def _fingerprint(value: Any) -> Any:
+    """A comparable copy of a raw item or sample (arrays, tensors, images, graphs, dicts)."""
+    if torch.is_tensor(value):
+        return ("tensor", value.detach().clone())
+    if isinstance(value, np.ndarray):
+        return ("array", value.copy())
+    if hasattr(value, "tobytes") and hasattr(value, "size"):  # a PIL image
+        return ("image", value.tobytes(), value.size)
+    if hasattr(value, "to_dict") and hasattr(value, "num_nodes"):  # a PyG Data
+        return ("graph", {k: _fingerprint(v) for k, v in value.to_dict().items()})
+    if isinstance(value, Mapping):
+        return {k: _fingerprint(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_fingerprint(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality of two fingerprints."""
+    if torch.is_tensor(a) or isinstance(a, np.ndarray):
+        if not (torch.is_tensor(b) or isinstance(b, np.ndarray)):
+            return False
+        x, y = torch.as_tensor(a), torch.as_tensor(b)
+        return x.shape == y.shape and x.dtype == y.dtype and bool(torch.equal(x, y))
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _output_close(a: ModalityOutput, b: ModalityOutput, atol: float = 1e-5) -> bool:
+    return torch.allclose(a.pooled, b.pooled, atol=atol) and (
+        a.tokens is None or b.tokens is None or torch.allclose(a.tokens, b.tokens, atol=atol)
+    )
+
+
+def _raw_items(modality: Modality, items: Sequence[Any] | None, count: int) -> list[Any]:
+    if items is not None:
+        return list(items)
+    space = modality.concept_space()
+    _require(space is not None, "check_modality needs raw items: pass items=[...] for a modality that renders no concepts")
+    from mmssl.world import World
+
+    world = World(space, seed=0, num_heldout=0)
+    raws = []
+    for i in range(count):
+        rng = sample_rng(0, "contract", i)
+        raws.append(modality.render(world.concept(i % len(world.classes), rng), rng))
+    return raws
+
+
+def check_modality(
+    cls: type[Modality], options: Mapping[str, Any] | Any = None, items: Sequence[Any] | None = None, batch: int = 4
+) -> Modality:
+    """Run the modality contract on ``cls`` built from ``options`` (a mapping checked
+    against ``cls.Config``, or a Config instance); ``items``: raw items to use (default:
+    ``batch`` renders of the embedded world). Returns the built modality.
+
+    Rules: ``embed_dim`` is set; ``transform`` is deterministic under a seeded generator
+    and in eval (``rng`` None), and never modifies its raw item; ``render`` is a function
+    of its generator; ``collate`` + ``forward`` give ``pooled`` [B, embed_dim] (finite),
+    ``tokens`` [B, N, D] and ``padding_mask`` [B, N] bool with a real token per sample;
+    eval-mode forward is deterministic; ``independent_samples`` holds if declared; a
+    state-dict round trip into a fresh instance gives the same outputs; the extra state
+    is JSON and accepted back; each capability the modality declares (PatchEncoder,
+    MaskableTokenEncoder) keeps its promises.
+    """
+    if options is None or isinstance(options, Mapping):
+        config = convert(dict(options or {}), cls.Config, cls.name or cls.__name__)
+    else:
+        config = options
+    torch.manual_seed(0)
+    modality = cls(config)
+    name = f"modality '{cls.name or cls.__name__}'"
+    _require(isinstance(modality.embed_dim, int) and modality.embed_dim > 0,
+             f"{name} must set embed_dim (the width of pooled) in __init__", f"got {modality.embed_dim!r}")
+    raws = _raw_items(modality, items, batch)
+    space = modality.concept_space()
+    if space is not None and items is None:
+        from mmssl.world import World
+
+        world = World(space, seed=0, num_heldout=0)
+        concept = world.concept(0, sample_rng(0, "contract", "render"))
+        a, b = (modality.render(concept, sample_rng(1, "render")) for _ in range(2))
+        _require(_same(_fingerprint(a), _fingerprint(b)), f"{name}: render must be a function of its generator")
+        for template in (*space.caption_templates, *(t for ts in space.single_attribute_templates.values() for t in ts)):
+            try:
+                template.format(**concept)
+            except KeyError as exc:
+                raise ContractError(f"{name}: caption template {template!r} names {exc}, not an attribute of the space") from None
+    samples = []
+    for i, raw in enumerate(raws):
+        before = _fingerprint(raw)
+        first = modality.transform(raw, sample_rng(0, "transform", i))
+        _require(_same(before, _fingerprint(raw)), f"{name}: transform must not modify its raw item (item {i})")
+        again = modality.transform(raw, sample_rng(0, "transform", i))
+        _require(_same(_fingerprint(first), _fingerprint(again)), f"{name}: transform must be a function of its generator")
+        evals = [modality.transform(raw, None) for _ in range(2)]
+        _require(_same(_fingerprint(evals[0]), _fingerprint(evals[1])), f"{name}: transform(raw, None) (eval) must be deterministic")
+        samples.append(evals[0])
+    collated = modality.collate(samples)
+    modality.eval()
+    with torch.no_grad():
+        out = modality(collated)
+        again = modality(collated)
+    _require(isinstance(out, ModalityOutput), f"{name}: forward must return a ModalityOutput", type(out).__name__)
+    _require(tuple(out.pooled.shape) == (len(samples), modality.embed_dim),
+             f"{name}: pooled must be [batch, embed_dim]", f"got {list(out.pooled.shape)}, embed_dim {modality.embed_dim}")
+    _require(bool(torch.isfinite(out.pooled).all()), f"{name}: pooled must be finite")
+    _require(_output_close(out, again, atol=0), f"{name}: forward in eval mode must be deterministic")
+    if out.tokens is not None:
+        _require(out.tokens.ndim == 3 and out.tokens.shape[0] == len(samples), f"{name}: tokens must be [batch, N, D]",
+                 f"got {list(out.tokens.shape)}")
+    if out.padding_mask is not None:
+        _require(out.tokens is not None and out.padding_mask.dtype == torch.bool
+                 and tuple(out.padding_mask.shape) == tuple(out.tokens.shape[:2]),
+                 f"{name}: padding_mask must be a [batch, N] bool mask over tokens")
+        _require(not bool(out.padding_mask.all(1).any()), f"{name}: padding_mask must leave every sample a real token")
+    if modality.independent_samples:
+        with torch.no_grad():
+            alone = torch.cat([modality(modality.collate([s])).pooled for s in samples])
+        _require(torch.allclose(alone, out.pooled, atol=1e-4),
+                 f"{name}: independent_samples is True, but a sample's output depends on its batch")
+    fresh = cls(config)
+    fresh.load_state_dict(modality.state_dict())
+    fresh.eval()
+    with torch.no_grad():
+        _require(_output_close(fresh(collated), out), f"{name}: a state-dict round trip must give the same outputs")
+    extra = modality.extra_state_dict()
+    _require(json.loads(json.dumps(extra)) == extra, f"{name}: extra_state_dict must be JSON-serialisable")
+    modality.check_extra_state(extra)
+    _check_capabilities(modality, name, collated, out)
+    return modality
+
+
+def _check_capabilities(modality: Modality, name: str, collated: Any, out: ModalityOutput) -> None:
+    if isinstance(modality, PatchEncoder):
+        n = modality.grid[0] * modality.grid[1]
+        padding = modality.patch_padding_mask(collated)
+        _require(padding.dtype == torch.bool and tuple(padding.shape) == (out.pooled.shape[0], n),
+                 f"{name} (PatchEncoder): patch_padding_mask must be [batch, grid cells] bool", f"got {list(padding.shape)}")
+        _require(out.tokens is not None and out.tokens.shape[1] == n,
+                 f"{name} (PatchEncoder): forward must give one token per patch of the grid")
+        none = torch.zeros(out.pooled.shape[0], n, dtype=torch.bool)
+        with torch.no_grad():
+            unmasked = modality(collated, patch_mask=none)
+            hidden = modality(collated, patch_mask=~none)
+        _require(_output_close(unmasked, out), f"{name} (PatchEncoder): an all-False patch_mask must equal no mask")
+        _require(not torch.allclose(hidden.tokens, out.tokens), f"{name} (PatchEncoder): patch_mask must hide patches")
+    if isinstance(modality, MaskableTokenEncoder):
+        _require(0 <= modality.mask_token_id < modality.vocab_size,
+                 f"{name} (MaskableTokenEncoder): mask_token_id must lie in [0, vocab_size)")
+        _require(modality.num_regular_tokens <= modality.vocab_size,
+                 f"{name} (MaskableTokenEncoder): num_regular_tokens must not exceed vocab_size")
+        _require(tuple(modality.token_embedding.weight.shape) == (modality.vocab_size, modality.embed_dim),
+                 f"{name} (MaskableTokenEncoder): token_embedding must be [vocab_size, embed_dim]")
+
+
+def check_objective(config: RunConfig | str | Path, objective: str, overrides: Sequence[str] = ()) -> ObjectiveOutput:
+    """Run the objective contract on ``objective`` of a run config (a path or a
+    RunConfig): build the model and the objective's stream, take one batch, and check
+    that ``forward`` gives a finite scalar loss whose gradient reaches the objective's
+    own parameters and its encoders, metrics that are floats (``loss`` among them), the
+    same loss in eval mode twice, and that ``prepare_sample`` (drawn in the stream) and
+    the batch do not depend on the number of workers. Returns the training output."""
+    from mmssl.data import build_streams
+    from mmssl.model import build_model
+
+    if not isinstance(config, RunConfig):
+        config = load_config(config, list(overrides))
+    _require(objective in config.objectives, f"config has no objective '{objective}'", f"it has {sorted(config.objectives)}")
+    model = build_model(config)
+    streams = build_streams(config, model)
+    batch = next(streams[objective])
+    name = f"objective '{objective}'"
+    model.train()
+    out = model(objective, batch)
+    _require(isinstance(out, ObjectiveOutput), f"{name}: forward must return an ObjectiveOutput", type(out).__name__)
+    _require(out.loss.ndim == 0 and bool(torch.isfinite(out.loss)), f"{name}: loss must be a finite scalar", str(out.loss))
+    _require(out.loss.requires_grad, f"{name}: loss must carry a gradient")
+    _require("loss" in out.metrics and all(isinstance(v, float) for v in out.metrics.values()),
+             f"{name}: metrics must be floats and include 'loss'", str({k: type(v).__name__ for k, v in out.metrics.items()}))
+    model.zero_grad()
+    out.loss.backward()
+    own = [p for p in model.objectives[objective].parameters() if p.requires_grad]
+    _require(not own or any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in own),
+             f"{name}: the loss must reach the objective's own parameters (heads)")
+    for key in model.objectives[objective].modalities:
+        grads = [p.grad for p in model.encoders[key].parameters() if p.requires_grad]
+        _require(any(g is not None and bool(g.abs().sum() > 0) for g in grads), f"{name}: the loss must reach encoder '{key}'")
+    model.eval()
+    with torch.no_grad():
+        first, second = model(objective, batch).loss, model(objective, batch).loss
+    _require(torch.equal(first, second), f"{name}: forward in eval mode must be deterministic")
+    spec = config.objectives[objective]
+    if spec.data.num_workers == 0:
+        import dataclasses
+
+        workers = dataclasses.replace(config, objectives={
+            **config.objectives, objective: dataclasses.replace(spec, data=dataclasses.replace(spec.data, num_workers=1)),
+        })
+        other = next(build_streams(workers, model)[objective])
+        _require(_same(_fingerprint(_tensors(batch)), _fingerprint(_tensors(other))),
+                 f"{name}: a batch (prepare_sample included) must not depend on the number of loader workers")
+    return out
+
+
+def _tensors(value: Any) -> Any:
+    """The tensors of a batch (a PyG Batch as its dict), for comparison."""
+    if hasattr(value, "to_dict") and hasattr(value, "num_graphs"):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _tensors(v) for k, v in value.items()}
+    return value

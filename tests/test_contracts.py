@@ -1,0 +1,90 @@
+"""The built-in modalities and objectives pass the contract suite plugins run (mmssl.testing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mmssl
+from mmssl.registry import MODALITIES, OBJECTIVES, get_modality
+from mmssl.testing import ContractError, check_modality, check_objective
+from modalities.base import Modality, ModalityOutput
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_JOINT = REPO / "configs" / "tiny_joint.yaml"
+BUILT_IN = "entry point in mmssl)"
+
+
+def _tiny_modalities() -> dict[str, object]:
+    config = mmssl.load_config(TINY_JOINT)
+    return {spec.type: spec.options for spec in config.modalities.values()}
+
+
+@pytest.mark.parametrize("name", [e.name for e in MODALITIES.entries() if e.source.endswith(BUILT_IN)])
+def test_built_in_modalities_meet_the_contract(name):
+    options = _tiny_modalities()
+    assert name in options, f"built-in modality '{name}' has no case in configs/tiny_joint.yaml"
+    items = ["a red circle", "a rising sine tone in three notes", "a small cycle graph", "x"] if name == "text" else None
+    check_modality(get_modality(name), options[name], items=items)
+
+
+@pytest.mark.parametrize("objective", list(mmssl.load_config(TINY_JOINT).objectives))
+def test_built_in_objectives_meet_the_contract(objective):
+    check_objective(TINY_JOINT, objective, ["train.threads=1"])
+
+
+def test_every_built_in_objective_kind_is_covered():
+    kinds = {spec.type for spec in mmssl.load_config(TINY_JOINT).objectives.values()}
+    assert {e.name for e in OBJECTIVES.entries() if e.source.endswith(BUILT_IN)} <= kinds
+
+
+class _Careless(Modality):
+    """Breaks one rule at a time, as told."""
+
+    from dataclasses import dataclass as _dc
+
+    @_dc(frozen=True)
+    class Config:
+        broken: str = ""
+
+    name = "careless"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed_dim = 0 if config.broken == "embed_dim" else 4
+        self.linear = torch.nn.Linear(3, 4)
+
+    def transform(self, raw, rng=None):
+        if self.config.broken == "mutates":
+            raw += 1
+        if rng is not None:
+            noise = rng.normal()
+        else:  # eval: deterministic, unless told otherwise
+            noise = np.random.normal() if self.config.broken == "eval_random" else 0.0
+        return torch.as_tensor(raw + noise, dtype=torch.float32)
+
+    def collate(self, samples):
+        return {"x": torch.stack(samples)}
+
+    def forward(self, batch):
+        pooled = self.linear(batch["x"])
+        if self.config.broken == "batch_dependent":
+            pooled = pooled - pooled.mean(0)
+        return ModalityOutput(pooled=pooled)
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("embed_dim", "must set embed_dim"),
+    ("mutates", "transform must not modify its raw item"),
+    ("eval_random", "transform(raw, None) (eval) must be deterministic"),
+    ("batch_dependent", "independent_samples is True, but a sample's output depends on its batch"),
+])
+def test_contract_names_the_rule_a_modality_breaks(broken, message):
+    _Careless.independent_samples = broken == "batch_dependent"
+    items = [np.arange(3, dtype=np.float64) + i for i in range(3)]
+    with pytest.raises(ContractError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_modality(_Careless, {"broken": broken}, items=items)
+    check_modality(_Careless, {}, items=items)  # the same modality, unbroken, passes
