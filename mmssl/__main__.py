@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from typing import Sequence
 
@@ -21,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for entry in registry.entries():
                 if entry.name in registry.list(args.pattern):
                     print(f"  {entry.name:<20} {entry.source}")
+            for name, why in registry.problems().items():
+                if fnmatch.fnmatch(name, args.pattern):
+                    print(f"  {name:<20} BROKEN: {why}")
     return 0
 
 

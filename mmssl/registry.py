@@ -63,6 +63,9 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._entries: dict[str, Entry] = {}
+        # plugins that could not join: name -> why (a failed import, a taken name). A
+        # lookup of the name raises it; others are unaffected; a listing shows it.
+        self._problems: dict[str, str] = {}
         self._loaded_entry_points = False
         self._loading = False
 
@@ -92,6 +95,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The class registered as ``name``; a miss lists the known names and the closest one."""
         self._load_entry_points()
+        if name not in self._entries and name in self._problems:
+            raise RegistryError(self._problems[name])
         if name not in self._entries:
             known = sorted(self._entries)
             raise RegistryError(
@@ -113,14 +118,20 @@ class Registry(Generic[T]):
         self._load_entry_points()
         return [self._entries[n] for n in sorted(self._entries)]
 
+    def problems(self) -> dict[str, str]:
+        """Plugins that could not join, by name: why (an import error, a name already taken)."""
+        self._load_entry_points()
+        return dict(sorted(self._problems.items()))
+
     def _load_entry_points(self) -> None:
         if self._loaded_entry_points or self._loading:
             return
         self._loading = True
         try:
             own_only = os.environ.get(AUTOLOAD_ENV, "") not in ("", "0")
-            for ep in entry_points(group=self.group):
-                dist = ep.dist.name if ep.dist is not None else "?"
+            found = [(ep, ep.dist.name if ep.dist is not None else "?") for ep in entry_points(group=self.group)]
+            # this distribution's own entries first: a plugin cannot take a built-in's name
+            for ep, dist in sorted(found, key=lambda pair: pair[1] != OWN_DISTRIBUTION):
                 if own_only and dist != OWN_DISTRIBUTION:
                     log.info("plugin autoload disabled: skipping %s '%s' from %s", self.kind, ep.name, dist)
                     continue
@@ -130,16 +141,30 @@ class Registry(Generic[T]):
             self._loading = False
 
     def _load_one(self, ep: EntryPoint, dist: str) -> None:
+        """Register one entry point; a plugin that fails to import, is no class, or takes
+        a name already registered is kept out, its reason recorded and logged."""
+        where = f"{self.kind} plugin '{ep.name}' = '{ep.value}' from distribution '{dist}'"
         try:
             cls = ep.load()
         except Exception as exc:
-            raise RegistryError(
-                f"could not load {self.kind} plugin '{ep.name}' = '{ep.value}' from distribution '{dist}': "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            self._refuse(ep.name, f"could not load {where}: {type(exc).__name__}: {exc}")
+            return
         if not inspect.isclass(cls):
-            raise RegistryError(f"{self.kind} plugin '{ep.name}' = '{ep.value}' ({dist}) is not a class")
-        self.add(ep.name, cls, f"{ep.value} (entry point in {dist})")
+            self._refuse(ep.name, f"{where} is not a class")
+            return
+        try:
+            self.add(ep.name, cls, f"{ep.value} (entry point in {dist})")
+        except RegistryError as exc:
+            if dist == OWN_DISTRIBUTION:
+                raise
+            self._refuse(ep.name, f"{exc} The plugin's entry was refused.")
+
+    def _refuse(self, name: str, why: str) -> None:
+        log.warning("%s", why)
+        if name not in self._entries:  # a name taken by a refused plugin still finds the one registered
+            self._problems[name] = why
+        else:
+            self._problems[f"{name} (refused duplicate)"] = why
 
 
 MODALITIES: Registry = Registry("modality", "mmssl.modalities")

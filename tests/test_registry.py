@@ -76,10 +76,50 @@ def test_third_party_entry_point_loads_and_can_be_disabled(monkeypatch):
     assert Registry("modality", "mmssl.test-plugins").list() == []
 
 
-def test_broken_plugin_error_names_it(monkeypatch):
-    monkeypatch.setattr(registry, "entry_points", _entry_points_of("broken", "no_such_module_xyz:Thing", "broken-dist"))
-    with pytest.raises(RegistryError, match="broken.*no_such_module_xyz.*broken-dist"):
-        Registry("modality", "g").get("broken")
+def _entry_points(*specs):
+    """A stand-in for importlib.metadata.entry_points with (name, value, distribution) entries."""
+
+    def fake(group=None):
+        return [_entry_points_of(name, value, dist)(group)[0] for name, value, dist in specs]
+
+    return fake
+
+
+def test_broken_plugin_is_contained_and_named_when_used(monkeypatch):
+    monkeypatch.setattr(registry, "entry_points", _entry_points(
+        ("broken", "no_such_module_xyz:Thing", "broken-dist"), ("toy", "modalities.text:TextModality", "good-dist"),
+    ))
+    reg = Registry("modality", "g")
+    assert reg.get("toy").__name__ == "TextModality"  # the other plugin still works
+    with pytest.raises(RegistryError, match="'broken' = 'no_such_module_xyz:Thing' from distribution 'broken-dist'.*ModuleNotFoundError"):
+        reg.get("broken")
+    assert list(reg.problems()) == ["broken"] and reg.list() == ["toy"]
+
+
+def test_plugin_taking_a_built_in_name_is_refused_naming_both(monkeypatch, caplog):
+    monkeypatch.setattr(registry, "entry_points", _entry_points(
+        ("image", "modalities.text:TextModality", "impostor-dist"), ("image", "modalities.image:ImageModality", "mmssl"),
+    ))
+    reg = Registry("modality", "g")
+    assert reg.get("image").__name__ == "ImageModality"  # the built-in keeps its name, whatever the order found
+    (why,) = reg.problems().values()
+    assert "modalities.image:ImageModality (entry point in mmssl)" in why and "modalities.text:TextModality (entry point in impostor-dist)" in why
+    assert "refused" in caplog.text
+
+
+def test_listing_marks_a_broken_plugin(tmp_path):
+    site = tmp_path / "site"
+    (site / "brokenplug-0.1.dist-info").mkdir(parents=True)
+    (site / "brokenplug-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (site / "brokenplug-0.1.dist-info" / "entry_points.txt").write_text("[mmssl.modalities]\nlidar = brokenplug_missing:Lidar\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-m", "mmssl", "list"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "lidar                BROKEN: could not load modality plugin 'lidar'" in out.stdout and "brokenplug" in out.stdout
+    assert "image" in out.stdout  # the rest is listed as usual
+    off = subprocess.run([sys.executable, "-m", "mmssl", "list"], capture_output=True, text=True,
+                         env={**env, "MMSSL_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert "lidar" not in off.stdout and "image" in off.stdout
 
 
 def test_cli_list_prints_sources():
