@@ -1,4 +1,5 @@
-"""``python -m mmssl list``: the registered modalities, objectives and data sources, with\nwhere each comes from."""
+"""``python -m mmssl list``: the registered modalities, objectives and data sources, with
+where each comes from; ``python -m mmssl new-plugin NAME``: a plugin package skeleton."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from typing import Sequence
 
 from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES
+from mmssl.scaffold import ScaffoldError, write_plugin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -15,7 +17,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="registered modalities, objectives and data sources")
     listing.add_argument("pattern", nargs="?", default="*", help="fnmatch filter on names")
+    new = sub.add_parser("new-plugin", help="write a plugin package skeleton (a modality, an objective, a config, tests)")
+    new.add_argument("name", help="the modality's name, a lower-case identifier (e.g. lidar)")
+    new.add_argument("--output", default=".", help="folder to write mmssl-NAME/ into (default: here)")
     args = parser.parse_args(argv)
+    if args.command == "new-plugin":
+        try:
+            root = write_plugin(args.name, args.output)
+        except ScaffoldError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {root}: pip install -e {root} && pytest {root / 'tests'}")
+        return 0
     if args.command == "list":
         for title, registry in (("modalities", MODALITIES), ("objectives", OBJECTIVES), ("sources", SOURCES)):
             print(f"{title}:")
