@@ -44,6 +44,9 @@ class TaskOptions:
     on_error: str = "skip"
     objective: str | None = None  # whose space classification and retrieval use
     space: str | None = None  # a named space (space: hub); cross-modal retrieval needs one
+    # cross_modal: subtract each modality's mean embedding over its evaluated items before
+    # matching (removes the modality gap, Liang et al. 2022; transductive, no labels used)
+    center: bool = False
     samples_per_class: int | None = None
     columns: tuple[str, str] = ("filepath", "title")
     progress: bool = False
@@ -159,6 +162,11 @@ class Evaluator:
             )
         records = []
         embedded = {m: self.embeddings(m, self.model.shared_space(m, space=space)) for m in (query, gallery)}
+        if self.options.center:
+            embedded = {
+                m: (torch.nn.functional.normalize(e - e.mean(0, keepdim=True), dim=-1), kept, skipped)
+                for m, (e, kept, skipped) in embedded.items()
+            }
         for attribute in attributes:
             values = sets[query].attribute_values[attribute]
             codes = {
@@ -172,7 +180,7 @@ class Evaluator:
                 figures["mAP"] = float(np.nanmean(ap.numpy()))
                 chance = chance_levels(codes[q].tolist(), codes[g].tolist(), ks=(1, 5))
                 records.append(self._record(
-                    "cross_modal", query=q, gallery=g, attribute=attribute, space=space,
+                    "cross_modal", query=q, gallery=g, attribute=attribute, space=space, centered=self.options.center,
                     **{k: figures[k] for k in ("R@1", "R@5", "mAP", "mean_rank", "median_rank")}, **chance,
                     **{f"{k}_over_chance": figures[k] / chance[f"{k}_chance"] for k in ("R@1", "R@5", "mAP")},
                     num_queries=len(codes[q]), num_gallery=len(codes[g]), num_values=len(values),

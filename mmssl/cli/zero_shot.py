@@ -70,6 +70,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fewshot-k", type=int, nargs="+", default=[1, 5, 10], help="fewshot: items a class (default 1 5 10)")
     parser.add_argument("--fewshot-trials", type=int, default=5, help="fewshot: seeded draws per k (default 5)")
     parser.add_argument("--space", default=None, help="a named space of the checkpoint (space: hub) to embed in")
+    parser.add_argument(
+        "--center", action="store_true",
+        help="cross_modal: subtract each modality's mean embedding before matching (removes the modality gap)",
+    )
     parser.add_argument("--file-column", default="filepath", help="pairs:PATH: the file column (default filepath)")
     parser.add_argument("--caption-column", default="title", help="pairs:PATH: the caption column (default title)")
     parser.add_argument(
@@ -155,7 +159,8 @@ def _run_tasks(args: argparse.Namespace) -> list[dict]:
             templates=read_templates(args.templates) if args.templates else None,
             fewshot_k=tuple(args.fewshot_k), fewshot_trials=args.fewshot_trials, test_fraction=args.probe_test_fraction,
             batch_size=args.batch_size or loaded.config.eval.batch_size, on_error=args.on_error, objective=args.objective,
-            space=args.space, samples_per_class=args.samples_per_class, columns=(args.file_column, args.caption_column),
+            space=args.space, center=args.center, samples_per_class=args.samples_per_class,
+            columns=(args.file_column, args.caption_column),
             progress=sys.stderr.isatty(), seed=loaded.config.seed,
         )
         evaluator = Evaluator(loaded, options)
