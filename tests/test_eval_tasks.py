@@ -83,6 +83,13 @@ def test_cross_modal_figures_match_a_direct_computation(hub_run):
     assert forward["R@1_chance"] == pytest.approx(float(p_query @ p_gallery))
     # embedded once: the second task reuses the cached embeddings
     assert evaluator.embeddings("audio", space_objective["audio"])[0] is evaluator._embeddings[("audio", space_objective["audio"])][0]
+    # --center: each modality's mean embedding removed, then renormalised, before matching
+    evaluator.options.center = True
+    centered = next(r for r in evaluator.cross_modal("audio", "image") if r["query"] == "audio")
+    unit = {m: (e - e.mean(0)) / np.linalg.norm(e - e.mean(0), axis=1, keepdims=True) for m, e in emb.items()}
+    scores = unit["audio"] @ unit["image"].T
+    ranked = [relevant[q][np.lexsort((relevant[q], -scores[q]))] for q in range(len(scores))]
+    assert centered["centered"] and centered["R@1"] == pytest.approx(np.mean([r[0] for r in ranked]))
 
 
 def _pairs_csv(root: Path) -> Path:
