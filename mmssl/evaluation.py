@@ -14,13 +14,12 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from tqdm.auto import tqdm
 
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
-from mmssl.metrics import Relevance, caption_relevance, retrieval_metrics
+from mmssl.metrics import Relevance, caption_relevance, classification_metrics, retrieval_metrics
 from mmssl.model import MultimodalModel
 from modalities.base import InvalidSample, modality_roles
 from objectives.base import match_matrix
@@ -217,27 +216,19 @@ def classify_embeddings(
     templates = list(templates or model.encoders[modality].prompt_templates())
     classes = class_embeddings(model, text_modality, data.class_names, templates, objective)
     labels = [data.labels[i] for i in kept]
-    scores = emb @ classes.T
     y = torch.tensor(labels)
-    k = min(5, len(data.class_names))
-    topk = scores.topk(k, dim=1).indices
-    pred = topk[:, 0]
-    correct1 = pred == y
-    correct5 = (topk == y.unsqueeze(1)).any(1)
     num_classes = len(data.class_names)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
-    support = confusion.sum(1)
-    recall = {data.class_names[c]: float(confusion[c, c] / support[c]) for c in range(num_classes) if support[c]}
+    figures = classification_metrics(emb @ classes.T, y, num_classes)
+    correct1 = figures["correct"]
     result = ZeroShotResult(
         modality=modality,
-        top1=float(correct1.float().mean()),
-        top5=float(correct5.float().mean()),
-        mean_per_class_recall=float(np.mean(list(recall.values()))),
+        top1=figures["top1"],
+        top5=figures["top5"],
+        mean_per_class_recall=figures["mean_per_class_recall"],
         num_samples=len(labels),
         num_classes=num_classes,
-        per_class_recall=recall,
-        confusion=confusion.tolist(),
+        per_class_recall={data.class_names[c]: r for c, r in figures["per_class_recall"].items()},
+        confusion=figures["confusion"].tolist(),
         class_names=list(data.class_names),
         skipped=data.skipped + skipped,
         data=data.source,

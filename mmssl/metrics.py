@@ -10,7 +10,7 @@ as a relevant one ranks before it, so a constant embedding scores no better than
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -115,3 +115,27 @@ def caption_relevance(owners: Sequence[int], texts: Sequence[str], num_items: in
     owns = torch.zeros(num_items, len(ids), dtype=torch.bool)
     owns[torch.as_tensor(list(owners), dtype=torch.long), text_id] = True
     return owns[:, text_id]
+
+
+def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Top-1, top-5 (top-k for fewer than 5 classes), per-class recall (of the classes
+    that have items), its mean, and the confusion matrix (rows true, columns predicted).
+
+    Shapes:
+        scores: [N, C] (higher is more likely); labels: [N] long.
+    """
+    k = min(5, num_classes)
+    top = scores.topk(k, dim=1).indices
+    predicted = top[:, 0]
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
+    support = confusion.sum(1)
+    recall = {c: float(confusion[c, c] / support[c]) for c in range(num_classes) if support[c]}
+    return {
+        "top1": float((predicted == labels).float().mean()),
+        "top5": float((top == labels.unsqueeze(1)).any(1).float().mean()),
+        "per_class_recall": recall,
+        "mean_per_class_recall": float(np.mean(list(recall.values()))),
+        "confusion": confusion,
+        "correct": predicted == labels,
+    }

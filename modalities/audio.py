@@ -426,8 +426,12 @@ def _notes_envelope(duration: int, notes: int, sample_rate: int, rng: np.random.
     """An envelope that plays the tone as ``notes`` equal notes parted by 80-120 ms of
     silence (the world's count, as a sound shows it), each with 10 ms fades. A gap
     covers most of a 0.1 s patch of the default audio encoder: with 40-60 ms gaps a
-    probe read the count from the main job's audio embeddings at 0.68, with these 0.81."""
+    probe read the count from the main job's audio embeddings at 0.68, with these 0.81.
+    Clips too short for four notes with such gaps get narrower gaps."""
     gap = int(rng.uniform(0.08, 0.12) * sample_rate) if notes > 1 else 0
+    shortest = int(0.02 * sample_rate)  # a short clip narrows the gaps so each note keeps 20 ms
+    if notes > 1:
+        gap = min(gap, (duration - notes * shortest) // (notes - 1))
     length = (duration - (notes - 1) * gap) // notes
     fade = min(int(0.01 * sample_rate), length // 2)
     note = np.ones(length, dtype=np.float32)

@@ -96,3 +96,19 @@ def test_constant_embeddings_score_no_better_than_the_worst_rank():
     queries, gallery = torch.ones(4, 2) / 2**0.5, torch.ones(5, 2) / 2**0.5
     relevant = torch.eye(4, 5, dtype=torch.bool)
     assert first_relevant_ranks(queries, gallery, relevant).tolist() == [5, 5, 5, 5]
+
+
+def test_classification_metrics_match_numpy():
+    from mmssl.metrics import classification_metrics
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(50, 7))
+    labels = rng.integers(0, 6, 50)  # class 6 has no items: no recall of its own
+    got = classification_metrics(torch.from_numpy(scores), torch.from_numpy(labels), 7)
+    order = np.argsort(-scores, axis=1)
+    assert got["top1"] == pytest.approx(np.mean(order[:, 0] == labels))
+    assert got["top5"] == pytest.approx(np.mean([labels[i] in order[i, :5] for i in range(50)]))
+    recall = {c: np.mean(order[labels == c, 0] == c) for c in range(6)}
+    assert got["per_class_recall"] == pytest.approx(recall)
+    assert got["mean_per_class_recall"] == pytest.approx(np.mean(list(recall.values())))
+    assert got["confusion"].sum() == 50 and got["confusion"][:, 6].sum() == np.sum(order[:, 0] == 6)

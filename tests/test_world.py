@@ -77,3 +77,12 @@ def test_captions_that_name_the_count_match_only_items_of_that_count():
             assert codes[2] == ("one", "two", "three", "four").index(concept["count"])
             assert concept["count"] in text
     assert 0.15 < named / 300 < 0.45
+
+
+def test_four_notes_fit_a_short_clip():
+    from modalities.audio import render_tone
+
+    for i in range(20):
+        tone = render_tone({"contour": "rising", "timbre": "square", "register": "low", "count": "four"}, sample_rng(i, "short"), 8000, 0.5)
+        loud = np.convolve(np.abs(tone), np.ones(40) / 40, mode="same") > 0.05
+        assert tone.shape == (4000,) and np.sum(np.diff(loud.astype(int)) == 1) + loud[0] == 4
