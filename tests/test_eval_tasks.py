@@ -39,6 +39,15 @@ def _zero_shot(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "tools/zero_shot.py", *args], capture_output=True, text=True, cwd=REPO)
 
 
+def _zero_shot_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (no interpreter start-up), as a CompletedProcess."""
+    from mmssl.cli.zero_shot import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 @pytest.mark.slow
 def test_task_all_runs_every_task_for_every_modality_and_cross_modal_pairs(hub_run, tmp_path):
     output = tmp_path / "results.json"
@@ -109,21 +118,21 @@ def _pairs_csv(root: Path) -> Path:
     return path
 
 
-def test_retrieval_on_paired_csv_groups_captions_per_file(hub_run, tmp_path):
+def test_retrieval_on_paired_csv_groups_captions_per_file(hub_run, tmp_path, capsys):
     path = _pairs_csv(tmp_path)
     output = tmp_path / "pairs.json"
-    proc = _zero_shot("--checkpoint", str(hub_run), "--modality", "image", "--task", "retrieval", "--data", f"pairs:{path}",
+    proc = _zero_shot_here(capsys, "--checkpoint", str(hub_run), "--modality", "image", "--task", "retrieval", "--data", f"pairs:{path}",
                       "--output", str(output))
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(output.read_text())
     assert [r["direction"] for r in records] == ["image_to_text", "text_to_image"]
     assert records[0]["num_items"] == 4 and records[0]["num_captions"] == 7
     assert {"R@1", "R@5", "R@10", "mean_rank", "median_rank"} <= set(records[0])
-    proc = _zero_shot("--checkpoint", str(hub_run), "--modality", "image", "--task", "classification", "--data", f"pairs:{path}")
+    proc = _zero_shot_here(capsys, "--checkpoint", str(hub_run), "--modality", "image", "--task", "classification", "--data", f"pairs:{path}")
     assert proc.returncode == 2 and "has no labels: classification needs a labelled set" in proc.stderr
 
 
-def test_classification_reads_class_names_and_templates_for_a_folder(hub_run, tmp_path):
+def test_classification_reads_class_names_and_templates_for_a_folder(hub_run, tmp_path, capsys):
     for name in ("red_circle", "blue_square"):
         (tmp_path / "shapes" / name).mkdir(parents=True)
         for i in range(2):
@@ -131,7 +140,7 @@ def test_classification_reads_class_names_and_templates_for_a_folder(hub_run, tm
     (tmp_path / "names.txt").write_text("crimson disc\nnavy box\n")
     (tmp_path / "templates.txt").write_text("a drawing of a {}.\n\na {} on a noisy background\n")
     output = tmp_path / "folder.json"
-    proc = _zero_shot("--checkpoint", str(hub_run), "--modality", "image", "--task", "classification", "--data",
+    proc = _zero_shot_here(capsys, "--checkpoint", str(hub_run), "--modality", "image", "--task", "classification", "--data",
                       f"folder:{tmp_path / 'shapes'}", "--class-names", str(tmp_path / "names.txt"), "--templates",
                       str(tmp_path / "templates.txt"), "--output", str(output))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -149,24 +158,24 @@ def test_classification_reads_class_names_and_templates_for_a_folder(hub_run, tm
     (["--task", "cross_modal", "--modalities", "audio", "image", "--space", "nope"], "checkpoint has no space 'nope'"),
     (["--modality", "image", "--task", "classification", "--templates", "{bad_templates}"], "line 1: a template needs exactly one {}"),
 ])
-def test_errors_are_one_clear_line(hub_run, tmp_path, args, message):
+def test_errors_are_one_clear_line(hub_run, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "names3.txt").write_text("a\nb\nc\n")
     (tmp_path / "bad.txt").write_text("a photo\n")
     fill = {"names3": tmp_path / "names3.txt", "empty": tmp_path / "empty", "bad_templates": tmp_path / "bad.txt"}
-    proc = _zero_shot("--checkpoint", str(hub_run), *[a.format(**fill) if "{" in a else a for a in args])
+    proc = _zero_shot_here(capsys, "--checkpoint", str(hub_run), *[a.format(**fill) if "{" in a else a for a in args])
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert any(line.startswith("error:") and message in line for line in proc.stderr.splitlines()), proc.stderr[-2000:]
 
 
 @pytest.mark.slow
-def test_separate_spaces_cannot_match_across_modalities_and_two_checkpoints_compare(hub_run, tmp_path):
+def test_separate_spaces_cannot_match_across_modalities_and_two_checkpoints_compare(hub_run, tmp_path, capsys):
     own = _pretrain(tmp_path / "own")
-    proc = _zero_shot("--checkpoint", str(own), "--task", "cross_modal", "--modalities", "audio", "image")
+    proc = _zero_shot_here(capsys, "--checkpoint", str(own), "--task", "cross_modal", "--modalities", "audio", "image")
     assert proc.returncode == 2 and "no space embeds both 'audio' and 'image'" in proc.stderr
     output = tmp_path / "compare.json"
-    proc = _zero_shot("--checkpoint", str(hub_run), str(own), "--modality", "image", "--task", "classification",
+    proc = _zero_shot_here(capsys, "--checkpoint", str(hub_run), str(own), "--modality", "image", "--task", "classification",
                       "--output", str(output))
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(output.read_text())
