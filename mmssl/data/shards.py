@@ -155,38 +155,34 @@ class ShardSource:
     def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         return {key: self.raw_item(index, modality) for key, modality in self.modalities.items()}
 
-    def raw_item(self, index: int, modality: Modality) -> Any:
-        """Sample ``index``'s raw item for ``modality``; raises InvalidSample naming shard and key."""
-        sample = self.samples[index]
-        where = self.where(index)
-        if sample.problem is not None:
-            raise InvalidSample(sample.problem, source=where)
-        return self._raw_item(sample, modality, where)
-
-    def record(self, index: int) -> dict[str, Any] | None:
-        """Sample ``index``'s ``.json`` member, if it has one; raises InvalidSample."""
+    def _usable(self, index: int) -> ShardSample:
+        """Sample ``index``, or an InvalidSample naming shard and key if it cannot be read."""
         sample = self.samples[index]
         if sample.problem is not None:
             raise InvalidSample(sample.problem, source=self.where(index))
+        return sample
+
+    def raw_item(self, index: int, modality: Modality) -> Any:
+        """Sample ``index``'s raw item for ``modality``; raises InvalidSample naming shard and key."""
+        return self._raw_item(self._usable(index), modality, self.where(index))
+
+    def record(self, index: int) -> dict[str, Any] | None:
+        """Sample ``index``'s ``.json`` member, if it has one; raises InvalidSample."""
+        sample = self._usable(index)
         if RECORD_EXTENSION not in sample.members:
             return None
         return self._json(self._read(sample, RECORD_EXTENSION), self.where(index))
 
     def text_member(self, index: int, ext: str) -> str | None:
         """Sample ``index``'s ``ext`` member (".cls") as stripped UTF-8, if it has one."""
-        sample = self.samples[index]
-        if sample.problem is not None:
-            raise InvalidSample(sample.problem, source=self.where(index))
+        sample = self._usable(index)
         if ext not in sample.members:
             return None
         return self._text(self._read(sample, ext), self.where(index))
 
     def caption(self, index: int) -> str | None:
         """Sample ``index``'s caption (``.txt``, or ``.json`` caption/text), if it has a caption member."""
-        sample = self.samples[index]
-        if sample.problem is not None:
-            raise InvalidSample(sample.problem, source=self.where(index))
-        return self._caption(sample, self.where(index))
+        return self._caption(self._usable(index), self.where(index))
 
     def _raw_item(self, sample: ShardSample, modality: Modality, where: str) -> Any:
         if modality.consumes_captions:
