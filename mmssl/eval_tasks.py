@@ -12,7 +12,6 @@ with its chance as ``R@1_chance``), the checkpoint and the data spec.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -250,5 +249,4 @@ def headline(record: dict[str, Any]) -> tuple[str, float]:
         who = record["direction"].replace("_to_", "->")
     if task == "fewshot":
         who += f" k={record['k']}"
-    value = record[HEADLINE[task]]
-    return f"{task} {who}", float(value) if not (isinstance(value, float) and math.isnan(value)) else float("nan")
+    return f"{task} {who}", float(record[HEADLINE[task]])

@@ -178,7 +178,7 @@ def fewshot_probe_on_features(
             if len(class_shots) >= 2:
                 held.append(offset + len(class_shots) - 1)
             offset += len(class_shots)
-        fit = [j for j in range(len(chosen)) if j not in set(held)]
+        fit = sorted(set(range(len(chosen))) - set(held))
         probe = fit_probe(features[chosen], labels[chosen], num_classes, (fit, held) if k >= 2 else None)
         top1.append(float((probe.predict(features[test]) == labels[test]).float().mean()))
         decays.append(probe.weight_decay)
