@@ -15,6 +15,7 @@ found. The built-in modalities and objectives pass the same checks (tests/test_c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -234,8 +235,6 @@ def check_objective(config: RunConfig | str | Path, objective: str, overrides: S
     _require(torch.equal(first, second), f"{name}: forward in eval mode must be deterministic")
     spec = config.objectives[objective]
     if spec.data.num_workers == 0:
-        import dataclasses
-
         workers = dataclasses.replace(config, objectives={
             **config.objectives, objective: dataclasses.replace(spec, data=dataclasses.replace(spec.data, num_workers=1)),
         })

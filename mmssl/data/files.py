@@ -133,11 +133,6 @@ class FolderSource:
         return str(self.files[index])
 
 
-def _one_modality(kind: str, key: str, modalities: Sequence[str]) -> None:
-    if len(modalities) != 1:
-        raise ConfigError(f"'{key}.source': '{kind}' feeds objectives of one modality only")
-
-
 @dataclass(frozen=True)
 class CsvOptions:
     path: str | None = None
@@ -176,7 +171,7 @@ class FolderKind(SourceKind):
     @classmethod
     def check(cls, options: FolderOptions, key: str, modalities: Sequence[str]) -> None:
         cls.require_path(options.path, key)
-        _one_modality(cls.name, key, modalities)
+        cls.require_one_modality(key, modalities)
 
     @classmethod
     def build(cls, options: FolderOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
@@ -199,7 +194,7 @@ class TextKind(SourceKind):
     @classmethod
     def check(cls, options: TextOptions, key: str, modalities: Sequence[str]) -> None:
         cls.require_path(options.path, key)
-        _one_modality(cls.name, key, modalities)
+        cls.require_one_modality(key, modalities)
 
     @classmethod
     def build(cls, options: TextOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:

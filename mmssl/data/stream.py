@@ -72,6 +72,12 @@ class SourceKind:
             raise ConfigError(f"'{key}.path': required when data.source is '{cls.name}'{what}")
 
     @classmethod
+    def require_one_modality(cls, key: str, modalities: Sequence[str]) -> None:
+        """For ``check``: fail when a kind that feeds one modality is given an objective of several."""
+        if len(modalities) != 1:
+            raise ConfigError(f"'{key}.source': '{cls.name}' feeds objectives of one modality only")
+
+    @classmethod
     def build(
         cls, options: Any, objective: str, modalities: Mapping[str, Modality], context: BuildContext
     ) -> "Source":

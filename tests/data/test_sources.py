@@ -80,3 +80,9 @@ def test_a_registered_source_kind_feeds_an_objective(counting_source):
     assert next(streams["mlm"])["text"]["ids"].shape[0] == 16
     with pytest.raises(ConfigError, match=r"'objectives.mlm.data.count': must be >= 1, got 0"):
         mmssl.load_config(TINY_JOINT, ["objectives.mlm.data.source=counting", "objectives.mlm.data.count=0"])
+
+
+def test_one_modality_kinds_refuse_an_objective_of_two():
+    for kind in ("folder", "text"):
+        with pytest.raises(mmssl.ConfigError, match=rf"'objectives.image_text.data.source': '{kind}' feeds objectives of one modality only"):
+            mmssl.load_config(TINY_JOINT.with_name("tiny.yaml"), [f"objectives.image_text.data={{source: {kind}, path: x}}"])

@@ -66,8 +66,7 @@ class RecordingKind(SourceKind):
     @classmethod
     def check(cls, options: RecordingOptions, key: str, modalities: Sequence[str]) -> None:
         cls.require_path(options.path, key, " (a .npy recording or a directory of them)")
-        if len(modalities) != 1:
-            raise ConfigError(f"'{key}.source': 'recording' feeds objectives of one modality only")
+        cls.require_one_modality(key, modalities)
         for option in ("window", "stride"):
             if getattr(options, option) < 1:
                 raise ConfigError(f"'{key}.{option}': must be >= 1, got {getattr(options, option)}")
