@@ -13,12 +13,21 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import soundfile
 import torch
+import torch.utils.checkpoint
 import torchaudio
 from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from modalities.base import COUNT, ConceptSpace, InvalidSample, Modality, ModalityOutput, seeded_torch_rng
+from modalities.base import (
+    COUNT,
+    ConceptSpace,
+    InvalidSample,
+    Modality,
+    ModalityOutput,
+    keep_norm_statistics_on_recompute,
+    seeded_torch_rng,
+)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au")
 
@@ -347,8 +356,12 @@ class AudioModality(Modality):
             if padding.any():
                 # every query may attend to non-padding keys only; [B, 1, 1, N] broadcasts over heads
                 attn_mask = (~padding)[:, None, None, :]
+            checkpoint = self.checkpoint_now()
             for block in self.blocks:
-                x = block(x, attn_mask=attn_mask)
+                if checkpoint:
+                    x = torch.utils.checkpoint.checkpoint(block, x, attn_mask=attn_mask, use_reentrant=False)
+                else:
+                    x = block(x, attn_mask=attn_mask)
             tokens = self.norm(x)
         keep = (~padding).unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
@@ -356,6 +369,38 @@ class AudioModality(Modality):
         # local view's tokens feed the pooled embedding only
         n = tokens.shape[1] if self.local_grid is None else self.num_patches
         return ModalityOutput(pooled=pooled, tokens=tokens[:, :n], padding_mask=padding[:, :n])
+
+    # --- training options --------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Spectrogram transformer: each timm ``Block`` under non-reentrant
+        ``torch.utils.checkpoint``; timm CNN: timm's own ``set_grad_checkpointing``
+        (BatchNorm statistics still updated once per step). In training mode with
+        gradients enabled only.
+
+        Raises:
+            NotImplementedError: for the wav2vec2 encoder (torchaudio has no switch for it),
+                or a timm backbone without activation checkpointing.
+        """
+        if self.config.encoder == "wav2vec2":
+            raise NotImplementedError("the wav2vec2 audio encoder has no activation checkpointing")
+        if self.config.encoder == "timm":
+            if enable:
+                self._switch_checkpointing(True)  # raises here, at build time, if the backbone has none
+                keep_norm_statistics_on_recompute(self)
+            self._switch_checkpointing(enable and self.training)
+        self.grad_checkpointing = enable
+
+    def _switch_checkpointing(self, enable: bool) -> None:
+        try:
+            self.backbone.set_grad_checkpointing(enable)
+        except (AssertionError, NotImplementedError) as exc:  # timm models without it assert
+            raise NotImplementedError(f"audio backbone '{self.config.backbone}' has no activation checkpointing: {exc}") from None
+
+    def train(self, mode: bool = True) -> AudioModality:
+        super().train(mode)
+        if self.grad_checkpointing and self.config.encoder == "timm":
+            self._switch_checkpointing(mode)
+        return self
 
     # --- embedded world -------------------------------------------------------------------
     def concept_space(self) -> ConceptSpace:

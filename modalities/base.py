@@ -112,6 +112,7 @@ class Modality(nn.Module):
     # True when each sample's output depends on that sample alone (no BatchNorm or other
     # cross-sample layers): then several objectives' calls may run as one batched call.
     independent_samples: bool = False
+    grad_checkpointing: bool = False  # activation checkpointing, by set_grad_checkpointing
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -171,6 +172,69 @@ class Modality(nn.Module):
     def move_batch(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
         """Batch to device (non-blocking where possible)."""
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # --- training options ---------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn activation checkpointing of the encoder on or off (``train.grad_checkpointing``).
+
+        When on, in training mode with gradients enabled, the encoder keeps only the
+        inputs of its blocks and recomputes their activations in the backward pass: less
+        activation memory for about one more forward pass. Evaluation is unchanged. An
+        implementation sets ``self.grad_checkpointing``, uses non-reentrant checkpointing
+        (``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``, which works under
+        DDP and with ``torch.autograd.grad``) or its library's own switch, and calls
+        ``keep_norm_statistics_on_recompute(self)`` if BatchNorm may be recomputed.
+
+        Raises:
+            NotImplementedError: this default; a modality opts in by overriding it.
+        """
+        raise NotImplementedError(
+            f"modality '{self.key}' ({type(self).__name__}) has no activation checkpointing: "
+            "it does not implement Modality.set_grad_checkpointing"
+        )
+
+    def checkpoint_now(self) -> bool:
+        """Whether this call should checkpoint: switched on, training mode, grad enabled."""
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+
+def keep_norm_statistics_on_recompute(module: nn.Module) -> None:
+    """Make every BatchNorm layer in ``module`` update its running statistics once per
+    forward pass, also where activation checkpointing recomputes it in the backward pass.
+
+    A recomputed BatchNorm (training mode) would update ``running_mean``,
+    ``running_var`` and ``num_batches_tracked`` a second time with the same batch. A
+    forward pre-hook notices a forward that runs inside a backward pass (a recompute),
+    keeps the buffers as they were and puts them back when that backward pass ends.
+    Idempotent: a layer gets its hook once.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not getattr(layer, "_keeps_statistics", False):
+            layer.register_forward_pre_hook(_keep_statistics)
+            layer._keeps_statistics = True
+
+
+# buffers of the layers recomputed in a running backward pass, by (layer, graph task)
+_KEPT_STATISTICS: dict[tuple[nn.Module, int], list[torch.Tensor]] = {}
+
+
+def _keep_statistics(layer: nn.Module, args: Any) -> None:
+    # the graph task is -1 outside a backward pass (torch.utils.module_tracker asks the
+    # same way); a layer recomputed twice in one backward pass (an encoder several
+    # objectives call) keeps the buffers saved first
+    if torch.compiler.is_compiling():  # compiled code recomputes in its own backward graph, without hooks
+        return
+    key = (layer, torch._C._current_graph_task_id())
+    if key[1] == -1 or not layer.training or key in _KEPT_STATISTICS:
+        return
+    _KEPT_STATISTICS[key] = [b.clone() for b in layer.buffers(recurse=False)]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for buffer, kept in zip(layer.buffers(recurse=False), _KEPT_STATISTICS.pop(key)):
+                buffer.copy_(kept)
+
+    torch.autograd.Variable._execution_engine.queue_callback(restore)
 
 
 # --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import (
@@ -282,15 +283,33 @@ class GraphModality(Modality):
         """Node embeddings. Shapes: batch.x [sum N, node_dim] -> [sum N, width]."""
         h = self.input(batch.x)
         edge_attr = batch.edge_attr if self.config.edge_features else None
+        checkpoint = self.checkpoint_now()
+        for i in range(len(self.convs)):
+            if checkpoint:
+                h = torch.utils.checkpoint.checkpoint(
+                    self._run_layer, i, h, batch.edge_index, batch.batch, edge_attr, use_reentrant=False
+                )
+            else:
+                h = self._run_layer(i, h, batch.edge_index, batch.batch, edge_attr)
+        return self.out_norm(h)
+
+    def _run_layer(
+        self, i: int, h: torch.Tensor, edge_index: torch.Tensor, graph: torch.Tensor, edge_attr: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Layer ``i``: a GPS layer, or message passing, LayerNorm, ReLU and a residual.
+        Shapes: h [sum N, width] -> [sum N, width]; graph [sum N], the graph of each node."""
         kwargs = {"edge_attr": edge_attr} if edge_attr is not None else {}
         if self.config.encoder == "gps":
-            for conv in self.convs:
-                h = conv(h, batch.edge_index, batch.batch, **kwargs)
-        else:
-            for conv, norm in zip(self.convs, self.norms):
-                update = F.relu(norm(conv(h, batch.edge_index, **kwargs)))
-                h = h + F.dropout(update, self.config.dropout, self.training)
-        return self.out_norm(h)
+            return self.convs[i](h, edge_index, graph, **kwargs)
+        update = F.relu(self.norms[i](self.convs[i](h, edge_index, **kwargs)))
+        return h + F.dropout(update, self.config.dropout, self.training)
+
+    # --- training options --------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Each layer (GIN / GINE / GATv2 with its norm, or a GPS layer) under non-reentrant
+        ``torch.utils.checkpoint``, in training mode with gradients enabled: PyG has no
+        switch of its own. Dropout draws the same values when a layer is recomputed."""
+        self.grad_checkpointing = enable
 
     def forward(self, batch: Batch) -> ModalityOutput:
         nodes = self.forward_features(batch)

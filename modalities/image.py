@@ -13,7 +13,15 @@ from einops import rearrange
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from modalities.base import COUNT, ConceptSpace, InvalidSample, Modality, ModalityOutput, seeded_torch_rng
+from modalities.base import (
+    COUNT,
+    ConceptSpace,
+    InvalidSample,
+    Modality,
+    ModalityOutput,
+    keep_norm_statistics_on_recompute,
+    seeded_torch_rng,
+)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -123,6 +131,43 @@ class ImageModality(Modality):
         pooled = self.backbone.forward_head(features, pre_logits=True)
         tokens = rearrange(features, "b c h w -> b (h w) c") if features.ndim == 4 else features
         return ModalityOutput(pooled=pooled, tokens=tokens)
+
+    # --- training options ----------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The tower's own switch, in training mode only (``train`` sets it): timm's
+        ``set_grad_checkpointing`` (its stages or blocks under non-reentrant
+        ``torch.utils.checkpoint``), or open_clip's on a ViT or timm vision tower.
+        BatchNorm layers update their running statistics once per step all the same.
+
+        Raises:
+            NotImplementedError: the backbone has no activation checkpointing (open_clip's
+                ModifiedResNet towers, timm models without it).
+        """
+        if enable:
+            self._switch_checkpointing(True)  # raises here, at build time, if the backbone has none
+            keep_norm_statistics_on_recompute(self)
+        self.grad_checkpointing = enable
+        self._switch_checkpointing(enable and self.training)
+
+    def _switch_checkpointing(self, enable: bool) -> None:
+        from open_clip.modified_resnet import ModifiedResNet
+        from open_clip.timm_model import TimmModel
+
+        backbone = self.backbone
+        if isinstance(backbone, ModifiedResNet):  # its set_grad_checkpointing does nothing
+            raise NotImplementedError(f"open_clip's ModifiedResNet tower ('{self.config.backbone}') has no activation checkpointing")
+        if isinstance(backbone, TimmModel):
+            backbone = backbone.trunk  # open_clip's wrapper would only log a warning if the trunk has none
+        try:
+            backbone.set_grad_checkpointing(enable)
+        except (AssertionError, NotImplementedError) as exc:  # timm models without it assert
+            raise NotImplementedError(f"image backbone '{self.config.backbone}' has no activation checkpointing: {exc}") from None
+
+    def train(self, mode: bool = True) -> ImageModality:
+        super().train(mode)
+        if self.grad_checkpointing:
+            self._switch_checkpointing(mode)
+        return self
 
     # --- embedded world -------------------------------------------------------------
     def concept_space(self) -> ConceptSpace:

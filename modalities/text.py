@@ -152,6 +152,19 @@ class TextModality(Modality):
         pooled = text_global_pool(tokens, ids, pool_type=tower.pool_type, eos_token_id=tower.eos_id)
         return pooled, tokens
 
+    # --- training options ----------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's own switch: each residual block of the tower runs under non-reentrant
+        ``torch.utils.checkpoint``, in training mode only (``train`` sets it)."""
+        self.grad_checkpointing = enable
+        self.tower.set_grad_checkpointing(enable and self.training)
+
+    def train(self, mode: bool = True) -> TextModality:
+        super().train(mode)
+        if self.grad_checkpointing:
+            self.tower.set_grad_checkpointing(mode)
+        return self
+
     # --- checkpoint extras ------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
         return {
