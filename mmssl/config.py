@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 import yaml
 
 from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES, RegistryError, closest
+from modalities.base import Modality
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,12 @@ class TrainConfig:
     # run the same encoder's calls of several objectives in a step as one batched call
     # (encoders whose samples do not interact: text, the audio transformer)
     share_encoder_calls: bool = False
+    # activation checkpointing: false, true (every encoder that has it) or modality keys
+    # ([text, image]): blocks' activations recomputed in the backward pass, for memory
+    grad_checkpointing: bool | list[str] = False
+    # torch.compile: false, true (every encoder) or modality keys; each encoder compiled in
+    # place (Module.compile), so state dict keys and checkpoints stay as they are
+    compile: bool | list[str] = False
     device: str = "auto"
     threads: int | None = None
     log_every: int = 10
@@ -346,6 +353,8 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
             f"'train.grad_diagnostics_modality': '{train.grad_diagnostics_modality}' is not a configured modality."
             f"{closest(train.grad_diagnostics_modality, list(modalities))} Configured: {sorted(modalities)}"
         )
+    _check_encoder_selection(train.grad_checkpointing, "train.grad_checkpointing", modalities)
+    _check_encoder_selection(train.compile, "train.compile", modalities)
     for owner, scale in train.lr_scale.items():
         if owner not in modalities and owner not in objectives:
             known = sorted({*modalities, *objectives})
@@ -374,6 +383,28 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         train=train,
         eval=convert(raw.get("eval", {}), EvalConfig, "eval"),
     )
+
+
+def _check_encoder_selection(selection: bool | list[str], key: str, modalities: Mapping[str, ModalitySpec]) -> None:
+    """A ``train`` option naming encoders: every name a configured modality; for
+    ``grad_checkpointing``, one whose class implements ``set_grad_checkpointing``
+    (options that rule it out, such as audio's wav2vec2 encoder, are found when the model
+    is built, as the same error)."""
+    if isinstance(selection, bool):
+        return
+    for i, name in enumerate(selection):
+        if name not in modalities:
+            raise ConfigError(
+                f"'{key}[{i}]': '{name}' is not a configured modality.{closest(name, list(modalities))} "
+                f"Configured: {sorted(modalities)}"
+            )
+        if key == "train.grad_checkpointing":
+            spec = modalities[name]
+            if MODALITIES.get(spec.type).set_grad_checkpointing is Modality.set_grad_checkpointing:
+                raise ConfigError(
+                    f"'{key}[{i}]': modality '{name}' (type {spec.type}) has no activation checkpointing "
+                    "(it does not implement Modality.set_grad_checkpointing); leave it out of the list"
+                )
 
 
 def _check_spaces(objectives: Mapping[str, ObjectiveSpec]) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.config import RunConfig
+from mmssl.config import ConfigError, RunConfig
 from mmssl.registry import get_modality, get_objective
-from modalities.base import Modality, ModalityOutput, modality_roles
+from modalities.base import Modality, ModalityOutput, keep_norm_statistics_on_recompute, modality_roles
 from objectives.base import DistContext, Objective, ObjectiveOutput
+
+log = logging.getLogger(__name__)
 
 
 class MultimodalModel(nn.Module):
@@ -162,3 +165,61 @@ def build_model(config: RunConfig, dist: DistContext | None = None) -> Multimoda
         for name, spec in config.objectives.items()
     }
     return MultimodalModel(encoders, objectives)
+
+
+def enable_grad_checkpointing(model: MultimodalModel, selection: bool | Sequence[str]) -> list[str]:
+    """Activation checkpointing (``train.grad_checkpointing``) on the selected encoders:
+    ``True`` every encoder that has it, a list those keys. Returns the keys switched on.
+
+    Raises:
+        ConfigError: a listed encoder has none (``Modality.set_grad_checkpointing``
+            raised NotImplementedError), naming the key and the modality.
+    """
+    if selection is False:
+        return []
+    enabled = []
+    keys = list(model.encoders) if selection is True else list(dict.fromkeys(selection))
+    for i, key in enumerate(keys):
+        encoder = model.encoders[key]
+        try:
+            encoder.set_grad_checkpointing(True)
+        except NotImplementedError as exc:
+            if selection is True:
+                log.info("train.grad_checkpointing: leaving out modality '%s': %s", key, exc)
+                continue
+            raise ConfigError(f"'train.grad_checkpointing[{i}]': modality '{key}': {exc}") from None
+        keep_norm_statistics_on_recompute(encoder)  # also for plugins' BatchNorm layers
+        enabled.append(key)
+    return enabled
+
+
+def compile_encoders(model: MultimodalModel, selection: bool | Sequence[str]) -> list[str]:
+    """``torch.compile`` on the selected encoders (``train.compile``): ``True`` every
+    encoder, a list those keys. Each is compiled in place (``Module.compile``), so its
+    parameters, state dict keys and checkpoints are those of the plain module; the first
+    calls compile (and again when shapes or the training mode change). Returns the keys.
+
+    Raises:
+        RuntimeError: torch.compile does not work here (no C compiler, no Python headers...),
+            found by compiling a one-line function on the model's device first.
+    """
+    if selection is False:
+        return []
+    keys = list(model.encoders) if selection is True else list(dict.fromkeys(selection))
+    if keys:
+        check_compile(next(model.parameters()).device)
+    for key in keys:
+        model.encoders[key].compile()
+    return keys
+
+
+def check_compile(device: torch.device) -> None:
+    """Compile and run a one-line function, so a machine where torch.compile cannot work
+    fails here with the reason, not mid-step."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))
+    except Exception as exc:  # noqa: BLE001 - any backend failure means the same to the user
+        raise RuntimeError(
+            f"train.compile: torch.compile does not work on this machine ({device}): {type(exc).__name__}: {exc}. "
+            "Train without it (train.compile=false)."
+        ) from exc

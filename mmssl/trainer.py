@@ -33,7 +33,7 @@ from mmssl.checkpoint import (
 )
 from mmssl.config import RunConfig
 from mmssl.encoder_sharing import share_encoder_calls
-from mmssl.model import MultimodalModel, build_model
+from mmssl.model import MultimodalModel, build_model, compile_encoders, enable_grad_checkpointing
 from mmssl.optim import build_optimizer, build_scheduler
 from mmssl.run_log import RunLog
 from mmssl.schedule import ObjectiveSchedule
@@ -167,6 +167,11 @@ class Pretrainer:
         self.model = (model if model is not None else build_model(config, self.dist)).to(self.device)
         if self.dist.world_size > 1 and self.train_cfg.sync_batchnorm:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
+        # after the BatchNorm conversion, which replaces layers; before DDP wraps the model
+        self.checkpointed = enable_grad_checkpointing(self.model, self.train_cfg.grad_checkpointing)
+        self.compiled = compile_encoders(self.model, self.train_cfg.compile)
+        if self.checkpointed or self.compiled:
+            log.info("activation checkpointing: %s; torch.compile: %s", self.checkpointed or "none", self.compiled or "none")
         self.streams = (
             dict(streams) if streams is not None
             else build_streams(config, self.model, self.dist.rank, self.dist.world_size)
