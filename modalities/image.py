@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
@@ -30,7 +31,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass(frozen=True)
 class ImageConfig:
     tower: Literal["timm", "open_clip"] = "timm"
-    # timm model name (created with pretrained=False) or open_clip model config name.
+    # timm model name (created with pretrained=False), or an open_clip model config name
+    # or the path of a JSON file in open_clip's model-config format.
     backbone: str = "resnet10t"
     # Extra keyword arguments: timm.create_model kwargs, or open_clip vision_cfg fields.
     backbone_args: dict[str, Any] = field(default_factory=dict)
@@ -39,6 +41,26 @@ class ImageConfig:
     std: tuple[float, float, float] = OPENAI_STD
     # RandomResizedCrop scale for training on files; (1.0, 1.0) turns cropping off.
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
+
+
+def open_clip_model_config(name: str) -> dict[str, Any]:
+    """open_clip's model config by name, or read from a JSON file in open_clip's format
+    (a custom architecture that open_clip's own trainer can also take)."""
+    import open_clip
+
+    if name.endswith(".json"):
+        try:
+            with open(name, encoding="utf-8") as f:
+                model_cfg = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read open_clip model config {name}: {exc}") from None
+        if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg:
+            raise ValueError(f"open_clip model config {name} has no 'vision_cfg'")
+        return model_cfg
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ValueError(f"unknown open_clip model config '{name}'")
+    return model_cfg
 
 
 class ImageModality(Modality):
@@ -61,12 +83,9 @@ class ImageModality(Modality):
             self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_args)
             self.embed_dim = int(self.backbone.num_features)
         else:
-            import open_clip
             from open_clip.model import _build_vision_tower
 
-            model_cfg = open_clip.get_model_config(config.backbone)
-            if model_cfg is None:
-                raise ValueError(f"unknown open_clip model config '{config.backbone}'")
+            model_cfg = open_clip_model_config(config.backbone)
             vision_cfg = {**model_cfg["vision_cfg"], "image_size": config.image_size, **config.backbone_args}
             vision_cfg["output_tokens"] = True
             width = int(vision_cfg.get("width", model_cfg["embed_dim"]))

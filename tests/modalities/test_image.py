@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,20 @@ def test_render_is_deterministic_and_differs_by_concept():
 def test_concept_space_has_enough_classes():
     sizes = [len(v) for v in SHAPES_SPACE.class_attributes.values()]
     assert np.prod(sizes) >= 24
+
+
+def test_open_clip_tower_from_a_model_config_file(tmp_path):
+    """A custom open_clip architecture as a JSON file in open_clip's format (what
+    open_clip's own trainer reads too); a bad file is named in the error."""
+    path = tmp_path / "tiny_vit.json"
+    path.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 48,
+                                                                  "head_width": 16, "patch_size": 8}}))
+    image = _image(tower="open_clip", backbone=str(path)).eval()
+    assert image.embed_dim == 48 and len(image.backbone.transformer.resblocks) == 1
+    out = image(image.collate([image.transform(Image.new("RGB", (32, 32), "red"))]))
+    assert out.pooled.shape == (1, 48) and out.tokens.shape == (1, 16, 48)
+    with pytest.raises(ValueError, match="missing.json"):
+        _image(tower="open_clip", backbone=str(tmp_path / "missing.json"))
+    path.write_text(json.dumps({"embed_dim": 32}))
+    with pytest.raises(ValueError, match="tiny_vit.json has no 'vision_cfg'"):
+        _image(tower="open_clip", backbone=str(path))
