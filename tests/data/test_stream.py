@@ -225,3 +225,23 @@ def test_batch_that_does_not_divide_over_ranks_is_named(tiny_config):
     config = tiny_config("objectives.image_text.data.batch_size=15")
     with pytest.raises(DataError, match=r"objective 'image_text': data.batch_size 15 does not divide over 2 processes"):
         build_streams(config, mmssl.build_model(config), rank=0, world_size=2)
+
+
+def test_batches_are_built_on_one_torch_thread(tiny_config, monkeypatch):
+    """A sample's tensors are small, so the training process builds its batches on one
+    intra-op thread (as loader workers do) and gives the model its threads back."""
+    config = tiny_config()
+    model = mmssl.build_model(config)
+    stream = build_streams(config, model)["image_text"]
+    image = model.encoders["image"]
+    seen = []
+    transform = image.transform
+    monkeypatch.setattr(image, "transform", lambda raw, rng=None: seen.append(torch.get_num_threads()) or transform(raw, rng))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        next(stream)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {1}
