@@ -32,7 +32,9 @@ def build_optimizer(
         for (scale, decay), params in groups.items()
         if params or scale == 1.0
     ]
-    return torch.optim.AdamW(param_groups, lr=train.lr, betas=train.betas, eps=train.eps)
+    return torch.optim.AdamW(
+        param_groups, lr=train.lr, betas=train.betas, eps=train.eps, fused=train.fused_optimizer or None
+    )
 
 
 def lr_factor(step: int, train: TrainConfig) -> float:

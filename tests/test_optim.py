@@ -77,3 +77,20 @@ def test_resume_with_other_lr_or_lr_scale_is_refused_by_name(tiny_config, tmp_pa
     same_groups = Pretrainer(tiny_config("train.steps=4", "train.lr=0.001"), tmp_path)
     with pytest.raises(ValueError, match=r"step_0+2.*\[0\.002, 0\.002\].*\[0\.001, 0\.001\]"):
         same_groups.maybe_resume()
+
+
+def test_fused_adamw_by_default_and_the_multi_tensor_kernel_on_request(tiny_config):
+    """The fused kernel takes the same steps as the multi-tensor one up to rounding."""
+    steps = {}
+    for fused in (True, False):
+        config = tiny_config(f"train.fused_optimizer={str(fused).lower()}")
+        torch.manual_seed(0)
+        model = build_model(config)
+        optimizer = build_optimizer(model, config.train)
+        assert all(group["fused"] is (True if fused else None) for group in optimizer.param_groups)
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 0.01)
+        optimizer.step()
+        steps[fused] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(steps[True], steps[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
