@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,14 +13,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mmssl.atomic import write_bytes_atomic  # noqa: E402
+
 
 def _save(fig: Any, path: str | Path) -> None:
-    """Write via a temporary name so a kill never leaves half a PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    """Render to memory, then write whole and fsynced (``write_bytes_atomic``), so a kill
+    never leaves half a PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str) -> None:

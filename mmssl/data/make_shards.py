@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from mmssl.atomic import fsync_dir, fsync_file
 from mmssl.data.stream import DataError
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,9 @@ def write_shards(samples: Iterable[Sample | str], output: str | Path, shard_size
         nonlocal tar
         if tar is not None:
             tar.close()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(tmp)
             os.replace(tmp, shards[-1])
+            fsync_dir(output)
             tar = None
 
     try:
