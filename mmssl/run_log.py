@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from mmssl.atomic import write_text_atomic
+from mmssl.atomic import write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -26,8 +29,8 @@ class RunLog:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.is_file():
-            _drop_records_after(self.path, resume_step)
+        if self.path.is_file():
+            repair_metrics(self.path, after_step=resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -60,10 +63,36 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _drop_records_after(path: Path, step: int) -> None:
-    """Forget records a killed run logged after its last checkpoint: the resumed run logs them again."""
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip() and json.loads(line)["step"] <= step]
-    write_text_atomic(path, "".join(kept))
+def repair_metrics(path: str | Path, after_step: int | None = None) -> None:
+    """Make ``metrics.jsonl`` end on a whole record before a run appends to it.
+
+    A kill or a full disk in the middle of a write leaves a partial last line: it is
+    dropped, and a warning says so. With ``after_step`` (a resume) the records a killed
+    run logged after its checkpoint's step are dropped too: the resumed run logs them
+    again. A bad line before the last one is not a cut-off write: ``ValueError`` names it.
+    The file is rewritten (atomically) only if something changed.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    kept: list[bytes] = []
+    for number, line in enumerate(lines[: last + 1], start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = record["step"]
+        except (ValueError, KeyError, TypeError) as exc:
+            if number - 1 < last:
+                raise ValueError(f"{path}, line {number}: not a metrics record ({exc}); only the last line may be cut off") from None
+            log.warning("%s: dropped a partial last line, a write cut off by a kill or a full disk: %r", path, line[:60])
+            continue
+        if after_step is None or step <= after_step:
+            kept.append(line)
+    repaired = b"".join(line + b"\n" for line in kept)
+    if repaired != data:
+        write_bytes_atomic(path, repaired)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
