@@ -1,4 +1,5 @@
-"""Checkpoints: one directory per save, written under a temporary name and renamed.
+"""Checkpoints: one directory per save, written under a temporary name, made durable,
+then renamed into place.
 
 Layout of ``<output>/checkpoints/step_00000100/``:
     model.safetensors   encoder and head weights
@@ -8,14 +9,25 @@ Layout of ``<output>/checkpoints/step_00000100/``:
     tokenizer.json      per-modality extra state (tokenizer settings)
     meta.json           step and format version
 
-A directory named ``step_*`` is complete by construction (rename is atomic); a kill
-during a save leaves only a ``.tmp-*`` directory, which the next save removes.
+A directory named ``step_*`` is complete by construction: its files and the directory
+are fsynced before the rename, and the parent after it. Names that are not
+``step_*`` are never read as checkpoints; a kill can leave these, which
+``remove_stale_temporaries`` clears at the next start or save:
+
+    .tmp-step_N-<pid>        a checkpoint being written: removed
+    .replaced-step_N-<pid>   the old step_N, moved aside while a re-save of step N put
+                             the new one in place: put back if step_N is missing,
+                             removed otherwise
+    .trash-step_N-<pid>      a pruned checkpoint being removed: removed
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -23,10 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from mmssl.atomic import OutputError, fsync_dir, fsync_file
 from mmssl.config import RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -34,11 +50,20 @@ STATE = "trainer_state.pt"
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
 META = "meta.json"
+FILES = (WEIGHTS, STATE, CONFIG, TOKENIZER, META)  # every file a save writes
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_REPLACED = re.compile(r"^\.replaced-(step_\d+)-\d+$")
+_DEBRIS_PREFIXES = (".tmp-step_", ".replaced-step_", ".trash-step_")
 
 
 class CheckpointError(FileNotFoundError):
     """No usable checkpoint where one was expected; the message says where it looked."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file is missing, truncated, unreadable or refused (a pickle that is not
+    plain tensors and containers). Resume skips such a checkpoint for the previous one; a
+    checkpoint of another model is a ``CheckpointError``, which it does not skip."""
 
 
 def checkpoints_root(output_dir: str | Path) -> Path:
@@ -52,40 +77,89 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     config: RunConfig,
 ) -> Path:
-    """Write a complete checkpoint for ``step`` atomically; returns its directory."""
+    """Write a complete checkpoint for ``step`` durably and atomically; returns its directory.
+
+    Raises:
+        OutputError: the directory could not be written (disk full, no permission), in
+            one line naming it; no temporary is left and earlier checkpoints are intact.
+    """
     root = checkpoints_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(root)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS))
-    torch.save(trainer_state, tmp / STATE)
-    (tmp / CONFIG).write_text(config.to_yaml())
-    extras = {key: enc.extra_state_dict() for key, enc in model.encoders.items() if enc.extra_state_dict()}
-    (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2))
-    (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}))
-    _fsync_dir_files(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(root)
+        tmp.mkdir()
+        save_model(model, str(tmp / WEIGHTS))
+        _save_trainer_state(trainer_state, tmp / STATE)
+        (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
+        extras = {key: enc.extra_state_dict() for key, enc in model.encoders.items() if enc.extra_state_dict()}
+        (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
+        (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}), encoding="utf-8")
+        for f in tmp.iterdir():
+            fsync_file(f)
+        fsync_dir(tmp)
+        _put_in_place(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_stale_temporaries(root)  # puts step N's old directory back if it was moved aside
+        if not isinstance(exc, (OSError, SafetensorError)):  # safetensors reports a failed write as its own error
+            raise
+        kept = [p.name for p in list_checkpoints(output_dir)]
+        raise OutputError(
+            f"cannot save checkpoint {final}: {getattr(exc, 'strerror', None) or _first_line(exc)}; "
+            + (f"the checkpoints saved before are intact ({', '.join(kept)})" if kept else "no checkpoint was saved")
+        ) from exc
     return final
 
 
-def _fsync_dir_files(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+def _save_trainer_state(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a Python file. torch reports a failed write (a full disk) as
+    a RuntimeError that does not say why ("unexpected pos 704 vs 598"); the ``OSError``
+    the file raised is its context, and is raised instead."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as exc:
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
+
+
+def _put_in_place(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` to ``final``. ``rename`` cannot replace a non-empty
+    directory, so a re-save of a step moves the old directory aside first and removes it
+    only once the new one is in place: a kill in between leaves the old one under
+    ``.replaced-*``, which ``remove_stale_temporaries`` puts back."""
+    root = final.parent
+    aside = root / f".replaced-{final.name}-{os.getpid()}" if final.exists() else None
+    if aside is not None:
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_stale_temporaries(root: Path) -> None:
-    """Delete half-written checkpoints left by a killed save."""
-    for tmp in root.glob(".tmp-step_*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Clear what a killed save or prune left in ``root`` (see the module docstring): a
+    step's old directory moved aside by an unfinished re-save is put back, every other
+    temporary is removed. Never touches a ``step_*`` directory."""
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        replaced = _REPLACED.match(path.name)
+        if replaced and not (root / replaced.group(1)).exists():
+            os.replace(path, root / replaced.group(1))
+            fsync_dir(root)
+            log.warning("put back checkpoint %s, moved aside by a save that did not finish", root / replaced.group(1))
+        elif path.name.startswith(_DEBRIS_PREFIXES):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``output_dir``, oldest first."""
+    """Checkpoints (``step_*`` directories) under ``output_dir``, oldest first."""
     root = checkpoints_root(output_dir)
     if not root.is_dir():
         return []
@@ -112,15 +186,59 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints (0 keeps all)."""
+    """Keep the newest ``keep`` checkpoints (0 keeps all). Each old one is renamed out of
+    the ``step_*`` names before it is removed, so a kill mid-removal never leaves a
+    half-deleted ``step_*`` directory for resume to find."""
     if keep <= 0:
         return
     for old in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        trash = old.with_name(f".trash-{old.name}-{os.getpid()}")
+        try:
+            os.replace(old, trash)
+            fsync_dir(old.parent)
+        except OSError as exc:
+            log.warning("could not remove old checkpoint %s: %s", old, exc)
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def check_complete(checkpoint: Path) -> None:
+    """Raise ``CorruptCheckpointError`` unless every file a save writes is there and
+    ``meta.json`` names this directory's step."""
+    checkpoint = Path(checkpoint)
+    missing = [name for name in FILES if not (checkpoint / name).is_file()]
+    if missing:
+        raise CorruptCheckpointError(f"{checkpoint} is incomplete: {', '.join(missing)} missing")
+    try:
+        meta = json.loads((checkpoint / META).read_text(encoding="utf-8"))
+        step = int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpointError(f"{checkpoint / META} is unreadable: {_first_line(exc)}") from None
+    named = _STEP_DIR.match(checkpoint.name)
+    if named and int(named.group(1)) != step:
+        raise CorruptCheckpointError(f"{checkpoint / META} says step {step}, the directory step {int(named.group(1))}")
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
+    """The trainer state of a checkpoint, read with ``torch.load(weights_only=True)``:
+    tensors and plain containers only, so a pickle that would run code or build other
+    objects is refused, never executed.
+
+    Raises:
+        CorruptCheckpointError: naming the file: missing, truncated, unreadable or refused.
+    """
+    path = Path(checkpoint) / STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unpickling_reason(exc)
+        if "Unsupported global" not in reason:  # garbled bytes, not a refused object
+            raise CorruptCheckpointError(f"{path} is unreadable: {reason}") from None
+        raise CorruptCheckpointError(
+            f"{path} refused: not plain tensors and containers (read with torch.load(weights_only=True)): {reason}"
+        ) from None
+    except Exception as exc:  # torch reports a truncated or garbled file in many types (RuntimeError, EOFError, ...)
+        raise CorruptCheckpointError(f"{path} is unreadable: {_first_line(exc)}") from None
 
 
 def load_run_config(checkpoint: Path) -> RunConfig:
@@ -128,21 +246,47 @@ def load_run_config(checkpoint: Path) -> RunConfig:
 
 
 def load_weights(model: MultimodalModel, checkpoint: Path) -> None:
-    """Load weights strictly and check each modality's extra state (tokenizer)."""
-    missing, unexpected = load_model(model, str(checkpoint / WEIGHTS), strict=False)
+    """Load weights strictly and check each modality's extra state (tokenizer).
+
+    Raises:
+        CorruptCheckpointError: the weights file is missing, truncated or unreadable.
+        CheckpointError: the weights or extra state do not fit ``model``.
+    """
+    weights = checkpoint / WEIGHTS
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
     if missing or unexpected:
         raise CheckpointError(
-            f"{checkpoint / WEIGHTS} does not fit the model: missing {sorted(missing)[:10]}, "
+            f"{weights} does not fit the model: missing {sorted(missing)[:10]}, "
             f"unexpected {sorted(unexpected)[:10]}"
         )
     tokenizer_file = checkpoint / TOKENIZER
-    extras = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
+    try:
+        extras = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{tokenizer_file} is unreadable: {_first_line(exc)}") from None
     for key, state in extras.items():
         if key in model.encoders:
             try:
                 model.encoders[key].check_extra_state(state)
             except ValueError as exc:
                 raise CheckpointError(f"{tokenizer_file}: modality '{key}': {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """What torch's long weights-only message says was wrong, in one line
+    (``Unsupported global: GLOBAL io.open was not an allowed global by default``)."""
+    text = str(exc)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if marker else text).splitlines() if line.strip()]
+    return lines[0].split(". Please use")[0].rstrip(".") if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)

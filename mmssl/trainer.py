@@ -22,12 +22,17 @@ import torch
 from tqdm.auto import tqdm
 
 from mmssl import distributed
+from mmssl.atomic import OutputError, check_writable
 from mmssl.checkpoint import (
+    CheckpointError,
+    CorruptCheckpointError,
+    check_complete,
     load_trainer_state,
     load_weights,
     prune_checkpoints,
     checkpoints_root,
     list_checkpoints,
+    remove_stale_temporaries,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -256,30 +261,72 @@ class Pretrainer:
 
     def save(self) -> Path:
         """Save a checkpoint of this step (called on every rank: rank 0 writes, the others
-        wait for it, so no rank reads or resumes from a half-written directory)."""
+        wait for it, so no rank reads or resumes from a half-written directory).
+
+        Raises:
+            OutputError: on every rank, when rank 0 could not write it (disk full, no
+                permission); the checkpoints saved before are intact.
+        """
         state = self.state_dict()
         path = checkpoints_root(self.output_dir) / f"step_{self.step:08d}"
-        if distributed.is_main():
-            path = save_checkpoint(self.output_dir, self.step, self.model, state, self.config)
+
+        def write() -> None:
+            save_checkpoint(self.output_dir, self.step, self.model, state, self.config)
             prune_checkpoints(self.output_dir, self.train_cfg.keep_checkpoints)
-        distributed.barrier()
+
+        self._write_on_main(write, f"rank 0 could not save {path}")
         self._saved_step = self.step
         return path
 
+    def _write_on_main(self, write: Callable[[], None], failed_elsewhere: str) -> None:
+        """Run ``write`` on rank 0; if it raises an ``OSError`` (``OutputError``) every rank
+        raises. A collective, so the other ranks also wait for the write to end."""
+        error: OSError | None = None
+        if distributed.is_main():
+            try:
+                write()
+            except OSError as exc:
+                error = exc
+        failed = distributed.all_reduce_sum(torch.tensor([int(error is not None)]))
+        if error is not None:
+            raise error
+        if int(failed):
+            raise OutputError(f"{failed_elsewhere}; see its error")
+
     def maybe_resume(self) -> Path | None:
-        """Load the checkpoint that ``train.resume`` names ("auto": latest here, if any)."""
+        """Load the checkpoint that ``train.resume`` names ("auto": latest here, if any).
+
+        With "auto" a corrupt or incomplete checkpoint (a file missing, truncated,
+        unreadable or refused) is skipped for the one before it, with a warning naming it
+        and why; if none is readable, a ``CheckpointError`` says so. A checkpoint that does
+        not fit this run's model or optimizer is an error, never skipped.
+        """
         resume = self.train_cfg.resume
         if resume == "none":
             return None
         if resume == "auto":
-            if not list_checkpoints(self.output_dir):
+            candidates = list_checkpoints(self.output_dir)[::-1]  # newest first
+            if not candidates:
                 return None
-            checkpoint = resolve_checkpoint(self.output_dir)
         else:
-            checkpoint = resolve_checkpoint(resume)
-        load_weights(self.model, checkpoint)
+            candidates = [resolve_checkpoint(resume)]
+        for checkpoint in candidates:
+            try:
+                check_complete(checkpoint)
+                state = load_trainer_state(checkpoint)
+                load_weights(self.model, checkpoint)
+                break
+            except CorruptCheckpointError as exc:
+                if resume != "auto":
+                    raise
+                log.warning("skipping checkpoint %s: %s", checkpoint, exc)
+        else:
+            raise CheckpointError(
+                f"no readable checkpoint in {checkpoints_root(self.output_dir)}: all {len(candidates)} are corrupt "
+                "or incomplete (see the warnings); move them away, or start over with train.resume=none"
+            )
         try:
-            self.load_state_dict(load_trainer_state(checkpoint))
+            self.load_state_dict(state)
         except ValueError as exc:
             raise ValueError(f"{checkpoint}: {exc}") from None
         if checkpoint.parent == checkpoints_root(self.output_dir):
@@ -394,9 +441,12 @@ class Pretrainer:
         record (metric means over the last logging interval, plus data stats)."""
         cfg = self.train_cfg
         main = distributed.is_main()
-        if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
+
+        def prepare_output() -> None:  # fail now, not at the first save, if it cannot be written
+            check_writable(self.output_dir)
+            remove_stale_temporaries(checkpoints_root(self.output_dir))  # before resume looks
+
+        self._write_on_main(prepare_output, f"rank 0 could not write {self.output_dir}")
         resumed = self.maybe_resume()
         run_log = RunLog(self.output_dir, enabled=main, resume_step=self.step if resumed else None)
         interactive = sys.stderr.isatty()

@@ -20,7 +20,8 @@ import torch
 
 from mmssl import distributed
 from mmssl.config import ConfigError, load_config
-from mmssl.atomic import write_text_atomic
+from mmssl.atomic import OutputError, write_text_atomic
+from mmssl.checkpoint import CheckpointError
 from mmssl.plots import plot_losses
 from mmssl.run_log import read_metrics
 from mmssl.trainer import Pretrainer
@@ -57,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trainer = Pretrainer(config, output)
         last = trainer.fit()
+    except (CheckpointError, OutputError) as exc:  # a bad checkpoint or output directory: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if in_group:
             torch.distributed.destroy_process_group()
