@@ -22,12 +22,7 @@ import torch
 from mmssl.config import load_config
 from mmssl.trainer import Pretrainer
 
-
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    label, _, overrides = text.partition(":")
-    if not overrides.strip():
-        raise SystemExit(f"--variant wants 'label: key=value ...', got {text!r}")
-    return label.strip(), overrides.split()
+from common import parse_variant
 
 
 def main() -> None:

@@ -29,25 +29,7 @@ import mmssl
 from mmssl.optim import build_optimizer
 from mmssl.trainer import Pretrainer, move_to
 
-
-class RepeatStream:
-    """A stream that yields the same batch forever."""
-
-    def __init__(self, batch):
-        self.batch = batch
-        self.wait_seconds = 0.0
-
-    def __next__(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def stats(self):
-        return {}
-
-    def close(self):
-        pass
+from common import RepeatStream
 
 
 def _time(fn, steps: int) -> float:
