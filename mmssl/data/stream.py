@@ -136,10 +136,11 @@ class StreamBatches(Dataset):
         return self._order[1]
 
     def __getitem__(self, position: tuple[int, int]) -> BuiltBatch:
-        # A sample's tensors are small: torch's intra-op threads cost more than they
-        # give there (per-sample log-mel spectrograms ran 30x slower on 2 threads than
-        # on 1). DataLoader workers run on one thread already; the training process's
-        # own batches (num_workers 0) now do too, with the same results.
+        # A sample's tensors are small: torch's intra-op threads give nothing there, and
+        # when another process holds a core (a loader worker, another job) their ops wait
+        # for it (128 per-sample log-mel spectrograms beside one busy core: 0.15-3.7 s on
+        # 2 threads, 0.055 s on 1). DataLoader workers run on one thread already; the
+        # training process's own batches (num_workers 0) now do too, with the same results.
         with one_torch_thread():
             return self._build(position)
 
