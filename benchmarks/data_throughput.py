@@ -35,27 +35,9 @@ from mmssl.seeding import sample_rng
 from mmssl.trainer import Pretrainer
 from mmssl.world import world_for
 
+from common import RepeatStream
+
 OBJECTIVE = "image_text"
-
-
-class RepeatStream:
-    """A stream that yields one batch forever (the trainer's consumption alone)."""
-
-    def __init__(self, batch) -> None:
-        self.batch = batch
-        self.wait_seconds = 0.0
-
-    def __next__(self):
-        return self.batch
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def stats(self) -> dict:
-        return {}
-
-    def close(self) -> None:
-        pass
 
 
 def make_dataset(config, root: Path, count: int) -> tuple[Path, Path]:
