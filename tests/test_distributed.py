@@ -70,10 +70,19 @@ def assert_same_run(a: Path, b: Path, loss_tol: float = 1e-5, weight_tol: float 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [(), ("train.schedule=round_robin", "train.accum_steps=2")], ids=["all", "round_robin_accum2"])
-def test_two_processes_train_as_one(tmp_path, overrides):
+@pytest.mark.parametrize(
+    "overrides, two_only",
+    [((), ("train.grad_checkpointing=true",)), (("train.schedule=round_robin", "train.accum_steps=2"), ())],
+    ids=["all_two_with_checkpointing", "round_robin_accum2"],
+)
+def test_two_processes_train_as_one(tmp_path, overrides, two_only):
+    """The same losses and final weights on 2 processes as on 1. In the first case the 2
+    processes also checkpoint activations (under find_unused_parameters, with synchronised
+    BatchNorm whose all-reduces run again in the recompute) and 1 process does not."""
     pretrain(tmp_path / "one", *overrides)
-    done = pretrain(tmp_path / "two", *overrides, nproc=2)
+    done = pretrain(tmp_path / "two", *overrides, *two_only, nproc=2)
+    if two_only:
+        assert "activation checkpointing: ['image', 'audio', 'graph', 'text']" in done.stderr
     assert_same_run(tmp_path / "one", tmp_path / "two")
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["per_rank_batch"]["image_text"] == 8

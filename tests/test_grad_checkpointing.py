@@ -180,16 +180,3 @@ def test_compiled_encoder_trains_and_checkpoints_unchanged(tmp_path):
     resumed = Pretrainer(_joint("train.steps=3", "train.compile=[text]"), tmp_path / "compiled")
     resumed.fit()
     assert resumed.step == 3
-
-
-@pytest.mark.slow
-def test_two_processes_with_checkpointing_train_as_one_without(tmp_path):
-    """Under DDP (find_unused_parameters) with synchronised BatchNorm, whose all-reduces
-    run again in the recompute: the same losses and final weights (BatchNorm statistics
-    too) as one process without checkpointing."""
-    from tests.test_distributed import assert_same_run, pretrain
-
-    pretrain(tmp_path / "one")
-    done = pretrain(tmp_path / "two", "train.grad_checkpointing=true", nproc=2)
-    assert "activation checkpointing: ['image', 'audio', 'graph', 'text']" in done.stderr
-    assert_same_run(tmp_path / "one", tmp_path / "two")
