@@ -118,6 +118,9 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
+    # a step with a non-finite loss or gradient is skipped; after more than this many in a
+    # row the run saves a checkpoint and stops (0: stop at the first)
+    max_bad_steps: int = 10
     resume: str = "auto"  # "auto" (latest in output dir, if any), "none", or a checkpoint dir
     progress: bool = True
     # under data parallelism, BatchNorm statistics over the global batch (SyncBatchNorm on
@@ -356,6 +359,10 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(
             f"'train.grad_diagnostics_modality': '{train.grad_diagnostics_modality}' is not a configured modality."
             f"{closest(train.grad_diagnostics_modality, list(modalities))} Configured: {sorted(modalities)}"
+        )
+    if train.max_bad_steps < 0:
+        raise ConfigError(
+            f"'train.max_bad_steps': must be >= 0 (0 stops at the first non-finite step), got {train.max_bad_steps}"
         )
     _check_encoder_selection(train.grad_checkpointing, "train.grad_checkpointing", modalities)
     _check_encoder_selection(train.compile, "train.compile", modalities)

@@ -63,9 +63,11 @@ class JointForward(torch.nn.Module):
         self.model = model
         self.weighting = weighting
 
-    def forward(self, batches: Mapping[str, Any], step: int, share_calls: bool) -> tuple[Any, ...]:
+    def forward(self, batches: Mapping[str, Any], share_calls: bool) -> tuple[Any, ...]:
         """Returns (weighted total, losses, losses' values averaged over ranks, metrics by
-        objective, effective weights). A non-finite loss on any rank raises on every rank."""
+        objective, effective weights). A loss that is not finite on any rank makes its
+        averaged value non-finite on every rank, so every rank skips the step alike
+        (``Pretrainer.train_step``)."""
         if share_calls and len(batches) > 1:
             share_encoder_calls(self.model.objectives, self.model.encoders, batches)
         losses: dict[str, torch.Tensor] = {}
@@ -74,17 +76,16 @@ class JointForward(torch.nn.Module):
             out = self.model(name, batch)
             losses[name] = out.loss
             metrics[name] = out.metrics
-        # the mean over ranks of each objective's loss is its one-process loss (DistContext);
-        # a non-finite loss on any rank makes its mean non-finite on every rank, so all stop
+        # the mean over ranks of each objective's loss is its one-process loss (DistContext)
         means = distributed.all_reduce_sum(torch.stack([loss.detach().double() for loss in losses.values()]))
         observed = {n: float(v) / distributed.context().world_size for n, v in zip(losses, means)}
-        bad = next((n for n, v in observed.items() if not math.isfinite(v)), None)
-        if bad is not None:
-            value = losses[bad].item()
-            where = f"{value}" if not math.isfinite(value) else "not finite on another rank"
-            raise FloatingPointError(f"objective '{bad}' loss is {where} at step {step}")
         total, weights = self.weighting.combine(losses, observed)
         return total, losses, observed, metrics, weights
+
+
+class NonFiniteStepsError(FloatingPointError):
+    """More than ``train.max_bad_steps`` steps in a row were skipped as non-finite; the
+    run saved a checkpoint (of the weights before them) and stopped."""
 
 
 def _rng_state() -> dict[str, Any]:
@@ -193,6 +194,8 @@ class Pretrainer:
         self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed, every)
         joint = JointForward(self.model, self.weighting)
         self.forward_module: torch.nn.Module = joint
+        # restored when a step is skipped: BatchNorm statistics, the weighting's loss means
+        self._buffers = list(joint.buffers())
         if self.dist.world_size > 1:
             # objectives that sit a step out leave parameters without gradients
             self.forward_module = torch.nn.parallel.DistributedDataParallel(
@@ -209,6 +212,9 @@ class Pretrainer:
         self.history: list[dict[str, Any]] = []
         # per-objective metric sums and counts since the last log line (saved with checkpoints)
         self._pending: dict[str, list[float]] = {}
+        self.nonfinite_steps = 0  # steps skipped for a non-finite loss or gradient, in all
+        self.bad_steps_in_a_row = 0  # ... and in a row up to this step (train.max_bad_steps)
+        self.last_bad_reason = ""  # what made the last skipped step non-finite, for the stop message
 
     # --- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -220,6 +226,7 @@ class Pretrainer:
             "streams": {name: self._global_stream_state(s) for name, s in self.streams.items()},
             "weighting": self.weighting.state_dict(),
             "pending_metrics": {k: list(v) for k, v in self._pending.items()},
+            "nonfinite_steps": {"total": self.nonfinite_steps, "in_a_row": self.bad_steps_in_a_row},
             "rng": _rng_state(),
         }
 
@@ -257,6 +264,9 @@ class Pretrainer:
         if "weighting" in state:
             self.weighting.load_state_dict(state["weighting"])
         self._pending = {k: [float(v[0]), int(v[1])] for k, v in state.get("pending_metrics", {}).items()}
+        nonfinite = state.get("nonfinite_steps", {})
+        self.nonfinite_steps = int(nonfinite.get("total", 0))
+        self.bad_steps_in_a_row = int(nonfinite.get("in_a_row", 0))
         _set_rng_state(state["rng"])
 
     def save(self) -> Path:
@@ -347,16 +357,26 @@ class Pretrainer:
         return self.schedule(step)
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``accum_steps`` micro-batches of every active objective."""
+        """One optimizer step over ``accum_steps`` micro-batches of every active objective.
+
+        A step whose loss (any objective's) or gradient is not finite on any rank is
+        skipped on every rank: no optimizer update, buffers put back, gradients dropped;
+        the scheduler, the step counter and the streams advance as for any step. Under
+        fp16 a non-finite gradient with finite losses is the GradScaler's to skip (it
+        lowers its scale), not a skipped step here. The returned metrics say
+        ``skipped``.
+        """
         cfg = self.train_cfg
         self.model.train()
         start = time.perf_counter()
         waited = {n: s.wait_seconds for n, s in self.streams.items()}
         active = self.active_objectives(self.step)
         diagnose = bool(cfg.grad_diagnostics_every) and self.step % cfg.grad_diagnostics_every == 0
+        buffers = [b.clone() for b in self._buffers]
         sums: dict[str, float] = defaultdict(float)
         weights: dict[str, float] = {}
         diagnostics: dict[str, float] = {}
+        nonfinite_losses: dict[str, float] = {}  # objective -> its loss (mean over ranks)
         samples = 0
         total_value = 0.0
         for micro in range(cfg.accum_steps):
@@ -367,21 +387,42 @@ class Pretrainer:
             sync = contextlib.nullcontext() if last_micro or self.dist.world_size == 1 else self.forward_module.no_sync()
             with sync:
                 with self._autocast():
-                    total, losses, observed, metrics, weights = self.forward_module(
-                        batches, self.step, cfg.share_encoder_calls
-                    )
+                    total, losses, observed, metrics, weights = self.forward_module(batches, cfg.share_encoder_calls)
                 for name, values in metrics.items():
                     for key, value in {**values, "loss": observed[name]}.items():
                         sums[f"{name}/{key}"] += value / cfg.accum_steps
+                nonfinite_losses.update({n: v for n, v in observed.items() if not math.isfinite(v)})
                 if diagnose and micro == 0:
                     diagnostics = self.gradient_diagnostics(losses, weights)
+                # backward even with a non-finite loss: DDP expects one after each forward
                 self.scaler.scale(total / cfg.accum_steps).backward()
             total_value += float(distributed.all_reduce_sum(total.detach().double())) / self.dist.world_size / cfg.accum_steps
         self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        # the norm before clipping, non-finite if any element is (the weighting's few
+        # parameters are checked beside it, as they are not clipped)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        grad_finite = bool(torch.isfinite(grad_norm)) and all(
+            bool(torch.isfinite(p.grad).all()) for p in self.weighting.parameters() if p.grad is not None
+        )
+        # every rank decides alike (DDP averaged the gradients, the losses are means over ranks)
+        flags = distributed.all_reduce_sum(
+            torch.tensor([float(bool(nonfinite_losses)), float(not grad_finite)], dtype=torch.float64)
+        )
+        loss_bad, grad_bad = bool(flags[0]), bool(flags[1])
+        fp16_overflow = grad_bad and not loss_bad and self.scaler.is_enabled()
+        skipped = loss_bad or (grad_bad and not fp16_overflow)
+        if skipped:
+            with torch.no_grad():
+                for buffer, saved in zip(self._buffers, buffers):
+                    buffer.copy_(saved)
+            self._count_bad_step(nonfinite_losses)
+        else:
+            self.bad_steps_in_a_row = 0
+            if not fp16_overflow:  # the scaler skips that step itself
+                max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), max_norm, grad_norm)
+            self.scaler.step(self.optimizer)
+        self.scaler.update()  # fp16: a non-finite gradient lowers the scale, skipped or not
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -399,9 +440,36 @@ class Pretrainer:
             **{f"weight/{name}": w for name, w in weights.items()},
             **diagnostics,
         }
+        if self.scaler.is_enabled():
+            metrics["grad_scale"] = float(self.scaler.get_scale())
         for name, stream in self.streams.items():
             metrics[f"data/{name}/wait_s"] = stream.wait_seconds - waited[name]
-        return distributed.reduce_metrics(metrics, weight=samples, sums=("samples_per_s",))
+        return {**distributed.reduce_metrics(metrics, weight=samples, sums=("samples_per_s",)), "skipped": skipped}
+
+    def _count_bad_step(self, nonfinite_losses: Mapping[str, float]) -> None:
+        """Count a skipped step and say why: the objectives whose loss was not finite, or
+        the first parameter whose gradient was not."""
+        self.nonfinite_steps += 1
+        self.bad_steps_in_a_row += 1
+        if nonfinite_losses:
+            self.last_bad_reason = ", ".join(f"objective '{n}' loss {v}" for n, v in nonfinite_losses.items())
+        else:
+            name = self._first_nonfinite_gradient()
+            where = f"'{name}'" if name is not None else "a parameter on another rank"
+            self.last_bad_reason = f"gradient of {where} not finite"
+        if distributed.is_main():
+            log.warning(
+                "step %d skipped (%s): %s; %d skipped in a row, %d in all",
+                self.step + 1, "non-finite loss" if nonfinite_losses else "non-finite gradient",
+                self.last_bad_reason, self.bad_steps_in_a_row, self.nonfinite_steps,
+            )
+
+    def _first_nonfinite_gradient(self) -> str | None:
+        named = [*self.model.named_parameters(), *(("weighting." + n, p) for n, p in self.weighting.named_parameters())]
+        for name, param in named:
+            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                return name
+        return None
 
     def gradient_diagnostics(self, losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> dict[str, float]:
         """Each objective's (weighted) gradient norm on the shared encoder named by
@@ -436,9 +504,25 @@ class Pretrainer:
         self._pending = {}
         return record
 
+    def _stop_on_bad_steps(self) -> None:
+        """Save this step's checkpoint (skipped steps left the weights and the optimizer as
+        the last good step did) and raise ``NonFiniteStepsError`` on every rank."""
+        path = self.save()
+        raise NonFiniteStepsError(
+            f"stopped at step {self.step}: {self.bad_steps_in_a_row} steps in a row were non-finite, more than "
+            f"train.max_bad_steps={self.train_cfg.max_bad_steps} (the last: {self.last_bad_reason}); {path} holds "
+            f"the weights of step {self.step - self.bad_steps_in_a_row}, the last good one. Lower train.lr, set "
+            "train.grad_clip or check the data, then resume"
+        )
+
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` (resuming first, as configured); returns the last logged
-        record (metric means over the last logging interval, plus data stats)."""
+        record (metric means over the last logging interval, plus data stats).
+
+        Raises:
+            NonFiniteStepsError: after more than ``train.max_bad_steps`` skipped steps in a
+                row, once the checkpoint of this step is saved.
+        """
         cfg = self.train_cfg
         main = distributed.is_main()
 
@@ -462,11 +546,13 @@ class Pretrainer:
         try:
             while self.step < cfg.steps:
                 metrics = self.train_step()
-                self._accumulate(metrics)
+                if not metrics["skipped"]:  # a skipped step's losses are in its warning, not the means
+                    self._accumulate(metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}", refresh=False)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    record = {**self._flush(), "lr": metrics["lr"]}
+                stop = self.bad_steps_in_a_row > cfg.max_bad_steps
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps or stop:
+                    record = {**self._flush(), "lr": metrics["lr"], "nonfinite_steps": self.nonfinite_steps}
                     for name, stream in self.streams.items():
                         stats = distributed.reduce_metrics(stream.stats(), weight=1.0, sums=("samples", "skipped"))
                         for key, value in stats.items():
@@ -474,6 +560,8 @@ class Pretrainer:
                     run_log.log(self.step, record)
                     self.history.append({"step": self.step, **record})
                     last = record
+                if stop:
+                    self._stop_on_bad_steps()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.save()
                 for callback in self.callbacks:

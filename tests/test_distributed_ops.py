@@ -160,7 +160,7 @@ def test_distributed_batchnorm_equals_batchnorm_over_the_global_batch():
 
 def _agreement(rank: int) -> None:
     # a non-finite loss on rank 1 makes the all-reduced mean non-finite on every rank, so
-    # every rank stops at the same step with the same message (mmssl.trainer.JointForward)
+    # every rank skips the same step (mmssl.trainer.JointForward, Pretrainer.train_step)
     means = distributed.all_reduce_sum(torch.tensor([1.0, float("nan") if rank == 1 else 2.0, 3.0], dtype=torch.float64))
     assert [math.isfinite(v) for v in means.tolist()] == [True, False, True]
     reduced = distributed.reduce_metrics({"acc": float(rank), "samples_per_s": 10.0}, weight=1 + rank, sums=("samples_per_s",))
@@ -200,3 +200,28 @@ def _pretrain_in_callers_group(rank: int, output: str) -> None:
 @pytest.mark.slow
 def test_pretrainer_runs_in_a_process_group_the_caller_initialised(tmp_path):
     in_two_processes(_pretrain_in_callers_group, str(tmp_path))
+
+
+def _nan_on_one_rank(rank: int, output: str) -> None:
+    import mmssl
+    from objectives.base import ObjectiveOutput
+
+    config = mmssl.load_config(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml"),
+        ["train.steps=3", "train.checkpoint_every=0", "train.distributed.check_every=1"],
+    )
+    trainer = mmssl.Pretrainer(config, output)
+
+    def nan_on_rank_1(module, args, out):  # step 2 (0-based 1), on rank 1 only
+        return ObjectiveOutput(out.loss * float("nan"), out.metrics) if rank == 1 and trainer.step == 1 else None
+
+    trainer.model.objectives["image_text"].register_forward_hook(nan_on_rank_1)
+    skipped: list[int] = []
+    trainer.callbacks.append(lambda t, m: skipped.append(t.step) if m["skipped"] else None)
+    trainer.fit()  # check_every=1: the ranks' parameters are compared after every step
+    assert skipped == [2] and trainer.nonfinite_steps == 1
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    in_two_processes(_nan_on_one_rank, str(tmp_path))

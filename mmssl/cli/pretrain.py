@@ -24,7 +24,7 @@ from mmssl.atomic import OutputError, write_text_atomic
 from mmssl.checkpoint import CheckpointError
 from mmssl.plots import plot_losses
 from mmssl.run_log import read_metrics
-from mmssl.trainer import Pretrainer
+from mmssl.trainer import NonFiniteStepsError, Pretrainer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trainer = Pretrainer(config, output)
         last = trainer.fit()
-    except (CheckpointError, OutputError) as exc:  # a bad checkpoint or output directory: one line
+    except (CheckpointError, OutputError, NonFiniteStepsError) as exc:  # bad checkpoint, output or steps: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if metrics_file.is_file():
         plot_losses(read_metrics(metrics_file), output / "losses.png")
     summary = {"steps": trainer.step, "seconds": round(seconds, 1), **{k: v for k, v in last.items() if "/" in k or k == "loss"}}
+    summary["nonfinite_steps"] = trainer.nonfinite_steps
     summary["world_size"] = trainer.dist.world_size
     summary["per_rank_batch"] = {name: s.local_batch_size for name, s in trainer.streams.items()}
     write_text_atomic(output / "train_summary.json", json.dumps(summary, indent=2))
