@@ -42,7 +42,7 @@ from pathlib import Path
 
 from common import (
     REPO, Finished, RepeatStream, Spread, count_flops, data_wait, matmul_flops_per_s, run_measured, step_records,
-    write_json,
+    train_run, write_json,
 )
 
 TINY_JSON = REPO / "benchmarks" / "configs" / "clip_tiny.json"
@@ -88,12 +88,10 @@ def run_open_clip(model: str, batch: int, steps: int, skip: int, threads: int) -
 
 def run_mmssl(model: str, batch: int, steps: int, skip: int, threads: int) -> tuple[list[tuple[float, float]], Finished]:
     with tempfile.TemporaryDirectory() as out:
-        finished = run_measured([
-            sys.executable, "-m", "mmssl.cli.pretrain", str(MODELS[model][1]), "--output-dir", out,
-            f"objectives.image_text.data.batch_size={batch}", f"train.steps={steps}",
-            "train.warmup_steps=5", "train.log_every=1", "train.checkpoint_every=0", "train.progress=false",
-            f"train.threads={threads}",
-        ])
+        finished = train_run(
+            str(MODELS[model][1]), Path(out), steps,
+            [f"objectives.image_text.data.batch_size={batch}", "train.warmup_steps=5", f"train.threads={threads}"],
+        )
         records = step_records(out, skip)
     return [(r["step_s"], data_wait(r)) for r in records], finished
 

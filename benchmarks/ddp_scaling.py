@@ -26,6 +26,8 @@ from pathlib import Path
 
 from mmssl.distributed import free_port
 
+from common import samples_per_s, step_records
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,10 +49,7 @@ def run(config: str, nproc: int, threads: int, steps: int, skip: int, overrides:
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if done.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    kept = [r for r in records if r["step"] > skip]
-    samples = sum(r["samples_per_s"] * r["step_s"] for r in kept)  # each record is one step (log_every=1)
-    return samples / sum(r["step_s"] for r in kept)
+        return samples_per_s(step_records(out, skip))
 
 
 def main() -> None:
