@@ -7,9 +7,10 @@ sampling; PyG's ``dropout_node``, ``dropout_edge``, ``add_random_edge``,
 pipeline (``prepare_sample``) from the sample's own generator and never mutate the
 sample; the modality's ``collate`` batches them (computing structural features of
 each view from its own edges), then masked feature rows are zeroed. The encoder
-embeds both views, a projection head maps them into a space where
-NT-Xent with a temperature pulls each graph's two views together against the other
-2B - 2 views of the batch.
+embeds both views, a projection head maps them into a space where NT-Xent with a
+temperature pulls each graph's two views together against the other 2B - 2 views of
+the batch. GraphCL is the graph instance of ``view_contrastive``'s SimCLR: both use
+the one NT-Xent of ``objectives/nt_xent.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import (
@@ -38,6 +38,7 @@ from torch_geometric.utils import (
 from modalities.base import Modality, ModalityOutput, seeded_torch_rng
 from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
 from objectives.heads import HeadKind, projection_head
+from objectives.nt_xent import nt_xent, view_metrics
 
 VIEW_KEYS = ("view_a", "view_b")
 KEEP_KEY = "keep_features"  # node attribute of a view: [N, 1] bool, False = features masked
@@ -149,40 +150,6 @@ def seeded_global_rngs(rng: np.random.Generator) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------
-
-
-def nt_xent(
-    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, rank: int = 0, world_size: int = 1
-) -> torch.Tensor:
-    """NT-Xent (SimCLR, GraphCL) over 2B views: each view's positive is the other view
-    of its graph, the remaining 2B - 2 views (of every rank) are negatives.
-
-    Shapes:
-        z_a, z_b: [B, E] projections of the two views (normalised here); returns a scalar.
-    """
-    z_a, z_b = F.normalize(z_a.float(), dim=-1), F.normalize(z_b.float(), dim=-1)
-    n = z_a.shape[0]
-    if world_size > 1:
-        from torch.distributed.nn.functional import all_gather  # gathers with gradients
-
-        all_a, all_b = torch.cat(all_gather(z_a)), torch.cat(all_gather(z_b))
-    else:
-        all_a, all_b = z_a, z_b
-    m = all_a.shape[0]
-    anchors = torch.cat([z_a, z_b])  # [2B, E]
-    keys = torch.cat([all_a, all_b])  # [2M, E]
-    logits = anchors @ keys.T / temperature
-    own = rank * n + torch.arange(n, device=z_a.device)
-    itself = torch.cat([own, own + m])
-    partner = torch.cat([own + m, own])
-    rows = torch.arange(2 * n, device=z_a.device)
-    logits = logits.index_put((rows, itself), torch.tensor(float("-inf"), device=logits.device))
-    return F.cross_entropy(logits, partner)
-
-
-# --------------------------------------------------------------------------------------
 # Objective
 # --------------------------------------------------------------------------------------
 
@@ -265,13 +232,4 @@ class GraphContrastiveObjective(Objective):
         z_a = self.head(encoder(views["view_a"]).pooled)
         z_b = self.head(encoder(views["view_b"]).pooled)
         loss = nt_xent(z_a, z_b, self.config.temperature, self.dist.rank, self.dist.world_size)
-        with torch.no_grad():
-            a, b = F.normalize(z_a.float(), dim=-1), F.normalize(z_b.float(), dim=-1)
-            z = torch.cat([a, b])
-            sim = z @ z.T
-            sim.fill_diagonal_(float("-inf"))
-            n = a.shape[0]
-            partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
-            acc = (sim.argmax(1) == partner).float().mean().item()
-            cosine = (a * b).sum(-1).mean().item()
-        return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), "view_acc": acc, "positive_cosine": cosine})
+        return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), **view_metrics(z_a, z_b)})

@@ -19,12 +19,12 @@ from objectives.graph_contrastive import (
     GraphContrastiveConfig,
     GraphContrastiveObjective,
     drop_nodes,
-    nt_xent,
     perturb_edges,
     sample_subgraph,
     seeded_global_rngs,
 )
 from modalities.graph import GraphConfig, GraphModality
+from objectives.nt_xent import nt_xent
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
