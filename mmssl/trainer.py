@@ -422,6 +422,9 @@ class Pretrainer:
                 max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
                 torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), max_norm, grad_norm)
             self.scaler.step(self.optimizer)
+            if not fp16_overflow:  # the weights moved: so does state that follows them (BYOL's target)
+                for objective in self.model.objectives.values():
+                    objective.after_optimizer_step(self.model, self.step + 1, cfg.steps)
         self.scaler.update()  # fp16: a non-finite gradient lowers the scale, skipped or not
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]

@@ -33,6 +33,21 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au")
 
 
 @dataclass(frozen=True)
+class AudioViews:
+    """The augmentations of ``augment`` (view-contrastive learning), on top of the
+    training transform. The world's sound classes are contour x timbre, so a view may
+    move the sound in time, change its level and hide a few mel bands or frames, but
+    never reverse it (a rising tone would fall) or filter it hard (a square wave would
+    lose its harmonics).
+    """
+
+    shift: float = 0.2  # time shift by up to this share of the clip, either way (silence fills in)
+    gain_db: float = 6.0  # gain drawn from [-gain_db, gain_db] dB
+    freq_mask: int = 4  # torchaudio FrequencyMasking: up to this many mel bins (0: off)
+    time_mask: int = 8  # torchaudio TimeMasking: up to this many frames (0: off)
+
+
+@dataclass(frozen=True)
 class AudioConfig:
     # spectrogram_transformer: ViT over log-mel patches; timm: a timm CNN over the log-mel
     # (one input channel), its feature map pooled onto the patch grid; wav2vec2: waveform.
@@ -55,6 +70,8 @@ class AudioConfig:
     # training: shift the log-mel up or down by up to this many mel bins (a cheap pitch
     # shift; vacated bins hold the log-mel of silence). 0 turns it off.
     freq_shift: int = 0
+    # view-contrastive augmentations (``augment``)
+    views: AudioViews = field(default_factory=AudioViews)
     # spectrogram transformer
     patch_freq: int = 16
     patch_time: int = 10
@@ -73,6 +90,19 @@ class AudioConfig:
     # input limits: longer files are refused rather than decoded whole
     max_file_seconds: float = 600.0
     max_channels: int = 8
+
+
+def _shift_time(values: torch.Tensor, steps: int, fill: float) -> torch.Tensor:
+    """``values`` moved ``steps`` along the last axis (later if positive), ``fill`` in
+    the vacated places. Shapes: [..., T] -> [..., T]."""
+    if steps == 0:
+        return values.clone()
+    out = torch.full_like(values, fill)
+    if steps > 0:
+        out[..., steps:] = values[..., :-steps]
+    else:
+        out[..., :steps] = values[..., -steps:]
+    return out
 
 
 class AudioModality(Modality):
@@ -173,6 +203,14 @@ class AudioModality(Modality):
             *([torchaudio.transforms.TimeMasking(config.time_mask)] if config.time_mask else []),
         )
         object.__setattr__(self, "_augment", augment)
+        views = config.views
+        # masks on the log-mel (frames), or on the waveform (samples: a frame's hop each)
+        hop = config.hop_length if config.encoder == "wav2vec2" else 1
+        view_masks = nn.Sequential(
+            *([torchaudio.transforms.FrequencyMasking(views.freq_mask)] if views.freq_mask and config.encoder != "wav2vec2" else []),
+            *([torchaudio.transforms.TimeMasking(views.time_mask * hop)] if views.time_mask else []),
+        )
+        object.__setattr__(self, "_view_masks", view_masks)
 
     # --- reading ------------------------------------------------------------------------
     def load(self, path: str) -> tuple[np.ndarray, int]:
@@ -275,6 +313,35 @@ class AudioModality(Modality):
         c = self.config
         valid_frames = min(self.frames, (valid + c.n_fft // 2 + c.hop_length - 1) // c.hop_length)
         return {"mel": mel, "valid_frames": valid_frames}
+
+    def augment(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """A random view of a transformed clip (``AudioViews``): a time shift (silence
+        fills the vacated frames), a gain (exact on the log-mel: the log of the gained
+        power plus the front end's floor), then torchaudio's frequency and time masking.
+
+        Shapes: {"mel": [n_mels, frames], "valid_frames"} or {"wave": [S], "valid_samples"}, as the sample.
+        """
+        views = self.config.views
+        wave = self.config.encoder == "wav2vec2"
+        key, count = ("wave", "valid_samples") if wave else ("mel", "valid_frames")
+        values, valid = sample[key], int(sample[count])
+        length = values.shape[-1]
+        steps = int(rng.integers(-round(views.shift * length), round(views.shift * length) + 1))
+        gain = float(rng.uniform(-views.gain_db, views.gain_db))
+        with torch.no_grad():
+            if wave:
+                out = torchaudio.functional.gain(values, gain)
+                silence = 0.0
+            else:
+                floor = 1e-6  # log_mel's
+                power = (values * self.config.mel_std + self.config.mel_mean).exp() - floor
+                out = (torch.log(power.clamp_min(0) * 10 ** (gain / 10) + floor) - self.config.mel_mean) / self.config.mel_std
+                silence = (math.log(floor) - self.config.mel_mean) / self.config.mel_std
+            out = _shift_time(out, steps, silence)
+            if len(self._view_masks):
+                with seeded_torch_rng(rng):
+                    out = self._view_masks(out.unsqueeze(0)).squeeze(0)
+        return {key: out, count: min(length, max(1, valid + steps))}
 
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         key, count = ("wave", "valid_samples") if self.config.encoder == "wav2vec2" else ("mel", "valid_frames")

@@ -326,6 +326,24 @@ class MaskableTokenEncoder(Protocol):
     def maskable_positions(self, ids: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class ViewAugmenter(Protocol):
+    """A modality that makes random views of its own samples (view-contrastive
+    learning: SimCLR, BYOL). The image and audio modalities are ones.
+
+    Members:
+        augment(sample, rng): a new random view of one transformed sample (what
+            ``transform`` returns), shaped as the sample, so ``collate`` batches views
+            as samples. Every choice comes from ``rng`` (library transforms under
+            ``seeded_torch_rng``), and ``sample`` is left unchanged: two calls give an
+            item's two views. The strengths are the modality's own options, chosen so
+            that a view keeps the item's class (what a view may change is the modality's
+            to know).
+    """
+
+    def augment(self, sample: Any, rng: np.random.Generator) -> Any: ...
+
+
 def capability_members(capability: type) -> list[str]:
     """The public members a capability Protocol declares (its own and inherited)."""
     names: list[str] = []

@@ -29,6 +29,25 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
+class ImageViews:
+    """The augmentations of ``augment`` (view-contrastive learning), on top of the
+    training transform. The world's image classes are colour x shape, so a view may
+    change a colour's brightness and contrast but never its hue or saturation (SimCLR's
+    hue jitter and random greyscale would turn a red shape orange or grey); it may
+    crop, flip left-right (every shape of the world is mirror-symmetric) and blur.
+    """
+
+    crop_scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop's area share
+    flip: float = 0.5  # probability of a horizontal flip
+    blur: float = 0.5  # probability of a Gaussian blur (kernel about a tenth of the image)
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    brightness: float = 0.3  # ColorJitter: factor drawn from [1 - x, 1 + x]
+    contrast: float = 0.3
+    saturation: float = 0.0
+    hue: float = 0.0  # ColorJitter: hue shift drawn from [-x, x] of the colour circle
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     tower: Literal["timm", "open_clip"] = "timm"
     # timm model name (created with pretrained=False), or an open_clip model config name
@@ -41,6 +60,8 @@ class ImageConfig:
     std: tuple[float, float, float] = OPENAI_STD
     # RandomResizedCrop scale for training on files; (1.0, 1.0) turns cropping off.
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
+    # view-contrastive augmentations (``augment``)
+    views: ImageViews = field(default_factory=ImageViews)
 
 
 def open_clip_model_config(name: str) -> dict[str, Any]:
@@ -100,6 +121,13 @@ class ImageModality(Modality):
             self.train_transform = v2.Compose(
                 [v2.RandomResizedCrop(size, scale=tuple(config.train_crop_scale), antialias=True), *normalize]
             )
+        views = config.views
+        self.view_transform = v2.Compose([
+            v2.RandomResizedCrop(size, scale=tuple(views.crop_scale), antialias=True),
+            v2.RandomHorizontalFlip(views.flip),
+            v2.RandomApply([v2.GaussianBlur(2 * (size // 20) + 1, sigma=tuple(views.blur_sigma))], p=views.blur),
+            v2.ColorJitter(brightness=views.brightness, contrast=views.contrast, saturation=views.saturation, hue=views.hue),
+        ])
 
     # --- data ---------------------------------------------------------------------
     def load(self, path: str) -> Image.Image:
@@ -136,6 +164,19 @@ class ImageModality(Modality):
             return self.eval_transform(raw)
         with seeded_torch_rng(rng):
             return self.train_transform(raw)
+
+    def augment(self, sample: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """A random view of a transformed image (``ImageViews``): undone normalisation,
+        crop, flip, blur, brightness and contrast on [0, 1] pixels, normalised again.
+
+        Shapes: [3, S, S] -> [3, S, S].
+        """
+        mean = torch.tensor(self.config.mean).view(3, 1, 1)
+        std = torch.tensor(self.config.std).view(3, 1, 1)
+        pixels = (sample * std + mean).clamp(0, 1)
+        with seeded_torch_rng(rng):
+            view = self.view_transform(pixels)
+        return (view - mean) / std
 
     def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"pixels": torch.stack(list(samples))}

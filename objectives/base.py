@@ -155,6 +155,13 @@ class Objective(nn.Module):
         (whole augmented graphs) collates them itself."""
         return stack_extras(extras)
 
+    def after_optimizer_step(self, model: EncoderHost, step: int, total_steps: int) -> None:
+        """Called by the trainer on every rank after each optimizer update, whether this
+        objective ran in the step or not, and not after a step skipped as non-finite:
+        for state that follows the weights without a gradient (BYOL's moving-average
+        target). ``step`` counts the optimizer steps so far, this one included;
+        ``total_steps`` is ``train.steps``. The default does nothing."""
+
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         """Project an encoder output into this objective's shared space, if it defines one.
 

@@ -1,0 +1,159 @@
+"""Contrastive learning between two augmented views of one item (SimCLR, BYOL), for
+any modality that makes views of its samples (the ``ViewAugmenter`` capability).
+
+Both views are drawn in the data pipeline (``prepare_sample``) from the sample's own
+generator by the modality's ``augment`` and batched as one call of 2B samples (view a
+of every item, then view b), so a BatchNorm encoder sees both views in its batch
+statistics, as SimCLR's does.
+
+``simclr`` (Chen et al., 2020): a projection head and NT-Xent with a temperature; each
+view's positive is the other view of its item, the other 2B - 2 views (of every rank,
+gathered with gradient) are negatives. It is the same loss, from the same function
+(``objectives/nt_xent.py``), as ``graph_contrastive`` (GraphCL), which is this idea
+with graph augmentations.
+
+``byol`` (Grill et al., 2020): no negatives. An online projection head and predictor
+regress, for each view, the target network's projection of the other view (2 - 2
+cosine, both directions averaged). The target encoder and projection head are copies of
+the online ones that receive no gradient: after every optimizer step
+(``after_optimizer_step``) they move towards the online weights by an exponential
+moving average whose momentum rises from ``momentum`` to 1 over ``train.steps`` on a
+cosine. They are parameters of the model without ``requires_grad``, so checkpoints
+carry them and a resumed run continues exactly. The target runs in the model's mode:
+in training its BatchNorm layers use the batch's statistics and keep their own running
+statistics, synchronised over ranks like every other BatchNorm of the model under
+``train.sync_batchnorm``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalities.base import Modality, ModalityOutput, ViewAugmenter, require_capability
+from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
+from objectives.heads import HeadKind, projection_head
+from objectives.nt_xent import nt_xent, view_metrics
+
+VIEW_KEYS = ("view_a", "view_b")
+VIEWS = "views"  # the extras key of the collated 2B views
+
+
+@dataclass(frozen=True)
+class ViewContrastiveConfig:
+    modalities: tuple[str] = ("image",)
+    method: Literal["simclr", "byol"] = "simclr"
+    embed_dim: int = 128  # projection width (and BYOL's predictor's)
+    head: HeadKind = "mlp"  # projection head, and BYOL's predictor
+    temperature: float = 0.2  # simclr: NT-Xent's temperature
+    momentum: float = 0.99  # byol: the target's EMA momentum at step 0, rising to 1 at train.steps (cosine)
+
+
+def byol_momentum(base: float, step: int, total_steps: int) -> float:
+    """BYOL's target momentum after ``step`` of ``total_steps`` optimizer steps:
+    1 - (1 - base) (cos(pi step / total) + 1) / 2, from ``base`` to 1."""
+    progress = min(step, total_steps) / max(total_steps, 1)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter
+    (the two modules have the same structure)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, 1.0 - momentum)
+
+
+def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of 2 - 2 cos(prediction, target) over items. Shapes: [B, E], [B, E] -> scalar."""
+    return (2 - 2 * F.cosine_similarity(prediction.float(), target.float(), dim=-1)).mean()
+
+
+class ViewContrastiveObjective(Objective):
+    """Two augmented views per item, SimCLR's NT-Xent or BYOL's online/target regression.
+
+    Metrics: loss; view_acc and positive_cosine of the online projections (see
+    ``view_metrics``); projection_std (the per-dimension standard deviation of the
+    normalised projections, averaged: near 0 when the embeddings collapse, about
+    1 / sqrt(embed_dim) when they spread); byol also prediction_cosine (mean cosine of a
+    prediction and its target) and momentum.
+    """
+
+    Config = ViewContrastiveConfig
+
+    def __init__(self, config: ViewContrastiveConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+        super().__init__(config, encoders, dist)
+        if len(self.modalities) != 1:
+            raise ValueError(f"view-contrastive learning takes one modality, got {list(self.modalities)}")
+        if config.method not in ("simclr", "byol"):
+            raise ValueError(f"Could not resolve method {config.method!r} among choices ['byol', 'simclr']")
+        if config.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {config.temperature}")
+        if not 0.0 <= config.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {config.momentum}")
+        self.key = self.modalities[0]
+        encoder = encoders[self.key]
+        require_capability(
+            encoder, ViewAugmenter, "view-contrastive learning",
+            hint="the image and audio modalities make views; a plugin modality implements augment(sample, rng)",
+        )
+        # views are made and batched the way the modality makes and batches its samples
+        self.augment = encoder.augment
+        self.collate_views = encoder.collate
+        self.head = projection_head(encoder.embed_dim, config.embed_dim, config.head, activation=nn.ReLU)
+        if config.method == "byol":
+            self.predictor = projection_head(config.embed_dim, config.embed_dim, config.head, activation=nn.ReLU)
+            self.target_encoder = copy.deepcopy(encoder)
+            self.target_head = copy.deepcopy(self.head)
+            for p in (*self.target_encoder.parameters(), *self.target_head.parameters()):
+                p.requires_grad_(False)
+            # the momentum of the last update, for the log (in checkpoints, so a resumed run logs alike)
+            self.register_buffer("momentum", torch.tensor(float(config.momentum)))
+
+    # --- data -----------------------------------------------------------------------
+    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        item = sample[self.key]
+        return {key: self.augment(item, rng) for key in VIEW_KEYS}
+
+    def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        return {VIEWS: self.collate_views([*extras["view_a"], *extras["view_b"]])}
+
+    # --- model ----------------------------------------------------------------------
+    def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
+        return {VIEWS: EncoderCall(self.key, batch[EXTRAS_KEY][VIEWS])}
+
+    def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
+        return self.head(output.pooled) if modality == self.key else None
+
+    def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
+        z_a, z_b = self.head(self.encode(model, batch, VIEWS).pooled).chunk(2)
+        metrics = view_metrics(z_a, z_b)
+        with torch.no_grad():
+            metrics["projection_std"] = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1).std(0).mean().item()
+        if self.config.method == "simclr":
+            loss = nt_xent(z_a, z_b, self.config.temperature, self.dist.rank, self.dist.world_size)
+            return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), **metrics})
+        p_a, p_b = self.predictor(torch.cat([z_a, z_b])).chunk(2)
+        with torch.no_grad():
+            t_a, t_b = self.target_head(self.target_encoder(batch[EXTRAS_KEY][VIEWS]).pooled).chunk(2)
+        loss = (byol_loss(p_a, t_b) + byol_loss(p_b, t_a)) / 2
+        metrics["prediction_cosine"] = 1.0 - loss.item() / 2
+        metrics["momentum"] = self.momentum.item()
+        return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), **metrics})
+
+    def after_optimizer_step(self, model: EncoderHost, step: int, total_steps: int) -> None:
+        """BYOL: move the target towards the online encoder and head (momentum from the
+        cosine schedule at ``step``); SimCLR keeps no state."""
+        if self.config.method != "byol":
+            return
+        momentum = byol_momentum(self.config.momentum, step, total_steps)
+        ema_update(self.target_encoder, model.encoders[self.key], momentum)
+        ema_update(self.target_head, self.head, momentum)
+        self.momentum.fill_(momentum)

@@ -1,0 +1,159 @@
+"""view_contrastive: SimCLR and BYOL on two augmented views, the shared NT-Xent, the
+modalities' augmentations and BYOL's moving-average target."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import mmssl
+import objectives.graph_contrastive
+import objectives.nt_xent
+import objectives.view_contrastive
+from mmssl.checkpoint import list_checkpoints, resolve_checkpoint
+from mmssl.config import ConfigError
+from mmssl.run_log import read_metrics
+from mmssl.trainer import Pretrainer
+from modalities.audio import AudioConfig, AudioModality, AudioViews
+from modalities.base import ViewAugmenter
+from modalities.graph import GraphConfig, GraphModality
+from modalities.image import ImageConfig, ImageModality
+from objectives.base import DistContext
+from objectives.view_contrastive import ViewContrastiveConfig, ViewContrastiveObjective, byol_momentum
+from tests.test_nonfinite import nan_loss_at
+from tests.test_trainer import _assert_same_weights, run_until_killed
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = REPO / "configs" / "tiny_view_image.yaml"
+AUDIO = REPO / "configs" / "tiny_view_audio.yaml"
+SMALL = ["objectives.views.data.batch_size=16", "objectives.views.embed_dim=16", "world.eval_samples_per_class=2",
+         "train.warmup_steps=2", "train.log_every=1"]
+
+
+def test_one_nt_xent_in_the_codebase():
+    assert objectives.graph_contrastive.nt_xent is objectives.nt_xent.nt_xent
+    assert objectives.view_contrastive.nt_xent is objectives.nt_xent.nt_xent
+    definitions = [p.name for p in (REPO / "objectives").glob("*.py") if re.search(r"^def nt_xent\(", p.read_text(), re.M)]
+    assert definitions == ["nt_xent.py"]
+
+
+def _image_sample(modality: ImageModality) -> torch.Tensor:
+    concept = {"colour": "red", "shape": "star", "size": "small", "position": "left", "count": "two"}
+    return modality.transform(modality.render(concept, np.random.default_rng(0)), np.random.default_rng(1))
+
+
+def _audio_sample(modality: AudioModality) -> dict:
+    concept = {"contour": "rising", "timbre": "square", "register": "middle", "count": "two"}
+    return modality.transform(modality.render(concept, np.random.default_rng(0)), np.random.default_rng(1))
+
+
+def _audio(**options) -> AudioModality:
+    base = dict(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2)
+    return AudioModality(AudioConfig(**{**base, **options}))
+
+
+@pytest.mark.parametrize("kind", ["image", "audio", "wav2vec2"])
+def test_views_follow_the_generator_and_leave_the_sample_unchanged(kind):
+    if kind == "image":
+        modality = ImageModality(ImageConfig(backbone="test_resnet"))
+        sample = _image_sample(modality)
+        values = lambda s: s  # noqa: E731
+    else:
+        modality = _audio(encoder="wav2vec2") if kind == "wav2vec2" else _audio()
+        sample = _audio_sample(modality)
+        values = lambda s: s["wave" if kind == "wav2vec2" else "mel"]  # noqa: E731
+    assert isinstance(modality, ViewAugmenter)
+    before = values(sample).clone()
+    torch.manual_seed(123)
+    first = modality.augment(sample, np.random.default_rng(5))
+    global_state = torch.get_rng_state()
+    again = modality.augment(sample, np.random.default_rng(5))
+    other = modality.augment(sample, np.random.default_rng(6))
+    assert torch.equal(torch.get_rng_state(), global_state)  # torch's generator is restored
+    assert torch.equal(values(sample), before)
+    assert torch.equal(values(first), values(again))
+    assert values(first).shape == before.shape
+    assert not torch.equal(values(first), values(other))
+    if kind != "image":
+        count = "valid_samples" if kind == "wav2vec2" else "valid_frames"
+        assert first[count] == again[count] and 1 <= first[count] <= before.shape[-1]
+
+
+def test_audio_gain_is_exact_on_the_log_mel():
+    """6 dB on the waveform and 6 dB on its log-mel agree (no shift, no masks)."""
+    modality = _audio(views=AudioViews(shift=0.0, gain_db=6.0, freq_mask=0, time_mask=0))
+    wave = torch.sin(torch.arange(4000) * 0.3) * 0.3
+    rng = np.random.default_rng(0)
+    mirror = np.random.default_rng(0)  # the draws augment makes: the shift (none), then the gain
+    mirror.integers(0, 1)
+    gain = float(mirror.uniform(-6.0, 6.0))
+    view = modality.augment(modality.transform(wave.numpy()), rng)
+    expected = modality.transform((wave * 10 ** (gain / 20)).numpy())
+    assert torch.allclose(view["mel"], expected["mel"], atol=1e-3)
+
+
+def test_a_modality_without_augmentations_is_refused_at_build():
+    graph = GraphModality(GraphConfig(width=16, depth=1))
+    graph.key = "graph"
+    with pytest.raises(ValueError, match=r"modality 'graph' is no ViewAugmenter .* view-contrastive learning needs: it lacks \['augment'\]"):
+        ViewContrastiveObjective(ViewContrastiveConfig(modalities=("graph",)), {"graph": graph}, DistContext())
+    with pytest.raises(ConfigError, match="method"):
+        mmssl.load_config(IMAGE, ["objectives.views.method=moco"])
+
+
+def test_simclr_loss_falls(tmp_path):
+    trainer = Pretrainer(mmssl.load_config(IMAGE, [*SMALL, "train.steps=16", "train.lr=0.003"]), tmp_path)
+    trainer.fit()
+    losses = [r["views/loss"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    first, last = np.mean(losses[:4]), np.mean(losses[-4:])
+    assert last < first - 0.3, f"NT-Xent went {first:.3f} -> {last:.3f}"
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1]["views/view_acc"] > 1 / 31
+
+
+def test_byol_target_moves_by_moving_average_only(tmp_path):
+    config = mmssl.load_config(AUDIO, [*SMALL, "objectives.views.method=byol", "objectives.views.momentum=0.9", "train.steps=4"])
+    trainer = Pretrainer(config, tmp_path)
+    objective = trainer.model.objectives["views"]
+    target = [*objective.target_encoder.parameters(), *objective.target_head.parameters()]
+    online = [*trainer.model.encoders["audio"].parameters(), *objective.head.parameters()]
+    assert all(not p.requires_grad for p in target)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in target}
+    assert all(torch.equal(t, o) for t, o in zip(target, online))  # the target starts as a copy
+    before = [t.detach().clone() for t in target]
+    trainer.train_step()
+    assert all(p.grad is None for p in target)
+    momentum = byol_momentum(0.9, 1, 4)
+    assert 0.9 < momentum < 1.0
+    for old, new, o in zip(before, target, online):
+        torch.testing.assert_close(new, momentum * old + (1 - momentum) * o.detach(), rtol=0, atol=1e-6)
+    assert any(not torch.equal(old, new) for old, new in zip(before, target))
+    assert objective.momentum.item() == pytest.approx(momentum)
+    # a step skipped as non-finite leaves the target (and its momentum) as it was
+    nan_loss_at(trainer, {1}, objective="views")
+    kept = [t.detach().clone() for t in target]
+    assert trainer.train_step()["skipped"]
+    assert all(torch.equal(old, new) for old, new in zip(kept, target))
+    assert objective.momentum.item() == pytest.approx(momentum)
+
+
+def test_byol_resumes_bit_for_bit_with_its_target_in_the_checkpoint(tmp_path):
+    overrides = [*SMALL, "objectives.views.method=byol", "train.steps=5", "train.checkpoint_every=2"]
+    full = Pretrainer(mmssl.load_config(IMAGE, overrides), tmp_path / "full")
+    full.fit()
+    with safe_open(resolve_checkpoint(tmp_path / "full") / "model.safetensors", "pt") as f:
+        saved = set(f.keys())
+    target = {f"objectives.views.{k}" for k in full.model.objectives["views"].state_dict() if k.startswith("target_")}
+    assert target and target <= saved
+
+    run = tmp_path / "killed"
+    run_until_killed(IMAGE, run, overrides, kill_at=3)
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
+    resumed = Pretrainer(mmssl.load_config(IMAGE, overrides), run)
+    resumed.fit()
+    _assert_same_weights(full.model, resumed.model)
+    full_log = [(r["step"], r["loss"], r["views/momentum"]) for r in read_metrics(tmp_path / "full" / "metrics.jsonl")]
+    assert [(r["step"], r["loss"], r["views/momentum"]) for r in read_metrics(run / "metrics.jsonl")] == full_log
