@@ -25,7 +25,7 @@ import torch
 
 from mmssl.config import RunConfig, convert, load_config
 from mmssl.seeding import sample_rng
-from modalities.base import MaskableTokenEncoder, Modality, ModalityOutput, PatchEncoder
+from modalities.base import MaskableTokenEncoder, Modality, ModalityOutput, PatchEncoder, VisiblePatchEncoder
 from objectives.base import ObjectiveOutput
 
 
@@ -188,6 +188,17 @@ def _check_capabilities(modality: Modality, name: str, collated: Any, out: Modal
             hidden = modality(collated, patch_mask=~none)
         _require(_output_close(unmasked, out), f"{name} (PatchEncoder): an all-False patch_mask must equal no mask")
         _require(not torch.allclose(hidden.tokens, out.tokens), f"{name} (PatchEncoder): patch_mask must hide patches")
+        targets = modality.patch_targets(collated)
+        _require(tuple(targets.shape) == (out.pooled.shape[0], n, modality.patch_dim),
+                 f"{name} (PatchEncoder): patch_targets must be [batch, grid cells, patch_dim]", f"got {list(targets.shape)}")
+    if isinstance(modality, VisiblePatchEncoder):
+        half = torch.zeros(out.pooled.shape[0], n, dtype=torch.bool)
+        half[:, : n // 2] = True
+        with torch.no_grad():
+            visible = modality(collated, patch_mask=half, visible_only=True)
+        _require(visible.tokens.shape[1] == n - n // 2,
+                 f"{name} (VisiblePatchEncoder): visible_only must give one token per visible patch",
+                 f"got {visible.tokens.shape[1]} for {n - n // 2}")
     if isinstance(modality, MaskableTokenEncoder):
         _require(0 <= modality.mask_token_id < modality.vocab_size,
                  f"{name} (MaskableTokenEncoder): mask_token_id must lie in [0, vocab_size)")

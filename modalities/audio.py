@@ -359,6 +359,11 @@ class AudioModality(Modality):
         pf, pt = patch or (self.config.patch_freq, self.config.patch_time)
         return rearrange(mel, "b (f pf) (t pt) -> b (f t) (pf pt)", pf=pf, pt=pt)
 
+    def patch_targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """What masked modeling predicts: the batch's log-mel cut into the main grid's
+        patches. Shapes: [B, N, patch_dim]."""
+        return self.patchify(batch["mel"])
+
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """Inverse of ``patchify``: [B, N, patch_dim] -> mel [B, F, T]."""
         c = self.config

@@ -275,15 +275,19 @@ def modality_roles(modalities: Mapping[str, Modality]) -> ModalityRoles:
 @runtime_checkable
 class PatchEncoder(Protocol):
     """A patch-based encoder whose input patches can be hidden and predicted (masked
-    spectrogram modeling). The audio modality's spectrogram transformer and timm
-    encoders are ones.
+    spectrogram and image modeling). The audio modality's spectrogram transformer and
+    timm encoders are ones, and the image modality's timm and open_clip ViTs and timm
+    CNNs (which hide patches in the input, SimMIM style).
 
     Members:
         embed_dim: token width D.
-        grid: the patch grid (F', T'); N = F' * T' tokens, frequency-major.
+        grid: the patch grid (R, C); N = R * C tokens, row-major (audio: frequency
+            rows, time columns; images: pixel rows, columns).
         patch_dim: values per patch, P (the size of a prediction target).
         patchify(values): the encoder's input values cut into patches aligned with its
-            tokens. Shapes: [B, F, T] -> [B, N, P].
+            tokens. Shapes: [B, ...] (a log-mel [B, F, T], pixels [B, C, H, W]) -> [B, N, P].
+        patch_targets(batch): ``patchify`` of the input values ``batch`` holds: what
+            masked modeling predicts. Shapes: [B, N, P].
         patch_padding_mask(batch): True for patches that lie wholly in padding.
             Shapes: [B, N].
         forward(batch, patch_mask=...): a [B, N] bool ``patch_mask`` (True = hidden)
@@ -296,7 +300,24 @@ class PatchEncoder(Protocol):
 
     def patchify(self, values: torch.Tensor) -> torch.Tensor: ...
 
+    def patch_targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
     def patch_padding_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class VisiblePatchEncoder(PatchEncoder, Protocol):
+    """A PatchEncoder that can also encode its visible patches alone, leaving the hidden
+    ones out of the sequence (MAE's encoder). The image modality's ViT towers are ones.
+
+    Members:
+        encodes_visible_only: True (a marker: only encoders that can set it).
+        forward(batch, patch_mask=..., visible_only=True): every row of ``patch_mask``
+            must hide the same number of patches, M; the output's ``tokens`` are
+            [B, N - M, D], the visible patches' in grid order.
+    """
+
+    encodes_visible_only: bool
 
 
 @runtime_checkable

@@ -16,16 +16,12 @@ import numpy as np
 import torch
 
 from modalities.base import Modality, PatchEncoder, require_capability
-from objectives.base import (
-    EXTRAS_KEY,
-    DistContext,
-    EncoderCall,
-    EncoderHost,
-    Objective,
-    ObjectiveOutput,
-    mean_over_global_count,
-)
+from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.heads import HeadKind, projection_head
+from objectives.masked_patches import masked_patch_loss, normalise_patches, patch_mask, trivial_patch_loss
+
+__all__ = ["MaskedAudioConfig", "MaskedAudioObjective", "masked_patch_loss", "normalise_patches", "patch_mask"]
+
 
 @dataclass(frozen=True)
 class MaskedAudioConfig:
@@ -38,47 +34,6 @@ class MaskedAudioConfig:
     # false encodes the main grid alone there (cheaper; the local view then learns
     # from the other objectives only)
     local_view: bool = True
-
-
-def patch_mask(grid: tuple[int, int], ratio: float, kind: str, rng: np.random.Generator) -> torch.Tensor:
-    """A [F' * T'] bool mask over a frequency-major patch grid (True = masked).
-
-    ``random`` masks round(ratio * N) patches; ``time`` masks whole time steps (all
-    frequency patches of round(ratio * T') columns); ``frequency`` whole bands.
-    """
-    f, t = grid
-    mask = np.zeros((f, t), dtype=bool)
-    if kind == "random":
-        flat = mask.reshape(-1)
-        flat[rng.permutation(f * t)[: max(1, round(ratio * f * t))]] = True
-    elif kind == "time":
-        mask[:, rng.permutation(t)[: max(1, round(ratio * t))]] = True
-    elif kind == "frequency":
-        mask[rng.permutation(f)[: max(1, round(ratio * f))], :] = True
-    else:
-        raise ValueError(f"unknown mask kind '{kind}': use random, time or frequency")
-    return torch.from_numpy(mask.reshape(-1))
-
-
-def normalise_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch zero mean, unit variance (MAE's normalised pixel targets). Shapes: [..., P]."""
-    mean = patches.mean(-1, keepdim=True)
-    var = patches.var(-1, keepdim=True, unbiased=False)
-    return (patches - mean) / (var + eps).sqrt()
-
-
-def masked_patch_loss(
-    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, dist: DistContext | None = None
-) -> torch.Tensor:
-    """Mean squared error over masked patches only (over every rank's masked patches
-    under data parallelism; see ``mean_over_global_count``).
-
-    Shapes:
-        prediction, target: [B, N, P]; mask: [B, N] bool (True = counts).
-    """
-    per_patch = (prediction.float() - target.float()).pow(2).mean(-1)
-    weights = mask.to(per_patch.dtype)
-    return mean_over_global_count((per_patch * weights).sum(), weights.sum(), dist or DistContext())
 
 
 class MaskedAudioObjective(Objective):
@@ -118,13 +73,11 @@ class MaskedAudioObjective(Objective):
         counted = masked & ~encoder.patch_padding_mask(inputs)  # padding after the audio ends is no target
         output = self.encode(model, batch, "masked")
         prediction = self.head(output.tokens)
-        target = encoder.patchify(inputs["mel"]).float()
+        target = encoder.patch_targets(inputs).float()
         if self.config.norm_targets:
             target = normalise_patches(target)
         loss = masked_patch_loss(prediction, target, counted, self.dist)
-        with torch.no_grad():
-            trivial = target.mean(-1, keepdim=True).expand_as(target)
-            baseline = masked_patch_loss(trivial, target, counted, self.dist)
+        baseline = trivial_patch_loss(target, counted, self.dist)
         metrics = {
             "loss": loss.item(),
             "trivial_loss": baseline.item(),

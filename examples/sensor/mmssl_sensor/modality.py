@@ -202,6 +202,10 @@ class SensorModality(Modality):
         """[B, C, L] -> [B, N, C * patch], patches in time order."""
         return rearrange(signal, "b c (n p) -> b n (c p)", p=self.config.patch)
 
+    def patch_targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """What masked modeling predicts: the signal's patches, [B, N, C * patch]."""
+        return self.patchify(batch["signal"])
+
     def patch_padding_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[B, N] True for patches that lie wholly in padding."""
         return ~rearrange(batch["valid"], "b (n p) -> b n p", p=self.config.patch).any(-1)
