@@ -1,7 +1,8 @@
 """Every evaluation task of one checkpoint, as flat records.
 
 Tasks: zero-shot ``classification``, caption ``retrieval`` (both directions),
-``linear_probe`` and ``fewshot`` probes on frozen features, and ``cross_modal``
+``linear_probe`` and ``fewshot`` probes on frozen features, ``clustering`` of frozen
+features against the true classes (adjusted mutual information), and ``cross_modal``
 retrieval between two non-text modalities that share a space, matched on a world
 attribute both render. An ``Evaluator`` reads each data set once and embeds each
 (modality, space) once, however many tasks use it. A record is a flat dict: ``task``,
@@ -24,9 +25,12 @@ from mmssl.evaluation import caption_partner, caption_retrieval, classify_embedd
 from mmssl.linear_probe import fewshot_probe_on_features, linear_probe_on_features, probe_split
 from mmssl.metrics import average_precision, chance_levels, retrieval_metrics, value_relevance
 from modalities.base import modality_roles
+from objectives.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 
-TASKS = ("classification", "retrieval", "linear_probe", "fewshot", "cross_modal")
-HEADLINE = {"classification": "top1", "retrieval": "R@1", "linear_probe": "top1", "fewshot": "top1", "cross_modal": "R@1"}
+TASKS = ("classification", "retrieval", "linear_probe", "fewshot", "clustering", "cross_modal")
+HEADLINE = {"classification": "top1", "retrieval": "R@1", "linear_probe": "top1", "fewshot": "top1", "clustering": "AMI",
+            "cross_modal": "R@1"}
+RANDOM_ASSIGNMENTS = 20  # draws of the clustering task's random baseline
 
 
 @dataclass
@@ -146,6 +150,29 @@ class Evaluator:
             ), split=split)
             for k in self.options.fewshot_k
         ]
+
+    def clustering(self, modality: str) -> list[dict[str, Any]]:
+        """Spherical k-means of the frozen pooled features into as many clusters as there
+        are classes, scored by adjusted mutual information with the true classes; beside
+        it the mean AMI of random assignments with the same cluster sizes (about 0)."""
+        data = self.data(modality)
+        if not data.labels:
+            raise EvaluationError(f"{data.source} has no labels: clustering is scored against classes")
+        features, kept, skipped = self.embeddings(modality, None)
+        labels = np.array([data.labels[i] for i in kept])
+        k = len(np.unique(labels))
+        if len(kept) < max(k, 2):
+            raise EvaluationError(f"{data.source}: {len(kept)} items cannot be clustered into {k} classes")
+        _, found = kmeans(features, k, torch.Generator().manual_seed(self.options.seed))
+        found = found.cpu().numpy()
+        rng = np.random.default_rng(self.options.seed)
+        baseline = [adjusted_mutual_info(rng.permutation(found), labels) for _ in range(RANDOM_ASSIGNMENTS)]
+        return [self._record(
+            "clustering", modality=modality, AMI=adjusted_mutual_info(found, labels),
+            AMI_random=float(np.mean(baseline)), AMI_random_sd=float(np.std(baseline)),
+            cluster_entropy=cluster_entropy(torch.from_numpy(found), k), num_clusters=k, num_items=len(kept),
+            skipped=data.skipped + skipped,
+        )]
 
     def cross_modal(self, query: str, gallery: str) -> list[dict[str, Any]]:
         """Retrieval between two modalities in one space, both ways: a hit is an item

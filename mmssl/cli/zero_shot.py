@@ -23,7 +23,7 @@ of the run config's count: held-out compositions are a few classes, so at 25 sam
 class one sample moves the figure by 0.01 and sampling alone by about ±0.09 (two SD).
 Writes a JSON report and a confusion-matrix PNG beside it.
 
---task classification|retrieval|linear_probe|fewshot|cross_modal|all runs tasks instead,
+--task classification|retrieval|linear_probe|fewshot|clustering|cross_modal|all runs tasks instead,
 for one modality (--modality M) or every modality of the embedded world, and writes a
 flat list of records (one per modality x task, direction or k) to --output:
 
@@ -209,6 +209,8 @@ def _details(r: dict) -> str:
         return f"weight decay {r['weight_decay']:.0e}, {r['num_train']} train / {r['num_test']} test"
     if task == "fewshot":
         return f"sd {r['top1_sd']:.4f} over {r['trials']} draws"
+    if task == "clustering":
+        return f"random {r['AMI_random']:.4f} (sd {r['AMI_random_sd']:.4f}), {r['num_clusters']} clusters, {r['num_items']} items"
     return (f"{r['attribute']}: chance {r['R@1_chance']:.4f} ({r['R@1_over_chance']:.1f}x)  "
             f"mAP {r['mAP']:.4f} (chance {r['mAP_chance']:.4f})")
 
