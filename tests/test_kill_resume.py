@@ -34,9 +34,10 @@ SEED = int(os.environ.get("MMSSL_KILL_SEED", "0"))
 
 # tiny_joint (all six objectives), a checkpoint every step, two kept (so prunes happen),
 # and two streams built by a DataLoader worker each.
+TINY_JOINT = str(REPO / "configs" / "tiny_joint.yaml")
+TINY_SSL = str(REPO / "configs" / "tiny_ssl.yaml")  # the six and the rest of the family
 RUN = [
-    str(REPO / "configs" / "tiny_joint.yaml"), "train.threads=1", "train.progress=false",
-    "train.checkpoint_every=1", "train.keep_checkpoints=2",
+    "train.threads=1", "train.progress=false", "train.checkpoint_every=1", "train.keep_checkpoints=2",
     "objectives.image_text.data.num_workers=1", "objectives.audio_text.data.num_workers=1",
 ]
 
@@ -71,8 +72,8 @@ def kill_plan(seed: int, n: int) -> list[Kill]:
     return [Kill(TIMER, delay=rng.uniform(0.0, 0.6)) if k == TIMER else Kill(k, rng.randint(1, HITS[k])) for k in chosen]
 
 
-def command(kill: Kill | None, output: Path, steps: int, nproc: int) -> list[str]:
-    args = [*RUN, f"train.steps={steps}", "--output-dir", str(output)]
+def command(kill: Kill | None, output: Path, steps: int, nproc: int, config: str = TINY_JOINT) -> list[str]:
+    args = [config, *RUN, f"train.steps={steps}", "--output-dir", str(output)]
     # the runner runs as a module: as a script, tests/ would come first on sys.path and its
     # test packages tests/modalities and tests/objectives would shadow the real ones
     killer = kill is not None and kill.point != TIMER
@@ -85,9 +86,9 @@ def command(kill: Kill | None, output: Path, steps: int, nproc: int) -> list[str
     ]
 
 
-def run_killed(kill: Kill, output: Path, steps: int, nproc: int, log: Path) -> None:
+def run_killed(kill: Kill, output: Path, steps: int, nproc: int, log: Path, config: str) -> None:
     """Run until ``kill`` strikes; fail if the run finishes first."""
-    cmd = command(kill, output, steps, nproc)
+    cmd = command(kill, output, steps, nproc, config)
     if kill.point == TIMER:
         before, since = metric_lines(output), None
 
@@ -137,21 +138,21 @@ def comparable(output: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in r.items() if k == "step" or k.endswith(keep)} for r in records]
 
 
-def kill_chain(tmp_path: Path, kills: list[Kill], steps: int, nproc: int) -> list[str]:
+def kill_chain(tmp_path: Path, kills: list[Kill], steps: int, nproc: int, config: str = TINY_JOINT) -> list[str]:
     """Run ``kills`` one after another in one output directory, then to the end; compare
     with an uninterrupted run. Returns what happened at each kill, for the failure message."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(command(None, whole, steps, nproc), cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command(None, whole, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     story = []
     for i, kill in enumerate(kills):
         start = latest_step(killed)
         assert start < steps, f"the plan outran the run: {story}"
-        run_killed(kill, killed, steps, nproc, tmp_path / f"kill_{i}.log")
+        run_killed(kill, killed, steps, nproc, tmp_path / f"kill_{i}.log", config)
         assert_checkpoints_sound(killed, kill)
         assert latest_step(killed) >= start, f"{kill} lost checkpoint step {start}"
         story.append(f"{kill}: step {start} -> {latest_step(killed)}")
-    done = subprocess.run(command(None, killed, steps, nproc), cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command(None, killed, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert latest_step(killed) == steps, f"the resumed run did not reach step {steps}: {story}"
     a = load_file(resolve_checkpoint(whole) / "model.safetensors")
@@ -180,4 +181,13 @@ def test_ten_kills_resume_to_the_uninterrupted_run(tmp_path):
 def test_kills_of_two_processes_resume_to_the_uninterrupted_run(tmp_path):
     plan = [Kill("optimizer", 2), Kill("checkpoint_file", random.Random(SEED).randint(1, 5)), Kill("worker_batch", 2)]
     story = kill_chain(tmp_path, plan, steps=6, nproc=2)
+    print("\n".join(story))
+
+
+@pytest.mark.slow
+def test_kills_of_the_whole_self_supervised_family_resume_exactly(tmp_path):
+    """tiny_ssl: the six objectives with masked_image, view_contrastive (SimCLR, and BYOL
+    with its EMA target) and cluster (memory bank, centroids), killed twice."""
+    plan = [Kill("optimizer", 2), Kill("checkpoint_rename", 1)]
+    story = kill_chain(tmp_path, plan, steps=5, nproc=1, config=TINY_SSL)
     print("\n".join(story))
