@@ -8,12 +8,16 @@ import fnmatch
 import sys
 from typing import Sequence
 
+from mmssl.cli.errors import reports_errors
 from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES
-from mmssl.scaffold import ScaffoldError, write_plugin
+from mmssl.scaffold import write_plugin
+
+PROG = "python -m mmssl"
 
 
+@reports_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmssl")
+    parser = argparse.ArgumentParser(prog=PROG)
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="registered modalities, objectives and data sources")
     listing.add_argument("pattern", nargs="?", default="*", help="fnmatch filter on names")
@@ -22,11 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     new.add_argument("--output", default=".", help="folder to write mmssl-NAME/ into (default: here)")
     args = parser.parse_args(argv)
     if args.command == "new-plugin":
-        try:
-            root = write_plugin(args.name, args.output)
-        except ScaffoldError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        root = write_plugin(args.name, args.output)
         print(f"wrote {root}: pip install -e {root} && pytest {root / 'tests'}")
         return 0
     if args.command == "list":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import time
 from pathlib import Path
 
 
@@ -66,12 +68,51 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+        raise OutputError(f"cannot write {path}: {reason(exc)}") from exc
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """``write_bytes_atomic`` of ``text`` in UTF-8."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+_TEMPORARY = re.compile(r"^\.(?:.+\.tmp|write-probe)-(\d+)$")
+STALE_AFTER_S = 60.0
+
+
+def remove_dead_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the hidden temporaries (``.<name>.tmp-<pid>``, ``.write-probe-<pid>``) that
+    a writer killed before its rename left in ``directory``; returns those removed.
+
+    Only a temporary whose process is gone is removed, and only once it is a minute old:
+    on a directory shared between machines a writer elsewhere has a pid that means
+    nothing here, and its write is over long before that.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed, now = [], time.time()
+    for path in directory.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if not match or _process_alive(int(match.group(1))):
+            continue
+        try:
+            if path.is_file() and now - path.stat().st_mtime > STALE_AFTER_S:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_writable(directory: str | Path) -> None:
@@ -89,9 +130,10 @@ def check_writable(directory: str | Path) -> None:
         probe.unlink()
     except OSError as exc:
         cause = exc.__cause__ if isinstance(exc, OutputError) else exc
-        raise OutputError(f"output directory {directory} is not writable: {_reason(cause or exc)}") from exc
+        raise OutputError(f"output directory {directory} is not writable: {reason(cause or exc)}") from exc
 
 
-def _reason(exc: BaseException) -> str:
-    """``No space left on device`` rather than ``[Errno 28] No space left on device: '/x'``."""
+def reason(exc: BaseException) -> str:
+    """Why an ``OSError`` happened, without its errno and path: ``No space left on
+    device`` rather than ``[Errno 28] No space left on device: '/x'``."""
     return getattr(exc, "strerror", None) or str(exc)

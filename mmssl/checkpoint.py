@@ -32,14 +32,15 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors import SafetensorError
+import yaml
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from mmssl.atomic import OutputError, fsync_dir, fsync_file
-from mmssl.config import RunConfig, config_from_dict, read_yaml
+from mmssl.config import ConfigError, RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
 
 log = logging.getLogger(__name__)
@@ -242,11 +243,31 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def load_run_config(checkpoint: Path) -> RunConfig:
-    return config_from_dict(read_yaml((checkpoint / CONFIG).read_text()))
+    """The run config a checkpoint was saved with.
+
+    Raises:
+        CorruptCheckpointError: ``config.yaml`` is missing, unreadable or not YAML.
+        CheckpointError: it is YAML but not a valid run config (of another mmssl).
+    """
+    path = checkpoint / CONFIG
+    try:
+        raw = read_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise CorruptCheckpointError(f"{path} is unreadable: {' '.join(str(exc).split())}") from None
+    try:
+        return config_from_dict(raw if isinstance(raw, dict) else {})
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
-def load_weights(model: MultimodalModel, checkpoint: Path) -> None:
+def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "its config.yaml") -> None:
     """Load weights strictly and check each modality's extra state (tokenizer).
+
+    The file's tensor names and shapes are compared with the model's before anything is
+    loaded, so a checkpoint of another config is one error listing what differs.
+
+    Args:
+        built_from: what ``model`` was built from, for the error message.
 
     Raises:
         CorruptCheckpointError: the weights file is missing, truncated or unreadable.
@@ -254,14 +275,20 @@ def load_weights(model: MultimodalModel, checkpoint: Path) -> None:
     """
     weights = checkpoint / WEIGHTS
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
-    if missing or unexpected:
+    differences = tensor_differences(shapes, model.state_dict())
+    if any(differences):
         raise CheckpointError(
-            f"{weights} does not fit the model: missing {sorted(missing)[:10]}, "
-            f"unexpected {sorted(unexpected)[:10]}"
+            f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another "
+            f"config?): {describe_differences(*differences)}"
         )
+    try:
+        load_model(model, str(weights), strict=True)
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
     tokenizer_file = checkpoint / TOKENIZER
     try:
         extras = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
@@ -273,6 +300,40 @@ def load_weights(model: MultimodalModel, checkpoint: Path) -> None:
                 model.encoders[key].check_extra_state(state)
             except ValueError as exc:
                 raise CheckpointError(f"{tokenizer_file}: modality '{key}': {exc}") from None
+
+
+Shape = tuple[int, ...]
+
+
+def tensor_differences(
+    saved: Mapping[str, Shape], state: Mapping[str, torch.Tensor]
+) -> tuple[list[tuple[str, Shape, Shape]], list[str], list[str]]:
+    """(shape mismatches as (name, saved shape, model shape), names the model has and
+    the file lacks, names the file has and the model lacks), each sorted; all empty when
+    ``saved`` fits ``state``. safetensors stores one name of tensors sharing memory (tied
+    weights): a model name is not missing when a name sharing its memory is saved."""
+    shapes = [(n, tuple(s), tuple(state[n].shape)) for n, s in sorted(saved.items()) if n in state and tuple(state[n].shape) != tuple(s)]
+
+    def memory(t: torch.Tensor) -> tuple[int, str] | None:
+        return (t.untyped_storage().data_ptr(), str(t.device)) if t.numel() else None
+
+    saved_memory = {memory(state[n]) for n in saved if n in state} - {None}
+    missing = sorted(n for n, t in state.items() if n not in saved and memory(t) not in saved_memory)
+    unexpected = sorted(n for n in saved if n not in state)
+    return shapes, missing, unexpected
+
+
+def describe_differences(
+    shapes: Sequence[tuple[str, Shape, Shape]], missing: Sequence[str], unexpected: Sequence[str], limit: int = 8
+) -> str:
+    """One line: the counts, then the first ``limit`` differences and how many more
+    (``tensors differ: 2 of another shape, 1 missing; a.weight: checkpoint [4, 8], model
+    [4, 16]; ...; missing b.bias``)."""
+    counts = [f"{len(items)} {what}" for items, what in ((shapes, "of another shape"), (missing, "missing"), (unexpected, "unexpected")) if items]
+    items = [f"{n}: checkpoint {list(a)}, model {list(b)}" for n, a, b in shapes]
+    items += [f"missing {n}" for n in missing] + [f"unexpected {n}" for n in unexpected]
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return f"tensors differ: {', '.join(counts)}; " + "; ".join(items[:limit]) + more
 
 
 def _first_line(exc: BaseException) -> str:

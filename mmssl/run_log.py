@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from mmssl.atomic import write_bytes_atomic
+from mmssl.atomic import OutputError, reason, write_bytes_atomic
 
 log = logging.getLogger(__name__)
+
+
+class MetricsFileError(ValueError):
+    """``metrics.jsonl`` has a damaged line before its last, which a cut-off write cannot
+    leave; the message names the file and the line."""
 
 
 class RunLog:
@@ -26,12 +32,16 @@ class RunLog:
         self.path = Path(output_dir) / "metrics.jsonl"
         self._file = None
         self._tb = None
+        self._failed = False  # a write failed (and raised); close() does not raise again
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file():
             repair_metrics(self.path, after_step=resume_step)
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -41,17 +51,37 @@ class RunLog:
         if not self.enabled:
             return
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as exc:  # a full disk: the line may be cut off, which the next run repairs
+            self._failed = True
+            raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
 
+    def sync(self) -> None:
+        """Flush the lines logged so far to the disk: called before a checkpoint is saved,
+        so no checkpoint is durable while the log lines of its steps are not."""
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._failed = True
+            raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
+
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as exc:
+                if not self._failed:  # else the error of the write that failed was raised already
+                    raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -69,8 +99,8 @@ def repair_metrics(path: str | Path, after_step: int | None = None) -> None:
     A kill or a full disk in the middle of a write leaves a partial last line: it is
     dropped, and a warning says so. With ``after_step`` (a resume) the records a killed
     run logged after its checkpoint's step are dropped too: the resumed run logs them
-    again. A bad line before the last one is not a cut-off write: ``ValueError`` names it.
-    The file is rewritten (atomically) only if something changed.
+    again. A bad line before the last one is not a cut-off write: ``MetricsFileError``
+    names it. The file is rewritten (atomically) only if something changed.
     """
     path = Path(path)
     data = path.read_bytes()
@@ -85,7 +115,7 @@ def repair_metrics(path: str | Path, after_step: int | None = None) -> None:
             step = record["step"]
         except (ValueError, KeyError, TypeError) as exc:
             if number - 1 < last:
-                raise ValueError(f"{path}, line {number}: not a metrics record ({exc}); only the last line may be cut off") from None
+                raise MetricsFileError(f"{path}, line {number}: not a metrics record ({exc}); only the last line may be cut off") from None
             log.warning("%s: dropped a partial last line, a write cut off by a kill or a full disk: %r", path, line[:60])
             continue
         if after_step is None or step <= after_step:

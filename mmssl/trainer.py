@@ -8,6 +8,7 @@ optimizer and scheduler, log, checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -22,11 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mmssl import distributed
-from mmssl.atomic import OutputError, check_writable
+from mmssl.atomic import OutputError, check_writable, remove_dead_temporaries
 from mmssl.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
     check_complete,
+    describe_differences,
     load_trainer_state,
     load_weights,
     prune_checkpoints,
@@ -209,6 +211,7 @@ class Pretrainer:
         self.callbacks = list(callbacks)
         self.step = 0
         self._saved_step: int | None = None  # the step of the checkpoint last saved or loaded here
+        self.run_log: RunLog | None = None  # metrics.jsonl, while fit() runs
         self.history: list[dict[str, Any]] = []
         # per-objective metric sums and counts since the last log line (saved with checkpoints)
         self._pending: dict[str, list[float]] = {}
@@ -221,6 +224,7 @@ class Pretrainer:
         return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_param_names": self._optimizer_param_names(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
             "streams": {name: self._global_stream_state(s) for name, s in self.streams.items()},
@@ -250,6 +254,7 @@ class Pretrainer:
                 f"the checkpoint's optimizer groups start at lr {saved_lrs}, this run's at {run_lrs}: "
                 "resume with the train.lr and train.lr_scale it was saved with"
             )
+        self._check_optimizer_fits(state["optimizer"], state.get("optimizer_param_names"))
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -262,12 +267,52 @@ class Pretrainer:
                 stream_state = {**stream_state, "samples": 0, "skipped": 0}
             self.streams[name].load_state_dict(stream_state)
         if "weighting" in state:
-            self.weighting.load_state_dict(state["weighting"])
+            try:
+                self.weighting.load_state_dict(state["weighting"])
+            except RuntimeError as exc:  # torch lists the keys over several lines
+                raise ValueError(f"the loss weighting state does not fit train.weighting={self.train_cfg.weighting}: "
+                                 + " ".join(str(exc).split())) from None
         self._pending = {k: [float(v[0]), int(v[1])] for k, v in state.get("pending_metrics", {}).items()}
         nonfinite = state.get("nonfinite_steps", {})
         self.nonfinite_steps = int(nonfinite.get("total", 0))
         self.bad_steps_in_a_row = int(nonfinite.get("in_a_row", 0))
         _set_rng_state(state["rng"])
+
+    def _optimizer_param_names(self) -> list[list[str]]:
+        """The name of each parameter of each optimizer group, in the optimizer's order
+        (its state refers to parameters by position only)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        names |= {id(p): f"weighting.{n}" for n, p in self.weighting.named_parameters()}
+        return [[names.get(id(p), "?") for p in group["params"]] for group in self.optimizer.param_groups]
+
+    def _check_optimizer_fits(self, saved: Mapping[str, Any], saved_names: list[list[str]] | None) -> None:
+        """Raise ``ValueError`` saying how a saved optimizer state differs from this run's
+        optimizer: parameters per group, parameter names by position (saved since they
+        were added to checkpoints) or moment shapes. torch would load it regardless, or
+        reject it without saying where."""
+        names = self._optimizer_param_names()
+        sizes, saved_sizes = [len(g) for g in names], [len(g["params"]) for g in saved["param_groups"]]
+        if sizes != saved_sizes:
+            raise ValueError(
+                f"the optimizer state does not fit this run's optimizer: parameters per group {saved_sizes} in the "
+                f"checkpoint, {sizes} here (train.weighting, train.lr_scale or the trainable parameters differ)"
+            )
+        if saved_names is not None and saved_names != names:
+            moved = [(a, b) for group, saved_group in zip(names, saved_names) for a, b in zip(saved_group, group) if a != b]
+            raise ValueError(
+                f"the optimizer state does not fit this run's optimizer: {len(moved)} parameters in another place "
+                f"(another config, or its modalities or objectives in another order): "
+                + "; ".join(f"checkpoint {a}, here {b}" for a, b in moved[:4]) + (f"; and {len(moved) - 4} more" if len(moved) > 4 else "")
+            )
+        shapes = [
+            (f"{name} ({key})", tuple(value.shape), tuple(param.shape))
+            for group, group_names, saved_group in zip(self.optimizer.param_groups, names, saved["param_groups"])
+            for param, name, index in zip(group["params"], group_names, saved_group["params"])
+            for key, value in saved["state"].get(index, {}).items()
+            if torch.is_tensor(value) and value.ndim > 0 and value.shape != param.shape
+        ]
+        if shapes:
+            raise ValueError(f"the optimizer state does not fit this run's parameters: {describe_differences(shapes, [], [])}")
 
     def save(self) -> Path:
         """Save a checkpoint of this step (called on every rank: rank 0 writes, the others
@@ -281,6 +326,8 @@ class Pretrainer:
         path = checkpoints_root(self.output_dir) / f"step_{self.step:08d}"
 
         def write() -> None:
+            if self.run_log is not None:  # the log lines of the steps it holds are durable before it
+                self.run_log.sync()
             save_checkpoint(self.output_dir, self.step, self.model, state, self.config)
             prune_checkpoints(self.output_dir, self.train_cfg.keep_checkpoints)
 
@@ -289,13 +336,14 @@ class Pretrainer:
         return path
 
     def _write_on_main(self, write: Callable[[], None], failed_elsewhere: str) -> None:
-        """Run ``write`` on rank 0; if it raises an ``OSError`` (``OutputError``) every rank
-        raises. A collective, so the other ranks also wait for the write to end."""
-        error: OSError | None = None
+        """Run ``write`` on rank 0; if it raises (an ``OutputError``, or anything else) every
+        rank raises, rather than waiting in the next collective. A collective, so the other
+        ranks also wait for the write to end."""
+        error: Exception | None = None
         if distributed.is_main():
             try:
                 write()
-            except OSError as exc:
+            except Exception as exc:
                 error = exc
         failed = distributed.all_reduce_sum(torch.tensor([int(error is not None)]))
         if error is not None:
@@ -324,7 +372,7 @@ class Pretrainer:
             try:
                 check_complete(checkpoint)
                 state = load_trainer_state(checkpoint)
-                load_weights(self.model, checkpoint)
+                load_weights(self.model, checkpoint, built_from="this run's config")
                 break
             except CorruptCheckpointError as exc:
                 if resume != "auto":
@@ -337,8 +385,8 @@ class Pretrainer:
             )
         try:
             self.load_state_dict(state)
-        except ValueError as exc:
-            raise ValueError(f"{checkpoint}: {exc}") from None
+        except ValueError as exc:  # the optimizer, schedule, streams or weighting of another config
+            raise CheckpointError(f"{checkpoint}: {exc}") from None
         if checkpoint.parent == checkpoints_root(self.output_dir):
             self._saved_step = self.step
         log.info("resumed from %s at step %d", checkpoint, self.step)
@@ -531,11 +579,18 @@ class Pretrainer:
 
         def prepare_output() -> None:  # fail now, not at the first save, if it cannot be written
             check_writable(self.output_dir)
+            remove_dead_temporaries(self.output_dir)  # of small files whose writer was killed
             remove_stale_temporaries(checkpoints_root(self.output_dir))  # before resume looks
 
         self._write_on_main(prepare_output, f"rank 0 could not write {self.output_dir}")
         resumed = self.maybe_resume()
-        run_log = RunLog(self.output_dir, enabled=main, resume_step=self.step if resumed else None)
+        run_log = self.run_log = RunLog(self.output_dir, enabled=False)
+
+        def open_log() -> None:
+            nonlocal run_log
+            run_log = self.run_log = RunLog(self.output_dir, resume_step=self.step if resumed else None)
+
+        self._write_on_main(open_log, f"rank 0 could not open {run_log.path}")
         interactive = sys.stderr.isatty()
         bar = tqdm(
             total=cfg.steps,
@@ -560,7 +615,7 @@ class Pretrainer:
                         stats = distributed.reduce_metrics(stream.stats(), weight=1.0, sums=("samples", "skipped"))
                         for key, value in stats.items():
                             record[f"data/{name}/{key}"] = value
-                    run_log.log(self.step, record)
+                    self._write_on_main(functools.partial(run_log.log, self.step, record), f"rank 0 could not write {run_log.path}")
                     self.history.append({"step": self.step, **record})
                     last = record
                 if stop:
@@ -573,6 +628,7 @@ class Pretrainer:
                 self.save()
         finally:
             bar.close()
+            self.run_log = None
             run_log.close()
             for stream in self.streams.values():
                 stream.close()

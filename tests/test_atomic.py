@@ -1,11 +1,18 @@
 import errno
 import os
 import stat
+import subprocess
+import time
 
 import pytest
 
 from mmssl import atomic
-from mmssl.atomic import OutputError, check_writable, write_bytes_atomic, write_text_atomic
+from mmssl.atomic import (
+    OutputError,
+    check_writable,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 
 def test_write_text_atomic_replaces_whole_file_and_leaves_no_temporary(tmp_path):
@@ -74,3 +81,22 @@ def test_check_writable_names_the_directory_in_one_line(tmp_path, monkeypatch):
     assert str(info.value) == f"output directory {tmp_path / 'run'} is not writable: Permission denied"
     with pytest.raises(OutputError, match="cannot write"):
         write_bytes_atomic(tmp_path / "run" / "x.png", b"\x89PNG")
+
+
+def test_temporaries_of_dead_writers_are_removed_once_a_minute_old(tmp_path):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    dead, alive, hour_ago = proc.pid, os.getpid(), time.time() - 3600
+    names = {
+        f".train_summary.json.tmp-{dead}": hour_ago,  # removed
+        f".write-probe-{dead}": hour_ago,  # removed
+        f".losses.png.tmp-{alive}": hour_ago,  # its writer may still rename it
+        f".report.json.tmp-{dead}": time.time(),  # maybe a writer on another machine, mid-write
+        f"notes.tmp-{dead}": hour_ago,  # not a temporary of ours
+    }
+    for name, mtime in names.items():
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    removed = atomic.remove_dead_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == [f".train_summary.json.tmp-{dead}", f".write-probe-{dead}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {p.name for p in removed})

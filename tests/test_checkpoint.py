@@ -6,16 +6,22 @@ run as root, where chmod does not make a directory unwritable."""
 import errno
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file, save_file
 
 import mmssl
 from mmssl import checkpoint as ckpt
+from mmssl import run_log
 from mmssl.atomic import OutputError
 from mmssl.checkpoint import (
     STATE,
@@ -318,3 +324,136 @@ def test_a_crafted_pickle_is_refused_without_running_it(run, tmp_path, caplog):
 
     torch.load(latest / STATE, weights_only=False)  # the payload is live: an unsafe load runs it
     assert side_effect.exists()
+
+
+# --- a checkpoint of another config ---------------------------------------------------
+
+
+def tiny(*overrides: str) -> mmssl.RunConfig:
+    return mmssl.load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [*STEPS, *overrides])
+
+
+def test_resuming_weights_of_another_config_is_one_error_listing_the_tensors(run):
+    with pytest.raises(CheckpointError) as info:
+        Pretrainer(tiny("modalities.text.width=48"), run).fit()
+    message = str(info.value)
+    assert not isinstance(info.value, CorruptCheckpointError)  # not skipped for step 1: that would not fit either
+    assert message.startswith(
+        f"checkpoint {run / 'checkpoints' / 'step_00000002'} does not fit the model built from this run's config "
+        "(saved with another config?): tensors differ: "
+    )
+    assert "encoders.text.tower.positional_embedding: checkpoint [24, 32], model [24, 48]; " in message
+    reshaped = int(re.search(r"tensors differ: (\d+) of another shape; ", message).group(1))
+    assert reshaped > 8 and message.endswith(f"; and {reshaped - 8} more")  # the first 8 listed
+    assert message.count("checkpoint [") == 8 and "\n" not in message
+
+
+def test_loading_weights_that_do_not_fit_names_missing_unexpected_and_reshaped_tensors(run):
+    checkpoint = run / "checkpoints" / "step_00000002"
+    tensors = load_file(checkpoint / WEIGHTS)
+    dropped, reshaped = sorted(tensors)[:2]
+    model_shape = list(tensors[reshaped].shape)
+    del tensors[dropped]
+    tensors[reshaped] = torch.zeros(3, 5)
+    tensors["encoders.smell.weight"] = torch.zeros(2)
+    save_file(tensors, checkpoint / WEIGHTS)
+    with pytest.raises(CheckpointError) as info:
+        mmssl.load_pretrained(run)
+    assert str(info.value) == (
+        f"checkpoint {checkpoint} does not fit the model built from its config.yaml (saved with another config?): "
+        f"tensors differ: 1 of another shape, 1 missing, 1 unexpected; {reshaped}: checkpoint [3, 5], model "
+        f"{model_shape}; missing {dropped}; unexpected encoders.smell.weight"
+    )
+
+
+def test_resuming_an_optimizer_of_another_weighting_says_how_the_groups_differ(run):
+    with pytest.raises(CheckpointError) as info:
+        Pretrainer(tiny("train.weighting=uncertainty"), run).fit()  # one more parameter: the objective's log-variance
+    message = str(info.value)
+    assert message.startswith(f"{run / 'checkpoints' / 'step_00000002'}: the optimizer state does not fit this run's optimizer: ")
+    sizes = re.search(r"parameters per group \[(\d+), (\d+)\] in the checkpoint, \[(\d+), (\d+)\] here ", message)
+    decay, no_decay, here_decay, here_no_decay = map(int, sizes.groups())
+    assert here_decay == decay and here_no_decay == no_decay + 1
+    assert message.endswith("(train.weighting, train.lr_scale or the trainable parameters differ)")
+
+
+def test_resuming_with_the_modalities_in_another_order_names_the_parameters_out_of_place(run, tmp_path):
+    """The weights load by name, but the optimizer's moments are by position: resumed as
+    they are, the image encoder's moments would go to the text encoder."""
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    raw["modalities"] = {"text": raw["modalities"]["text"], "image": raw["modalities"]["image"]}
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = mmssl.load_config(swapped, STEPS)
+    with pytest.raises(CheckpointError, match=(
+        r"step_00000002: the optimizer state does not fit this run's optimizer: \d+ parameters in another place "
+        r"\(another config, or its modalities or objectives in another order\): checkpoint "
+        r"encoders.image.backbone.conv1.0.weight, here encoders.text.tower.transformer.resblocks.0.attn.in_proj_weight; "
+    )):
+        Pretrainer(config, run).fit()
+
+    # A checkpoint saved before the names were: the moments' shapes tell
+    state_file = run / "checkpoints" / "step_00000002" / STATE
+    state = load_trainer_state(state_file.parent)
+    del state["optimizer_param_names"]
+    torch.save(state, state_file)
+    with pytest.raises(CheckpointError, match=(
+        r"step_00000002: the optimizer state does not fit this run's parameters: tensors differ: \d+ of another shape; "
+        r"encoders.text.tower.transformer.resblocks.0.attn.in_proj_weight \(exp_avg\): checkpoint \[16, 3, 3, 3\], "
+        r"model \[96, 32\]; .*; and \d+ more$"
+    )):
+        Pretrainer(config, run).fit()
+
+
+# --- metrics.jsonl: durable before a checkpoint, a full disk while writing it ----------
+
+
+def test_metrics_are_fsynced_before_the_checkpoint_and_dead_temporaries_cleared(run, monkeypatch):
+    stale = run / f".train_summary.json.tmp-{dead_pid()}"
+    stale.write_text('{"steps"')  # a write killed before its rename, an hour ago
+    os.utime(stale, (time.time() - 3600,) * 2)
+    events = spy_on_fsync_and_replace(monkeypatch)
+    Pretrainer(tiny("train.steps=3"), run).fit()
+    metrics = ("fsync file", os.path.realpath(run / "metrics.jsonl"))
+    rename = next(i for i, e in enumerate(events) if e[0] == "replace" and Path(e[2]).name == "step_00000003")
+    assert metrics in events[:rename]
+    assert not stale.exists()
+
+
+class _DiskFillsAtLine:
+    """metrics.jsonl on a disk that fills in the middle of line ``n``."""
+
+    def __init__(self, file, n: int) -> None:
+        self.file, self.n, self.lines = file, n, 0
+
+    def write(self, text: str) -> int:
+        self.lines += 1
+        if self.lines == self.n:
+            self.file.write(text[: len(text) // 2])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
+def test_full_disk_writing_metrics_stops_in_one_line_and_resume_continues(trained, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setattr(run_log, "open", lambda *a, **k: _DiskFillsAtLine(open(*a, **k), 2), raising=False)
+    with pytest.raises(OutputError) as info:
+        Pretrainer(tiny(), run).fit()
+    monkeypatch.undo()
+    assert str(info.value) == f"cannot write {run / 'metrics.jsonl'}: No space left on device"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000001"]
+    resumed = Pretrainer(tiny(), run)
+    resumed.fit()  # drops the half line, logs step 2 again
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    assert same(resumed.model.state_dict(), weights_of(trained))
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -166,7 +166,7 @@ def test_errors_are_one_clear_line(hub_run, tmp_path, capsys, args, message):
     proc = _zero_shot_here(capsys, "--checkpoint", str(hub_run), *[a.format(**fill) if "{" in a else a for a in args])
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert any(line.startswith("error:") and message in line for line in proc.stderr.splitlines()), proc.stderr[-2000:]
+    assert any(line.startswith("mmssl-zero-shot: error:") and message in line for line in proc.stderr.splitlines()), proc.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -108,7 +108,7 @@ def test_too_many_bad_steps_stop_with_one_line_and_the_last_good_weights(tiny_co
     out = tmp_path / "run"
     code = pretrain.main([TINY, "--output-dir", str(out), "train.max_bad_steps=2", "train.checkpoint_every=0"])
     assert code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mmssl-pretrain: error:")]
     assert len(err) == 1 and "stopped at step 5: 3 steps in a row were non-finite" in err[0]
     assert "train.max_bad_steps=2" in err[0] and "the weights of step 2" in err[0]
     checkpoint = resolve_checkpoint(out)

@@ -110,7 +110,7 @@ def test_bad_arguments_are_refused():
 
 def test_a_bad_override_fails_before_any_seed_runs(tmp_path):
     proc = _sweep("configs/tiny.yaml", "--seeds", "0", "1", "--output-dir", str(tmp_path / "sweep"), "train.stepz=2")
-    assert proc.returncode == 2 and "config error" in proc.stderr and "stepz" in proc.stderr
+    assert proc.returncode == 2 and "mmssl-seed-sweep: error: " in proc.stderr and "stepz" in proc.stderr
     assert not (tmp_path / "sweep").exists()
     proc = _sweep("configs/tiny.yaml", "--seeds", "0", "--output-dir", str(tmp_path / "sweep"),
                   "--baseline", str(tmp_path / "missing"))

@@ -18,13 +18,21 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mmssl.data.make_shards import csv_samples, folder_samples, graph_samples, write_shards
+from mmssl.cli.errors import reports_errors
+from mmssl.data.make_shards import (
+    csv_samples,
+    folder_samples,
+    graph_samples,
+    write_shards,
+)
 from mmssl.data.stream import DataError
+
+PROG = "mmssl-make-shards"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="mmssl-make-shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("input", help="a .csv of pairs, a folder of files, or a .jsonl graph file")
     parser.add_argument("--output", required=True, help="folder for shard-000000.tar ...")
@@ -35,26 +43,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = Path(args.input)
+    if source.is_dir():
+        samples, kind = folder_samples(source), "folder"
+    elif source.suffix.lower() == ".csv":
+        samples = csv_samples(source, args.file_column or ["filepath"], args.caption_column or None, args.separator)
+        kind = "CSV"
+    elif source.suffix.lower() in (".jsonl", ".ndjson"):
+        samples, kind = graph_samples(source), "graph file"
+    elif not source.exists():
+        raise DataError(f"input not found: {source}")
+    else:
+        raise DataError(f"{source}: expected a .csv, a .jsonl graph file or a folder")
     try:
-        if source.is_dir():
-            samples, kind = folder_samples(source), "folder"
-        elif source.suffix.lower() == ".csv":
-            samples = csv_samples(source, args.file_column or ["filepath"], args.caption_column or None, args.separator)
-            kind = "CSV"
-        elif source.suffix.lower() in (".jsonl", ".ndjson"):
-            samples, kind = graph_samples(source), "graph file"
-        elif not source.exists():
-            raise DataError(f"input not found: {source}")
-        else:
-            raise DataError(f"{source}: expected a .csv, a .jsonl graph file or a folder")
         shards, skipped = write_shards(samples, args.output, args.shard_size)
-    except (DataError, OSError, UnicodeDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, UnicodeDecodeError) as exc:  # an input or the output folder unreadable: all this command does
+        raise DataError(f"{args.input} -> {args.output}: {exc}") from exc
     print(f"{kind} {source} -> {len(shards)} shards in {args.output}" + (f"; skipped {skipped} unreadable inputs" if skipped else ""))
     return 0
 

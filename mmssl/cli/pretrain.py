@@ -19,17 +19,19 @@ from typing import Sequence
 import torch
 
 from mmssl import distributed
-from mmssl.config import ConfigError, load_config
-from mmssl.atomic import OutputError, write_text_atomic
-from mmssl.checkpoint import CheckpointError
+from mmssl.atomic import write_text_atomic
+from mmssl.cli.errors import reports_errors
+from mmssl.config import load_config
 from mmssl.plots import plot_losses
 from mmssl.run_log import read_metrics
-from mmssl.trainer import NonFiniteStepsError, Pretrainer
+from mmssl.trainer import Pretrainer
+
+PROG = "mmssl-pretrain"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="mmssl-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="YAML run config (configs/*.yaml)")
     parser.add_argument("--output-dir", required=True, help="run directory: checkpoints, metrics, plots")
@@ -41,26 +43,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
+@reports_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append(f"train.resume={args.resume}")
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, overrides)
     output = Path(args.output_dir)
     start = time.perf_counter()
     in_group = distributed.init_from_env()  # under torchrun: join its process group
     try:
         trainer = Pretrainer(config, output)
         last = trainer.fit()
-    except (CheckpointError, OutputError, NonFiniteStepsError) as exc:  # bad checkpoint, output or steps: one line
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if in_group:
             torch.distributed.destroy_process_group()

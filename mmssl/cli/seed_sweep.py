@@ -30,18 +30,27 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from mmssl.atomic import write_text_atomic
-from mmssl.config import ConfigError, load_config
+from mmssl.cli.errors import CommandError, print_error, reports_errors
+from mmssl.config import load_config
 from mmssl.plots import plot_seed_sweep
-from mmssl.seed_stats import METRICS, format_paired_table, format_table, paired_differences, summarise
+from mmssl.seed_stats import (
+    METRICS,
+    format_paired_table,
+    format_table,
+    paired_differences,
+    summarise,
+)
+
+PROG = "mmssl-seed-sweep"
 
 
-class SweepError(RuntimeError):
+class SweepError(CommandError):
     """A seed's training or evaluation failed, or left no report."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="mmssl-seed-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="YAML run config (configs/*.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="model seeds (the world seed stays the config's)")
@@ -128,17 +137,14 @@ def _json_keys(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict
     return {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in results.items()}
 
 
+@reports_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # a bad config or override fails here, once, rather than in every seed's run
-        load_config(args.config, [*args.overrides, f"seed={args.seeds[0]}"])
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    # a bad config or override fails here, once, rather than in every seed's run
+    load_config(args.config, [*args.overrides, f"seed={args.seeds[0]}"])
     for directory in args.baseline:
         if not Path(directory).is_dir():
-            print(f"error: --baseline {directory} is not a directory", file=sys.stderr)
-            return 2
+            raise SweepError(f"--baseline {directory} is not a directory")
     out = Path(args.output_dir)
     run_dirs = {seed: out / f"seed_{seed}" for seed in args.seeds}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -154,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except SweepError as error:
                 failures.append(f"seed {seed}: {error}")
     if failures:
-        print("error: " + "\n       ".join(failures), file=sys.stderr)
-        return 1
+        raise SweepError("; ".join(failures))
     results = collect(run_dirs, args.modality)
     summary = summarise(results)
     print(format_table(results, summary))
@@ -193,8 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline=baseline, baseline_label=" + ".join(Path(d).name for d in args.baseline) or "baseline",
     )
     print(f"wrote {out / 'seed_sweep.json'} and {out / 'seed_sweep.png'}")
-    if baseline_error:
-        print(f"error: {baseline_error}; the record has no baseline", file=sys.stderr)
+    if baseline_error:  # the sweep's own record is written: status 1, not the 2 of a sweep that failed
+        print_error(PROG, f"{baseline_error}; the record has no baseline")
         return 1
     return 0
 

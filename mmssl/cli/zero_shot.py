@@ -48,17 +48,32 @@ from pathlib import Path
 from typing import Sequence
 
 from mmssl.atomic import write_text_atomic
-from mmssl.checkpoint import CheckpointError, Pretrained, load_checkpoint
-from mmssl.data.eval_sets import EvaluationError, load_eval_set, read_class_names, read_templates
-from mmssl.eval_tasks import TASKS, Evaluator, TaskOptions, cross_modal_pairs, headline, world_modalities
+from mmssl.checkpoint import Pretrained, load_checkpoint
+from mmssl.cli.errors import reports_errors
+from mmssl.data.eval_sets import (
+    EvaluationError,
+    load_eval_set,
+    read_class_names,
+    read_templates,
+)
+from mmssl.eval_tasks import (
+    TASKS,
+    Evaluator,
+    TaskOptions,
+    cross_modal_pairs,
+    headline,
+    world_modalities,
+)
 from mmssl.evaluation import zero_shot_classify
 from mmssl.linear_probe import linear_probe
 from mmssl.plots import plot_comparison, plot_confusion
 
+PROG = "mmssl-zero-shot"
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="mmssl-zero-shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--checkpoint", required=True, nargs="+",
@@ -240,38 +255,31 @@ def _write_task_report(args: argparse.Namespace, records: list[dict]) -> None:
         print(f"comparison plot: {png}")
 
 
+@reports_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.task is not None:
-        try:
-            records = _run_tasks(args)
-        except (CheckpointError, EvaluationError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        records = _run_tasks(args)
         _write_task_report(args, records)
         return 0
     results = {}
     args.checkpoint = args.checkpoint[0]
-    try:
-        loaded = load_checkpoint(args.checkpoint, device=args.device)
-        model = loaded.model
-        if args.modality == "all":
-            if args.data not in (None, "world") or args.output:
-                raise EvaluationError("--modality all evaluates the embedded world only, one report per modality; "
-                                      "name one modality to use --data or --output")
-            modalities = world_modalities(model)
-            if not modalities:
-                raise EvaluationError(f"checkpoint has no modality that renders the world with a text-paired space ({sorted(model.encoders)})")
-        elif args.modality not in model.encoders:
-            raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
-        else:
-            modalities = [args.modality]
-        for modality in modalities:
-            results[modality] = _evaluate(args, loaded, modality)
-    except (CheckpointError, EvaluationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    loaded = load_checkpoint(args.checkpoint, device=args.device)
+    model = loaded.model
+    if args.modality == "all":
+        if args.data not in (None, "world") or args.output:
+            raise EvaluationError("--modality all evaluates the embedded world only, one report per modality; "
+                                  "name one modality to use --data or --output")
+        modalities = world_modalities(model)
+        if not modalities:
+            raise EvaluationError(f"checkpoint has no modality that renders the world with a text-paired space ({sorted(model.encoders)})")
+    elif args.modality not in model.encoders:
+        raise EvaluationError(f"checkpoint has no modality '{args.modality}'; it has {sorted(model.encoders)}")
+    else:
+        modalities = [args.modality]
+    for modality in modalities:
+        results[modality] = _evaluate(args, loaded, modality)
     if len(results) > 1:
         print("\nsummary (fresh evaluation samples of the embedded world)")
         print(f"  {'modality':10s} {'classes':>7s} {'top1':>7s} {'composition_top1':>17s} {'seen_top1':>10s}")
