@@ -324,6 +324,13 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             value = read_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
+        if len(parts) == 2 and parts[0] == "objectives" and value is None:
+            # objectives.x=null drops objective x (in a file, an empty section means defaults)
+            present = out.get("objectives") or {}
+            if parts[1] not in present:
+                raise ConfigError(f"override '{item}': no objective '{parts[1]}' to drop.{closest(parts[1], list(present))}")
+            out["objectives"] = {k: v for k, v in present.items() if k != parts[1]}
+            continue
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)

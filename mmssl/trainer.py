@@ -588,7 +588,10 @@ class Pretrainer:
 
         def open_log() -> None:
             nonlocal run_log
-            run_log = self.run_log = RunLog(self.output_dir, resume_step=self.step if resumed else None)
+            # resume=auto with no checkpoint: lines already in the log are of a run killed
+            # before its first save; this run logs those steps again, so they go
+            fresh = 0 if self.train_cfg.resume == "auto" else None  # resume=none keeps them
+            run_log = self.run_log = RunLog(self.output_dir, resume_step=self.step if resumed else fresh)
 
         self._write_on_main(open_log, f"rank 0 could not open {run_log.path}")
         interactive = sys.stderr.isatty()

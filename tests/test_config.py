@@ -34,6 +34,13 @@ def test_overrides_set_nested_values(tiny_config):
     assert config.modalities["text"].options.layers == 3
 
 
+def test_an_objective_set_to_null_is_dropped():
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny_joint.yaml", ["objectives.mlm=null"])
+    assert "mlm" not in config.objectives and "image_text" in config.objectives
+    assert "no objective 'image_txt' to drop. Did you mean 'image_text'?" in _error("objectives.image_txt=null")
+    assert "'objectives': required section is missing or empty" in _error("objectives.image_text=null")
+
+
 def test_unknown_key_is_named_with_closest():
     message = _error("train.stesp=3")
     assert "'train.stesp'" in message and "Did you mean 'steps'?" in message

@@ -115,6 +115,14 @@ def test_load_checkpoint_gives_model_config_and_directory(tiny_config, tmp_path)
     _assert_same_weights(trainer.model, loaded.model)
 
 
+def test_a_fresh_start_drops_the_log_of_a_run_killed_before_its_first_checkpoint(tiny_config, tmp_path):
+    # what a kill between the first metrics line and the first save leaves (the kill harness found it)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    Pretrainer(tiny_config("train.steps=2"), tmp_path).fit()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss"] != 9.0
+
+
 def test_resume_none_starts_over(tiny_config, tmp_path):
     Pretrainer(tiny_config("train.steps=2"), tmp_path).fit()
     again = Pretrainer(tiny_config("train.steps=2", "train.resume=none"), tmp_path)
