@@ -10,7 +10,6 @@ A linear probe on frozen encoder features lives in ``mmssl.linear_probe``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -18,14 +17,12 @@ import torch
 
 from tqdm.auto import tqdm
 
+from mmssl.data.bad_input import SkipLog
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
 from mmssl.metrics import Relevance, caption_relevance, classification_metrics, retrieval_metrics
 from mmssl.model import MultimodalModel
 from modalities.base import InvalidSample, modality_roles
 from objectives.base import match_matrix
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class ZeroShotResult:
@@ -99,7 +96,8 @@ def embed_items(
     skipped. ``objective`` None gives the encoder's own pooled features (frozen, for
     linear probes) instead of the objective's shared space."""
     encoder = model.encoders[modality]
-    kept_samples, kept, skipped = [], [], 0
+    kept_samples, kept = [], []
+    skips = SkipLog(f"evaluation {data.source}", on_error, EvaluationError)
     embeddings = []
     bar = tqdm(total=len(data.where), desc=f"embed {modality}", unit="item", disable=not progress, leave=False)
 
@@ -114,10 +112,8 @@ def embed_items(
             kept_samples.append(encoder.transform(data.items[index], None))
             kept.append(index)
         except InvalidSample as exc:
-            if on_error == "fail":
-                raise EvaluationError(f"bad sample {exc.source or where}: {exc.reason}") from None
-            skipped += 1
-            log.warning("skipped bad sample %s: %s", exc.source or where, exc.reason)
+            # named as training names it: the row, then the file the modality could not read
+            skips.add(where if exc.source is None or exc.source in where else f"{where} ({exc.source})", exc.reason)
         if len(kept_samples) == batch_size:
             embeddings.append(encode(kept_samples))
             kept_samples = []
@@ -126,8 +122,8 @@ def embed_items(
         embeddings.append(encode(kept_samples))
     bar.close()
     if not embeddings:
-        raise EvaluationError(f"no usable samples in {data.source} ({skipped} skipped)")
-    return torch.cat(embeddings), kept, skipped
+        raise EvaluationError(f"no usable samples in {data.source} ({skips.count} skipped)")
+    return torch.cat(embeddings), kept, skips.count
 
 
 @torch.no_grad()

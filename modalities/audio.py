@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -26,10 +27,26 @@ from modalities.base import (
     Modality,
     ModalityOutput,
     keep_norm_statistics_on_recompute,
+    require_file,
     seeded_torch_rng,
 )
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au")
+# libsndfile reads a WAV file cut short up to the cut without an error; its own header
+# log says so: "data : 32000 (should be 15978)".
+_WAV_DATA_SIZE = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
+_STREAMED_SIZES = (0, 0xFFFFFFFF)  # written by a streaming encoder (ffmpeg to a pipe): length unknown, not cut
+
+
+def _truncated_wav(header_log: str) -> str | None:
+    """Why a WAV file is cut short, from libsndfile's header log; None if it is whole."""
+    match = _WAV_DATA_SIZE.search(header_log)
+    if match is None:
+        return None
+    declared, present = int(match.group(1)), int(match.group(2))
+    if declared in _STREAMED_SIZES or declared <= present:
+        return None
+    return f"truncated: the header declares {declared} bytes of audio data, the file holds {present}"
 
 
 @dataclass(frozen=True)
@@ -215,8 +232,7 @@ class AudioModality(Modality):
     # --- reading ------------------------------------------------------------------------
     def load(self, path: str) -> tuple[np.ndarray, int]:
         """(samples [T, C] float32, sample rate) from a wav/flac/ogg/... file."""
-        if not os.path.isfile(path):  # soundfile reports a missing file as a "System error"
-            raise InvalidSample("audio file not found", source=str(path))
+        require_file(str(path))  # soundfile reports a missing file as a "System error"
         return self._decode(lambda: path, str(path))
 
     def load_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, int]:
@@ -230,6 +246,9 @@ class AudioModality(Modality):
             raise InvalidSample(f"unsupported or corrupt audio file: {exc}", source=where) from None
         if info.frames <= 0:
             raise InvalidSample("audio file has no samples (zero length)", source=where)
+        cut = _truncated_wav(info.extra_info)
+        if cut is not None:
+            raise InvalidSample(cut, source=where)
         if info.duration > self.config.max_file_seconds:
             raise InvalidSample(
                 f"audio is {info.duration:.2f}s long, over max_file_seconds={self.config.max_file_seconds}", source=where

@@ -9,7 +9,10 @@ space and renders concepts (``concept_space``, ``render``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -43,6 +46,24 @@ class InvalidSample(ValueError):
         self.reason = reason
         self.source = source
         super().__init__(f"{source}: {reason}" if source else reason)
+
+
+def require_file(path: str) -> None:
+    """Raise InvalidSample naming ``path`` unless it is a regular file a reader can open:
+    not missing, a directory, a broken or looping symbolic link, or a pipe or device
+    (opening a FIFO would wait for a writer forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        reason = "broken symbolic link (its target does not exist)" if os.path.islink(path) else "file not found"
+        raise InvalidSample(reason, source=path) from None
+    except OSError as exc:
+        reason = "symbolic link loop" if exc.errno == errno.ELOOP else f"cannot read: {exc.strerror}"
+        raise InvalidSample(reason, source=path) from None
+    if stat.S_ISDIR(mode):
+        raise InvalidSample("is a directory, not a file", source=path)
+    if not stat.S_ISREG(mode):
+        raise InvalidSample("not a regular file (a pipe, socket or device)", source=path)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -22,6 +23,7 @@ from modalities.base import (
     Modality,
     ModalityOutput,
     keep_norm_statistics_on_recompute,
+    require_file,
     seeded_torch_rng,
 )
 
@@ -133,6 +135,7 @@ class ImageModality(Modality):
 
     # --- data ---------------------------------------------------------------------
     def load(self, path: str) -> Image.Image:
+        require_file(str(path))
         return self._decode(path, str(path))
 
     def load_bytes(self, data: bytes, name: str) -> Image.Image:
@@ -141,14 +144,20 @@ class ImageModality(Modality):
     @staticmethod
     def _decode(source: Any, where: str) -> Image.Image:
         try:
-            with Image.open(source) as img:
-                img.load()  # decode now, so truncated files fail here and not in collate
-                return img.convert("RGB")
+            with warnings.catch_warnings():
+                # over Image.MAX_IMAGE_PIXELS PIL only warns (it refuses at twice that):
+                # refuse before decoding, as a decompression bomb would fill memory
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(source) as img:
+                    img.load()  # decode now, so truncated files fail here and not in collate
+                    return img.convert("RGB")
         except FileNotFoundError:
             raise InvalidSample("image file not found", source=where) from None
         except UnidentifiedImageError:
             raise InvalidSample("not a readable image (cannot identify image file)", source=where) from None
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise InvalidSample(f"image too large: {exc}", source=where) from None
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL reports some bad headers as SyntaxError
             raise InvalidSample(f"corrupt image: {exc}", source=where) from None
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer, text_global_pool
 
-from modalities.base import InvalidSample, Modality, ModalityOutput
+from modalities.base import InvalidSample, Modality, ModalityOutput, require_file
 
 TOKENIZER_KIND = "open_clip_bpe"
 # Added to open_clip's BPE vocabulary (after its <start_of_text>, <end_of_text>): the
@@ -33,6 +33,10 @@ class TextConfig:
     # language modeling always runs bidirectionally, on the same weights (as UniLM does).
     attention: Literal["causal", "bidirectional"] = "causal"
     pool: Literal["eos", "first", "mean"] = "eos"
+    # A longer text is a bad sample (a CSV quoting error that merged rows into one cell,
+    # a document in a caption column): the tokenizer would read only its first
+    # context_length tokens, after seconds of work on the rest.
+    max_chars: int = 65536
 
 
 class TextModality(Modality):
@@ -85,6 +89,7 @@ class TextModality(Modality):
 
     # --- data ---------------------------------------------------------------------
     def load(self, path: str) -> str:
+        require_file(path)
         try:
             with open(path, encoding="utf-8") as f:
                 return f.read().strip()
@@ -100,6 +105,10 @@ class TextModality(Modality):
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
         if not isinstance(raw, str):
             raise InvalidSample(f"text must be a string, got {type(raw).__name__}")
+        if not raw.strip():
+            raise InvalidSample("empty text")
+        if len(raw) > self.config.max_chars:
+            raise InvalidSample(f"text is {len(raw)} characters long, over max_chars={self.config.max_chars}")
         return self._tokenize_one(raw).clone()
 
     def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:

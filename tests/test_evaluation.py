@@ -47,6 +47,10 @@ def test_classification_csv_errors_name_the_row(tmp_path):
     bad.write_text("filename,label\nx.wav,1\n")
     with pytest.raises(EvaluationError, match=r"missing columns \['category', 'target'\]"):
         classification_csv_set(bad)
+    not_a_number = _esc50(tmp_path / "second", [("a.wav", 1, "dog"), ("b.wav", "two", "cat")])
+    assert classification_csv_set(not_a_number).skipped == 1  # a row, not the set
+    with pytest.raises(EvaluationError, match=r"row 3: target 'two' is not an integer"):
+        classification_csv_set(not_a_number, on_error="fail")
 
 
 def _pretrain_two_steps(out: Path, config: str) -> Path:
@@ -119,7 +123,9 @@ def test_graph_file_set_reads_string_and_integer_labels(tmp_path):
         graph_file_set(numbered, ["only"])
     unlabelled = _graph_records(tmp_path / "u.jsonl", [ring])
     with pytest.raises(EvaluationError, match="u.jsonl line 1: no usable 'label'"):
-        graph_file_set(unlabelled)
+        graph_file_set(unlabelled, on_error="fail")
+    with pytest.raises(EvaluationError, match=r"u.jsonl: no graph with a readable label \(1 skipped\)"):
+        graph_file_set(unlabelled)  # skipped, and then nothing is left
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 builder that makes one stream per objective from a run config, and evaluation sets.
 
     stream.py     Stream, the Source protocol, SourceKind (what a registered kind provides), DataError
+    bad_input.py  SkipLog: bad samples counted and logged, or refused, in training and evaluation alike
     world.py      WorldSource, CaptionSource, RenderPool: the embedded world
     files.py      CsvSource, FolderSource, TextCorpusSource: files on disk
     graphs.py     GraphSource and the graph file formats (JSONL, saved PyG Data)

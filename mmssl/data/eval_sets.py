@@ -4,14 +4,14 @@ the modality's ``transform`` reads, as training sources are."""
 
 from __future__ import annotations
 
-import csv
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from mmssl.config import WorldConfig
-from mmssl.data.graphs import BadRecord, read_graph_file, record_field
+from mmssl.data.bad_input import BadRecord, SkipLog
+from mmssl.data.files import read_csv
+from mmssl.data.graphs import read_graph_file, record_field
 from mmssl.data.shards import ShardSource, expand_shards
 from mmssl.data.stream import DataError
 from mmssl.model import MultimodalModel
@@ -19,7 +19,6 @@ from mmssl.seeding import sample_rng
 from mmssl.world import World, world_for
 from modalities.base import InvalidSample, Modality, modality_roles
 
-log = logging.getLogger(__name__)
 CLASS_NAMES_FILE = "classnames.txt"  # clip_benchmark's name, beside the shards or one folder up
 
 
@@ -52,7 +51,26 @@ class LabelledSet:
     attribute_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # "train" / "test" per item where the dataset fixes a split (for linear probes).
     splits: list[str] = field(default_factory=list)
-    skipped: int = 0  # samples left out while reading the set (their label could not be read)
+    skipped: int = 0  # samples left out while reading the set (their row or label could not be read)
+
+
+def set_skips(path: str | Path, on_error: str) -> SkipLog:
+    """The SkipLog of reading evaluation set ``path``: rows or labels that cannot be read."""
+    return SkipLog(f"evaluation set {path}", on_error, EvaluationError)
+
+
+def read_eval_csv(path: Path, columns: Sequence[str], layout: str) -> tuple[list[dict[str, str] | BadRecord], list[str]]:
+    """Records and their names of an evaluation CSV that must have ``columns``."""
+    try:
+        header, records, where = read_csv(path)
+    except DataError as exc:
+        raise EvaluationError(str(exc)) from None
+    missing = sorted(c for c in columns if c not in header)
+    if missing:
+        raise EvaluationError(f"{path}: missing columns {missing} (columns: {header}); {layout}")
+    if not records:
+        raise EvaluationError(f"{path}: no data rows")
+    return records, where
 
 
 def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldConfig) -> LabelledSet:
@@ -98,72 +116,79 @@ def folder_set(root: str | Path, extensions: Sequence[str]) -> LabelledSet:
     return LabelledSet(items, labels, names, list(items), source=f"folder:{root}")
 
 
-def classification_csv_set(path: str | Path) -> LabelledSet:
+def classification_csv_set(path: str | Path, on_error: str = "skip") -> LabelledSet:
     """A classification CSV in ESC-50's layout: columns ``filename``, ``target`` (class
     index), ``category`` (class name, '_' as space). Files are looked up beside the CSV,
-    then in ``../audio/`` (ESC-50 keeps meta/esc50.csv and audio/*.wav)."""
+    then in ``../audio/`` (ESC-50 keeps meta/esc50.csv and audio/*.wav). A row that does
+    not parse, or whose target is not an integer, is a counted skip (or the error
+    under ``on_error: fail``); a target named by two categories is an error."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EvaluationError(f"classification CSV not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"filename", "target", "category"} - set(reader.fieldnames or [])
-        if missing:
-            raise EvaluationError(f"{path}: missing columns {sorted(missing)} (ESC-50 layout: filename,target,category)")
-        rows = list(reader)
-    if not rows:
-        raise EvaluationError(f"{path}: no data rows")
+    records, names_of = read_eval_csv(path, ("filename", "target", "category"), "ESC-50 layout: filename,target,category")
+    skips = set_skips(path, on_error)
+    rows: list[tuple[dict[str, str], int, str]] = []
     names: dict[int, str] = {}
-    for i, row in enumerate(rows):
+    for record, name in zip(records, names_of):
+        if isinstance(record, BadRecord):
+            skips.add(name, record.reason)
+            continue
         try:
-            target = int(row["target"])
+            target = int(record["target"])
         except ValueError:
-            raise EvaluationError(f"{path} row {i + 2}: target {row['target']!r} is not an integer") from None
-        category = row["category"].replace("_", " ")
+            skips.add(name, f"target {record['target']!r} is not an integer")
+            continue
+        category = record["category"].replace("_", " ")
         if names.setdefault(target, category) != category:
-            raise EvaluationError(f"{path} row {i + 2}: target {target} is '{category}' here but '{names[target]}' before")
+            raise EvaluationError(f"{name}: target {target} is '{category}' here but '{names[target]}' before")
+        rows.append((record, target, name))
+    if not rows:
+        raise EvaluationError(f"{path}: no usable rows ({skips.count} skipped)")
     index = {t: i for i, t in enumerate(sorted(names))}
     roots = [path.parent, path.parent.parent / "audio"]
     items, labels, where = [], [], []
-    for i, row in enumerate(rows):
-        found = next((r / row["filename"] for r in roots if (r / row["filename"]).is_file()), path.parent / row["filename"])
+    for record, target, name in rows:
+        found = next((r / record["filename"] for r in roots if (r / record["filename"]).is_file()), path.parent / record["filename"])
         items.append(str(found))
-        labels.append(index[int(row["target"])])
-        where.append(f"{path} row {i + 2} ({found})")
-    return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"csv:{path}")
+        labels.append(index[target])
+        where.append(f"{name} ({found})")
+    return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"csv:{path}", skipped=skips.count)
 
 
-def pairs_set(path: str | Path, file_column: str = "filepath", caption_column: str = "title") -> LabelledSet:
+def pairs_set(path: str | Path, file_column: str = "filepath", caption_column: str = "title", on_error: str = "skip") -> LabelledSet:
     """Paired data for retrieval: a CSV of file and caption columns (open_clip's layout,
     files relative to the CSV's folder). Rows naming the same file are several captions
-    of one item. No labels: classification and probes need a labelled set."""
+    of one item. No labels: classification and probes need a labelled set. A row that
+    does not parse or has an empty cell is a counted skip, as in training (or the error
+    under ``on_error: fail``)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EvaluationError(f"paired CSV not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in (file_column, caption_column) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise EvaluationError(
-                f"{path}: no column {missing[0]!r} (columns: {reader.fieldnames}); name them with --file-column / --caption-column"
-            )
-        rows = list(reader)
+    records, names = read_eval_csv(
+        path, (file_column, caption_column), "name them with --file-column / --caption-column"
+    )
+    skips = set_skips(path, on_error)
     items: list[str] = []
     where: list[str] = []
     index: dict[str, int] = {}
     data = LabelledSet(items, [], [], where, source=f"pairs:{path}")
-    for i, row in enumerate(rows):
-        file, caption = (row[file_column] or "").strip(), (row[caption_column] or "").strip()
+    for record, name in zip(records, names):
+        if isinstance(record, BadRecord):
+            skips.add(name, record.reason)
+            continue
+        file, caption = record[file_column].strip(), record[caption_column].strip()
         if not file or not caption:
-            raise EvaluationError(f"{path} row {i + 2}: empty {file_column if not file else caption_column!r}")
+            skips.add(name, f"empty '{file_column if not file else caption_column}' cell")
+            continue
         if file not in index:
             index[file] = len(items)
             items.append(str(path.parent / file))
-            where.append(f"{path} row {i + 2} ({path.parent / file})")
+            where.append(f"{name} ({path.parent / file})")
         data.captions.append(caption)
         data.caption_owners.append(index[file])
     if not items:
-        raise EvaluationError(f"{path}: no data rows")
+        raise EvaluationError(f"{path}: no usable rows ({skips.count} skipped)")
+    data.skipped = skips.count
     return data
 
 
@@ -219,27 +244,36 @@ def read_templates(path: str | Path) -> list[str]:
     return templates
 
 
-def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None) -> LabelledSet:
+def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None, on_error: str = "skip") -> LabelledSet:
     """A labelled graph file (JSONL or a saved list of Data, see ``mmssl.data.graphs``).
 
     Labels are class names (strings) or indices into ``class_names`` (needed then);
     ``y`` of a Data is an index. When every record has a ``text`` caption, retrieval
     pairs each graph with its own caption; a ``split`` field fixes linear-probe splits.
+    A line that is not a JSON object, or a record without a usable label, is a counted
+    skip, as in training (or the error under ``on_error: fail``).
     """
     try:
-        records, where = read_graph_file(path)
-    except Exception as exc:  # DataError
+        all_records, all_where = read_graph_file(path)
+    except DataError as exc:
         raise EvaluationError(str(exc)) from None
-    raw_labels = []
-    for record, name in zip(records, where):
+    skips = set_skips(path, on_error)
+    records, where, raw_labels = [], [], []
+    for record, name in zip(all_records, all_where):
         if isinstance(record, BadRecord):
-            raise EvaluationError(f"{name}: {record.reason}")
+            skips.add(name, record.reason)
+            continue
         label = record_field(record, "label")
         if label is None or isinstance(label, bool) or not isinstance(label, (int, str)):
-            raise EvaluationError(f"{name}: no usable 'label' (got {label!r}); need a class name or index")
+            skips.add(name, f"no usable 'label' (got {label!r}); need a class name or index")
+            continue
+        records.append(record)
+        where.append(name)
         raw_labels.append(label)
+    if not records:
+        raise EvaluationError(f"{path}: no graph with a readable label ({skips.count} skipped)")
     names, labels = resolve_labels(raw_labels, where, class_names, path)
-    data = LabelledSet(list(records), labels, names, list(where), source=f"graphs:{path}")
+    data = LabelledSet(records, labels, names, where, source=f"graphs:{path}", skipped=skips.count)
     texts = [record_field(r, "text") for r in records]
     if all(isinstance(t, str) and t.strip() for t in texts):
         data.captions = list(texts)
@@ -293,29 +327,27 @@ def shard_set(path: str, modality: Modality, class_names: Sequence[str] | None =
         source = ShardSource(shards, {modality.key: modality})
     except DataError as exc:
         raise EvaluationError(str(exc)) from None
-    kept, raw_labels, where, captions, skipped = [], [], [], [], 0
+    kept, raw_labels, where, captions = [], [], [], []
+    skips = set_skips(path, on_error)
     for index in range(len(source)):
         try:
             label, caption = _shard_label(source, index), source.caption(index)
         except InvalidSample as exc:
-            if on_error == "fail":
-                raise EvaluationError(f"bad sample {exc.source}: {exc.reason}") from None
-            skipped += 1
-            log.warning("skipped bad sample %s: %s", exc.source, exc.reason)
+            skips.add(exc.source or source.where(index), exc.reason)
             continue
         kept.append(index)
         raw_labels.append(label)
         captions.append(caption)
         where.append(source.where(index))
     if not kept:
-        raise EvaluationError(f"shard set {path}: no sample with a readable label ({skipped} skipped)")
+        raise EvaluationError(f"shard set {path}: no sample with a readable label ({skips.count} skipped)")
     if class_names is None:
         folders = (shards[0].parent, shards[0].parent.parent)
         found = next((f / CLASS_NAMES_FILE for f in folders if (f / CLASS_NAMES_FILE).is_file()), None)
         if found is not None and not all(isinstance(label, str) for label in raw_labels):
             class_names = read_class_names(found)
     names, labels = resolve_labels(raw_labels, where, class_names, path)
-    data = LabelledSet(ShardItems(source, kept, modality), labels, names, where, source=f"shards:{path}", skipped=skipped)
+    data = LabelledSet(ShardItems(source, kept, modality), labels, names, where, source=f"shards:{path}", skipped=skips.count)
     if all(captions):
         data.captions = list(captions)
         data.caption_owners = list(range(len(kept)))
@@ -350,13 +382,13 @@ def load_eval_set(
     elif kind == "folder" and path:
         data = folder_set(path, encoder.file_extensions)
     elif kind == "csv" and path:
-        data = classification_csv_set(path)
+        data = classification_csv_set(path, on_error)
     elif kind == "graphs" and path:
-        return graph_file_set(path, class_names)
+        return graph_file_set(path, class_names, on_error)
     elif kind == "shards" and path:
         return shard_set(path, encoder, class_names, on_error)
     elif kind == "pairs" and path:
-        return pairs_set(path, *columns)
+        return pairs_set(path, *columns, on_error=on_error)
     else:
         raise EvaluationError(
             f"unknown --data '{spec}': use 'world', 'folder:PATH', 'csv:PATH', 'graphs:PATH', 'shards:PATH' or 'pairs:PATH'"

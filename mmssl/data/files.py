@@ -11,28 +11,86 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mmssl.config import ConfigError
+from mmssl.data.bad_input import TEXT_ENCODING, BadRecord, undecodable
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from mmssl.registry import closest
 from modalities.base import InvalidSample, Modality
 
 
+def require_data_file(path: Path, what: str) -> None:
+    """Fail at start, naming ``path``, when a source's file is missing or not a file."""
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+
+
+def read_csv(path: str | Path, separator: str = ",") -> tuple[list[str], list[dict[str, str] | BadRecord], list[str]]:
+    """(header, records, where) of a CSV file. A row that does not parse (a quoting
+    error, a field over the csv module's size limit, bytes that are not UTF-8, more or
+    fewer fields than the header) becomes a ``BadRecord`` in its place, so that row
+    alone is skipped or refused when drawn; ``where[i]`` names record i ("file row 7",
+    with its lines when it spans several). A file whose header cannot be read fails.
+
+    Rows are parsed strictly: a quote that opens a field but never closes would
+    otherwise swallow every row after it into one field without a word.
+    """
+    path = Path(path)
+    require_data_file(path, "CSV file")
+    records: list[dict[str, str] | BadRecord] = []
+    where: list[str] = []
+    # utf-8-sig: a byte-order mark (as Excel writes) is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f, delimiter=separator, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise DataError(f"{path}: cannot read the header row: {exc}") from None
+        if header is None:
+            raise DataError(f"{path}: empty file (no header row)")
+        if undecodable("".join(header)):
+            raise DataError(f"{path}: header row is {undecodable(''.join(header))}")
+        lines = reader.line_num
+        while True:
+            first = lines + 1
+            try:
+                row = next(reader)
+                if not row:
+                    lines = reader.line_num
+                    continue  # a blank line is no row
+                problem = undecodable("".join(row))
+                if problem is None and len(row) != len(header):
+                    problem = (f"row has {len(row)} fields, the header {len(header)} "
+                               f"{'(a separator in an unquoted cell?)' if len(row) > len(header) else '(missing cells)'}")
+                record: dict[str, str] | BadRecord = BadRecord(problem) if problem else dict(zip(header, row))
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                reason = str(exc)
+                if reason == "unexpected end of data":
+                    reason = "a quoted field is never closed: it runs to the end of the file"
+                record = BadRecord(f"not valid CSV: {reason}")
+            lines = reader.line_num
+            records.append(record)
+            span = f" (lines {first}-{lines})" if lines > first else ""
+            where.append(f"{path} row {len(records) + 1}{span}")
+    return header, records, where
+
+
 class TextCorpusSource:
     """A text corpus: a .txt file (one document per non-empty line) or JSONL (one object
     per line, the text under ``field``). Lines are parsed when drawn, so a bad record
-    is a counted skip (or an error) naming its line, not a failure at start-up."""
+    (not JSON, not UTF-8) is a counted skip (or an error) naming its line, not a
+    failure at start-up."""
 
     def __init__(self, path: str | Path, modality: Modality, field: str = "text") -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"text corpus not found: {self.path}")
+        require_data_file(self.path, "text corpus")
         self.jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson")
         self.field = field
         self.modality = modality
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                self.lines = [(n, line.rstrip("\n")) for n, line in enumerate(f, start=1) if line.strip()]
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{self.path}: not UTF-8 text: {exc}") from None
+        with open(self.path, **TEXT_ENCODING) as f:
+            self.lines = [(n, line.rstrip("\n")) for n, line in enumerate(f, start=1) if line.strip()]
         if not self.lines:
             raise DataError(f"{self.path}: no non-empty lines")
 
@@ -41,12 +99,17 @@ class TextCorpusSource:
 
     def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         _, line = self.lines[index]
+        problem = undecodable(line)
+        if problem is not None:
+            raise InvalidSample(problem, source=self.where(index))
         if not self.jsonl:
             return {self.modality.key: line.strip()}
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidSample(f"not valid JSON: {exc.msg} (column {exc.colno})", source=self.where(index)) from None
+        except RecursionError:
+            raise InvalidSample("not valid JSON: nested too deeply", source=self.where(index)) from None
         if not isinstance(record, dict) or self.field not in record:
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise InvalidSample(f"no '{self.field}' field (has {keys})", source=self.where(index))
@@ -68,18 +131,14 @@ class CsvSource:
 
     def __init__(self, path: str | Path, columns: Mapping[str, str], modalities: Mapping[str, Modality], separator: str = ",") -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"CSV file not found: {self.path}")
-        with open(self.path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter=separator)
-            header = list(reader.fieldnames or [])
-            for modality, column in columns.items():
-                if column not in header:
-                    raise DataError(
-                        f"{self.path}: no column '{column}' (for modality '{modality}').{closest(column, header)} "
-                        f"Columns: {header}"
-                    )
-            self.rows = [{m: row[c] for m, c in columns.items()} for row in reader]
+        header, records, self.names = read_csv(self.path, separator)
+        for modality, column in columns.items():
+            if column not in header:
+                raise DataError(
+                    f"{self.path}: no column '{column}' (for modality '{modality}').{closest(column, header)} "
+                    f"Columns: {header}"
+                )
+        self.rows = [r if isinstance(r, BadRecord) else {m: r[c] for m, c in columns.items()} for r in records]
         if not self.rows:
             raise DataError(f"{self.path}: no data rows")
         self.columns = dict(columns)
@@ -91,11 +150,13 @@ class CsvSource:
 
     def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         row = self.rows[index]
+        if isinstance(row, BadRecord):
+            raise InvalidSample(row.reason, source=self.where(index))
         item: dict[str, Any] = {}
         for name in self.columns:
             modality = self.modalities[name]
             value = row[name]
-            if value is None or value == "":
+            if not value.strip():
                 raise InvalidSample(f"empty '{self.columns[name]}' cell", source=self.where(index))
             if modality.consumes_captions:
                 item[name] = value
@@ -103,11 +164,16 @@ class CsvSource:
                 try:
                     item[name] = modality.load(str(self.root / value))
                 except InvalidSample as exc:
-                    raise InvalidSample(exc.reason, source=f"{self.where(index)} ({exc.source})") from None
+                    raise InvalidSample(exc.reason, source=self.where(index)) from None
         return item
 
     def where(self, index: int) -> str:
-        return f"{self.path} row {index + 2}"  # +1 header, +1 one-based
+        """The row, and the files it names: what a transform refuses is named by both."""
+        row = self.rows[index]
+        if isinstance(row, BadRecord):
+            return self.names[index]
+        files = [str(self.root / row[n]) for n in self.columns if not self.modalities[n].consumes_captions and row[n].strip()]
+        return f"{self.names[index]} ({', '.join(files)})" if files else self.names[index]
 
 
 class FolderSource:
@@ -116,9 +182,10 @@ class FolderSource:
     def __init__(self, root: str | Path, modality: Modality) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(f"data folder not found: {self.root}")
+            raise DataError(f"data folder {'is a file, not a folder' if self.root.is_file() else 'not found'}: {self.root}")
         extensions = tuple(modality.file_extensions)
-        self.files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        # links count too, broken or looping ones included: reading them is a skip naming them
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in extensions and (p.is_symlink() or p.is_file()))
         if not self.files:
             raise DataError(f"{self.root}: no {modality.key} files ({', '.join(extensions)})")
         self.modality = modality

@@ -26,6 +26,8 @@ from torch_geometric.data import Data
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 
+from mmssl.data.bad_input import TEXT_ENCODING, BadRecord, undecodable
+from mmssl.data.files import require_data_file
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from modalities.base import InvalidSample, Modality, modality_roles
 
@@ -33,19 +35,11 @@ from modalities.base import InvalidSample, Modality, modality_roles
 _SAFE_GLOBALS = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
 
 
-class BadRecord:
-    """A record that could not be read (bad JSON line); raised as InvalidSample on use."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 def read_graph_file(path: str | Path) -> tuple[list[Any], list[str]]:
     """(records, where) of a ``.jsonl`` or ``.pt`` graph file. Records are dicts,
     ``Data`` objects or ``BadRecord``; ``where[i]`` names record i ("file line 7")."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"graph file not found: {path}")
+    require_data_file(path, "graph file")
     if path.suffix.lower() == ".pt":
         try:
             with torch.serialization.safe_globals(_SAFE_GLOBALS):
@@ -57,14 +51,17 @@ def read_graph_file(path: str | Path) -> tuple[list[Any], list[str]]:
         return list(graphs), [f"{path} graph {i}" for i in range(len(graphs))]
     records: list[Any] = []
     where: list[str] = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, **TEXT_ENCODING) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            problem = undecodable(line)
             try:
-                record = json.loads(line)
+                record = BadRecord(problem) if problem else json.loads(line)
             except json.JSONDecodeError as exc:
                 record = BadRecord(f"not valid JSON: {exc.msg} at column {exc.colno}")
+            except RecursionError:
+                record = BadRecord("not valid JSON: nested too deeply")
             if not isinstance(record, (dict, BadRecord)):
                 record = BadRecord(f"expected a JSON object, got {type(record).__name__}")
             records.append(record)

@@ -229,7 +229,7 @@ class ShardSource:
     def _json(data: bytes, where: str) -> dict[str, Any]:
         try:
             record = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise InvalidSample(f"not valid JSON: {exc}", source=where) from None
         if not isinstance(record, dict):
             raise InvalidSample(f"JSON member is a {type(record).__name__}, not an object", source=where)

@@ -6,14 +6,15 @@ index)``, and a batch is built whole by one worker, so the batches do not depend
 the number of workers and a resumed stream continues with exactly the batch it
 would have produced. Bad samples (``InvalidSample``) are counted, logged and
 dropped from their batch, or raise ``DataError`` naming the sample when the stream
-is configured with ``on_error: fail``.
+is configured with ``on_error: fail`` (``SkipLog``, shared with evaluation). Workers
+only report them: the count, the log and the error belong to the training process,
+so an error is one line there, not a worker's wrapped traceback.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
@@ -23,11 +24,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmssl.config import ConfigError
+from mmssl.data.bad_input import SkipLog
 from mmssl.seeding import sample_rng
 from modalities.base import InvalidSample, Modality
 from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
-
-log = logging.getLogger(__name__)
 
 
 class DataError(RuntimeError):
@@ -165,10 +165,9 @@ class StreamBatches(Dataset):
                 transformed = {name: s.modalities[name].transform(raw[name], rng) for name in s.modalities}
                 extra = s.prepare(transformed, choices)
             except InvalidSample as exc:
-                where = exc.source or s.source.where(index)
+                skipped.append((exc.source or s.source.where(index), exc.reason))
                 if s.on_error == "fail":
-                    raise DataError(f"stream '{s.name}': bad sample at {where}: {exc.reason}") from None
-                skipped.append((where, exc.reason))
+                    break  # the training process raises for it; the rest of the batch is not needed
                 continue
             for name, sample in transformed.items():
                 samples[name].append(sample)
@@ -176,7 +175,7 @@ class StreamBatches(Dataset):
                 codes[name].append(c)
             for key, value in extra.items():
                 extras[key].append(value)
-        if not samples:
+        if not samples or skipped and s.on_error == "fail":
             return BuiltBatch(None, 0, skipped, epoch, b)
         data: dict[str, Any] = {name: s.modalities[name].collate(samples[name]) for name in s.modalities}
         if codes:
@@ -276,8 +275,7 @@ class Stream:
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
         self.samples = 0
-        self.skipped = 0
-        self.skip_reasons: collections.Counter[str] = collections.Counter()
+        self.bad = SkipLog(f"stream '{name}'", on_error, DataError)
         self.wait_seconds = 0.0
         self._iterator: Iterator[BuiltBatch] | None = None
 
@@ -289,7 +287,7 @@ class Stream:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self.samples = int(state.get("samples", 0))
-        self.skipped = int(state.get("skipped", 0))
+        self.bad.count = int(state.get("skipped", 0))
         self._iterator = None
 
     # --- iteration --------------------------------------------------------------------
@@ -320,15 +318,21 @@ class Stream:
                 self.wait_seconds += time.perf_counter() - start
                 return built.data
 
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far, each draw counted."""
+        return self.bad.count
+
+    @property
+    def skip_reasons(self) -> collections.Counter[str]:
+        return self.bad.reasons
+
     def _account(self, built: BuiltBatch) -> None:
         self.samples += built.size
         if not built.skipped:
             return
         for where, reason in built.skipped:
-            self.skipped += 1
-            self.skip_reasons[reason] += 1
-            if self.skipped <= 10 or self.skipped % 100 == 0:
-                log.warning("stream '%s': skipped bad sample %s: %s (%d skipped so far)", self.name, where, reason, self.skipped)
+            self.bad.add(where, reason)  # raises DataError under on_error: fail
         lost = len(built.skipped) / (built.size + len(built.skipped))
         if lost > self.max_skip_fraction:
             raise DataError(

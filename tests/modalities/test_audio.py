@@ -271,19 +271,24 @@ def test_bad_files_are_invalid_samples_naming_the_file(tmp_path, name, write, re
     assert err.value.source == str(path) and name in str(err.value)
 
 
-def test_truncated_wav_reads_the_part_that_is_there(tmp_path):
-    # Observed with libsndfile 1.2: a wav cut in half is not an error; the header's length
-    # is corrected to the data present and the first half of the samples is decoded.
+def test_truncated_wav_is_refused_and_a_streamed_one_read(tmp_path):
+    # libsndfile decodes a WAV cut in half without an error (the first half of the
+    # samples); its header log says the data chunk is short, and that makes it a bad sample.
     audio = _audio()
     wave = _sine(440, RATE, 1.0)
     path = tmp_path / "truncated.wav"
     soundfile.write(path, wave, RATE)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InvalidSample, match=r"truncated: the header declares 32000 bytes of audio data, the file holds 15978"):
+        audio.load(str(path))
+    # a WAV streamed to a pipe declares 0xFFFFFFFF bytes (length unknown): not cut, read whole
+    streamed = bytearray(whole)
+    streamed[4:8] = streamed[40:44] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(streamed))
     data, rate = audio.load(str(path))
-    assert rate == RATE and data.dtype == np.float32 and data.shape[1] == 1
-    assert 7900 < data.shape[0] < 8100
-    assert np.allclose(data[:, 0], wave[: data.shape[0]], atol=1e-4)  # 16-bit PCM of the original prefix
-    assert audio.waveform(str(path)).shape == (data.shape[0],)
+    assert rate == RATE and data.shape == (RATE, 1)
+    assert np.allclose(data[:, 0], wave, atol=1e-4)
 
 
 def test_file_length_limit_counts_seconds(tmp_path):
