@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mmssl.checkpoint import CheckpointError
 from mmssl.config import ConfigError, TrainConfig
 from mmssl.model import build_model
 from mmssl.optim import build_optimizer, build_scheduler, lr_factor
@@ -72,10 +73,10 @@ def test_lr_scale_names_unknown_owner_and_bad_scale(tiny_config):
 def test_resume_with_other_lr_or_lr_scale_is_refused_by_name(tiny_config, tmp_path):
     Pretrainer(tiny_config("train.steps=2"), tmp_path).fit()
     again = Pretrainer(tiny_config("train.steps=4", "train.lr_scale={text: 0.5}"), tmp_path)
-    with pytest.raises(ValueError, match=r"step_0+2.*start at lr.*train\.lr_scale"):
+    with pytest.raises(CheckpointError, match=r"step_0+2.*start at lr.*train\.lr_scale"):
         again.maybe_resume()
     same_groups = Pretrainer(tiny_config("train.steps=4", "train.lr=0.001"), tmp_path)
-    with pytest.raises(ValueError, match=r"step_0+2.*\[0\.002, 0\.002\].*\[0\.001, 0\.001\]"):
+    with pytest.raises(CheckpointError, match=r"step_0+2.*\[0\.002, 0\.002\].*\[0\.001, 0\.001\]"):
         same_groups.maybe_resume()
 
 
