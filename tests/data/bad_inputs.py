@@ -35,7 +35,8 @@ class Case:
 
     Attributes:
         layout: the source that reads it: image_csv, audio_csv, audio_folder, text_jsonl,
-            text_txt, graphs, graph_text or shards.
+            text_txt, graphs, graphs_x (a graph modality with in_features=1), graph_text
+            or shards.
         path: the file or folder the source reads.
         where: regex of the bad item's name in messages (file and row/line/key).
         reason: regex of what was wrong.
