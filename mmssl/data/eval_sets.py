@@ -62,15 +62,15 @@ def set_skips(path: str | Path, on_error: str) -> SkipLog:
 def read_eval_csv(path: Path, columns: Sequence[str], layout: str) -> tuple[list[dict[str, str] | BadRecord], list[str]]:
     """Records and their names of an evaluation CSV that must have ``columns``."""
     try:
-        header, records, where = read_csv(path)
+        rows = read_csv(path)
     except DataError as exc:
         raise EvaluationError(str(exc)) from None
-    missing = sorted(c for c in columns if c not in header)
+    missing = sorted(c for c in columns if c not in rows.header)
     if missing:
-        raise EvaluationError(f"{path}: missing columns {missing} (columns: {header}); {layout}")
-    if not records:
+        raise EvaluationError(f"{path}: missing columns {missing} (columns: {rows.header}); {layout}")
+    if not rows.records:
         raise EvaluationError(f"{path}: no data rows")
-    return records, where
+    return rows.records, [rows.where(i) for i in range(len(rows.records))]
 
 
 def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldConfig) -> LabelledSet:

@@ -25,20 +25,35 @@ def require_data_file(path: Path, what: str) -> None:
         raise DataError(f"{what} not found: {path}")
 
 
-def read_csv(path: str | Path, separator: str = ",") -> tuple[list[str], list[dict[str, str] | BadRecord], list[str]]:
-    """(header, records, where) of a CSV file. A row that does not parse (a quoting
-    error, a field over the csv module's size limit, bytes that are not UTF-8, more or
-    fewer fields than the header) becomes a ``BadRecord`` in its place, so that row
-    alone is skipped or refused when drawn; ``where[i]`` names record i ("file row 7",
-    with its lines when it spans several). A file whose header cannot be read fails.
+@dataclass
+class CsvRows:
+    """The rows of a CSV file: dicts by column, or a ``BadRecord`` in a row's place."""
+
+    path: Path
+    header: list[str]
+    records: list[dict[str, str] | BadRecord]
+    # records whose lines are not their row number (after blank lines, or spanning several)
+    lines: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, index: int) -> str:
+        """Record ``index`` by row ("file row 7", the header being row 1), with its lines
+        where they differ from the row number."""
+        first, last = self.lines.get(index, (index + 2, index + 2))
+        at = "" if first == last == index + 2 else f" (line {first})" if first == last else f" (lines {first}-{last})"
+        return f"{self.path} row {index + 2}{at}"
+
+
+def read_csv(path: str | Path, separator: str = ",") -> CsvRows:
+    """The rows of a CSV file. A row that does not parse (a quoting error, a field over
+    the csv module's size limit, bytes that are not UTF-8, more or fewer fields than the
+    header) becomes a ``BadRecord`` in its place, so that row alone is skipped or
+    refused when drawn. A file whose header cannot be read fails.
 
     Rows are parsed strictly: a quote that opens a field but never closes would
     otherwise swallow every row after it into one field without a word.
     """
     path = Path(path)
     require_data_file(path, "CSV file")
-    records: list[dict[str, str] | BadRecord] = []
-    where: list[str] = []
     # utf-8-sig: a byte-order mark (as Excel writes) is not part of the first column's name
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter=separator, strict=True)
@@ -50,6 +65,7 @@ def read_csv(path: str | Path, separator: str = ",") -> tuple[list[str], list[di
             raise DataError(f"{path}: empty file (no header row)")
         if undecodable("".join(header)):
             raise DataError(f"{path}: header row is {undecodable(''.join(header))}")
+        rows = CsvRows(path, header, [])
         lines = reader.line_num
         while True:
             first = lines + 1
@@ -71,10 +87,10 @@ def read_csv(path: str | Path, separator: str = ",") -> tuple[list[str], list[di
                     reason = "a quoted field is never closed: it runs to the end of the file"
                 record = BadRecord(f"not valid CSV: {reason}")
             lines = reader.line_num
-            records.append(record)
-            span = f" (lines {first}-{lines})" if lines > first else ""
-            where.append(f"{path} row {len(records) + 1}{span}")
-    return header, records, where
+            if not first == lines == len(rows.records) + 2:
+                rows.lines[len(rows.records)] = (first, lines)
+            rows.records.append(record)
+    return rows
 
 
 class TextCorpusSource:
@@ -131,14 +147,16 @@ class CsvSource:
 
     def __init__(self, path: str | Path, columns: Mapping[str, str], modalities: Mapping[str, Modality], separator: str = ",") -> None:
         self.path = Path(path)
-        header, records, self.names = read_csv(self.path, separator)
+        self.csv = read_csv(self.path, separator)
+        header = self.csv.header
         for modality, column in columns.items():
             if column not in header:
                 raise DataError(
                     f"{self.path}: no column '{column}' (for modality '{modality}').{closest(column, header)} "
                     f"Columns: {header}"
                 )
-        self.rows = [r if isinstance(r, BadRecord) else {m: r[c] for m, c in columns.items()} for r in records]
+        self.rows = [r if isinstance(r, BadRecord) else {m: r[c] for m, c in columns.items()} for r in self.csv.records]
+        self.csv.records = []  # the rows above keep the columns in use
         if not self.rows:
             raise DataError(f"{self.path}: no data rows")
         self.columns = dict(columns)
@@ -170,10 +188,11 @@ class CsvSource:
     def where(self, index: int) -> str:
         """The row, and the files it names: what a transform refuses is named by both."""
         row = self.rows[index]
+        name = self.csv.where(index)
         if isinstance(row, BadRecord):
-            return self.names[index]
+            return name
         files = [str(self.root / row[n]) for n in self.columns if not self.modalities[n].consumes_captions and row[n].strip()]
-        return f"{self.names[index]} ({', '.join(files)})" if files else self.names[index]
+        return f"{name} ({', '.join(files)})" if files else name
 
 
 class FolderSource:

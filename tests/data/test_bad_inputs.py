@@ -261,3 +261,14 @@ def test_ten_percent_bad_run_completes_and_counts_every_skip(tmp_path, caplog):
     assert len(captions) == 40 - len(bad)  # retrieval runs over the usable items' own captions
     retrieval = caption_retrieval(model, "audio", "text", data, emb, kept, "audio_text")
     assert set(retrieval) == {"audio_to_text", "text_to_audio"}
+
+
+def test_csv_rows_are_named_by_row_and_by_their_lines_where_these_differ(tmp_path):
+    from mmssl.data.bad_input import BadRecord
+    from mmssl.data.files import read_csv
+
+    path = tmp_path / "t.csv"
+    path.write_text('a,b\n1,x\n\n2,"two\nlines"\n3,"open\n')
+    rows = read_csv(path)
+    assert [rows.where(i) for i in range(3)] == [f"{path} row 2", f"{path} row 3 (lines 4-5)", f"{path} row 4 (line 6)"]
+    assert rows.records[1] == {"a": "2", "b": "two\nlines"} and isinstance(rows.records[2], BadRecord)
