@@ -35,9 +35,11 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 class ImageViews:
     """The augmentations of ``augment`` (view-contrastive learning), on top of the
     training transform. The world's image classes are colour x shape, so a view may
-    change a colour's brightness and contrast but never its hue or saturation (SimCLR's
-    hue jitter and random greyscale would turn a red shape orange or grey); it may
-    crop, flip left-right (every shape of the world is mirror-symmetric) and blur.
+    change a colour's brightness and contrast but by default not its hue or saturation
+    (SimCLR's hue jitter and random greyscale would turn a red shape orange or grey:
+    after the world's own colour noise red and orange shapes lie about 10 degrees of hue
+    apart, so even ``hue: 0.02``, 7 degrees, lets them cross); it may crop, flip
+    left-right (every shape of the world is mirror-symmetric) and blur.
     """
 
     crop_scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop's area share

@@ -2,10 +2,12 @@
 
 One builder for the two head shapes every objective here uses: ``linear`` (one
 ``nn.Linear``) and ``mlp`` (``Linear(in, in) -> activation -> Linear(in, out)``, as
-SimCLR's projection head). Objectives differ only in the activation and whether the
+SimCLR's projection head; BYOL's heads add a BatchNorm before the activation).
+Objectives differ only in the activation, the hidden layer's norm and whether the
 output layer has a bias, so those are arguments; state-dict names (``weight`` for
-``linear``; ``0.*`` and ``2.*`` for ``mlp``) and the order in which layers are created
-(and so initialised from the seeded RNG) are the same for every caller.
+``linear``; ``0.*`` and ``2.*`` for ``mlp``, ``0.*``, ``1.*`` and ``3.*`` with a norm)
+and the order in which layers are created (and so initialised from the seeded RNG) are
+the same for every caller.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def projection_head(
     kind: HeadKind,
     activation: Callable[[], nn.Module] = nn.GELU,
     out_bias: bool = True,
+    norm: Callable[[int], nn.Module] | None = None,
 ) -> nn.Module:
     """A ``linear`` or ``mlp`` head from ``in_dim`` to ``out_dim``.
 
@@ -31,6 +34,8 @@ def projection_head(
         activation: the hidden layer's activation (``mlp`` only).
         out_bias: whether the output layer has a bias (contrastive heads have none,
             as CLIP's projections).
+        norm: a normalisation of the hidden layer before its activation, built from
+            its width (``nn.BatchNorm1d``, as BYOL's projector and predictor); ``mlp`` only.
 
     Shapes:
         input [..., in_dim] -> output [..., out_dim].
@@ -38,5 +43,6 @@ def projection_head(
     if kind == "linear":
         return nn.Linear(in_dim, out_dim, bias=out_bias)
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, in_dim), activation(), nn.Linear(in_dim, out_dim, bias=out_bias))
+        hidden = [nn.Linear(in_dim, in_dim), *([norm(in_dim)] if norm is not None else []), activation()]
+        return nn.Sequential(*hidden, nn.Linear(in_dim, out_dim, bias=out_bias))
     raise ValueError(f"Could not resolve head {kind!r} among choices ['linear', 'mlp']")

@@ -107,9 +107,12 @@ class ViewContrastiveObjective(Objective):
         # views are made and batched the way the modality makes and batches its samples
         self.augment = encoder.augment
         self.collate_views = encoder.collate
-        self.head = projection_head(encoder.embed_dim, config.embed_dim, config.head, activation=nn.ReLU)
+        # BYOL's projector and predictor normalise their hidden layer (BatchNorm, as the
+        # paper's): without it the tiny runs here collapsed (projection_std near 0)
+        norm = nn.BatchNorm1d if config.method == "byol" else None
+        self.head = projection_head(encoder.embed_dim, config.embed_dim, config.head, activation=nn.ReLU, norm=norm)
         if config.method == "byol":
-            self.predictor = projection_head(config.embed_dim, config.embed_dim, config.head, activation=nn.ReLU)
+            self.predictor = projection_head(config.embed_dim, config.embed_dim, config.head, activation=nn.ReLU, norm=norm)
             self.target_encoder = copy.deepcopy(encoder)
             self.target_head = copy.deepcopy(self.head)
             for p in (*self.target_encoder.parameters(), *self.target_head.parameters()):

@@ -120,6 +120,8 @@ def test_byol_target_moves_by_moving_average_only(tmp_path):
     target = [*objective.target_encoder.parameters(), *objective.target_head.parameters()]
     online = [*trainer.model.encoders["audio"].parameters(), *objective.head.parameters()]
     assert all(not p.requires_grad for p in target)
+    # BYOL's projector and predictor normalise their hidden layer, as the paper's
+    assert all(isinstance(h[1], torch.nn.BatchNorm1d) for h in (objective.head, objective.predictor, objective.target_head))
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in target}
     assert all(torch.equal(t, o) for t, o in zip(target, online))  # the target starts as a copy
