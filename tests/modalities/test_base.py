@@ -39,7 +39,9 @@ def test_roles_split_renderers_captioners_and_items():
 
 
 def test_capability_members_are_the_protocols_declared_members():
-    assert capability_members(PatchEncoder) == ["embed_dim", "grid", "patch_dim", "patchify", "patch_padding_mask"]
+    assert capability_members(PatchEncoder) == [
+        "embed_dim", "grid", "patch_dim", "patchify", "patch_targets", "patch_padding_mask"
+    ]
     assert set(capability_members(MaskableTokenEncoder)) == {
         "embed_dim", "vocab_size", "mask_token_id", "num_regular_tokens", "token_embedding", "bidirectional",
         "maskable_positions",
@@ -69,6 +71,9 @@ def test_missing_forward_argument_is_named():
 
         def patchify(self, values):
             return values
+
+        def patch_targets(self, batch):
+            return batch
 
         def patch_padding_mask(self, batch):
             return torch.zeros(1, 1, dtype=torch.bool)
