@@ -10,10 +10,12 @@ Public API:
     register_source
     list_modalities, list_objectives, list_sources
     World, world_for, sample_rng                 the embedded world and its seeded generators
+    finetune, FinetuneOptions                    a pretrained encoder + linear head on labelled data
 """
 
 from mmssl.checkpoint import Pretrained, load_checkpoint, load_pretrained
 from mmssl.config import ConfigError, RunConfig, config_from_dict, load_config
+from mmssl.finetune import FinetuneOptions, finetune
 from mmssl.model import MultimodalModel, build_model
 from mmssl.registry import (
     list_modalities,
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "FinetuneOptions",
     "MultimodalModel",
     "Pretrained",
     "Pretrainer",
@@ -38,6 +41,7 @@ __all__ = [
     "World",
     "build_model",
     "config_from_dict",
+    "finetune",
     "list_modalities",
     "list_objectives",
     "list_sources",

@@ -143,3 +143,49 @@ def plot_comparison(records: Sequence[dict[str, Any]], path: str | Path) -> None
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.45))
     _save(fig, path)
+
+
+def plot_learning_curve(records: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
+    """A fine-tune's training loss (left) and eval top-1 and mean per-class recall
+    (right) against the step."""
+    fig, (loss_ax, eval_ax) = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    for ax, keys in ((loss_ax, ("loss",)), (eval_ax, ("eval/top1", "eval/mean_per_class_recall", "eval/heldout_top1"))):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), lw=1.3, marker="." if ax is eval_ax else None, label=key.removeprefix("eval/"))
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    loss_ax.set_title("training loss (cross-entropy)", fontsize=9)
+    eval_ax.set_title("eval split", fontsize=9)
+    eval_ax.set_ylim(0, 1.02)
+    eval_ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_self_training(rounds: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
+    """Per self-training round: how many pseudo-labels were taken (left), and their
+    accuracy, mean precision, recall and F1 against the true labels with the eval top-1
+    of the round's model (right)."""
+    x = [r["round"] for r in rounds]
+    fig, (count_ax, quality_ax) = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    count_ax.bar(x, [r.get("pseudo_labels", 0) for r in rounds], color="lightsteelblue")
+    count_ax.set_title("pseudo-labels taken", fontsize=9)
+    for key in ("pseudo/accuracy", "pseudo/mean_precision", "pseudo/mean_recall", "pseudo/mean_f1", "eval/top1"):
+        points = [(r["round"], r[key]) for r in rounds if isinstance(r.get(key), (int, float))]
+        if points:
+            quality_ax.plot(*zip(*points), marker="o", lw=1.2, label=key)
+    quality_ax.set_ylim(0, 1.02)
+    quality_ax.set_title("pseudo-label quality and eval top-1", fontsize=9)
+    quality_ax.legend(fontsize=7)
+    for ax in (count_ax, quality_ax):
+        ax.set_xlabel("round", fontsize=8)
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

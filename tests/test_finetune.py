@@ -1,0 +1,187 @@
+"""Fine-tuning and self-training (mmssl.finetune, mmssl.self_training, mmssl-finetune)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mmssl
+from mmssl.cli.finetune import main
+from mmssl.finetune import FinetuneOptions, encoder_blocks, finetune, world_labelled_set
+from mmssl.self_training import (
+    SelfTrainingOptions,
+    pseudo_label_metrics,
+    select_pseudo_labels,
+    self_train,
+)
+from mmssl.trainer import Pretrainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+QUICK = {"per_class": 1, "world_eval_per_class": 1, "batch_size": 8, "progress": False, "checkpoint_every": 2, "eval_every": 2,
+             "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A tiny image-text run, 2 steps."""
+    run = tmp_path_factory.mktemp("pretrained")
+    torch.set_num_threads(1)
+    Pretrainer(mmssl.load_config(CONFIGS / "tiny.yaml", ["train.steps=2", "train.checkpoint_every=2"]), run).fit()
+    return run
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory) -> Path:
+    """An easy image folder: noisy reddish vs bluish squares, 12 of each."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (root / name).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 90, (32, 32, 3))
+            pixels[..., channel] += 160
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_linear_and_partial_leave_frozen_weights_bit_equal(pretrained: Path, tmp_path: Path) -> None:
+    encoder = mmssl.load_checkpoint(pretrained).model.encoders["image"]
+    before = snapshot(encoder)
+    trained = {}
+    finetune(pretrained, "image", tmp_path / "linear", FinetuneOptions(mode="linear", steps=3, **QUICK),
+             after_step=lambda step, model: trained.update(linear=model))
+    assert changed(before, trained["linear"].encoder) == set()  # parameters and BatchNorm statistics
+
+    finetune(pretrained, "image", tmp_path / "partial", FinetuneOptions(mode="partial", unfreeze_blocks=1, steps=3, **QUICK),
+             after_step=lambda step, model: trained.update(partial=model))
+    model = trained["partial"]
+    loaded = mmssl.load_checkpoint(pretrained)
+    world = world_labelled_set(loaded.model, "image", loaded.config, "x", 1)
+    blocks = encoder_blocks(model.encoder, model.encoder.collate([model.encoder.transform(world.items[0], None)]))
+    last = {f"{name}." for name, m in model.encoder.named_modules() if m is blocks[-1]}.pop()
+    moved = changed(before, model.encoder)
+    assert moved and all(k.startswith(last) for k in moved), (last, sorted(moved)[:5])
+    assert not any(torch.equal(a, b) for a, b in zip(trained["linear"].head.parameters(), model.head.parameters()))
+
+
+def test_staged_unfreezes_the_encoder_at_head_steps(pretrained: Path, tmp_path: Path) -> None:
+    encoder_before = snapshot(mmssl.load_checkpoint(pretrained).model.encoders["image"])
+    moved: dict[int, bool] = {}
+    finetune(pretrained, "image", tmp_path / "staged", FinetuneOptions(mode="staged", head_steps=2, steps=4, **QUICK),
+             after_step=lambda step, model: moved.__setitem__(step, bool(changed(encoder_before, model.encoder))))
+    assert moved == {1: False, 2: False, 3: True, 4: True}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_finetune_resumes_to_the_same_weights(pretrained: Path, tmp_path: Path) -> None:
+    options = FinetuneOptions(mode="staged", head_steps=1, steps=5, **QUICK)
+    final = {}
+    finetune(pretrained, "image", tmp_path / "whole", options, after_step=lambda step, model: final.update(whole=model))
+
+    def kill_at_step_4(step: int, model: torch.nn.Module) -> None:
+        if step == 4:  # after the update of step 4, before its metrics line; the last checkpoint is step 2
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetune(pretrained, "image", tmp_path / "killed", options, after_step=kill_at_step_4)
+    finetune(pretrained, "image", tmp_path / "killed", options, after_step=lambda step, model: final.update(resumed=model))
+    whole, resumed = final["whole"].state_dict(), final["resumed"].state_dict()
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+    lines = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("whole", "killed")]
+    strip = [[{k: v for k, v in json.loads(line).items() if k != "samples_per_s"} for line in run] for run in lines]
+    assert strip[0] == strip[1]
+
+
+def test_expected_errors_are_one_line(pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = [str(pretrained), "--output-dir", str(tmp_path / "out"), "--no-progress"]
+    assert main([base[0], "audio", *base[1:]]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mmssl-finetune: error: checkpoint has no modality 'audio'; it has ['image', 'text']"
+    ]
+    assert main([base[0], "image", *base[1:], "--class-names", "a,b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--class-names has 2 names but world has 36 classes" in err[0]
+
+
+def test_label_count_mismatch_between_train_and_eval_sets(pretrained: Path, tmp_path: Path, colour_folder: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([str(pretrained), "image", "--output-dir", str(tmp_path / "out"), "--data", f"folder:{colour_folder}",
+                 "--eval-data", "world", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"training set folder:{colour_folder} has 2 classes but the eval set world has 36" in err[0]
+
+
+def test_linear_head_learns_an_easy_folder_well_above_chance(pretrained: Path, tmp_path: Path, colour_folder: Path) -> None:
+    report = finetune(pretrained, "image", tmp_path / "easy", FinetuneOptions(
+        mode="linear", data=f"folder:{colour_folder}", steps=30, lr=0.05, batch_size=8, progress=False, eval_every=10,
+        checkpoint_every=30, test_fraction=0.5,
+    ))
+    assert report["num_train"] == 12 and report["num_eval"] == 12
+    assert report["top1"] >= 0.9, report
+    saved = json.loads((tmp_path / "easy" / "finetune_report.json").read_text())
+    assert saved["mean_per_class_recall"] == report["mean_per_class_recall"]
+    assert (tmp_path / "easy" / "learning_curve.png").stat().st_size > 0
+
+
+def test_pseudo_label_selection_and_metrics_on_a_fixed_case() -> None:
+    probabilities = torch.tensor([
+        [0.90, 0.05, 0.05],  # 0 -> class 0
+        [0.60, 0.30, 0.10],  # 1 -> 0
+        [0.10, 0.85, 0.05],  # 2 -> 1
+        [0.20, 0.70, 0.10],  # 3 -> 1
+        [0.05, 0.15, 0.80],  # 4 -> 2
+        [0.95, 0.03, 0.02],  # 5 -> 0
+    ])
+    taken, pseudo = select_pseudo_labels(probabilities, threshold=0.7)
+    assert taken.tolist() == [0, 2, 3, 4, 5] and pseudo.tolist() == [0, 1, 1, 2, 0]
+    taken_k, pseudo_k = select_pseudo_labels(probabilities, top_k=1)
+    assert taken_k.tolist() == [2, 4, 5] and pseudo_k.tolist() == [1, 2, 0]
+    # 0.55 takes all six; balanced caps each class at ceil(6 / 3) = 2: class 0 keeps items 5 and 0, not 1
+    taken_b, _ = select_pseudo_labels(probabilities, threshold=0.55, balanced=True)
+    assert taken_b.tolist() == [0, 2, 3, 4, 5]
+
+    true = np.array([0, 1, 1, 0, 2, 2])  # items 3 and 5 get wrong pseudo-labels
+    metrics = pseudo_label_metrics(taken, pseudo, true, num_classes=3)
+    # direct computation: confusion of the taken items, recall over the whole pool
+    confusion = np.zeros((3, 3))
+    for t, p in zip(true[taken], pseudo):
+        confusion[t, p] += 1
+    precision = np.diag(confusion) / confusion.sum(0)
+    recall = np.diag(confusion) / np.bincount(true, minlength=3)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    assert metrics["pseudo_labels"] == 5
+    assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / 5) == 0.6
+    assert [metrics["precision"][c] for c in range(3)] == pytest.approx(precision.tolist())  # 1/2, 1/2, 1
+    assert [metrics["recall"][c] for c in range(3)] == pytest.approx(recall.tolist())  # 1/2, 1/2, 1/2
+    assert [metrics["f1"][c] for c in range(3)] == pytest.approx(f1.tolist())
+    assert metrics["mean_f1"] == pytest.approx(f1.mean())
+
+
+def test_self_training_scores_each_rounds_pseudo_labels(pretrained: Path, tmp_path: Path, colour_folder: Path) -> None:
+    options = FinetuneOptions(mode="linear", data=f"folder:{colour_folder}", steps=10, lr=0.05, batch_size=8,
+                              progress=False, eval_every=10, checkpoint_every=10, test_fraction=0.5, per_class=2)
+    report = self_train(pretrained, "image", tmp_path / "st", options,
+                        SelfTrainingOptions(unlabeled=f"folder:{colour_folder}", rounds=1, top_k=4))
+    first, second = report["rounds"]
+    assert first["pseudo_labels"] == 0 and report["num_labelled"] == 4
+    assert second["pseudo_labels"] == 8 and second["pseudo_per_class"] == [4, 4]
+    assert 0 <= second["pseudo/accuracy"] <= 1 and set(second["pseudo/recall"]) == {0, 1}
+    assert report["top1"] == second["eval/top1"]
+    assert (tmp_path / "st" / "self_training.png").stat().st_size > 0
