@@ -12,7 +12,14 @@ from PIL import Image
 
 import mmssl
 from mmssl.cli.finetune import main
-from mmssl.finetune import FinetuneOptions, encoder_blocks, finetune, world_labelled_set
+from mmssl.finetune import (
+    FinetuneOptions,
+    build_classifier,
+    encoder_blocks,
+    finetune,
+    parameter_groups,
+    world_labelled_set,
+)
 from mmssl.self_training import (
     SelfTrainingOptions,
     pseudo_label_metrics,
@@ -185,3 +192,16 @@ def test_self_training_scores_each_rounds_pseudo_labels(pretrained: Path, tmp_pa
     assert 0 <= second["pseudo/accuracy"] <= 1 and set(second["pseudo/recall"]) == {0, 1}
     assert report["top1"] == second["eval/top1"]
     assert (tmp_path / "st" / "self_training.png").stat().st_size > 0
+
+
+def test_layer_decay_scales_each_block_and_every_parameter_has_one_group(pretrained: Path) -> None:
+    loaded = mmssl.load_checkpoint(pretrained)
+    model = build_classifier(loaded.model, loaded.config, "image", 36, from_scratch=False, seed=0)
+    world = world_labelled_set(loaded.model, "image", loaded.config, "x", 1)
+    blocks = encoder_blocks(model.encoder, model.encoder.collate([model.encoder.transform(world.items[0], None)]))
+    groups = parameter_groups(model, blocks, FinetuneOptions(mode="staged", encoder_lr_scale=0.1, layer_decay=0.5))
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each parameter once
+    assert groups[0]["name"] == "head" and groups[0]["lr_scale"] == 1.0
+    scales = [g["lr_scale"] for g in groups[1:]]  # the unblocked mask_value first, then the blocks
+    assert scales == pytest.approx([0.1 * 0.5 ** (len(scales) - 1 - i) for i in range(len(scales))])
