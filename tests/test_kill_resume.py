@@ -31,6 +31,7 @@ from tests.killing import metric_lines, run_and_kill
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("MMSSL_KILL_SEED", "0"))
+RUN_TIMEOUT = 600  # seconds for one run: a hang fails, a machine shared with other work does not
 
 # tiny_joint (all six objectives), a checkpoint every step, two kept (so prunes happen),
 # and two streams built by a DataLoader worker each.
@@ -98,12 +99,12 @@ def run_killed(kill: Kill, output: Path, steps: int, nproc: int, log: Path, conf
                 since = time.monotonic()
             return since is not None and time.monotonic() - since >= kill.delay
 
-        run_and_kill(cmd, log, ready, REPO)
+        run_and_kill(cmd, log, ready, REPO, timeout=RUN_TIMEOUT)
         return
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = proc.wait(timeout=300)
+            rc = proc.wait(timeout=RUN_TIMEOUT)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -142,7 +143,7 @@ def kill_chain(tmp_path: Path, kills: list[Kill], steps: int, nproc: int, config
     """Run ``kills`` one after another in one output directory, then to the end; compare
     with an uninterrupted run. Returns what happened at each kill, for the failure message."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(command(None, whole, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command(None, whole, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     story = []
     for i, kill in enumerate(kills):
@@ -152,7 +153,7 @@ def kill_chain(tmp_path: Path, kills: list[Kill], steps: int, nproc: int, config
         assert_checkpoints_sound(killed, kill)
         assert latest_step(killed) >= start, f"{kill} lost checkpoint step {start}"
         story.append(f"{kill}: step {start} -> {latest_step(killed)}")
-    done = subprocess.run(command(None, killed, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command(None, killed, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert latest_step(killed) == steps, f"the resumed run did not reach step {steps}: {story}"
     a = load_file(resolve_checkpoint(whole) / "model.safetensors")
