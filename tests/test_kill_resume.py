@@ -78,7 +78,10 @@ def command(kill: Kill | None, output: Path, steps: int, nproc: int, config: str
     # the runner runs as a module: as a script, tests/ would come first on sys.path and its
     # test packages tests/modalities and tests/objectives would shadow the real ones
     killer = kill is not None and kill.point != TIMER
-    script = ["-m", "tests.kill_points", kill.point, str(kill.hit), "--", *args] if killer else [str(REPO / "tools" / "pretrain.py"), *args]
+    if killer:
+        script = ["-m", "tests.kill_points", kill.point, str(kill.hit), "--", *args]
+    else:
+        script = [str(REPO / "tools" / "pretrain.py"), *args]
     if nproc == 1:
         return [sys.executable, *script]
     return [
@@ -143,7 +146,9 @@ def kill_chain(tmp_path: Path, kills: list[Kill], steps: int, nproc: int, config
     """Run ``kills`` one after another in one output directory, then to the end; compare
     with an uninterrupted run. Returns what happened at each kill, for the failure message."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(command(None, whole, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    done = subprocess.run(
+        command(None, whole, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     story = []
     for i, kill in enumerate(kills):
@@ -153,7 +158,9 @@ def kill_chain(tmp_path: Path, kills: list[Kill], steps: int, nproc: int, config
         assert_checkpoints_sound(killed, kill)
         assert latest_step(killed) >= start, f"{kill} lost checkpoint step {start}"
         story.append(f"{kill}: step {start} -> {latest_step(killed)}")
-    done = subprocess.run(command(None, killed, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    done = subprocess.run(
+        command(None, killed, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert latest_step(killed) == steps, f"the resumed run did not reach step {steps}: {story}"
     a = load_file(resolve_checkpoint(whole) / "model.safetensors")
