@@ -329,7 +329,16 @@ def set_trainable(model: Classifier, blocks: Sequence[torch.nn.Module], n: int) 
 # --------------------------------------------------------------------------------------
 
 
-def save_finetune_checkpoint(output: Path, step: int, model: Classifier, state: dict[str, Any], keep: int) -> Path:
+RESUME_NEUTRAL = ("progress", "device", "checkpoint_every", "keep_checkpoints")  # options a resume may change
+
+
+def recipe(options: FinetuneOptions) -> dict[str, Any]:
+    """The options that decide the weights (what a resumed run must share)."""
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in RESUME_NEUTRAL}
+
+
+def save_finetune_checkpoint(output: Path, step: int, model: Classifier, state: dict[str, Any], keep: int,
+                             options: FinetuneOptions) -> Path:
     """``checkpoints/step_N`` with the classifier's weights and the loop state, written
     under a temporary name, fsynced and renamed into place (mmssl.checkpoint's scheme)."""
     root = output / "checkpoints"
@@ -341,7 +350,7 @@ def save_finetune_checkpoint(output: Path, step: int, model: Classifier, state: 
         tmp.mkdir()
         save_model(model, str(tmp / HEAD_WEIGHTS))
         torch.save(state, tmp / STATE)
-        (tmp / META).write_text(json.dumps({"step": step}), encoding="utf-8")
+        (tmp / META).write_text(json.dumps({"step": step, "options": recipe(options)}), encoding="utf-8")
         for f in tmp.iterdir():
             fsync_file(f)
         fsync_dir(tmp)
@@ -353,11 +362,24 @@ def save_finetune_checkpoint(output: Path, step: int, model: Classifier, state: 
     return final
 
 
-def load_latest(output: Path, model: Classifier) -> dict[str, Any] | None:
+def load_latest(output: Path, model: Classifier, options: FinetuneOptions) -> dict[str, Any] | None:
     """Load the newest complete fine-tune checkpoint of ``output`` into ``model``; its loop
-    state, or None when there is none."""
+    state, or None when there is none. A checkpoint saved with another recipe is an
+    error naming the options that differ (a resume continues the same run)."""
     remove_stale_temporaries(output / "checkpoints")
     for checkpoint in reversed(list_checkpoints(output)):
+        try:
+            saved = json.loads((checkpoint / META).read_text(encoding="utf-8")).get("options", {})
+        except (OSError, ValueError) as exc:
+            log.warning("skipping fine-tune checkpoint %s: %s", checkpoint, exc)
+            continue
+        ours = json.loads(json.dumps(recipe(options)))  # tuples as lists, as saved
+        differ = sorted(k for k in ours.keys() | saved.keys() if ours.get(k) != saved.get(k))
+        if differ:
+            raise FinetuneError(
+                f"{output} holds a fine-tune with other options ({', '.join(f'{k}: {saved.get(k)!r} there, {ours.get(k)!r} now' for k in differ)}); "
+                "give the same options to resume it, or another --output-dir"
+            )
         try:
             load_model(model, str(checkpoint / HEAD_WEIGHTS))
             state = torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
@@ -454,7 +476,7 @@ def train_classifier(
     schedule = TrainConfig(steps=options.steps, warmup_steps=options.warmup_steps, min_lr_ratio=options.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule))
     step = 0
-    state = load_latest(output, model)
+    state = load_latest(output, model, options)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -463,6 +485,7 @@ def train_classifier(
     run_log = RunLog(output, tensorboard=False, resume_step=step)
     bar = tqdm(total=options.steps, initial=step, desc=f"fine-tune {options.mode}", unit="step", disable=not options.progress)
     n = len(train.samples)
+    final: dict[str, Any] | None = None  # the last step's evaluation
     losses: list[float] = []
     started, seen = time.perf_counter(), 0
     try:
@@ -495,7 +518,7 @@ def train_classifier(
                               trainable_blocks=trainable_blocks(blocks, options, step - 1), samples_per_s=rate)
                 losses = []
             if step % options.eval_every == 0 or step == options.steps:
-                figures = evaluate(model, eval_samples, eval_labels, eval_data, options.batch_size, device)
+                final = figures = evaluate(model, eval_samples, eval_labels, eval_data, options.batch_size, device)
                 record.update({f"eval/{k}": v for k, v in figures.items() if isinstance(v, float)})
             if record:
                 run_log.log(step, record)
@@ -504,11 +527,11 @@ def train_classifier(
                 save_finetune_checkpoint(output, step, model, {
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                     "torch_rng": torch.get_rng_state(),
-                }, options.keep_checkpoints)
+                }, options.keep_checkpoints, options)
     finally:
         bar.close()
         run_log.close()
-    return evaluate(model, eval_samples, eval_labels, eval_data, options.batch_size, device)
+    return final or evaluate(model, eval_samples, eval_labels, eval_data, options.batch_size, device)
 
 
 def build_classifier(loaded_model: MultimodalModel, config: RunConfig, modality: str, num_classes: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 import mmssl
 from mmssl.cli.finetune import main
 from mmssl.finetune import (
+    FinetuneError,
     FinetuneOptions,
     build_classifier,
     encoder_blocks,
@@ -113,6 +115,8 @@ def test_killed_finetune_resumes_to_the_same_weights(pretrained: Path, tmp_path:
     lines = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("whole", "killed")]
     strip = [[{k: v for k, v in json.loads(line).items() if k != "samples_per_s"} for line in run] for run in lines]
     assert strip[0] == strip[1]
+    with pytest.raises(FinetuneError, match=r"other options \(lr: 0.001 there, 0.002 now\)"):
+        finetune(pretrained, "image", tmp_path / "killed", dataclasses.replace(options, lr=0.002))
 
 
 def test_expected_errors_are_one_line(pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
