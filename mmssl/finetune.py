@@ -132,11 +132,12 @@ def world_labelled_set(model: MultimodalModel, modality: str, config: RunConfig,
     return data
 
 
-def subset(data: LabelledSet, positions: Sequence[int]) -> LabelledSet:
-    """The items of ``data`` at ``positions`` (labels, names and classes kept)."""
+def subset(data: LabelledSet, positions: Sequence[int], skipped: int = 0) -> LabelledSet:
+    """The items of ``data`` at ``positions`` (labels, names and classes kept), carrying
+    ``skipped`` of the items left out while the set was read."""
     return LabelledSet(
         [data.items[i] for i in positions], [data.labels[i] for i in positions], list(data.class_names),
-        [data.where[i] for i in positions], list(data.heldout_classes), source=data.source,
+        [data.where[i] for i in positions], list(data.heldout_classes), source=data.source, skipped=skipped,
     )
 
 
@@ -182,7 +183,8 @@ def labelled_splits(model: MultimodalModel, modality: str, config: RunConfig, op
             if not data.labels:
                 raise EvaluationError(f"{data.source} has no labels: fine-tuning needs a labelled set")
             train_pos, test_pos, split = probe_split(data, range(len(data.labels)), options.test_fraction, options.seed)
-            train, evaluation = subset(data, train_pos), subset(data, test_pos)
+            # the set's read skips are counted once, with the training part
+            train, evaluation = subset(data, train_pos, data.skipped), subset(data, test_pos)
     for part, what in ((train, "training"), (evaluation, "eval")):
         if not part.labels:
             raise EvaluationError(f"{part.source} has no labels: the {what} set of a fine-tune needs them")
@@ -191,7 +193,7 @@ def labelled_splits(model: MultimodalModel, modality: str, config: RunConfig, op
             f"the training set {train.source} has {len(train.class_names)} classes but the eval set "
             f"{evaluation.source} has {len(evaluation.class_names)}: the label counts must match"
         )
-    train = subset(train, select_labelled(train.labels, options.per_class, options.train_fraction, options.seed))
+    train = subset(train, select_labelled(train.labels, options.per_class, options.train_fraction, options.seed), train.skipped)
     return train, evaluation, split
 
 
