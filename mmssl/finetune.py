@@ -594,4 +594,5 @@ def write_report(output: Path, report: dict[str, Any]) -> None:
     metrics = output / "metrics.jsonl"
     if metrics.is_file():
         plot_learning_curve(read_metrics(metrics), output / "learning_curve.png",
-                            f"{report['modality']} {report['mode']}{' from scratch' if report['from_scratch'] else ''}")
+                            f"{report['modality']} {report['mode']}{' from scratch' if report['from_scratch'] else ''}",
+                            chance=1 / report["num_classes"] if report.get("num_classes") else None)

@@ -145,10 +145,19 @@ def plot_comparison(records: Sequence[dict[str, Any]], path: str | Path) -> None
     _save(fig, path)
 
 
-def plot_learning_curve(records: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
+def plot_learning_curve(records: Sequence[dict[str, Any]], path: str | Path, title: str, chance: float | None = None) -> None:
     """A fine-tune's training loss (left) and eval top-1 and mean per-class recall
-    (right) against the step."""
+    (right) against the step; a dotted line at the last logged step before the number
+    of trainable encoder blocks changes (staged mode's switch, exact when the switch
+    step is a multiple of the logging interval), a dashed one at ``chance``."""
     fig, (loss_ax, eval_ax) = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    blocks = [(r["step"], r["trainable_blocks"]) for r in records if "trainable_blocks" in r]
+    for (step, before), (_, after) in zip(blocks, blocks[1:]):  # the change comes after ``step``
+        if after != before:
+            for ax in (loss_ax, eval_ax):
+                ax.axvline(step, color="gray", ls=":", lw=1)
+    if chance is not None:
+        eval_ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
     for ax, keys in ((loss_ax, ("loss",)), (eval_ax, ("eval/top1", "eval/mean_per_class_recall", "eval/heldout_top1"))):
         for key in keys:
             points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
