@@ -20,8 +20,10 @@ from mmssl.finetune import (
     encoder_blocks,
     finetune,
     parameter_groups,
+    select_labelled,
     world_labelled_set,
 )
+from mmssl.run_log import read_metrics
 from mmssl.self_training import (
     SelfTrainingOptions,
     pseudo_label_metrics,
@@ -139,16 +141,29 @@ def test_label_count_mismatch_between_train_and_eval_sets(pretrained: Path, tmp_
     assert f"training set folder:{colour_folder} has 2 classes but the eval set world has 36" in err[0]
 
 
-def test_linear_head_learns_an_easy_folder_well_above_chance(pretrained: Path, tmp_path: Path, colour_folder: Path) -> None:
-    report = finetune(pretrained, "image", tmp_path / "easy", FinetuneOptions(
-        mode="linear", data=f"folder:{colour_folder}", steps=30, lr=0.05, batch_size=8, progress=False, eval_every=10,
-        checkpoint_every=30, test_fraction=0.5,
-    ))
-    assert report["num_train"] == 12 and report["num_eval"] == 12
+def test_linear_head_learns_an_easy_folder_well_above_chance(pretrained: Path, tmp_path: Path, colour_folder: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "easy"
+    assert main([str(pretrained), "image", "--output-dir", str(out), "--mode", "linear", "--data", f"folder:{colour_folder}",
+                 "--steps", "30", "--lr", "0.05", "--batch-size", "8", "--eval-every", "10", "--checkpoint-every", "30",
+                 "--test-fraction", "0.5", "--no-progress"]) == 0
+    report = json.loads((out / "finetune_report.json").read_text())
+    assert report["num_train"] == 12 and report["num_eval"] == 12 and report["num_classes"] == 2
     assert report["top1"] >= 0.9, report
-    saved = json.loads((tmp_path / "easy" / "finetune_report.json").read_text())
-    assert saved["mean_per_class_recall"] == report["mean_per_class_recall"]
-    assert (tmp_path / "easy" / "learning_curve.png").stat().st_size > 0
+    assert f"eval top-1 {report['top1']:.4f}" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "eval/top1" in r] == [10, 20, 30]
+    assert (out / "learning_curve.png").stat().st_size > 0
+
+
+def test_label_efficiency_selection_is_seeded_and_per_class() -> None:
+    labels = [0] * 10 + [1] * 6 + [2] * 2
+    chosen = select_labelled(labels, per_class=3, fraction=None, seed=0)
+    assert np.bincount(np.array(labels)[chosen]).tolist() == [3, 3, 2]  # a class with fewer gives all it has
+    assert chosen == select_labelled(labels, 3, None, seed=0) != select_labelled(labels, 3, None, seed=1)
+    half = select_labelled(labels, per_class=None, fraction=0.5, seed=0)
+    assert np.bincount(np.array(labels)[half]).tolist() == [5, 3, 1]
+    with pytest.raises(FinetuneError, match="not both"):
+        select_labelled(labels, 3, 0.5, seed=0)
 
 
 def test_pseudo_label_selection_and_metrics_on_a_fixed_case() -> None:
