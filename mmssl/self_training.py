@@ -99,7 +99,8 @@ def pseudo_label_metrics(taken: Sequence[int], pseudo: Sequence[int], true: Sequ
     precision  per class: right / taken with that pseudo-label (classes given any)
     recall     per class: right / the pool's items of that class (classes in the pool)
     f1         per class in the pool: 2PR / (P + R), 0 where P + R is 0 or no item got it
-    Means are over the classes each is defined for.
+    Means are over the classes each is defined for (None where none is, as the
+    accuracy when nothing was taken: the report stays strict JSON).
     """
     taken, pseudo, true = np.asarray(taken, dtype=int), np.asarray(pseudo, dtype=int), np.asarray(true, dtype=int)
     right = pseudo == true[taken]
@@ -116,13 +117,13 @@ def pseudo_label_metrics(taken: Sequence[int], pseudo: Sequence[int], true: Sequ
             f1[c] = 2 * p * recall[c] / (p + recall[c]) if p + recall[c] > 0 else 0.0
     return {
         "pseudo_labels": len(taken),
-        "accuracy": float(right.mean()) if len(taken) else float("nan"),
+        "accuracy": float(right.mean()) if len(taken) else None,
         "precision": precision,
         "recall": recall,
         "f1": f1,
-        "mean_precision": float(np.mean(list(precision.values()))) if precision else float("nan"),
-        "mean_recall": float(np.mean(list(recall.values()))) if recall else float("nan"),
-        "mean_f1": float(np.mean(list(f1.values()))) if f1 else float("nan"),
+        "mean_precision": float(np.mean(list(precision.values()))) if precision else None,
+        "mean_recall": float(np.mean(list(recall.values()))) if recall else None,
+        "mean_f1": float(np.mean(list(f1.values()))) if f1 else None,
     }
 
 
