@@ -163,7 +163,7 @@ def test_byol_resumes_bit_for_bit_with_its_target_in_the_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_byol_on_two_processes_trains_as_one(tmp_path, monkeypatch):
+def test_byol_on_two_processes_trains_as_one(tmp_path):
     """The same losses and final weights (BYOL's target included) on 2 gloo processes
     as on 1: the EMA runs alike on every rank, the BatchNorm layers (image encoder, BYOL
     heads and target) are synchronised. (SimCLR's NT-Xent gathers as GraphCL's, which
@@ -174,8 +174,7 @@ def test_byol_on_two_processes_trains_as_one(tmp_path, monkeypatch):
     rounding Adam's first updates (about lr * sign(g)) turn into lr-sized differences;
     they grow about 30-fold a step (a relative loss difference of 1e-4 at step 4; final
     weights 7e-5 apart after 3 steps, hence its looser weight tolerance)."""
-    monkeypatch.setattr(test_distributed, "TINY_JOINT", str(IMAGE))
     overrides = [*SMALL, "objectives.views.method=byol", "train.steps=3", "train.checkpoint_every=0"]
-    test_distributed.pretrain(tmp_path / "one", *overrides)
-    test_distributed.pretrain(tmp_path / "two", *overrides, nproc=2)
+    test_distributed.pretrain(tmp_path / "one", *overrides, config=str(IMAGE))
+    test_distributed.pretrain(tmp_path / "two", *overrides, nproc=2, config=str(IMAGE))
     test_distributed.assert_same_run(tmp_path / "one", tmp_path / "two", weight_tol=2e-4)
