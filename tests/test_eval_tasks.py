@@ -69,6 +69,11 @@ def test_task_all_runs_every_task_for_every_modality_and_cross_modal_pairs(hub_r
     assert {"top1", "top5", "mean_per_class_recall", "per_class_accuracy", "composition_top1"} <= set(classification)
     assert "confusion" not in classification and (tmp_path / "results_image_confusion.png").is_file()
     assert "cross_modal audio->image" in proc.stdout and "classification graph" in proc.stdout
+    clusters = {r["modality"]: r for r in records if r["task"] == "clustering"}
+    assert {"image", "audio", "graph"} <= set(clusters)
+    for r in clusters.values():
+        assert -1 <= r["AMI"] <= 1 and abs(r["AMI_random"]) < 0.2 and 0 < r["cluster_entropy"] <= 1
+    assert "clustering image" in proc.stdout
 
 
 def test_cross_modal_figures_match_a_direct_computation(hub_run):
