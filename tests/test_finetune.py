@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import mmssl
 from mmssl.cli.finetune import main
@@ -31,8 +33,10 @@ from mmssl.self_training import (
     self_train,
 )
 from mmssl.trainer import Pretrainer
+from tests.killing import run_and_kill
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 QUICK = {"per_class": 1, "world_eval_per_class": 1, "batch_size": 8, "progress": False, "checkpoint_every": 2, "eval_every": 2,
              "log_every": 1}
 
@@ -224,3 +228,25 @@ def test_layer_decay_scales_each_block_and_every_parameter_has_one_group(pretrai
     assert groups[0]["name"] == "head" and groups[0]["lr_scale"] == 1.0
     scales = [g["lr_scale"] for g in groups[1:]]  # the unblocked mask_value first, then the blocks
     assert scales == pytest.approx([0.1 * 0.5 ** (len(scales) - 1 - i) for i in range(len(scales))])
+
+
+@pytest.mark.slow
+def test_a_sigkilled_command_resumes_to_the_same_weights(pretrained: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mmssl-finetune process is SIGKILLed at an arbitrary point once its third
+    checkpoint is in place (often mid-step, sometimes mid-save); the same command again
+    finishes with the uninterrupted run's weights and metrics lines."""
+    args = ["--mode", "staged", "--head-steps", "4", "--steps", "30", "--per-class", "1", "--world-eval-per-class", "1",
+            "--batch-size", "8", "--checkpoint-every", "1", "--eval-every", "5", "--log-every", "1", "--no-progress"]
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "tools" / "finetune.py"), str(pretrained), "image", "--output-dir", str(killed), *args]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread, as this process (conftest): the same arithmetic
+    run_and_kill(cmd, tmp_path / "killed.log", lambda: (killed / "checkpoints" / "step_00000003").is_dir(), REPO)
+    assert not (killed / "checkpoints" / "step_00000030").exists()
+    assert main([str(pretrained), "image", "--output-dir", str(killed), *args]) == 0
+    assert main([str(pretrained), "image", "--output-dir", str(tmp_path / "whole"), *args]) == 0
+    final = [load_file(run / "checkpoints" / "step_00000030" / "classifier.safetensors") for run in (killed, tmp_path / "whole")]
+    assert [k for k in final[0] if not torch.equal(final[0][k], final[1][k])] == []
+    lines = [[{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_metrics(run / "metrics.jsonl")]
+             for run in (killed, tmp_path / "whole")]
+    assert lines[0] == lines[1]
