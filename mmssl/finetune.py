@@ -547,6 +547,29 @@ def build_classifier(loaded_model: MultimodalModel, config: RunConfig, modality:
     return Classifier(encoder, num_classes)
 
 
+def check_options(options: FinetuneOptions) -> FinetuneOptions:
+    """``options`` if they can run; else a FinetuneError naming the option and its range."""
+    if options.mode not in MODES:
+        raise FinetuneError(f"unknown mode '{options.mode}': use one of {', '.join(MODES)}")
+    problems = [
+        (options.steps >= 1, f"--steps must be at least 1, got {options.steps}"),
+        (options.batch_size >= 1, f"--batch-size must be at least 1, got {options.batch_size}"),
+        (options.lr > 0 and options.encoder_lr_scale > 0, f"--lr and --encoder-lr-scale must be positive, got "
+                                                          f"{options.lr} and {options.encoder_lr_scale}"),
+        (options.mode != "partial" or options.unfreeze_blocks >= 1,
+         f"--unfreeze-blocks must be at least 1 in partial mode, got {options.unfreeze_blocks} (mode linear freezes all)"),
+        (options.mode != "staged" or 0 <= options.head_steps < options.steps,
+         f"--head-steps must be in [0, --steps) in staged mode, got {options.head_steps} with {options.steps} steps"),
+        (options.layer_decay is None or 0 < options.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {options.layer_decay}"),
+        (min(options.checkpoint_every, options.eval_every, options.log_every) >= 1,
+         "--checkpoint-every, --eval-every and --log-every must be at least 1"),
+    ]
+    for ok, message in problems:
+        if not ok:
+            raise FinetuneError(message)
+    return options
+
+
 def finetune(
     checkpoint: str | Path,
     modality: str,
@@ -562,9 +585,7 @@ def finetune(
         mmssl.finetune("runs/tiny_joint", "image", "runs/ft_image",
                        FinetuneOptions(mode="staged", per_class=10, steps=300))
     """
-    options = options or FinetuneOptions()
-    if options.mode not in MODES:
-        raise FinetuneError(f"unknown mode '{options.mode}': use one of {', '.join(MODES)}")
+    options = check_options(options or FinetuneOptions())
     output = Path(output)
     loaded = load_checkpoint(checkpoint)
     train_set, eval_set, split = labelled_splits(loaded.model, modality, loaded.config, options)

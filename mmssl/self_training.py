@@ -33,6 +33,7 @@ from mmssl.finetune import (
     StepCallback,
     TrainingSet,
     build_classifier,
+    check_options,
     labelled_splits,
     predict,
     train_classifier,
@@ -153,7 +154,7 @@ def self_train(
     the labels plus the previous round's confident predictions on the pool. Writes
     ``output``/self_training_report.json (one record per round) and self_training.png;
     returns the report, whose top-level figures are the last round's."""
-    options, st = options or FinetuneOptions(), st or SelfTrainingOptions()
+    options, st = check_options(options or FinetuneOptions()), st or SelfTrainingOptions()
     if st.rounds < 0:
         raise FinetuneError(f"--rounds must be at least 0, got {st.rounds}")
     select_pseudo_labels(torch.full((1, 2), 0.5), st.threshold, st.top_k, st.balanced)  # the choice is valid

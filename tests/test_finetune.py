@@ -134,6 +134,10 @@ def test_expected_errors_are_one_line(pretrained: Path, tmp_path: Path, capsys: 
     assert main([base[0], "image", *base[1:], "--class-names", "a,b"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--class-names has 2 names but world has 36 classes" in err[0]
+    assert main([base[0], "image", *base[1:], "--mode", "partial", "--unfreeze-blocks", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mmssl-finetune: error: --unfreeze-blocks must be at least 1 in partial mode, got 0 (mode linear freezes all)"
+    ]
 
 
 def test_label_count_mismatch_between_train_and_eval_sets(pretrained: Path, tmp_path: Path, colour_folder: Path,
