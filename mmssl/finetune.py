@@ -442,12 +442,13 @@ def batch_positions(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 @dataclass
 class TrainingSet:
-    """Training samples (eval-transformed), their labels, and their raw items (for
-    augmented views)."""
+    """Training samples (eval-transformed), their labels, their raw items (for augmented
+    views), and optional per-item loss weights (self-training's pseudo-labels)."""
 
     samples: list[Any]
     labels: list[int]
     raw: list[Any] = field(default_factory=list)
+    weights: list[float] | None = None  # None: every item weighs 1 (plain mean cross-entropy)
 
 
 StepCallback = Callable[[int, Classifier], None]
@@ -501,7 +502,11 @@ def train_classifier(
                 samples = [train.samples[p] for p in positions]
             batch = encoder.move_batch(encoder.collate(samples), device)
             labels = torch.tensor([train.labels[p] for p in positions], device=device)
-            loss = F.cross_entropy(model(batch), labels)
+            if train.weights is None:
+                loss = F.cross_entropy(model(batch), labels)
+            else:  # the weighted mean: a pseudo-label of weight w counts w times a true label
+                weights = torch.tensor([train.weights[p] for p in positions], device=device)
+                loss = (F.cross_entropy(model(batch), labels, reduction="none") * weights).sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

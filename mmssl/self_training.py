@@ -55,6 +55,7 @@ class SelfTrainingOptions:
     top_k: int | None = None  # or the k most confident predictions of each class
     balanced: bool = False  # threshold: cap each class at the mean count a class taken
     unlabeled_per_class: int = 50  # world pool items a class
+    pseudo_weight: float = 1.0  # loss weight of a pseudo-labelled item (a true label weighs 1)
 
 
 def select_pseudo_labels(
@@ -157,6 +158,8 @@ def self_train(
     options, st = check_options(options or FinetuneOptions()), st or SelfTrainingOptions()
     if st.rounds < 0:
         raise FinetuneError(f"--rounds must be at least 0, got {st.rounds}")
+    if not 0 < st.pseudo_weight <= 1:
+        raise FinetuneError(f"--pseudo-weight must be in (0, 1], got {st.pseudo_weight}")
     select_pseudo_labels(torch.full((1, 2), 0.5), st.threshold, st.top_k, st.balanced)  # the choice is valid
     output = Path(output)
     loaded = load_checkpoint(checkpoint)
@@ -187,6 +190,8 @@ def self_train(
             train.samples += [pool_samples[i] for i in taken]
             train.labels += pseudo.tolist()
             train.raw += [pool_set.items[pool_kept[i]] for i in taken]
+            if st.pseudo_weight != 1.0:
+                train.weights = [1.0] * len(labels) + [st.pseudo_weight] * len(taken)
         model = build_classifier(copy.deepcopy(pretrained), loaded.config, modality, num_classes, options.from_scratch,
                                  options.seed)
         figures = train_classifier(model, train, eval_samples, eval_labels, eval_set, options, output / f"round_{r}",

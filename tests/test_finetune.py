@@ -212,7 +212,7 @@ def test_self_training_scores_each_rounds_pseudo_labels(pretrained: Path, tmp_pa
     options = FinetuneOptions(mode="linear", data=f"folder:{colour_folder}", steps=10, lr=0.05, batch_size=8,
                               progress=False, eval_every=10, checkpoint_every=10, test_fraction=0.5, per_class=2)
     report = self_train(pretrained, "image", tmp_path / "st", options,
-                        SelfTrainingOptions(unlabeled=f"folder:{colour_folder}", rounds=1, top_k=4))
+                        SelfTrainingOptions(unlabeled=f"folder:{colour_folder}", rounds=1, top_k=4, pseudo_weight=0.5))
     first, second = report["rounds"]
     assert first["pseudo_labels"] == 0 and report["num_labelled"] == 4
     assert second["pseudo_labels"] == 8 and second["pseudo_per_class"] == [4, 4]

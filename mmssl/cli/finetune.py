@@ -62,6 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     st.add_argument("--top-k", type=int, default=None, help="or keep the K most confident predictions of each class")
     st.add_argument("--balanced", action="store_true", help="with --threshold: cap each class at the mean count a class")
     st.add_argument("--unlabeled-per-class", type=int, default=50, help="world pool items a class")
+    st.add_argument("--pseudo-weight", type=float, default=1.0, help="loss weight of a pseudo-labelled item (a label weighs 1)")
     return parser.parse_args(argv)
 
 
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         st = SelfTrainingOptions(
             unlabeled=args.unlabeled, rounds=args.rounds, threshold=args.threshold, top_k=args.top_k,
-            balanced=args.balanced, unlabeled_per_class=args.unlabeled_per_class,
+            balanced=args.balanced, unlabeled_per_class=args.unlabeled_per_class, pseudo_weight=args.pseudo_weight,
         )
         report = self_train(args.checkpoint, args.modality, args.output_dir, options, st)
     print(f"{args.modality} {args.mode}{' from scratch' if args.from_scratch else ''}: eval top-1 {report['top1']:.4f}, "
