@@ -43,6 +43,7 @@ from mmssl.finetune import (
 )
 
 REPORT = "self_training_report.json"
+SELECTION = "self_training_options.json"  # the options a resumed run must share
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,25 @@ def unlabeled_pool(loaded, modality: str, options: FinetuneOptions, st: SelfTrai
     return pool
 
 
+def check_same_selection(output: Path, st: SelfTrainingOptions) -> None:
+    """Record ``st`` in ``output``; a run directory that holds other self-training options
+    is an error naming them (each round's checkpoints check the fine-tune options)."""
+    path = output / SELECTION
+    ours = json.loads(json.dumps(dataclasses.asdict(st)))
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        differ = sorted(k for k in ours.keys() | saved.keys() if ours.get(k) != saved.get(k))
+        if differ:
+            raise FinetuneError(
+                f"{output} holds a self-training run with other options "
+                f"({', '.join(f'{k}: {saved.get(k)!r} there, {ours.get(k)!r} now' for k in differ)}); "
+                "give the same options to resume it, or another --output-dir"
+            )
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(ours, indent=2))
+
+
 def self_train(
     checkpoint: str | Path,
     modality: str,
@@ -173,6 +193,7 @@ def self_train(
     pool_true = [pool_set.labels[i] for i in pool_kept] if pool_set.labels else None
     eval_labels = [eval_set.labels[i] for i in eval_kept]
     labels = [train_set.labels[i] for i in kept]
+    check_same_selection(output, st)  # once the data is read: a run that could not start records nothing
     pretrained = copy.deepcopy(loaded.model)  # every round starts from these weights
     rounds: list[dict[str, Any]] = []
     previous: Classifier | None = None

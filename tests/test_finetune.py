@@ -219,6 +219,9 @@ def test_self_training_scores_each_rounds_pseudo_labels(pretrained: Path, tmp_pa
     assert 0 <= second["pseudo/accuracy"] <= 1 and set(second["pseudo/recall"]) == {0, 1}
     assert report["top1"] == second["eval/top1"]
     assert (tmp_path / "st" / "self_training.png").stat().st_size > 0
+    with pytest.raises(FinetuneError, match=r"other options \(top_k: 4 there, 3 now\)"):
+        self_train(pretrained, "image", tmp_path / "st", options,
+                   SelfTrainingOptions(unlabeled=f"folder:{colour_folder}", rounds=1, top_k=3, pseudo_weight=0.5))
 
 
 def test_layer_decay_scales_each_block_and_every_parameter_has_one_group(pretrained: Path) -> None:
