@@ -182,6 +182,9 @@ def _check_capabilities(modality: Modality, name: str, collated: Any, out: Modal
                  f"{name} (PatchEncoder): patch_padding_mask must be [batch, grid cells] bool", f"got {list(padding.shape)}")
         _require(out.tokens is not None and out.tokens.shape[1] == n,
                  f"{name} (PatchEncoder): forward must give one token per patch of the grid")
+        enable = getattr(modality, "enable_patch_masking", None)
+        if enable is not None:  # mask parameters made on request, as a masked-patch objective does
+            enable()
         none = torch.zeros(out.pooled.shape[0], n, dtype=torch.bool)
         with torch.no_grad():
             unmasked = modality(collated, patch_mask=none)

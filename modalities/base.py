@@ -313,6 +313,10 @@ class PatchEncoder(Protocol):
             Shapes: [B, N].
         forward(batch, patch_mask=...): a [B, N] bool ``patch_mask`` (True = hidden)
             hides those patches; the output's ``tokens`` are [B, N, D], one per patch.
+
+    Optional: ``enable_patch_masking()``, which a masked-patch objective calls when it is
+    built, for an encoder that makes its learned mask parameters only on request (the
+    image modality: so a model without masked image modeling keeps its old state dict).
     """
 
     embed_dim: int

@@ -261,7 +261,7 @@ class ImageModality(Modality):
             if cells is None or size % cells[0] or size % cells[1]:
                 return
             grid, patch = cells, (size // cells[0], size // cells[1])
-            self.mask_value = nn.Parameter(torch.zeros(3))  # what hidden pixels read as (normalised)
+            self._mask_shape = (3,)  # mask_value: what hidden pixels read as (normalised), per channel
             embedding = None
         else:
             return
@@ -269,10 +269,19 @@ class ImageModality(Modality):
         self.patch_size: tuple[int, int] = patch
         self.patch_dim = 3 * patch[0] * patch[1]
         if embedding is not None:
-            self.mask_token = nn.Parameter(torch.zeros(width))
+            self._mask_shape = (width,)  # mask_token: a hidden patch's embedding
             self.encodes_visible_only = True
             embedding.register_forward_hook(self._hide_embeddings)
             after_positions.register_forward_hook(self._keep_visible)
+
+    def enable_patch_masking(self) -> None:
+        """Create the learned ``mask_token`` (ViT) or ``mask_value`` (CNN) that hidden
+        patches take. The masked-patch objective calls it when it is built; an image
+        modality no such objective uses has neither parameter, so its state dict is the
+        one it had before masked image modeling existed and older checkpoints load."""
+        name = "mask_token" if getattr(self, "encodes_visible_only", False) else "mask_value"
+        if not hasattr(self, name):
+            setattr(self, name, nn.Parameter(torch.zeros(self._mask_shape)))
 
     def _feature_map_cells(self) -> tuple[int, int] | None:
         """(h, w) of a timm tower's feature map [C, h, w] at image_size, or None when its
@@ -324,7 +333,12 @@ class ImageModality(Modality):
             counts = patch_mask.sum(1)
             if not bool((counts == counts[0]).all()):
                 raise ValueError(f"visible_only needs the same number of hidden patches in every sample, got {counts.tolist()}")
-        if hasattr(self, "mask_value"):
+        if not hasattr(self, "mask_token" if getattr(self, "encodes_visible_only", False) else "mask_value"):
+            raise ValueError(
+                f"image modality '{self.key}' has no learned mask yet: call enable_patch_masking() when the model is "
+                "built (the masked_image objective does), so the optimizer and checkpoints include it"
+            )
+        if not getattr(self, "encodes_visible_only", False):  # a CNN: hidden in the input
             hidden = repeat(patch_mask, "b (h w) -> b 1 (h p) (w q)", h=self.grid[0], p=self.patch_size[0], q=self.patch_size[1])
             return torch.where(hidden, self.mask_value.view(1, 3, 1, 1).to(pixels.dtype), pixels)
         self._hidden, self._visible_only = patch_mask, visible_only

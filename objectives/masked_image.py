@@ -93,6 +93,9 @@ class MaskedImageObjective(Objective):
                 hint="use an image tower that hides patches: a timm or open_clip ViT, or a timm CNN whose feature map "
                 "divides image_size",
             )
+        enable = getattr(encoder, "enable_patch_masking", None)  # an encoder that makes its mask parameters on request
+        if enable is not None:
+            enable()
         self.grid = tuple(encoder.grid)
         if config.mae:
             self.decoder = MAEDecoder(

@@ -32,7 +32,22 @@ def _image(kw):
     torch.manual_seed(0)
     image = ImageModality(ImageConfig(image_size=32, **kw))
     image.key = "image"
+    image.enable_patch_masking()  # as the masked_image objective does when it is built
     return image
+
+
+def test_mask_parameters_exist_only_where_masking_is_enabled():
+    """An image modality no masked-patch objective uses keeps the state dict it had before
+    masked image modeling existed (older checkpoints load); asking it to hide patches
+    without its mask is an error, not a silent no-op."""
+    torch.manual_seed(0)
+    image = ImageModality(ImageConfig(image_size=32, **TOWERS["timm-cnn"]))
+    image.key = "image"
+    assert not any("mask" in name for name, _ in image.named_parameters())
+    with pytest.raises(ValueError, match="call enable_patch_masking"):
+        image({"pixels": torch.zeros(1, 3, 32, 32)}, patch_mask=torch.zeros(1, 16, dtype=torch.bool))
+    image.enable_patch_masking()
+    assert [name for name, _ in image.named_parameters() if "mask" in name] == ["mask_value"]
 
 
 def _config(*overrides):
