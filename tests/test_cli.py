@@ -73,15 +73,26 @@ def test_zero_shot_on_image_folder_skips_bad_files(tiny_run, tmp_path):
     assert failing.returncode == 2 and "broken.png" in failing.stderr
 
 
-def test_clear_errors_for_bad_arguments(tiny_run, tmp_path):
-    proc = _run("tools/zero_shot.py", "--checkpoint", str(tmp_path), "--modality", "image")
-    assert proc.returncode == 2 and "no checkpoint at" in proc.stderr
-    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "audio")
-    assert proc.returncode == 2 and "has no modality 'audio'" in proc.stderr
-    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--samples-per-class", "0")
-    assert proc.returncode == 2 and "--samples-per-class must be at least 1" in proc.stderr
-    proc = _run("tools/zero_shot.py", "--checkpoint", str(tiny_run), "--modality", "image",
-                "--data", f"folder:{tmp_path}", "--samples-per-class", "3")
-    assert proc.returncode == 2 and f"--data folder:{tmp_path} has its own" in proc.stderr
-    proc = _run("tools/pretrain.py", "configs/tiny.yaml", "--output-dir", str(tmp_path), "train.stpes=3")
-    assert proc.returncode == 2 and "'train.stpes'" in proc.stderr and "steps" in proc.stderr
+def test_clear_errors_for_bad_arguments(tiny_run, tmp_path, capsys):
+    """In-process (each command's main): one line on stderr and exit code 2 for each."""
+    from mmssl.cli.pretrain import main as pretrain
+    from mmssl.cli.zero_shot import main as zero_shot
+
+    def run(main, *args: str) -> tuple[int, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        return code, capsys.readouterr().err
+
+    code, err = run(zero_shot, "--checkpoint", str(tmp_path), "--modality", "image")
+    assert code == 2 and "no checkpoint at" in err
+    code, err = run(zero_shot, "--checkpoint", str(tiny_run), "--modality", "audio")
+    assert code == 2 and "has no modality 'audio'" in err
+    code, err = run(zero_shot, "--checkpoint", str(tiny_run), "--samples-per-class", "0")
+    assert code == 2 and "--samples-per-class must be at least 1" in err
+    code, err = run(zero_shot, "--checkpoint", str(tiny_run), "--modality", "image",
+                    "--data", f"folder:{tmp_path}", "--samples-per-class", "3")
+    assert code == 2 and f"--data folder:{tmp_path} has its own" in err
+    code, err = run(pretrain, "configs/tiny.yaml", "--output-dir", str(tmp_path), "train.stpes=3")
+    assert code == 2 and "'train.stpes'" in err and "steps" in err

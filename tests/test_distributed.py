@@ -99,8 +99,9 @@ def test_two_processes_train_as_one(tmp_path, overrides, two_only):
 
 @pytest.mark.slow
 def test_the_whole_self_supervised_family_trains_on_two_processes_as_on_one(tmp_path):
-    """tiny_ssl: masked_image, SimCLR, BYOL (EMA target), cluster (a memory bank gathered
-    over ranks, k-means) beside the six; the same losses and weights on 2 processes."""
+    """tiny_ssl: masked_image, SimCLR, BYOL (the EMA target moved on every rank after each
+    update), cluster (a memory bank gathered over ranks, k-means) beside the six; the same
+    losses and weights on 2 processes."""
     pretrain(tmp_path / "one", "train.steps=4", config=TINY_SSL)
     pretrain(tmp_path / "two", "train.steps=4", nproc=2, config=TINY_SSL)
     first_one, first_two = losses(tmp_path / "one")[0], losses(tmp_path / "two")[0]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -20,7 +18,6 @@ from mmssl.cli.make_shards import main as make_shards
 from mmssl.data import DataError, ShardSource, build_streams
 from mmssl.data.shards import expand_shards
 from modalities.base import InvalidSample
-from tests.killing import metric_lines, run_and_kill
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -181,27 +178,6 @@ def test_shard_fed_run_resumes_mid_epoch_exactly(image_text_csv, tmp_path, worke
     whole = load_file(resolve_checkpoint(tmp_path / "whole") / "model.safetensors")
     again = load_file(resolve_checkpoint(tmp_path / "resumed") / "model.safetensors")
     assert all(torch.equal(whole[k], again[k]) for k in whole)
-
-
-@pytest.mark.slow
-def test_killed_shard_fed_run_resumes_to_the_same_weights(image_text_csv, tmp_path):
-    # shards read by 2 loader workers (kills at every other point: tests/test_kill_resume.py)
-    assert make_shards([str(image_text_csv(40)), "--output", str(tmp_path / "shards"), "--shard-size", "7"]) == 0
-    # 40 samples in batches of 16: an epoch is 2 steps, so the kill after step 5 is mid-epoch
-    cmd = [sys.executable, str(REPO / "tools" / "pretrain.py"), str(CONFIGS / "tiny.yaml"), "train.threads=1",
-           "train.progress=false", "train.steps=8", "train.checkpoint_every=1", "train.keep_checkpoints=0",
-           "objectives.image_text.data.source=shards", f"objectives.image_text.data.path={tmp_path / 'shards'}",
-           "objectives.image_text.data.num_workers=2"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([*cmd, "--output-dir", str(whole)], cwd=REPO, check=True, capture_output=True, timeout=300)
-    run_and_kill([*cmd, "--output-dir", str(killed)], tmp_path / "killed.log", lambda: metric_lines(killed) >= 5, REPO)
-    assert metric_lines(killed) < 8
-    done = subprocess.run([*cmd, "--output-dir", str(killed)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed from" in done.stdout + done.stderr
-    a = load_file(resolve_checkpoint(whole) / "model.safetensors")
-    b = load_file(resolve_checkpoint(killed) / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_labelled_image_shards_as_an_evaluation_set(tmp_path):
