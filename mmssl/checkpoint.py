@@ -32,7 +32,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import yaml
@@ -84,6 +84,28 @@ def save_checkpoint(
         OutputError: the directory could not be written (disk full, no permission), in
             one line naming it; no temporary is left and earlier checkpoints are intact.
     """
+
+    def write(tmp: Path) -> None:
+        save_model(model, str(tmp / WEIGHTS))
+        _save_trainer_state(trainer_state, tmp / STATE)
+        (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
+        extras = {key: enc.extra_state_dict() for key, enc in model.encoders.items() if enc.extra_state_dict()}
+        (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
+        (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}), encoding="utf-8")
+
+    return write_checkpoint_dir(output_dir, step, write)
+
+
+def write_checkpoint_dir(output_dir: str | Path, step: int, write: Callable[[Path], None]) -> Path:
+    """``checkpoints/step_N`` of ``output_dir``, whole or not at all: ``write(tmp)`` fills a
+    temporary directory, whose files and itself are fsynced before it is renamed into
+    place (``_put_in_place``) and the parent fsynced. Every checkpoint format of mmssl
+    (pretraining, fine-tuning) is written through it.
+
+    Raises:
+        OutputError: the directory could not be written (disk full, no permission), in
+            one line naming it; no temporary is left and earlier checkpoints are intact.
+    """
     root = checkpoints_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -91,12 +113,7 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(root)
         tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS))
-        _save_trainer_state(trainer_state, tmp / STATE)
-        (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
-        extras = {key: enc.extra_state_dict() for key, enc in model.encoders.items() if enc.extra_state_dict()}
-        (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
-        (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}), encoding="utf-8")
+        write(tmp)
         for f in tmp.iterdir():
             fsync_file(f)
         fsync_dir(tmp)

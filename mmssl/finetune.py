@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +35,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
-from mmssl.atomic import OutputError, fsync_dir, fsync_file, reason, write_text_atomic
+from mmssl.atomic import write_text_atomic
 from mmssl.checkpoint import (
-    _put_in_place,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     remove_stale_temporaries,
+    write_checkpoint_dir,
 )
 from mmssl.config import RunConfig, TrainConfig
 from mmssl.data.bad_input import SkipLog
@@ -342,24 +340,13 @@ def recipe(options: FinetuneOptions) -> dict[str, Any]:
 def save_finetune_checkpoint(output: Path, step: int, model: Classifier, state: dict[str, Any], keep: int,
                              options: FinetuneOptions) -> Path:
     """``checkpoints/step_N`` with the classifier's weights and the loop state, written
-    under a temporary name, fsynced and renamed into place (mmssl.checkpoint's scheme)."""
-    root = output / "checkpoints"
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(root)
-        tmp.mkdir()
+    under a temporary name, fsynced and renamed into place (``write_checkpoint_dir``)."""
+    def write(tmp: Path) -> None:
         save_model(model, str(tmp / HEAD_WEIGHTS))
         torch.save(state, tmp / STATE)
         (tmp / META).write_text(json.dumps({"step": step, "options": recipe(options)}), encoding="utf-8")
-        for f in tmp.iterdir():
-            fsync_file(f)
-        fsync_dir(tmp)
-        _put_in_place(tmp, final)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot save checkpoint {final}: {reason(exc)}") from exc
+
+    final = write_checkpoint_dir(output, step, write)
     prune_checkpoints(output, keep)
     return final
 
