@@ -118,6 +118,11 @@ class Objective(nn.Module):
         self.dist = dist
         self.modalities: tuple[str, ...] = tuple(config.modalities)
 
+    def require_one_modality(self, purpose: str) -> None:
+        """Raise a ValueError naming ``purpose`` unless the config names exactly one modality."""
+        if len(self.modalities) != 1:
+            raise ValueError(f"{purpose} takes one modality, got {list(self.modalities)}")
+
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Loss and metrics for one batch; ``batch[modality]`` is that modality's collated batch."""
         raise NotImplementedError

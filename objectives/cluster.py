@@ -81,8 +81,7 @@ class ClusterObjective(Objective):
 
     def __init__(self, config: ClusterConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        if len(self.modalities) != 1:
-            raise ValueError(f"cluster takes one modality, got {list(self.modalities)}")
+        self.require_one_modality("cluster")
         if config.num_clusters < 2 or config.bank_size < config.num_clusters:
             raise ValueError(
                 f"cluster needs num_clusters >= 2 and bank_size >= num_clusters, got {config.num_clusters} and {config.bank_size}"

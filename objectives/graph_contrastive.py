@@ -181,8 +181,7 @@ class GraphContrastiveObjective(Objective):
 
     def __init__(self, config: GraphContrastiveConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        if len(self.modalities) != 1:
-            raise ValueError(f"graph contrastive learning takes one modality, got {list(self.modalities)}")
+        self.require_one_modality("graph contrastive learning")
         unknown = [name for name in config.augmentations if name not in AUGMENTATIONS]
         if unknown:
             raise ValueError(f"Could not resolve augmentation {unknown[0]!r} among choices {sorted(AUGMENTATIONS)}")

@@ -43,8 +43,7 @@ class MaskedAudioObjective(Objective):
 
     def __init__(self, config: MaskedAudioConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        if len(self.modalities) != 1:
-            raise ValueError(f"masked audio modeling takes one modality, got {list(self.modalities)}")
+        self.require_one_modality("masked audio modeling")
         if not 0 < config.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio}")
         self.key = self.modalities[0]

@@ -75,8 +75,7 @@ class MaskedImageObjective(Objective):
 
     def __init__(self, config: MaskedImageConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        if len(self.modalities) != 1:
-            raise ValueError(f"masked image modeling takes one modality, got {list(self.modalities)}")
+        self.require_one_modality("masked image modeling")
         if not 0 < config.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio}")
         self.key = self.modalities[0]

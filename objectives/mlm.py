@@ -86,8 +86,7 @@ class MLMObjective(Objective):
 
     def __init__(self, config: MLMConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        if len(self.modalities) != 1:
-            raise ValueError(f"masked language modeling takes one modality, got {list(self.modalities)}")
+        self.require_one_modality("masked language modeling")
         if not 0 < config.mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {config.mask_prob}")
         if config.replace_mask < 0 or config.replace_random < 0 or config.replace_mask + config.replace_random > 1:

@@ -90,8 +90,7 @@ class ViewContrastiveObjective(Objective):
 
     def __init__(self, config: ViewContrastiveConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        if len(self.modalities) != 1:
-            raise ValueError(f"view-contrastive learning takes one modality, got {list(self.modalities)}")
+        self.require_one_modality("view-contrastive learning")
         if config.method not in ("simclr", "byol"):
             raise ValueError(f"Could not resolve method {config.method!r} among choices ['byol', 'simclr']")
         if config.temperature <= 0:
