@@ -62,6 +62,9 @@ class WorldConfig:
     # for every rendering modality, or per modality ({image: 6, audio: 4}).
     heldout: int | dict[str, int] = 6
     single_attribute_prob: float = 0.3  # share of captions that name one attribute only
+    # share of captions that name the count, which cross-modal retrieval matches on
+    # (null: as the templates fall, about 0.3)
+    shared_attribute_prob: float | None = None
     # fresh samples a class for zero-shot: a held-out figure covers a few classes, and at
     # 25 a class sampling alone moves it by about +-0.09 (two SD); at 400, about +-0.025
     eval_samples_per_class: int = 400
@@ -94,7 +97,9 @@ class TrainConfig:
     # multi-tensor kernel's in the last bits (false: torch's multi-tensor AdamW)
     fused_optimizer: bool = True
     accum_steps: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # bf16/fp16: autocast; fp64: weights, batches and losses in float64, several times
+    # slower, for numerical checks (two runs that should agree differ only by rounding)
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
     # which objectives run at a step: all | round_robin | weighted (objectives.<name>.probability)
     schedule: Literal["all", "round_robin", "weighted"] = "all"
     # how their losses combine: static | uncertainty (Kendall et al. 2018) | initial_loss

@@ -38,12 +38,26 @@ class World:
         num_heldout: how many class combinations to hold out of training.
         single_attribute_prob: share of training captions that name one attribute only
             ("a red shape", "a triangle"), which teaches attributes separately.
+        shared_attribute_prob: share of training captions that name a shared attribute
+            (the count); ``None`` leaves it to the templates (about 0.3 of them name it).
+            The count is what cross-modal retrieval matches on, and a caption that names
+            it is the only signal that teaches it.
     """
 
-    def __init__(self, space: ConceptSpace, seed: int = 0, num_heldout: int = 6, single_attribute_prob: float = 0.3) -> None:
+    def __init__(
+        self,
+        space: ConceptSpace,
+        seed: int = 0,
+        num_heldout: int = 6,
+        single_attribute_prob: float = 0.3,
+        shared_attribute_prob: float | None = None,
+    ) -> None:
+        if shared_attribute_prob is not None and not 0.0 <= shared_attribute_prob <= 1.0:
+            raise ValueError(f"world.shared_attribute_prob must be in [0, 1] or null, got {shared_attribute_prob}")
         self.space = space
         self.seed = seed
         self.single_attribute_prob = single_attribute_prob
+        self.shared_attribute_prob = shared_attribute_prob
         names = list(space.class_attributes)
         combos = list(itertools.product(*(space.class_attributes[a] for a in names)))
         heldout = self._choose_heldout(combos, names, num_heldout, seed)
@@ -109,10 +123,21 @@ class World:
             templates = single[attr]
         else:
             templates = self.space.caption_templates
+        if self.shared_attribute_prob is not None:
+            templates = self._with_or_without_shared(templates, rng.random() < self.shared_attribute_prob)
         template = templates[int(rng.integers(len(templates)))]
         text = template.format(**{k: self._word(v, rng) for k, v in concept.items()})
-        named = {field for _, field, _, _ in string.Formatter().parse(template) if field}
-        return text, self.match_codes(concept, named)
+        return text, self.match_codes(concept, self._fields(template))
+
+    @staticmethod
+    def _fields(template: str) -> set[str]:
+        return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+    def _with_or_without_shared(self, templates: Sequence[str], name_shared: bool) -> Sequence[str]:
+        """The templates that name a shared attribute (or those that name none); all of
+        them where the family has none of the asked kind."""
+        chosen = [t for t in templates if bool(self._fields(t) & set(self.space.shared_attributes)) == name_shared]
+        return chosen or templates
 
     def attribute_codes(self, concept: Mapping[str, str], named: set[str] | None = None) -> list[int]:
         """Class-attribute value indices of ``concept``; -1 for attributes not in ``named``."""
@@ -151,4 +176,10 @@ def world_for(modality: Modality, config: Any) -> World:
         if modality.key not in heldout:
             raise ValueError(f"world.heldout has no count for modality '{modality.key}' (it has {sorted(heldout)})")
         heldout = heldout[modality.key]
-    return World(space, seed=config.seed, num_heldout=heldout, single_attribute_prob=config.single_attribute_prob)
+    return World(
+        space,
+        seed=config.seed,
+        num_heldout=heldout,
+        single_attribute_prob=config.single_attribute_prob,
+        shared_attribute_prob=config.shared_attribute_prob,
+    )

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from mmssl.seeding import sample_rng
 from mmssl.world import World
@@ -35,6 +36,22 @@ def test_captions_name_attributes_and_codes_say_which():
                 assert any(w in text for w in words), (text, attr)
         singles += -1 in codes[:2]  # a class attribute left unnamed: a single-attribute caption
     assert 60 < singles < 140
+
+
+def test_shared_attribute_prob_sets_the_share_of_captions_that_name_the_count():
+    def share(prob: float | None) -> float:
+        world = World(SHAPES_SPACE, 0, 6, single_attribute_prob=0.6, shared_attribute_prob=prob)
+        rng = sample_rng(0, "test")
+        captions = [world.caption(world.concept(world.train_classes[i % 30], rng), rng) for i in range(1000)]
+        for text, codes in captions:  # the count's code is set exactly where its words are in the caption
+            assert (codes[-1] != -1) == ("dot" in text), text
+        return sum(codes[-1] != -1 for _, codes in captions) / len(captions)
+
+    assert 0.2 < share(None) < 0.35  # as the templates fall
+    assert share(0.0) == 0.0 and share(1.0) == 1.0
+    assert 0.55 < share(0.6) < 0.65
+    with pytest.raises(ValueError, match=r"world.shared_attribute_prob must be in \[0, 1\] or null, got 1.5"):
+        World(SHAPES_SPACE, 0, 6, shared_attribute_prob=1.5)
 
 
 def test_sample_rng_is_stable():
