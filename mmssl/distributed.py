@@ -24,6 +24,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from modalities.base import upcast
 from objectives.base import DistContext
 
 
@@ -180,7 +181,7 @@ class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
         from torch.distributed.nn.functional import all_reduce  # sums gradients over ranks in backward
 
         dims = [0, *range(2, input.dim())]
-        x = input.float()
+        x = upcast(input)
         channels = x.shape[1]
         count = torch.tensor([float(x.numel() // channels)], dtype=x.dtype, device=x.device)
         # two passes (mean, then squared deviations), as accurate as one process's BatchNorm
@@ -218,8 +219,11 @@ def _convert(module: nn.Module) -> nn.Module:
                 f"cannot synchronise {type(module).__name__} on {module.weight.device}: it holds layers beyond the "
                 "norm; use plain BatchNorm layers, a GPU (SyncBatchNorm), or train.sync_batchnorm: false"
             )
+        like = next(iter([*module.parameters(), *module.buffers()]), None)  # keep the layer's device and dtype
         new = DistributedBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+            device=like.device if like is not None else None,
+            dtype=like.dtype if like is not None and like.is_floating_point() else None,
         )
         new.load_state_dict(module.state_dict())
         new.train(module.training)

@@ -11,7 +11,7 @@ from torch import nn
 
 from mmssl.config import ConfigError, RunConfig
 from mmssl.registry import get_modality, get_objective
-from modalities.base import Modality, ModalityOutput, keep_norm_statistics_on_recompute, modality_roles
+from modalities.base import Modality, ModalityOutput, keep_norm_statistics_on_recompute, modality_roles, upcast
 from objectives.base import DistContext, Objective, ObjectiveOutput
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class MultimodalModel(nn.Module):
             out = []
             for batch in batches:
                 output: ModalityOutput = encoder(encoder.move_batch(batch, device))
-                out.append(F.normalize(head.embed(modality, output).float(), dim=-1))
+                out.append(F.normalize(upcast(head.embed(modality, output)), dim=-1))
             return torch.cat(out) if out else torch.empty(0)
         finally:
             self.train(was_training)

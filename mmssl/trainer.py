@@ -115,14 +115,19 @@ def _tuplify(x: Any) -> Any:
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def move_to(batch: Any, device: torch.device) -> Any:
+def move_to(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """``batch`` on ``device``, its floating-point tensors in ``dtype`` where given."""
     if torch.is_tensor(batch):
+        if dtype is not None and batch.is_floating_point():
+            return batch.to(device, dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {k: move_to(v, device) for k, v in batch.items()}
+        return {k: move_to(v, device, dtype) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
-    if hasattr(batch, "to"):  # PyG Batch and friends
+        return type(batch)(move_to(v, device, dtype) for v in batch)
+    if hasattr(batch, "apply"):  # PyG Batch and friends
+        return batch.apply(lambda t: move_to(t, device, dtype))
+    if hasattr(batch, "to"):
         return batch.to(device)
     return batch
 
@@ -172,7 +177,9 @@ class Pretrainer:
         if self.train_cfg.threads:
             torch.set_num_threads(self.train_cfg.threads)
         self.dist = distributed.context()
-        self.model = (model if model is not None else build_model(config, self.dist)).to(self.device)
+        # fp64 keeps every parameter and buffer in float64 (batches follow in move_to)
+        self.dtype = torch.float64 if self.train_cfg.precision == "fp64" else None
+        self.model = (model if model is not None else build_model(config, self.dist)).to(self.device, self.dtype)
         if self.dist.world_size > 1 and self.train_cfg.sync_batchnorm:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         # after the BatchNorm conversion, which replaces layers; before DDP wraps the model
@@ -190,7 +197,7 @@ class Pretrainer:
         weights = {name: config.objectives[name].weight if name in config.objectives else 1.0 for name in self.model.objectives}
         self.weighting: LossWeighting = build_weighting(
             self.train_cfg.weighting, weights, self.train_cfg.initial_loss_steps
-        ).to(self.device)
+        ).to(self.device, self.dtype)
         probabilities = {n: config.objectives[n].probability for n in self.model.objectives if n in config.objectives}
         every = {n: config.objectives[n].every for n in self.model.objectives if n in config.objectives}
         self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed, every)
@@ -395,7 +402,7 @@ class Pretrainer:
     # --- loop -------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
         precision = self.train_cfg.precision
-        if precision == "fp32":
+        if precision in ("fp32", "fp64"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
@@ -428,7 +435,7 @@ class Pretrainer:
         samples = 0
         total_value = 0.0
         for micro in range(cfg.accum_steps):
-            batches = {name: move_to(next(self.streams[name]), self.device) for name in active}
+            batches = {name: move_to(next(self.streams[name]), self.device, self.dtype) for name in active}
             samples += sum(batch_size_of(b, self.model.objectives[n].modalities[0]) for n, b in batches.items())
             last_micro = micro == cfg.accum_steps - 1
             # gradients are averaged over ranks once, on the last micro-step

@@ -81,6 +81,13 @@ class ModalityOutput:
     padding_mask: torch.Tensor | None = None
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 at least: half-precision values (under autocast) go up to float32,
+    where losses and normalisations are computed; float64 (``train.precision: fp64``)
+    stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 # The world's attribute that crosses modalities: an image shows that many dots, a tone
 # plays that many notes, a graph carries that many pendant triangles, and every caption
 # that names it uses the same number word. No pair of two non-text modalities is ever

@@ -69,7 +69,7 @@ def mean_over_global_count(summed: torch.Tensor, count: torch.Tensor | float, di
     over ranks, so the mean of the ranks' losses (and gradients) is then the
     one-process loss over the global count.
     """
-    count = torch.as_tensor(count, dtype=torch.float32, device=summed.device).reshape(())
+    count = torch.as_tensor(count, dtype=torch.promote_types(summed.dtype, torch.float32), device=summed.device).reshape(())
     if dist.world_size > 1 and torch.distributed.is_initialized():
         count = count.clone()
         torch.distributed.all_reduce(count)

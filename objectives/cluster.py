@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.base import Modality, ViewAugmenter, require_capability
+from modalities.base import Modality, ViewAugmenter, require_capability, upcast
 from objectives.base import (
     EXTRAS_KEY,
     MATCH_KEY,
@@ -134,7 +134,7 @@ class ClusterObjective(Objective):
 
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         slot = VIEWS if self.config.views else "items"
-        z = F.normalize(self.head(self.encode(model, batch, slot).pooled).float(), dim=-1)
+        z = F.normalize(self.head(upcast(self.encode(model, batch, slot).pooled)), dim=-1)
         first = z[: z.shape[0] // 2] if self.config.views else z
         with torch.no_grad():
             if self.training:  # in eval mode the loss is taken against the current clusters, changing nothing

@@ -15,7 +15,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 
-from modalities.base import Modality, PatchEncoder, require_capability
+from modalities.base import Modality, PatchEncoder, require_capability, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.heads import HeadKind, projection_head
 from objectives.masked_patches import masked_patch_loss, normalise_patches, patch_mask, trivial_patch_loss
@@ -72,7 +72,7 @@ class MaskedAudioObjective(Objective):
         counted = masked & ~encoder.patch_padding_mask(inputs)  # padding after the audio ends is no target
         output = self.encode(model, batch, "masked")
         prediction = self.head(output.tokens)
-        target = encoder.patch_targets(inputs).float()
+        target = upcast(encoder.patch_targets(inputs))
         if self.config.norm_targets:
             target = normalise_patches(target)
         loss = masked_patch_loss(prediction, target, counted, self.dist)

@@ -21,7 +21,7 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from modalities.base import Modality, PatchEncoder, VisiblePatchEncoder, require_capability
+from modalities.base import Modality, PatchEncoder, VisiblePatchEncoder, require_capability, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.heads import HeadKind, projection_head
 from objectives.masked_patches import masked_patch_loss, normalise_patches, patch_mask, trivial_patch_loss
@@ -119,7 +119,7 @@ class MaskedImageObjective(Objective):
         counted = hidden & ~encoder.patch_padding_mask(inputs)
         tokens = self.encode(model, batch, "masked").tokens
         prediction = self.decoder(tokens, hidden) if self.config.mae else self.head(tokens)
-        target = encoder.patch_targets(inputs).float()
+        target = upcast(encoder.patch_targets(inputs))
         if self.config.norm_targets:
             target = normalise_patches(target)
         loss = masked_patch_loss(prediction, target, counted, self.dist)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from modalities.base import upcast
 from objectives.base import DistContext, mean_over_global_count
 
 
@@ -77,7 +78,7 @@ def masked_patch_loss(
     Shapes:
         prediction, target: [B, N, P]; mask: [B, N] bool (True = counts).
     """
-    per_patch = (prediction.float() - target.float()).pow(2).mean(-1)
+    per_patch = (upcast(prediction) - upcast(target)).pow(2).mean(-1)
     weights = mask.to(per_patch.dtype)
     return mean_over_global_count((per_patch * weights).sum(), weights.sum(), dist or DistContext())
 

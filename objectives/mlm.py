@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.base import MaskableTokenEncoder, Modality, require_capability
+from modalities.base import MaskableTokenEncoder, Modality, require_capability, upcast
 from objectives.base import (
     EXTRAS_KEY,
     DistContext,
@@ -137,7 +137,7 @@ class MLMObjective(Objective):
         weight = encoder.token_embedding.weight if self.decoder is None else self.decoder.weight
         logits = F.linear(hidden, weight, self.decoder_bias)  # [M, V]
         targets = labels[selected]
-        summed = F.cross_entropy(logits.float(), targets, reduction="sum")
+        summed = F.cross_entropy(upcast(logits), targets, reduction="sum")
         loss = mean_over_global_count(summed, targets.numel(), self.dist)
         if targets.numel() == 0:
             loss = loss + 0.0 * output.tokens.sum()  # keep the graph connected

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from modalities.base import upcast
+
 
 def nt_xent(
     z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, rank: int = 0, world_size: int = 1
@@ -23,7 +25,7 @@ def nt_xent(
     Shapes:
         z_a, z_b: [B, E] projections of the two views (normalised here); returns a scalar.
     """
-    z_a, z_b = F.normalize(z_a.float(), dim=-1), F.normalize(z_b.float(), dim=-1)
+    z_a, z_b = F.normalize(upcast(z_a), dim=-1), F.normalize(upcast(z_b), dim=-1)
     n = z_a.shape[0]
     if world_size > 1:
         from torch.distributed.nn.functional import all_gather  # gathers with gradients
@@ -39,7 +41,7 @@ def nt_xent(
     itself = torch.cat([own, own + m])
     partner = torch.cat([own + m, own])
     rows = torch.arange(2 * n, device=z_a.device)
-    logits = logits.index_put((rows, itself), torch.tensor(float("-inf"), device=logits.device))
+    logits = logits.index_put((rows, itself), torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
     return F.cross_entropy(logits, partner)
 
 
@@ -52,7 +54,7 @@ def view_metrics(z_a: torch.Tensor, z_b: torch.Tensor) -> dict[str, float]:
     Shapes:
         z_a, z_b: [B, E].
     """
-    a, b = F.normalize(z_a.float(), dim=-1), F.normalize(z_b.float(), dim=-1)
+    a, b = F.normalize(upcast(z_a), dim=-1), F.normalize(upcast(z_b), dim=-1)
     z = torch.cat([a, b])
     sim = z @ z.T
     sim.fill_diagonal_(float("-inf"))

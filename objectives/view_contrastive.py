@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.base import Modality, ModalityOutput, ViewAugmenter, require_capability
+from modalities.base import Modality, ModalityOutput, ViewAugmenter, require_capability, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.heads import HeadKind, projection_head
 from objectives.nt_xent import nt_xent, view_metrics
@@ -73,7 +73,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean of 2 - 2 cos(prediction, target) over items. Shapes: [B, E], [B, E] -> scalar."""
-    return (2 - 2 * F.cosine_similarity(prediction.float(), target.float(), dim=-1)).mean()
+    return (2 - 2 * F.cosine_similarity(upcast(prediction), upcast(target), dim=-1)).mean()
 
 
 class ViewContrastiveObjective(Objective):
