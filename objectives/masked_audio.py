@@ -18,7 +18,7 @@ import torch
 from modalities.base import Modality, PatchEncoder, require_capability, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.heads import HeadKind, projection_head
-from objectives.masked_patches import masked_patch_loss, normalise_patches, patch_mask, trivial_patch_loss
+from objectives.masked_patches import check_mask_ratio, masked_patch_loss, normalise_patches, patch_mask, trivial_patch_loss
 
 __all__ = ["MaskedAudioConfig", "MaskedAudioObjective", "masked_patch_loss", "normalise_patches", "patch_mask"]
 
@@ -44,8 +44,7 @@ class MaskedAudioObjective(Objective):
     def __init__(self, config: MaskedAudioConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
         self.require_one_modality("masked audio modeling")
-        if not 0 < config.mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio}")
+        check_mask_ratio(config.mask_ratio)
         self.key = self.modalities[0]
         encoder = encoders[self.key]
         require_capability(

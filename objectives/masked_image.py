@@ -24,7 +24,7 @@ from torch import nn
 from modalities.base import Modality, PatchEncoder, VisiblePatchEncoder, require_capability, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.heads import HeadKind, projection_head
-from objectives.masked_patches import masked_patch_loss, normalise_patches, patch_mask, trivial_patch_loss
+from objectives.masked_patches import check_mask_ratio, masked_patch_loss, normalise_patches, patch_mask, trivial_patch_loss
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ class MaskedImageObjective(Objective):
     def __init__(self, config: MaskedImageConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
         self.require_one_modality("masked image modeling")
-        if not 0 < config.mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio}")
+        check_mask_ratio(config.mask_ratio)
         self.key = self.modalities[0]
         encoder = encoders[self.key]
         if config.mae:

@@ -13,6 +13,12 @@ from modalities.base import upcast
 from objectives.base import DistContext, mean_over_global_count
 
 
+def check_mask_ratio(ratio: float) -> None:
+    """Raise a ValueError unless ``ratio`` leaves some patches masked and some visible."""
+    if not 0 < ratio < 1:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {ratio}")
+
+
 def patch_mask(grid: tuple[int, int], ratio: float, kind: str, rng: np.random.Generator) -> torch.Tensor:
     """A [R * C] bool mask over a row-major patch grid (R, C) (True = masked).
 

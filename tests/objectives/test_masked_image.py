@@ -143,6 +143,9 @@ def test_towers_without_the_capability_fail_at_build_time():
     cnn = _image(TOWERS["timm-cnn"])
     with pytest.raises(ValueError, match=r"no VisiblePatchEncoder.*lacks \['encodes_visible_only'\].*mae: false for CNN"):
         MaskedImageObjective(MaskedImageConfig(modalities=("image",), mae=True), {"image": cnn}, DistContext())
+    for ratio in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"mask_ratio must be in \(0, 1\), got {ratio}"):
+            MaskedImageObjective(MaskedImageConfig(modalities=("image",), mask_ratio=ratio), {"image": cnn}, DistContext())
     with pytest.raises(ValueError, match=r"built for \(224, 224\) images but image_size is 32.*img_size: 32"):
         _image({"backbone": "test_vit", "backbone_args": {"img_size": 224}})
 

@@ -34,8 +34,7 @@ class ForecastObjective(Objective):
 
     def __init__(self, config: ForecastConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        if len(self.modalities) != 1:
-            raise ValueError(f"forecast takes one modality, got {list(self.modalities)}")
+        self.require_one_modality("forecast")
         self.key = self.modalities[0]
         encoder = encoders[self.key]
         require_capability(encoder, PatchEncoder, "forecasting", forward_kwargs=("patch_mask",))
