@@ -50,6 +50,24 @@ class ImageViews:
     contrast: float = 0.3
     saturation: float = 0.0
     hue: float = 0.0  # ColorJitter: hue shift drawn from [-x, x] of the colour circle
+    # an offset drawn from [-x, x] for each RGB channel, added to every pixel: moves the
+    # background's colour and the shape's alike. 0.08 (20 of 255) is the world's own
+    # colour noise, well inside the distance between two colour names
+    channel_shift: float = 0.0
+
+
+class ChannelShift(nn.Module):
+    """Adds one offset drawn uniformly from [-shift, shift] per channel to every pixel of
+    a [C, H, W] image in [0, 1] (clamped), from torch's generator. No library has it
+    (albumentations' RGBShift is the same idea)."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        offset = (torch.rand(pixels.shape[0], 1, 1) * 2 - 1) * self.shift
+        return (pixels + offset).clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,7 @@ class ImageModality(Modality):
             v2.RandomHorizontalFlip(views.flip),
             v2.RandomApply([v2.GaussianBlur(2 * (size // 20) + 1, sigma=tuple(views.blur_sigma))], p=views.blur),
             v2.ColorJitter(brightness=views.brightness, contrast=views.contrast, saturation=views.saturation, hue=views.hue),
+            *([ChannelShift(views.channel_shift)] if views.channel_shift else []),
         ])
 
     # --- data ---------------------------------------------------------------------

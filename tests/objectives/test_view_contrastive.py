@@ -20,7 +20,7 @@ from mmssl.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality, AudioViews
 from modalities.base import ViewAugmenter
 from modalities.graph import GraphConfig, GraphModality
-from modalities.image import ImageConfig, ImageModality
+from modalities.image import ImageConfig, ImageModality, ImageViews
 from objectives.base import DistContext
 from objectives.view_contrastive import ViewContrastiveConfig, ViewContrastiveObjective, byol_momentum
 from tests.test_nonfinite import nan_loss_at
@@ -80,6 +80,24 @@ def test_views_follow_the_generator_and_leave_the_sample_unchanged(kind):
     if kind != "image":
         count = "valid_samples" if kind == "wav2vec2" else "valid_frames"
         assert first[count] == again[count] and 1 <= first[count] <= before.shape[-1]
+
+
+def test_image_channel_shift_moves_each_channel_by_one_offset_within_its_bound():
+    """With only the channel shift on, a view is the image plus one offset per RGB
+    channel, at most ``channel_shift`` of the pixel range (away from the clamp)."""
+    still = dict(crop_scale=(1.0, 1.0), flip=0.0, blur=0.0, brightness=0.0, contrast=0.0)
+    modality = ImageModality(ImageConfig(backbone="test_resnet", views=ImageViews(**still, channel_shift=0.08)))
+    sample = _image_sample(modality)
+    std = torch.tensor(modality.config.std).view(3, 1, 1)
+    pixels = sample * std + torch.tensor(modality.config.mean).view(3, 1, 1)
+    inside = ((pixels > 0.1) & (pixels < 0.9)).all(0)  # no clamping there
+    offsets = [((modality.augment(sample, np.random.default_rng(seed)) - sample) * std)[:, inside] for seed in range(8)]
+    for offset in offsets:
+        per_channel = offset.mean(1)
+        assert torch.allclose(offset, per_channel[:, None].expand_as(offset), atol=1e-5)  # one offset a channel
+        assert per_channel.abs().max() <= 0.08 + 1e-6
+    spread = torch.stack([o.mean(1) for o in offsets])
+    assert spread.abs().max() > 0.04 and len({round(float(v), 4) for v in spread[:, 0]}) == 8
 
 
 def test_audio_gain_is_exact_on_the_log_mel():
