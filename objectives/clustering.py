@@ -117,7 +117,7 @@ def _entropy(counts: np.ndarray, n: int) -> float:
 
 def _expected_mutual_info(rows: np.ndarray, cols: np.ndarray, n: int) -> float:
     """E[MI] over labellings with these cluster sizes (the hypergeometric model)."""
-    lg = np.vectorize(math.lgamma)
+    log_factorial = np.array([math.lgamma(k + 1) for k in range(n + 1)])  # log k! for k = 0..n
     total = 0.0
     for a in rows:
         for b in cols:
@@ -125,8 +125,8 @@ def _expected_mutual_info(rows: np.ndarray, cols: np.ndarray, n: int) -> float:
             if nij.size == 0:
                 continue
             log_p = (
-                lg(a + 1) + lg(b + 1) + lg(n - a + 1) + lg(n - b + 1) - lg(n + 1)
-                - lg(nij + 1) - lg(a - nij + 1) - lg(b - nij + 1) - lg(n - a - b + nij + 1)
+                log_factorial[a] + log_factorial[b] + log_factorial[n - a] + log_factorial[n - b] - log_factorial[n]
+                - log_factorial[nij] - log_factorial[a - nij] - log_factorial[b - nij] - log_factorial[n - a - b + nij]
             )
             total += float(np.sum(nij / n * np.log(n * nij / (a * b)) * np.exp(log_p)))
     return total
