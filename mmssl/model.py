@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,18 +154,34 @@ def build_model(config: RunConfig, dist: DistContext | None = None) -> Multimoda
     """Encoders and objectives from a validated config, through the registry.
 
     Initial weights depend only on ``config.seed`` (the global torch RNG is seeded here).
+
+    Raises:
+        ConfigError: a modality or objective refused its options (a ValueError from its
+            constructor), naming its config key.
     """
     torch.manual_seed(config.seed)
     encoders: dict[str, Modality] = {}
     for key, spec in config.modalities.items():
-        encoder = get_modality(spec.type)(spec.options)
+        with _names_the_key(f"modalities.{key}"):
+            encoder = get_modality(spec.type)(spec.options)
         encoder.key = key
         encoders[key] = encoder
-    objectives = {
-        name: get_objective(spec.type)(spec.options, encoders, dist or DistContext())
-        for name, spec in config.objectives.items()
-    }
+    objectives = {}
+    for name, spec in config.objectives.items():
+        with _names_the_key(f"objectives.{name}"):
+            objectives[name] = get_objective(spec.type)(spec.options, encoders, dist or DistContext())
     return MultimodalModel(encoders, objectives)
+
+
+@contextlib.contextmanager
+def _names_the_key(key: str) -> Iterator[None]:
+    """A ValueError raised inside becomes a ConfigError that starts with ``key``."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"'{key}': {exc}") from exc
 
 
 def enable_grad_checkpointing(model: MultimodalModel, selection: bool | Sequence[str]) -> list[str]:

@@ -63,6 +63,8 @@ class ChannelShift(nn.Module):
 
     def __init__(self, shift: float) -> None:
         super().__init__()
+        if not 0 <= shift <= 1:
+            raise ValueError(f"views.channel_shift must be in [0, 1] (a share of the pixel range), got {shift}")
         self.shift = shift
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,8 @@ def test_image_channel_shift_moves_each_channel_by_one_offset_within_its_bound()
         assert per_channel.abs().max() <= 0.08 + 1e-6
     spread = torch.stack([o.mean(1) for o in offsets])
     assert spread.abs().max() > 0.04 and len({round(float(v), 4) for v in spread[:, 0]}) == 8
+    with pytest.raises(ValueError, match=r"views.channel_shift must be in \[0, 1\].*got -0.1"):
+        ImageModality(ImageConfig(backbone="test_resnet", views=ImageViews(channel_shift=-0.1)))
 
 
 def test_audio_gain_is_exact_on_the_log_mel():
