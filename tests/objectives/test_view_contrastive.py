@@ -31,6 +31,7 @@ IMAGE = REPO / "configs" / "tiny_view_image.yaml"
 AUDIO = REPO / "configs" / "tiny_view_audio.yaml"
 SMALL = ["objectives.views.data.batch_size=16", "objectives.views.embed_dim=16", "world.eval_samples_per_class=2",
          "train.warmup_steps=2", "train.log_every=1"]
+TINY_IMAGE = ["modalities.image.backbone=test_resnet", "modalities.image.backbone_args={}", "modalities.image.image_size=32"]
 
 
 def test_one_nt_xent_in_the_codebase():
@@ -125,7 +126,7 @@ def test_a_modality_without_augmentations_is_refused_at_build():
 
 
 def test_simclr_loss_falls(tmp_path):
-    trainer = Pretrainer(mmssl.load_config(IMAGE, [*SMALL, "train.steps=16", "train.lr=0.003"]), tmp_path)
+    trainer = Pretrainer(mmssl.load_config(IMAGE, [*SMALL, *TINY_IMAGE, "train.steps=16", "train.lr=0.003"]), tmp_path)
     trainer.fit()
     losses = [r["views/loss"] for r in read_metrics(tmp_path / "metrics.jsonl")]
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
@@ -163,7 +164,7 @@ def test_byol_target_moves_by_moving_average_only(tmp_path):
 
 
 def test_byol_resumes_bit_for_bit_with_its_target_in_the_checkpoint(tmp_path):
-    overrides = [*SMALL, "objectives.views.method=byol", "train.steps=5", "train.checkpoint_every=2"]
+    overrides = [*SMALL, *TINY_IMAGE, "objectives.views.method=byol", "train.steps=5", "train.checkpoint_every=2"]
     full = Pretrainer(mmssl.load_config(IMAGE, overrides), tmp_path / "full")
     full.fit()
     with safe_open(resolve_checkpoint(tmp_path / "full") / "model.safetensors", "pt") as f:
