@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmssl.config import ConfigError
 from mmssl.seeding import sample_rng
 from modalities.base import ConceptSpace, Modality
 
@@ -167,19 +168,27 @@ class World:
 
 
 def world_for(modality: Modality, config: Any) -> World:
-    """The world over ``modality``'s concept space, as ``config`` (a WorldConfig) sets it."""
+    """The world over ``modality``'s concept space, as ``config`` (a WorldConfig) sets it.
+
+    Raises:
+        ConfigError: a ``world`` option out of its range, or a per-modality ``heldout``
+            without this modality (the message names the key).
+    """
     space = modality.concept_space()
     if space is None:
         raise ValueError(f"modality '{modality.key}' renders no concepts: it has no concept space")
     heldout = config.heldout
     if isinstance(heldout, dict):
         if modality.key not in heldout:
-            raise ValueError(f"world.heldout has no count for modality '{modality.key}' (it has {sorted(heldout)})")
+            raise ConfigError(f"world.heldout has no count for modality '{modality.key}' (it has {sorted(heldout)})")
         heldout = heldout[modality.key]
-    return World(
-        space,
-        seed=config.seed,
-        num_heldout=heldout,
-        single_attribute_prob=config.single_attribute_prob,
-        shared_attribute_prob=config.shared_attribute_prob,
-    )
+    try:
+        return World(
+            space,
+            seed=config.seed,
+            num_heldout=heldout,
+            single_attribute_prob=config.single_attribute_prob,
+            shared_attribute_prob=config.shared_attribute_prob,
+        )
+    except ValueError as exc:  # World names the key in its messages
+        raise ConfigError(str(exc)) from exc

@@ -67,6 +67,8 @@ CASES = [
      "stream 'image_text': 1 samples is fewer than one batch of 16"),
     (pretrain, [TINY, "--output-dir", "{tmp}/out", "modalities.image.views.channel_shift=-0.1"],
      "'modalities.image': views.channel_shift must be in [0, 1]"),
+    (pretrain, [TINY, "--output-dir", "{tmp}/out", "world.shared_attribute_prob=2"],
+     "world.shared_attribute_prob must be in [0, 1] or null, got 2.0"),
     (pretrain, [TINY, "--output-dir", "{tmp}/out", "--resume", "{tmp}/nothing"], "no checkpoint at {tmp}/nothing"),
     (pretrain, [TINY, "--output-dir", "{tmp}/a_file"], "output directory {tmp}/a_file is not writable: File exists"),
     (zero_shot, ["--checkpoint", "{corrupt}", "--modality", "image"], "{corrupt}/model.safetensors is unreadable: "),
