@@ -29,7 +29,10 @@ name = "mmssl-{name}"
 version = "0.1.0"
 description = "An mmssl plugin: the {name} modality and its reconstruction objective"
 requires-python = ">=3.11"
-dependencies = ["mmssl"]
+dependencies = ["mmssl", "torch", "numpy"]
+
+[project.optional-dependencies]
+test = ["pytest>=8"]
 
 [project.entry-points."mmssl.modalities"]
 {name} = "mmssl_{name}.modality:{title}Modality"

@@ -1,6 +1,6 @@
 """The plugin's own tests: mmssl's contract suite, and its reader and source.
 
-    pip install -e examples/sensor && pytest examples/sensor/tests
+    pip install -e "examples/sensor[test]" && pytest examples/sensor/tests
 """
 
 from __future__ import annotations
