@@ -25,7 +25,7 @@ from mmssl.evaluation import caption_partner, caption_retrieval, classify_embedd
 from mmssl.linear_probe import fewshot_probe_on_features, linear_probe_on_features, probe_split
 from mmssl.metrics import average_precision, chance_levels, retrieval_metrics, value_relevance
 from modalities.base import modality_roles
-from objectives.clustering import adjusted_mutual_info, cluster_entropy, kmeans
+from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 
 TASKS = ("classification", "retrieval", "linear_probe", "fewshot", "clustering", "cross_modal")
 HEADLINE = {"classification": "top1", "retrieval": "R@1", "linear_probe": "top1", "fewshot": "top1", "clustering": "AMI",

@@ -137,7 +137,7 @@ import torch.nn.functional as F
 
 from modalities.base import Modality
 from objectives.base import DistContext, EncoderHost, Objective, ObjectiveOutput
-from objectives.heads import projection_head
+from objectives.helpers.heads import projection_head
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ from objectives.base import (
     ObjectiveOutput,
     mean_over_global_count,
 )
-from objectives.clustering import adjusted_mutual_info, cluster_entropy, kmeans
-from objectives.heads import HeadKind, projection_head
+from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
+from objectives.helpers.heads import HeadKind, projection_head
 
 _CLASS_BASE = 1000  # class id = sum of attribute value index * base**attribute
 VIEWS = "views"  # extras key: both views of every item, view a's then view b's

@@ -21,7 +21,7 @@ from torch import nn
 
 from modalities.base import Modality, ModalityOutput
 from objectives.base import MATCH_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput, match_matrix
-from objectives.heads import HeadKind, projection_head
+from objectives.helpers.heads import HeadKind, projection_head
 
 
 @dataclass(frozen=True)

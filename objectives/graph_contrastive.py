@@ -10,7 +10,7 @@ each view from its own edges), then masked feature rows are zeroed. The encoder
 embeds both views, a projection head maps them into a space where NT-Xent with a
 temperature pulls each graph's two views together against the other 2B - 2 views of
 the batch. GraphCL is the graph instance of ``view_contrastive``'s SimCLR: both use
-the one NT-Xent of ``objectives/nt_xent.py``.
+the one NT-Xent of ``objectives/helpers/nt_xent.py``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from torch_geometric.utils import (
 
 from modalities.base import Modality, ModalityOutput, seeded_torch_rng
 from objectives.base import EXTRAS_KEY, DistContext, EncoderHost, Objective, ObjectiveOutput
-from objectives.heads import HeadKind, projection_head
-from objectives.nt_xent import nt_xent, view_metrics
+from objectives.helpers.heads import HeadKind, projection_head
+from objectives.helpers.nt_xent import nt_xent, view_metrics
 
 VIEW_KEYS = ("view_a", "view_b")
 KEEP_KEY = "keep_features"  # node attribute of a view: [N, 1] bool, False = features masked

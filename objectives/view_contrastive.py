@@ -9,7 +9,7 @@ statistics, as SimCLR's does.
 ``simclr`` (Chen et al., 2020): a projection head and NT-Xent with a temperature; each
 view's positive is the other view of its item, the other 2B - 2 views (of every rank,
 gathered with gradient) are negatives. It is the same loss, from the same function
-(``objectives/nt_xent.py``), as ``graph_contrastive`` (GraphCL), which is this idea
+(``objectives/helpers/nt_xent.py``), as ``graph_contrastive`` (GraphCL), which is this idea
 with graph augmentations.
 
 ``byol`` (Grill et al., 2020): no negatives. An online projection head and predictor
@@ -39,8 +39,8 @@ from torch import nn
 
 from modalities.base import Modality, ModalityOutput, ViewAugmenter, require_capability, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
-from objectives.heads import HeadKind, projection_head
-from objectives.nt_xent import nt_xent, view_metrics
+from objectives.helpers.heads import HeadKind, projection_head
+from objectives.helpers.nt_xent import nt_xent, view_metrics
 
 VIEW_KEYS = ("view_a", "view_b")
 VIEWS = "views"  # the extras key of the collated 2B views

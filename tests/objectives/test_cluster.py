@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import mmssl
 from mmssl.checkpoint import resolve_checkpoint
-from objectives.clustering import adjusted_mutual_info, cluster_entropy, kmeans
+from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 
 CONFIG = "configs/tiny_cluster.yaml"
 TINY = ["train.steps=6", "train.checkpoint_every=3", "train.log_every=1", "objectives.clusters.data.batch_size=16",

@@ -24,7 +24,7 @@ from objectives.graph_contrastive import (
     seeded_global_rngs,
 )
 from modalities.graph import GraphConfig, GraphModality
-from objectives.nt_xent import nt_xent
+from objectives.helpers.nt_xent import nt_xent
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

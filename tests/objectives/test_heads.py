@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from objectives.heads import projection_head
+from objectives.helpers.heads import projection_head
 
 
 @pytest.mark.parametrize(

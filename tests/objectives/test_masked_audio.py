@@ -8,13 +8,8 @@ from mmssl.data import build_streams
 from mmssl.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality
 from objectives.base import EXTRAS_KEY, DistContext
-from objectives.masked_audio import (
-    MaskedAudioConfig,
-    MaskedAudioObjective,
-    masked_patch_loss,
-    normalise_patches,
-    patch_mask,
-)
+from objectives.helpers.patch_masking import masked_patch_loss, normalise_patches, patch_mask
+from objectives.masked_modeling import MaskedAudioConfig, MaskedAudioObjective
 
 
 @pytest.mark.parametrize("kind", ["random", "time", "frequency"])
@@ -132,3 +127,28 @@ def test_audio_tower_trains_in_tiny_config(tmp_path):
     for key in ("audio_text/loss", "masked_audio/loss"):
         assert mean(key, records[-8:]) < mean(key, records[:8]), key
     assert mean("masked_audio/loss", records[-8:]) < mean("masked_audio/trivial_loss", records[-8:])
+
+
+def test_masked_audio_is_the_masked_patch_objective_under_its_own_name_and_defaults():
+    """One algorithm: ``masked_patches`` with masked_audio's settings builds the same
+    head and gives the same loss; each name keeps its own keys and defaults."""
+    from dataclasses import fields
+
+    from objectives.masked_modeling import MaskedImageConfig, MaskedPatchConfig, MaskedPatchObjective
+
+    audio = AudioModality(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2))
+    audio.key = "audio"
+    built = []
+    for objective_type, config in ((MaskedAudioObjective, MaskedAudioConfig(modalities=("audio",))),
+                                   (MaskedPatchObjective, MaskedPatchConfig(modalities=("audio",), mask_ratio=0.5, head="mlp"))):
+        torch.manual_seed(0)
+        built.append(objective_type(config, {"audio": audio}, DistContext()))
+    alias, generic = built
+    assert isinstance(alias, MaskedPatchObjective) and alias.options == generic.options
+    waves = [np.random.default_rng(i).normal(size=4000).astype(np.float32) for i in range(2)]
+    batch = {"audio": audio.collate([audio.transform((w, 8000)) for w in waves])}
+    batch[EXTRAS_KEY] = {"patch_mask": torch.stack([alias.prepare_sample({}, np.random.default_rng(i))["patch_mask"] for i in range(2)])}
+    with torch.no_grad():
+        assert torch.equal(alias(_Host({"audio": audio}), batch).loss, generic(_Host({"audio": audio}), batch).loss)
+    assert {f.name for f in fields(MaskedAudioConfig)} == {"modalities", "mask_ratio", "mask_kind", "norm_targets", "head", "local_view"}
+    assert "local_view" not in {f.name for f in fields(MaskedImageConfig)} and MaskedImageConfig().mask_ratio == 0.6

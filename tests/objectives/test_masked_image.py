@@ -1,4 +1,4 @@
-"""Masked image modeling (objectives/masked_image.py) on the image modality's ViT and CNN
+"""Masked image modeling (objectives/masked_modeling.py) on the image modality's ViT and CNN
 towers (modalities/image.py), on configs/tiny_masked_image.yaml."""
 
 import numpy as np
@@ -14,8 +14,8 @@ from mmssl.trainer import Pretrainer
 from modalities.image import ImageConfig, ImageModality
 from modalities.text import TextConfig, TextModality
 from objectives.base import EXTRAS_KEY, DistContext
-from objectives.masked_image import MaskedImageConfig, MaskedImageObjective
-from objectives.masked_patches import patch_mask
+from objectives.masked_modeling import MaskedImageConfig, MaskedImageObjective
+from objectives.helpers.patch_masking import patch_mask
 from tests.conftest import CONFIGS
 from tests.test_trainer import _assert_same_weights
 

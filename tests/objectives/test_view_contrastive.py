@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 import mmssl
 import objectives.graph_contrastive
-import objectives.nt_xent
+import objectives.helpers.nt_xent
 import objectives.view_contrastive
 from mmssl.checkpoint import list_checkpoints, resolve_checkpoint
 from mmssl.config import ConfigError
@@ -35,9 +35,9 @@ TINY_IMAGE = ["modalities.image.backbone=test_resnet", "modalities.image.backbon
 
 
 def test_one_nt_xent_in_the_codebase():
-    assert objectives.graph_contrastive.nt_xent is objectives.nt_xent.nt_xent
-    assert objectives.view_contrastive.nt_xent is objectives.nt_xent.nt_xent
-    definitions = [p.name for p in (REPO / "objectives").glob("*.py") if re.search(r"^def nt_xent\(", p.read_text(), re.M)]
+    assert objectives.graph_contrastive.nt_xent is objectives.helpers.nt_xent.nt_xent
+    assert objectives.view_contrastive.nt_xent is objectives.helpers.nt_xent.nt_xent
+    definitions = [p.name for p in (REPO / "objectives").rglob("*.py") if re.search(r"^def nt_xent\(", p.read_text(), re.M)]
     assert definitions == ["nt_xent.py"]
 
 

@@ -16,8 +16,8 @@ import torch
 
 from modalities.base import Modality, PatchEncoder, require_capability
 from objectives.base import DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
-from objectives.heads import HeadKind, projection_head
-from objectives.masked_audio import masked_patch_loss
+from objectives.helpers.heads import HeadKind, projection_head
+from objectives.helpers.patch_masking import masked_patch_loss
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,4 @@
+"""Building blocks the objectives share, none of them an objective itself: projection
+heads (``heads``), the one NT-Xent (``nt_xent``), spherical k-means and adjusted mutual
+information (``clustering``), and patch masks, targets and losses of masked patch
+modeling (``patch_masking``). Registered objectives live one level up."""
