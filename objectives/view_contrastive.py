@@ -1,16 +1,19 @@
-"""Contrastive learning between two augmented views of one item (SimCLR, BYOL), for
-any modality that makes views of its samples (the ``ViewAugmenter`` capability).
+"""Contrastive learning between two augmented views of one item (SimCLR, BYOL,
+GraphCL), for any modality that makes views of its samples (the ``ViewAugmenter``
+capability: images, sounds, graphs, a plugin's).
 
 Both views are drawn in the data pipeline (``prepare_sample``) from the sample's own
-generator by the modality's ``augment`` and batched as one call of 2B samples (view a
-of every item, then view b), so a BatchNorm encoder sees both views in its batch
-statistics, as SimCLR's does.
+generator by the modality's ``augment``. With ``encode_views: together`` they are
+batched as one call of 2B samples (view a of every item, then view b), so a BatchNorm
+encoder sees both views in its batch statistics, as SimCLR's does; ``apart`` encodes
+each view's batch on its own, as GraphCL does.
 
 ``simclr`` (Chen et al., 2020): a projection head and NT-Xent with a temperature; each
 view's positive is the other view of its item, the other 2B - 2 views (of every rank,
-gathered with gradient) are negatives. It is the same loss, from the same function
-(``objectives/helpers/nt_xent.py``), as ``graph_contrastive`` (GraphCL), which is this idea
-with graph augmentations.
+gathered with gradient) are negatives (``objectives/helpers/nt_xent.py``).
+``graph_contrastive`` (GraphCL, You et al., 2020) is registered here too: SimCLR on
+graph views, with the keys it had as an objective of its own (``augmentations``,
+``augmentations_per_view``: the graph modality's view options) and its views apart.
 
 ``byol`` (Grill et al., 2020): no negatives. An online projection head and predictor
 regress, for each view, the target network's projection of the other view (2 - 2
@@ -29,8 +32,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +46,7 @@ from objectives.helpers.heads import HeadKind, projection_head
 from objectives.helpers.nt_xent import nt_xent, view_metrics
 
 VIEW_KEYS = ("view_a", "view_b")
-VIEWS = "views"  # the extras key of the collated 2B views
+VIEWS = "views"  # the extras key of the collated 2B views (encode_views: together)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,29 @@ class ViewContrastiveConfig:
     head: HeadKind = "mlp"  # projection head, and BYOL's predictor
     temperature: float = 0.2  # simclr: NT-Xent's temperature
     momentum: float = 0.99  # byol: the target's EMA momentum at step 0, rising to 1 at train.steps (cosine)
+    # together: both views in one encoder call of 2B (SimCLR's BatchNorm statistics);
+    # apart: one call per view (GraphCL's)
+    encode_views: Literal["together", "apart"] = "together"
+
+
+def _graphcl_pool() -> dict[str, float]:
+    return {"node_drop": 0.2, "edge_perturb": 0.2, "feature_mask": 0.2, "subgraph": 0.3}
+
+
+@dataclass(frozen=True)
+class GraphContrastiveConfig:
+    """``graph_contrastive``: GraphCL, SimCLR on graph views encoded apart. The view
+    options go to the graph modality (``modalities.graph.views``, as ``augmentations``
+    and ``per_view``) for this objective's views."""
+
+    modalities: tuple[str] = ("graph",)
+    # name -> strength (the share of nodes, edges or feature rows affected; for
+    # subgraph the share of nodes left out). GraphCL draws from this pool per view.
+    augmentations: dict[str, float] = field(default_factory=_graphcl_pool)
+    augmentations_per_view: int = 1  # drawn without replacement from the pool
+    embed_dim: int = 128
+    temperature: float = 0.2
+    head: HeadKind = "mlp"
 
 
 def byol_momentum(base: float, step: int, total_steps: int) -> float:
@@ -87,37 +113,47 @@ class ViewContrastiveObjective(Objective):
     """
 
     Config = ViewContrastiveConfig
+    purpose: ClassVar[str] = "view-contrastive learning"
 
-    def __init__(self, config: ViewContrastiveConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: Any, encoders: Mapping[str, Modality], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
-        self.require_one_modality("view-contrastive learning")
-        if config.method not in ("simclr", "byol"):
-            raise ValueError(f"Could not resolve method {config.method!r} among choices ['byol', 'simclr']")
-        if config.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {config.temperature}")
-        if not 0.0 <= config.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {config.momentum}")
+        self.require_one_modality(self.purpose)
+        options, view_options = self.resolve(config)
+        self.options = options
+        if options.method not in ("simclr", "byol"):
+            raise ValueError(f"Could not resolve method {options.method!r} among choices ['byol', 'simclr']")
+        if options.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {options.temperature}")
+        if not 0.0 <= options.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {options.momentum}")
         self.key = self.modalities[0]
         encoder = encoders[self.key]
         require_capability(
-            encoder, ViewAugmenter, "view-contrastive learning",
-            hint="the image and audio modalities make views; a plugin modality implements augment(sample, rng)",
+            encoder, ViewAugmenter, self.purpose,
+            hint="the image, audio and graph modalities make views; a plugin modality implements augment(sample, rng)",
         )
         # views are made and batched the way the modality makes and batches its samples
-        self.augment = encoder.augment
+        self.augment: Callable[[Any, np.random.Generator], Any] = (
+            encoder.view_maker(**view_options) if view_options else encoder.augment
+        )
         self.collate_views = encoder.collate
         # BYOL's projector and predictor normalise their hidden layer (BatchNorm, as the
         # paper's): without it the tiny runs here collapsed (projection_std near 0)
-        norm = nn.BatchNorm1d if config.method == "byol" else None
-        self.head = projection_head(encoder.embed_dim, config.embed_dim, config.head, activation=nn.ReLU, norm=norm)
-        if config.method == "byol":
-            self.predictor = projection_head(config.embed_dim, config.embed_dim, config.head, activation=nn.ReLU, norm=norm)
+        norm = nn.BatchNorm1d if options.method == "byol" else None
+        self.head = projection_head(encoder.embed_dim, options.embed_dim, options.head, activation=nn.ReLU, norm=norm)
+        if options.method == "byol":
+            self.predictor = projection_head(options.embed_dim, options.embed_dim, options.head, activation=nn.ReLU, norm=norm)
             self.target_encoder = copy.deepcopy(encoder)
             self.target_head = copy.deepcopy(self.head)
             for p in (*self.target_encoder.parameters(), *self.target_head.parameters()):
                 p.requires_grad_(False)
             # the momentum of the last update, for the log (in checkpoints, so a resumed run logs alike)
-            self.register_buffer("momentum", torch.tensor(float(config.momentum)))
+            self.register_buffer("momentum", torch.tensor(float(options.momentum)))
+
+    def resolve(self, config: Any) -> tuple[ViewContrastiveConfig, dict[str, Any]]:
+        """This name's config as the objective's options, and the view options it asks of
+        the modality (none: the modality's own ``views``)."""
+        return config, {}
 
     # --- data -----------------------------------------------------------------------
     def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -125,26 +161,37 @@ class ViewContrastiveObjective(Objective):
         return {key: self.augment(item, rng) for key in VIEW_KEYS}
 
     def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        if self.options.encode_views == "apart":
+            return {key: self.collate_views(list(extras[key])) for key in VIEW_KEYS}
         return {VIEWS: self.collate_views([*extras["view_a"], *extras["view_b"]])}
 
     # --- model ----------------------------------------------------------------------
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
-        return {VIEWS: EncoderCall(self.key, batch[EXTRAS_KEY][VIEWS])}
+        slots = VIEW_KEYS if self.options.encode_views == "apart" else (VIEWS,)
+        return {slot: EncoderCall(self.key, batch[EXTRAS_KEY][slot]) for slot in slots}
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
         return self.head(output.pooled) if modality == self.key else None
 
+    def _pair(self, batch: Mapping[str, Any], embed: Callable[[Any], torch.Tensor], slot_output: Callable[[str], Any]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(view a, view b) of ``embed`` over the encoded views, however they were batched."""
+        if self.options.encode_views == "apart":
+            return embed(slot_output("view_a")), embed(slot_output("view_b"))
+        return embed(slot_output(VIEWS)).chunk(2)
+
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
-        z_a, z_b = self.head(self.encode(model, batch, VIEWS).pooled).chunk(2)
+        z_a, z_b = self._pair(batch, lambda out: self.head(out.pooled), lambda slot: self.encode(model, batch, slot))
         metrics = view_metrics(z_a, z_b)
         with torch.no_grad():
             metrics["projection_std"] = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1).std(0).mean().item()
-        if self.config.method == "simclr":
-            loss = nt_xent(z_a, z_b, self.config.temperature, self.dist.rank, self.dist.world_size)
+        if self.options.method == "simclr":
+            loss = nt_xent(z_a, z_b, self.options.temperature, self.dist.rank, self.dist.world_size)
             return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), **metrics})
         p_a, p_b = self.predictor(torch.cat([z_a, z_b])).chunk(2)
         with torch.no_grad():
-            t_a, t_b = self.target_head(self.target_encoder(batch[EXTRAS_KEY][VIEWS]).pooled).chunk(2)
+            t_a, t_b = self._pair(batch, lambda views: self.target_head(self.target_encoder(views).pooled),
+                                  lambda slot: batch[EXTRAS_KEY][slot])
         loss = (byol_loss(p_a, t_b) + byol_loss(p_b, t_a)) / 2
         metrics["prediction_cosine"] = 1.0 - loss.item() / 2
         metrics["momentum"] = self.momentum.item()
@@ -153,9 +200,26 @@ class ViewContrastiveObjective(Objective):
     def after_optimizer_step(self, model: EncoderHost, step: int, total_steps: int) -> None:
         """BYOL: move the target towards the online encoder and head (momentum from the
         cosine schedule at ``step``); SimCLR keeps no state."""
-        if self.config.method != "byol":
+        if self.options.method != "byol":
             return
-        momentum = byol_momentum(self.config.momentum, step, total_steps)
+        momentum = byol_momentum(self.options.momentum, step, total_steps)
         ema_update(self.target_encoder, model.encoders[self.key], momentum)
         ema_update(self.target_head, self.head, momentum)
         self.momentum.fill_(momentum)
+
+
+class GraphContrastiveObjective(ViewContrastiveObjective):
+    """``graph_contrastive`` (GraphCL): two graph views, a projection head, NT-Xent."""
+
+    Config = GraphContrastiveConfig
+    purpose = "graph contrastive learning"
+
+    def resolve(self, config: GraphContrastiveConfig) -> tuple[ViewContrastiveConfig, dict[str, Any]]:
+        if not config.augmentations:
+            raise ValueError("graph contrastive learning needs at least one augmentation")
+        if not 1 <= config.augmentations_per_view <= len(config.augmentations):
+            raise ValueError(f"augmentations_per_view must be in [1, {len(config.augmentations)}], "
+                             f"got {config.augmentations_per_view}")
+        options = ViewContrastiveConfig(modalities=config.modalities, method="simclr", embed_dim=config.embed_dim,
+                                        head=config.head, temperature=config.temperature, encode_views="apart")
+        return options, {"augmentations": dict(config.augmentations), "per_view": config.augmentations_per_view}

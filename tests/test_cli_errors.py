@@ -26,6 +26,7 @@ from tests.conftest import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
+TINY_JOINT = str(REPO / "configs" / "tiny_joint.yaml")
 STEPS = ["train.steps=2", "train.checkpoint_every=1", "train.log_every=1"]
 
 
@@ -67,6 +68,8 @@ CASES = [
      "stream 'image_text': 1 samples is fewer than one batch of 16"),
     (pretrain, [TINY, "--output-dir", "{tmp}/out", "modalities.image.views.channel_shift=-0.1"],
      "'modalities.image': views.channel_shift must be in [0, 1]"),
+    (pretrain, [TINY_JOINT, "--output-dir", "{tmp}/out", "modalities.graph.views.per_view=5"],
+     "'modalities.graph': views.per_view must be in [1, 4], got 5"),
     (pretrain, [TINY, "--output-dir", "{tmp}/out", "world.shared_attribute_prob=2"],
      "world.shared_attribute_prob must be in [0, 1] or null, got 2.0"),
     (pretrain, [TINY, "--output-dir", "{tmp}/out", "--resume", "{tmp}/nothing"], "no checkpoint at {tmp}/nothing"),

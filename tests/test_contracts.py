@@ -32,13 +32,26 @@ def test_built_in_modalities_meet_the_contract(name):
     check_modality(get_modality(name), options[name], items=items)
 
 
-@pytest.mark.parametrize("objective", list(mmssl.load_config(TINY_SSL).objectives))
+# Cases beside tiny_ssl's own objectives, added by override: the generic masked-patch
+# objective on a modality of its own choosing, BYOL on graph views.
+EXTRA_OBJECTIVES = {
+    "patches": "{type: masked_patches, modalities: [audio], mask_kind: time, data: {batch_size: 16}}",
+    "graph_byol": "{type: view_contrastive, modalities: [graph], method: byol, embed_dim: 16, data: {batch_size: 16}}",
+}
+
+
+def _ssl_case(objective: str) -> list[str]:
+    return ["train.threads=1", *([f"objectives.{objective}={EXTRA_OBJECTIVES[objective]}"] if objective in EXTRA_OBJECTIVES else [])]
+
+
+@pytest.mark.parametrize("objective", [*mmssl.load_config(TINY_SSL).objectives, *EXTRA_OBJECTIVES])
 def test_built_in_objectives_meet_the_contract(objective):
-    check_objective(TINY_SSL, objective, ["train.threads=1"])
+    check_objective(TINY_SSL, objective, _ssl_case(objective))
 
 
 def test_every_built_in_objective_kind_is_covered():
-    kinds = {spec.type for spec in mmssl.load_config(TINY_SSL).objectives.values()}
+    config = mmssl.load_config(TINY_SSL, [f"objectives.{k}={v}" for k, v in EXTRA_OBJECTIVES.items()])
+    kinds = {spec.type for spec in config.objectives.values()}
     assert {e.name for e in OBJECTIVES.entries() if e.source.endswith(BUILT_IN)} <= kinds
 
 

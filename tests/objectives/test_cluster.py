@@ -110,10 +110,14 @@ def test_swapped_cluster_prediction_learns_classes_above_chance(tmp_path):
 def test_cluster_objective_errors_name_the_option(tmp_path):
     with pytest.raises(ValueError, match="bank_size >= num_clusters"):
         mmssl.build_model(mmssl.load_config(CONFIG, ["objectives.clusters.bank_size=8"]))
-    graph = tmp_path / "graph.yaml"  # the graph modality makes no views (GraphCL makes its own)
+    text = tmp_path / "text.yaml"  # the text modality makes no views
+    text.write_text("modalities: {text: {width: 16, layers: 1, heads: 2}}\n"
+                    "objectives: {g: {type: cluster, modalities: [text], num_clusters: 4, bank_size: 8}}\n")
+    with pytest.raises(Exception, match="augment") as raised:
+        mmssl.build_model(mmssl.load_config(text, []))
+    assert "views: false" in str(raised.value)
+    mmssl.build_model(mmssl.load_config(text, ["objectives.g.views=false"]))  # without views it builds
+    graph = tmp_path / "graph.yaml"  # graphs make views (GraphCL's augmentations)
     graph.write_text("modalities: {graph: {encoder: gin, width: 16, depth: 1}}\n"
                      "objectives: {g: {type: cluster, modalities: [graph], num_clusters: 4, bank_size: 8}}\n")
-    with pytest.raises(Exception, match="augment") as raised:
-        mmssl.build_model(mmssl.load_config(graph, []))
-    assert "views: false" in str(raised.value)
-    mmssl.build_model(mmssl.load_config(graph, ["objectives.g.views=false"]))  # without views it builds
+    mmssl.build_model(mmssl.load_config(graph, []))

@@ -13,17 +13,9 @@ import mmssl
 from mmssl.data import build_streams
 from mmssl.trainer import Pretrainer
 from objectives.base import EXTRAS_KEY, DistContext
-from objectives.graph_contrastive import (
-    AUGMENTATIONS,
-    KEEP_KEY,
-    GraphContrastiveConfig,
-    GraphContrastiveObjective,
-    drop_nodes,
-    perturb_edges,
-    sample_subgraph,
-    seeded_global_rngs,
-)
 from modalities.graph import GraphConfig, GraphModality
+from modalities.graph.views import AUGMENTATIONS, KEEP_KEY, drop_nodes, perturb_edges, sample_subgraph, seeded_global_rngs
+from objectives.view_contrastive import GraphContrastiveConfig, GraphContrastiveObjective
 from objectives.helpers.nt_xent import nt_xent
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

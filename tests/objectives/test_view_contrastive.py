@@ -1,16 +1,17 @@
-"""view_contrastive: SimCLR and BYOL on two augmented views, the shared NT-Xent, the
-modalities' augmentations and BYOL's moving-average target."""
+"""view_contrastive: SimCLR and BYOL on two augmented views of images, sounds and graphs
+(GraphCL is its graph_contrastive name), the shared NT-Xent, the modalities'
+augmentations and BYOL's moving-average target."""
 
 import re
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 import mmssl
-import objectives.graph_contrastive
 import objectives.helpers.nt_xent
 import objectives.view_contrastive
 from mmssl.checkpoint import list_checkpoints, resolve_checkpoint
@@ -19,10 +20,17 @@ from mmssl.run_log import read_metrics
 from mmssl.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality, AudioViews
 from modalities.base import ViewAugmenter
-from modalities.graph import GraphConfig, GraphModality
+from modalities.graph import GraphConfig, GraphModality, GraphViews
+from modalities.text import TextConfig, TextModality
 from modalities.image import ImageConfig, ImageModality, ImageViews
-from objectives.base import DistContext
-from objectives.view_contrastive import ViewContrastiveConfig, ViewContrastiveObjective, byol_momentum
+from objectives.base import EXTRAS_KEY, DistContext
+from objectives.view_contrastive import (
+    GraphContrastiveConfig,
+    GraphContrastiveObjective,
+    ViewContrastiveConfig,
+    ViewContrastiveObjective,
+    byol_momentum,
+)
 from tests.test_nonfinite import nan_loss_at
 from tests.test_trainer import _assert_same_weights, run_until_killed
 
@@ -35,7 +43,7 @@ TINY_IMAGE = ["modalities.image.backbone=test_resnet", "modalities.image.backbon
 
 
 def test_one_nt_xent_in_the_codebase():
-    assert objectives.graph_contrastive.nt_xent is objectives.helpers.nt_xent.nt_xent
+    assert issubclass(GraphContrastiveObjective, ViewContrastiveObjective)  # GraphCL is SimCLR on graph views
     assert objectives.view_contrastive.nt_xent is objectives.helpers.nt_xent.nt_xent
     definitions = [p.name for p in (REPO / "objectives").rglob("*.py") if re.search(r"^def nt_xent\(", p.read_text(), re.M)]
     assert definitions == ["nt_xent.py"]
@@ -117,12 +125,54 @@ def test_audio_gain_is_exact_on_the_log_mel():
 
 
 def test_a_modality_without_augmentations_is_refused_at_build():
-    graph = GraphModality(GraphConfig(width=16, depth=1))
-    graph.key = "graph"
-    with pytest.raises(ValueError, match=r"modality 'graph' is no ViewAugmenter .* view-contrastive learning needs: it lacks \['augment'\]"):
-        ViewContrastiveObjective(ViewContrastiveConfig(modalities=("graph",)), {"graph": graph}, DistContext())
+    text = TextModality(TextConfig(width=16, layers=1, heads=2))
+    text.key = "text"
+    with pytest.raises(ValueError, match=r"modality 'text' is no ViewAugmenter .* view-contrastive learning needs: it lacks \['augment'\]"):
+        ViewContrastiveObjective(ViewContrastiveConfig(modalities=("text",)), {"text": text}, DistContext())
     with pytest.raises(ConfigError, match="method"):
         mmssl.load_config(IMAGE, ["objectives.views.method=moco"])
+
+
+class _Host(torch.nn.Module):
+    def __init__(self, encoders):
+        super().__init__()
+        self.encoders = torch.nn.ModuleDict(encoders)
+
+
+def _graph_batch(objective, graph, items=6):
+    samples = [graph.transform(nx.cycle_graph(5 + i)) for i in range(items)]
+    views = [objective.prepare_sample({"graph": s}, np.random.default_rng(i)) for i, s in enumerate(samples)]
+    return {EXTRAS_KEY: objective.collate_extras({k: [v[k] for v in views] for k in ("view_a", "view_b")})}
+
+
+def test_one_objective_serves_graph_views_together_or_apart_as_graphcl():
+    """view_contrastive on the graph modality (its views: ``modalities.graph.views``), and
+    graph_contrastive, which is the same objective with GraphCL's keys and views apart."""
+    torch.manual_seed(0)
+    graph = GraphModality(GraphConfig(width=16, depth=1, views=GraphViews(augmentations={"node_drop": 0.3}, per_view=1)))
+    graph.key = "graph"
+    assert isinstance(graph, ViewAugmenter)
+    simclr = ViewContrastiveObjective(ViewContrastiveConfig(modalities=("graph",), embed_dim=8), {"graph": graph}, DistContext())
+    batch = _graph_batch(simclr, graph)
+    assert set(batch[EXTRAS_KEY]) == {"views"} and batch[EXTRAS_KEY]["views"].num_graphs == 12
+    out = simclr(_Host({"graph": graph}), batch)
+    assert out.loss.isfinite() and 0 <= out.metrics["view_acc"] <= 1
+    out.loss.backward()
+    assert graph.input.weight.grad.abs().sum() > 0
+
+    graphcl = GraphContrastiveObjective(GraphContrastiveConfig(embed_dim=8, augmentations={"edge_perturb": 0.4}),
+                                        {"graph": graph}, DistContext())
+    assert graphcl.options.encode_views == "apart" and graphcl.options.method == "simclr"
+    batch = _graph_batch(graphcl, graph)
+    assert set(batch[EXTRAS_KEY]) == {"view_a", "view_b"}
+    # its own pool, not the modality's: edges perturbed, every node kept
+    assert batch[EXTRAS_KEY]["view_a"].num_nodes == sum(5 + i for i in range(6))
+    assert graphcl(_Host({"graph": graph}), batch).loss.isfinite()
+    with pytest.raises(ValueError, match=r"augmentations_per_view must be in \[1, 1\], got 2"):
+        GraphContrastiveObjective(GraphContrastiveConfig(augmentations={"subgraph": 0.3}, augmentations_per_view=2),
+                                  {"graph": graph}, DistContext())
+    with pytest.raises(ValueError, match=r"views.per_view must be in \[1, 1\], got 3"):
+        GraphModality(GraphConfig(views=GraphViews(augmentations={"subgraph": 0.3}, per_view=3)))
 
 
 def test_simclr_loss_falls(tmp_path):

@@ -7,9 +7,11 @@ encoders with mean / add / attention readout; graph families for the world.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -30,6 +32,7 @@ from torch_geometric.nn import (
 from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_batch, to_undirected
 
 from modalities.base import COUNT, ConceptSpace, InvalidSample, Modality, ModalityOutput
+from modalities.graph.views import GraphViews, apply_feature_mask, check_views, graph_view
 
 @dataclass(frozen=True)
 class GraphConfig:
@@ -55,6 +58,8 @@ class GraphConfig:
     # input limits: bigger graphs are refused rather than encoded
     max_nodes: int = 2000
     max_edges: int = 20000
+    # view-contrastive learning (``augment``): GraphCL's augmentation pool
+    views: GraphViews = field(default_factory=GraphViews)
 
 
 class GraphModality(Modality):
@@ -88,6 +93,7 @@ class GraphModality(Modality):
             raise ValueError("graph encoder 'gin' ignores edge features: use 'gine', 'gat' or 'gps' with edge_features")
         if c.encoder in ("gat", "gps") and c.width % c.heads:
             raise ValueError(f"graph width {c.width} is not divisible by heads {c.heads}")
+        check_views(c.views)
         self.embed_dim = c.width
         self.input = nn.Linear(self.node_dim, c.width)
         edge_dim = c.edge_features or None
@@ -118,7 +124,7 @@ class GraphModality(Modality):
         a raw graph: a PyG Data, a networkx graph, a JSONL-style mapping (``edges``,
         ``num_nodes``, ``x``, ``edge_attr``), an edge list or ``(edge list, num_nodes)``.
         Raises InvalidSample naming what is wrong. The input is never modified; ``rng`` is
-        unused (graph augmentations belong to the graph contrastive objective)."""
+        unused (random views of a graph are ``augment``'s)."""
         if isinstance(raw, Data):
             num_nodes = raw.num_nodes
             edge_index = raw.edge_index if raw.edge_index is not None else torch.zeros(2, 0, dtype=torch.long)
@@ -272,8 +278,20 @@ class GraphModality(Modality):
         out.x = torch.cat(parts, dim=1)
         return out
 
+    def augment(self, sample: Data, rng: np.random.Generator) -> Data:
+        """A random view of a transformed graph (GraphCL's augmentations, ``views``)."""
+        return graph_view(sample, self.config.views, rng)
+
+    def view_maker(self, **options: Any) -> Callable[[Data, np.random.Generator], Data]:
+        """``augment`` with other view options (``GraphViews`` fields: ``augmentations``,
+        ``per_view``), checked now: for an objective that configures views itself."""
+        views = dataclasses.replace(self.config.views, **options)
+        check_views(views)
+        return functools.partial(_view_with, views=views)
+
     def collate(self, samples: Sequence[Data]) -> Batch:
-        return self.featurize(Batch.from_data_list(list(samples)))
+        """A PyG ``Batch`` with structural features; views' masked feature rows zeroed."""
+        return apply_feature_mask(self.featurize(Batch.from_data_list(list(samples))))
 
     def move_batch(self, batch: Batch, device: torch.device) -> Batch:
         return batch.to(device)
@@ -329,6 +347,10 @@ class GraphModality(Modality):
 
     def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Data:
         return render_graph(concept, rng)
+
+
+def _view_with(sample: Data, rng: np.random.Generator, views: GraphViews) -> Data:
+    return graph_view(sample, views, rng)
 
 
 def random_walk_pe(edge_index: torch.Tensor, num_nodes: int, walk_length: int, batch: torch.Tensor | None = None) -> torch.Tensor:
