@@ -1,7 +1,12 @@
-"""The graph modality: PyG graphs in, GIN / GINE / GATv2 / GPS encoders, GraphCL views
-(``views``), graph families for the embedded world."""
+"""The graph modality: its options (``config``), encoder (GIN / GINE / GATv2 / GPS),
+processor (checked PyG graphs, structural features, collation), GraphCL's views
+(``views``) and renderer (graph families for the embedded world)."""
 
-from modalities.graph.modality import GRAPH_SPACE, SIZES, GraphConfig, GraphModality, family_graph, random_walk_pe, render_graph
+from modalities.graph.config import GraphConfig, node_dim, structural_dim
+from modalities.graph.encoder import GraphModality
+from modalities.graph.processor import GraphProcessor, random_walk_pe
+from modalities.graph.renderer import GRAPH_SPACE, SIZES, GraphRenderer, family_graph, render_graph
 from modalities.graph.views import GraphViews
 
-__all__ = ["GRAPH_SPACE", "SIZES", "GraphConfig", "GraphModality", "GraphViews", "family_graph", "random_walk_pe", "render_graph"]
+__all__ = ["GRAPH_SPACE", "SIZES", "GraphConfig", "GraphModality", "GraphProcessor", "GraphRenderer", "GraphViews",
+           "family_graph", "node_dim", "random_walk_pe", "render_graph", "structural_dim"]

@@ -1,92 +1,21 @@
-"""Images: any timm backbone by name, or an open_clip vision tower; shapes for the world."""
+"""The image modality's encoder: any timm backbone by name, or an open_clip vision
+tower, with the patch hooks of masked image modeling."""
 
 from __future__ import annotations
 
-import io
 import json
-import math
-import warnings
-from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from einops import rearrange, repeat
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
-from modalities.base import (
-    COUNT,
-    ConceptSpace,
-    InvalidSample,
-    Modality,
-    ModalityOutput,
-    keep_norm_statistics_on_recompute,
-    require_file,
-    seeded_torch_rng,
-)
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class ImageViews:
-    """The augmentations of ``augment`` (view-contrastive learning), on top of the
-    training transform. The world's image classes are colour x shape, so a view may
-    change a colour's brightness and contrast but by default not its hue or saturation
-    (SimCLR's hue jitter and random greyscale would turn a red shape orange or grey:
-    after the world's own colour noise red and orange shapes lie about 10 degrees of hue
-    apart, so even ``hue: 0.02``, 7 degrees, lets them cross); it may crop, flip
-    left-right (every shape of the world is mirror-symmetric) and blur.
-    """
-
-    crop_scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop's area share
-    flip: float = 0.5  # probability of a horizontal flip
-    blur: float = 0.5  # probability of a Gaussian blur (kernel about a tenth of the image)
-    blur_sigma: tuple[float, float] = (0.1, 1.0)
-    brightness: float = 0.3  # ColorJitter: factor drawn from [1 - x, 1 + x]
-    contrast: float = 0.3
-    saturation: float = 0.0
-    hue: float = 0.0  # ColorJitter: hue shift drawn from [-x, x] of the colour circle
-    # an offset drawn from [-x, x] for each RGB channel, added to every pixel: moves the
-    # background's colour and the shape's alike. 0.08 (20 of 255) is the world's own
-    # colour noise, well inside the distance between two colour names
-    channel_shift: float = 0.0
-
-
-class ChannelShift(nn.Module):
-    """Adds one offset drawn uniformly from [-shift, shift] per channel to every pixel of
-    a [C, H, W] image in [0, 1] (clamped), from torch's generator. No library has it
-    (albumentations' RGBShift is the same idea)."""
-
-    def __init__(self, shift: float) -> None:
-        super().__init__()
-        if not 0 <= shift <= 1:
-            raise ValueError(f"views.channel_shift must be in [0, 1] (a share of the pixel range), got {shift}")
-        self.shift = shift
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        offset = (torch.rand(pixels.shape[0], 1, 1) * 2 - 1) * self.shift
-        return (pixels + offset).clamp(0, 1)
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    tower: Literal["timm", "open_clip"] = "timm"
-    # timm model name (created with pretrained=False), or an open_clip model config name
-    # or the path of a JSON file in open_clip's model-config format.
-    backbone: str = "resnet10t"
-    # Extra keyword arguments: timm.create_model kwargs, or open_clip vision_cfg fields.
-    backbone_args: dict[str, Any] = field(default_factory=dict)
-    image_size: int = 32
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    # RandomResizedCrop scale for training on files; (1.0, 1.0) turns cropping off.
-    train_crop_scale: tuple[float, float] = (0.9, 1.0)
-    # view-contrastive augmentations (``augment``)
-    views: ImageViews = field(default_factory=ImageViews)
+from modalities.base import ConceptSpace, Modality, ModalityOutput, keep_norm_statistics_on_recompute
+from modalities.image.config import ImageConfig
+from modalities.image.processor import IMAGE_EXTENSIONS, ImageProcessor
+from modalities.image.renderer import ImageRenderer
 
 
 def open_clip_model_config(name: str) -> dict[str, Any]:
@@ -119,7 +48,7 @@ class ImageModality(Modality):
     """
 
     Config = ImageConfig
-    file_extensions = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    file_extensions = IMAGE_EXTENSIONS
 
     def __init__(self, config: ImageConfig) -> None:
         super().__init__(config)
@@ -138,82 +67,24 @@ class ImageModality(Modality):
             self.backbone = _build_vision_tower(embed_dim=width, vision_cfg=vision_cfg)
             self.embed_dim = width
         self._init_patches()
-        size = config.image_size
-        normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
-        self.eval_transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *normalize])
-        if tuple(config.train_crop_scale) == (1.0, 1.0):
-            self.train_transform = self.eval_transform
-        else:
-            self.train_transform = v2.Compose(
-                [v2.RandomResizedCrop(size, scale=tuple(config.train_crop_scale), antialias=True), *normalize]
-            )
-        views = config.views
-        self.view_transform = v2.Compose([
-            v2.RandomResizedCrop(size, scale=tuple(views.crop_scale), antialias=True),
-            v2.RandomHorizontalFlip(views.flip),
-            v2.RandomApply([v2.GaussianBlur(2 * (size // 20) + 1, sigma=tuple(views.blur_sigma))], p=views.blur),
-            v2.ColorJitter(brightness=views.brightness, contrast=views.contrast, saturation=views.saturation, hue=views.hue),
-            *([ChannelShift(views.channel_shift)] if views.channel_shift else []),
-        ])
+        self.processor = ImageProcessor(config)
+        self.renderer = ImageRenderer(config)
 
-    # --- data ---------------------------------------------------------------------
+    # --- data (the processor's; kept here until the core reads processors) ----------
     def load(self, path: str) -> Image.Image:
-        require_file(str(path))
-        return self._decode(path, str(path))
+        return self.processor.load(path)
 
     def load_bytes(self, data: bytes, name: str) -> Image.Image:
-        return self._decode(io.BytesIO(data), name)
-
-    @staticmethod
-    def _decode(source: Any, where: str) -> Image.Image:
-        try:
-            with warnings.catch_warnings():
-                # over Image.MAX_IMAGE_PIXELS PIL only warns (it refuses at twice that):
-                # refuse before decoding, as a decompression bomb would fill memory
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(source) as img:
-                    img.load()  # decode now, so truncated files fail here and not in collate
-                    return img.convert("RGB")
-        except FileNotFoundError:
-            raise InvalidSample("image file not found", source=where) from None
-        except UnidentifiedImageError:
-            raise InvalidSample("not a readable image (cannot identify image file)", source=where) from None
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise InvalidSample(f"image too large: {exc}", source=where) from None
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL reports some bad headers as SyntaxError
-            raise InvalidSample(f"corrupt image: {exc}", source=where) from None
+        return self.processor.load_bytes(data, name)
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
-        if isinstance(raw, str):
-            raw = self.load(raw)
-        if isinstance(raw, np.ndarray):
-            if raw.ndim != 3 or raw.shape[2] != 3:
-                raise InvalidSample(f"image array must be HxWx3, got shape {raw.shape}")
-            raw = Image.fromarray(raw.astype(np.uint8))
-        if isinstance(raw, Image.Image):
-            raw = raw.convert("RGB")
-        elif not torch.is_tensor(raw):
-            raise InvalidSample(f"image must be a path, PIL image, HxWx3 array or tensor, got {type(raw).__name__}")
-        if rng is None or self.train_transform is self.eval_transform:
-            return self.eval_transform(raw)
-        with seeded_torch_rng(rng):
-            return self.train_transform(raw)
+        return self.processor.transform(raw, rng)
 
     def augment(self, sample: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """A random view of a transformed image (``ImageViews``): undone normalisation,
-        crop, flip, blur, brightness and contrast on [0, 1] pixels, normalised again.
-
-        Shapes: [3, S, S] -> [3, S, S].
-        """
-        mean = torch.tensor(self.config.mean).view(3, 1, 1)
-        std = torch.tensor(self.config.std).view(3, 1, 1)
-        pixels = (sample * std + mean).clamp(0, 1)
-        with seeded_torch_rng(rng):
-            view = self.view_transform(pixels)
-        return (view - mean) / std
+        return self.processor.augment(sample, rng)
 
     def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"pixels": torch.stack(list(samples))}
+        return self.processor.collate(samples)
 
     # --- model --------------------------------------------------------------------
     def forward(
@@ -424,130 +295,11 @@ class ImageModality(Modality):
             self._switch_checkpointing(mode)
         return self
 
-    # --- embedded world -------------------------------------------------------------
+    # --- embedded world (the renderer's; kept here until the core reads renderers) ----
     def concept_space(self) -> ConceptSpace:
-        return SHAPES_SPACE
+        return self.renderer.concept_space()
 
     def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Image.Image:
-        return render_shape(concept, rng, self.config.image_size)
+        return self.renderer.render(concept, rng)
 
 
-SHAPES_SPACE = ConceptSpace(
-    class_attributes={
-        "colour": ("red", "green", "blue", "yellow", "purple", "orange"),
-        "shape": ("circle", "square", "triangle", "cross", "star", "diamond"),
-    },
-    nuisance_attributes={
-        "size": ("small", "large"),
-        "position": ("left", "right", "top", "bottom", "middle"),
-    },
-    shared_attributes=COUNT,
-    caption_templates=(
-        "a {colour} {shape}",
-        "a {size} {colour} {shape}",
-        "a {colour} {shape} {position}",
-        "a picture of a {colour} {shape}",
-        "a {size} {colour} {shape} {position}",
-        "there is a {colour} {shape} {position}",
-        "a {shape} that is {colour}",
-        "a {size} {shape} coloured {colour}",
-        "{colour} {shape}",
-        "a {colour} {shape} with {count}",
-        "{count} and a {colour} {shape}",
-        "a {size} {colour} {shape} with {count}",
-        "a picture of a {colour} {shape} and {count}",
-    ),
-    single_attribute_templates={
-        "colour": ("a {colour} shape", "something {colour}", "a {size} {colour} thing", "a {colour} shape with {count}"),
-        "shape": ("a {shape}", "a picture of a {shape}", "a {size} {shape}", "a {shape} with {count}"),
-    },
-    synonyms={
-        "one": ("one dot",),
-        "two": ("two dots",),
-        "three": ("three dots",),
-        "four": ("four dots",),
-        "circle": ("circle", "disc"),
-        "square": ("square", "box"),
-        "cross": ("cross", "plus sign"),
-        "diamond": ("diamond", "rhombus"),
-        "large": ("large", "big"),
-        "small": ("small", "little"),
-        "left": ("on the left",),
-        "right": ("on the right",),
-        "top": ("at the top", "near the top"),
-        "bottom": ("at the bottom", "near the bottom"),
-        "middle": ("in the middle", "in the centre"),
-    },
-    prompt_templates=("a {}.", "a photo of a {}.", "a picture of a {}.", "an image of a {}."),
-)
-
-_RGB = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 225),
-    "yellow": (235, 215, 40),
-    "purple": (150, 60, 195),
-    "orange": (245, 140, 25),
-}
-_OFFSETS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1), "middle": (0, 0)}
-
-
-def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    if shape == "square":
-        pts = [(math.cos(a), math.sin(a)) for a in np.linspace(math.pi / 4, 2 * math.pi + math.pi / 4, 4, endpoint=False)]
-        pts = [(x * 0.95, y * 0.95) for x, y in pts]
-    elif shape == "diamond":
-        pts = [(0, -1.0), (0.65, 0), (0, 1.0), (-0.65, 0)]
-    elif shape == "triangle":
-        pts = [(math.cos(a), math.sin(a)) for a in np.linspace(-math.pi / 2, 1.5 * math.pi, 3, endpoint=False)]
-    elif shape == "star":
-        pts = []
-        for i in range(10):
-            a = -math.pi / 2 + i * math.pi / 5
-            rad = 1.0 if i % 2 == 0 else 0.42
-            pts.append((rad * math.cos(a), rad * math.sin(a)))
-    elif shape == "cross":
-        t = 0.33
-        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
-    else:
-        raise ValueError(f"no polygon for shape '{shape}'")
-    ca, sa = math.cos(angle), math.sin(angle)
-    return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in pts]
-
-
-def _draw_dots(draw: ImageDraw.ImageDraw, n: int, at_bottom: bool, canvas: int, rng: np.random.Generator) -> None:
-    """``n`` light dots in a row along the top edge (the bottom one when the shape sits
-    at the top), clear of the shape: the world's count, as an image shows it."""
-    r, gap = canvas * 0.045, canvas * 0.13
-    x = canvas * rng.uniform(0.08, 0.92 - 3 * 0.13 - 0.09)
-    y = canvas * (0.92 if at_bottom else 0.08) + rng.normal(0, canvas * 0.005)
-    grey = int(rng.integers(200, 256))
-    for i in range(n):
-        draw.ellipse([x + i * gap - r, y - r, x + i * gap + r, y + r], fill=(grey, grey, grey))
-
-
-def render_shape(concept: Mapping[str, str], rng: np.random.Generator, size: int) -> Image.Image:
-    """One coloured shape on a noisy background, with the concept's count of dots if it
-    has one; every choice comes from ``rng``."""
-    scale = 4  # draw large, downsample with antialiasing
-    canvas = size * scale
-    background = rng.integers(10, 90, size=3)
-    img = Image.new("RGB", (canvas, canvas), tuple(int(c) for c in background))
-    draw = ImageDraw.Draw(img)
-    radius = canvas * (rng.uniform(0.15, 0.2) if concept["size"] == "small" else rng.uniform(0.24, 0.31))
-    dx, dy = _OFFSETS[concept["position"]]
-    shift = canvas * 0.5 - radius - canvas * 0.04
-    cx = canvas / 2 + dx * shift * rng.uniform(0.7, 1.0) + rng.normal(0, canvas * 0.02)
-    cy = canvas / 2 + dy * shift * rng.uniform(0.7, 1.0) + rng.normal(0, canvas * 0.02)
-    colour = np.clip(np.array(_RGB[concept["colour"]]) + rng.integers(-20, 21, size=3), 0, 255)
-    fill = tuple(int(c) for c in colour)
-    shape = concept["shape"]
-    if shape == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
-    else:
-        draw.polygon(_polygon(shape, cx, cy, radius, rng.uniform(-0.25, 0.25)), fill=fill)
-    if "count" in concept:
-        _draw_dots(draw, COUNT["count"].index(concept["count"]) + 1, concept["position"] == "top", canvas, rng)
-    img = img.resize((size, size), Image.Resampling.LANCZOS)
-    pixels = np.asarray(img, dtype=np.float32) + rng.normal(0, 8.0, size=(size, size, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

@@ -1,8 +1,7 @@
-"""Graphs on PyTorch Geometric: PyG ``Data``, networkx graphs, edge lists and JSONL
-records in; structural node features (degree one-hot, random-walk positional
-encodings) so featureless graphs are distinguishable; GIN / GINE / GATv2 / GPS
-encoders with mean / add / attention readout; graph families for the world.
-"""
+"""The graph modality's processor: raw graphs (PyG ``Data``, networkx, edge lists, JSONL
+records) checked into clean ``Data``; GraphCL's random views; collation into a PyG
+``Batch`` with structural node features (degree one-hot, random-walk positional
+encodings, size). No parameters: what data loader workers and evaluation sets hold."""
 
 from __future__ import annotations
 
@@ -10,60 +9,22 @@ import copy
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
-from torch import nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import (
-    AttentionalAggregation,
-    GATv2Conv,
-    GINConv,
-    GINEConv,
-    GPSConv,
-    global_add_pool,
-    global_mean_pool,
-)
 from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_batch, to_undirected
 
-from modalities.base import COUNT, ConceptSpace, InvalidSample, Modality, ModalityOutput
+from modalities.base import InvalidSample
+from modalities.graph.config import GraphConfig
 from modalities.graph.views import GraphViews, apply_feature_mask, check_views, graph_view
 
-@dataclass(frozen=True)
-class GraphConfig:
-    # gin: GINConv; gine: GINEConv over edge features; gat: GATv2Conv; gps: GPSConv
-    # (local GIN/GINE message passing plus global multi-head attention per layer).
-    encoder: Literal["gin", "gine", "gat", "gps"] = "gin"
-    width: int = 64
-    depth: int = 3
-    heads: int = 4  # gat and gps attention heads
-    dropout: float = 0.0
-    readout: Literal["mean", "add", "attention"] = "mean"
-    # Node features: ``in_features`` columns of x (0: the graphs carry no x), then a
-    # one-hot of the degree clamped to ``max_degree`` and ``walk_length`` random-walk
-    # return probabilities (as PyG's AddRandomWalkPE); 0 turns either off.
-    in_features: int = 0
-    max_degree: int = 16
-    walk_length: int = 8
-    # the graph's node count as log(N) / log(max_nodes), on every node: a size signal
-    # that does not depend on the family (mean readouts otherwise lose it)
-    size_feature: bool = False
-    edge_features: int = 0  # edge_attr columns (gine, gat and gps use them)
-    undirected: bool = True  # add reverse edges (PyG to_undirected)
-    # input limits: bigger graphs are refused rather than encoded
-    max_nodes: int = 2000
-    max_edges: int = 20000
-    # view-contrastive learning (``augment``): GraphCL's augmentation pool
-    views: GraphViews = field(default_factory=GraphViews)
 
-
-class GraphModality(Modality):
-    """Graph encoder over PyG mini-batches.
+class GraphProcessor:
+    """Raw graphs to checked ``Data``, and ``Data`` to batches.
 
     Structural features are computed for the whole batch in ``collate`` (one batched
     pass is much cheaper than one per tiny graph), from each graph's own edges, so an
@@ -74,51 +35,14 @@ class GraphModality(Modality):
             edge_attr [E, edge_features] when configured.
         batch: a PyG ``Batch`` of B graphs: x [sum N, node_dim] (node_dim = in_features
             + max_degree + 1 + walk_length + size_feature), edge_index, batch [sum N].
-        output: pooled [B, width]; tokens [B, N_max, width]; padding_mask [B, N_max]
-            (True = padding, graphs have different node counts).
     """
 
-    Config = GraphConfig  # no file_extensions: one graph file holds many graphs (see mmssl.data.graphs)
+    # no file_extensions: one graph file holds many graphs (see mmssl.data.graphs)
 
     def __init__(self, config: GraphConfig) -> None:
-        super().__init__(config)
-        c = config
-        self.structural_dim = (c.max_degree + 1 if c.max_degree > 0 else 0) + c.walk_length + int(c.size_feature)
-        self.node_dim = c.in_features + self.structural_dim
-        if self.node_dim == 0:
-            raise ValueError("graph nodes have no input features: set in_features, max_degree or walk_length above 0")
-        if c.encoder == "gine" and c.edge_features == 0:
-            raise ValueError("graph encoder 'gine' needs edge features: set edge_features > 0 (or use encoder 'gin')")
-        if c.encoder == "gin" and c.edge_features > 0:
-            raise ValueError("graph encoder 'gin' ignores edge features: use 'gine', 'gat' or 'gps' with edge_features")
-        if c.encoder in ("gat", "gps") and c.width % c.heads:
-            raise ValueError(f"graph width {c.width} is not divisible by heads {c.heads}")
-        check_views(c.views)
-        self.embed_dim = c.width
-        self.input = nn.Linear(self.node_dim, c.width)
-        edge_dim = c.edge_features or None
-        self.convs = nn.ModuleList([self._layer(edge_dim) for _ in range(c.depth)])
-        # GPSConv normalises inside; the message-passing layers get a per-node LayerNorm.
-        self.norms = nn.ModuleList([nn.LayerNorm(c.width) for _ in range(c.depth if c.encoder != "gps" else 0)])
-        self.out_norm = nn.LayerNorm(c.width)
-        self.pool = AttentionalAggregation(gate_nn=nn.Linear(c.width, 1)) if c.readout == "attention" else None
+        check_views(config.views)
+        self.config = config
 
-    def _mlp(self) -> nn.Module:
-        w = self.config.width
-        return nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w))
-
-    def _layer(self, edge_dim: int | None) -> nn.Module:
-        c = self.config
-        if c.encoder == "gin":
-            return GINConv(self._mlp(), train_eps=True)
-        if c.encoder == "gine":
-            return GINEConv(self._mlp(), train_eps=True, edge_dim=edge_dim)
-        if c.encoder == "gat":
-            return GATv2Conv(c.width, c.width // c.heads, heads=c.heads, edge_dim=edge_dim, dropout=c.dropout)
-        local = GINEConv(self._mlp(), edge_dim=edge_dim) if edge_dim else GINConv(self._mlp())
-        return GPSConv(c.width, local, heads=c.heads, dropout=c.dropout, norm="layer_norm", norm_kwargs={"mode": "node"})
-
-    # --- data ---------------------------------------------------------------------------
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Data:
         """A clean ``Data`` (x float or absent, edge_index long, edge_attr, num_nodes) from
         a raw graph: a PyG Data, a networkx graph, a JSONL-style mapping (``edges``,
@@ -296,58 +220,6 @@ class GraphModality(Modality):
     def move_batch(self, batch: Batch, device: torch.device) -> Batch:
         return batch.to(device)
 
-    # --- model --------------------------------------------------------------------------
-    def forward_features(self, batch: Batch) -> torch.Tensor:
-        """Node embeddings. Shapes: batch.x [sum N, node_dim] -> [sum N, width]."""
-        h = self.input(batch.x)
-        edge_attr = batch.edge_attr if self.config.edge_features else None
-        checkpoint = self.checkpoint_now()
-        for i in range(len(self.convs)):
-            if checkpoint:
-                h = torch.utils.checkpoint.checkpoint(
-                    self._run_layer, i, h, batch.edge_index, batch.batch, edge_attr, use_reentrant=False
-                )
-            else:
-                h = self._run_layer(i, h, batch.edge_index, batch.batch, edge_attr)
-        return self.out_norm(h)
-
-    def _run_layer(
-        self, i: int, h: torch.Tensor, edge_index: torch.Tensor, graph: torch.Tensor, edge_attr: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Layer ``i``: a GPS layer, or message passing, LayerNorm, ReLU and a residual.
-        Shapes: h [sum N, width] -> [sum N, width]; graph [sum N], the graph of each node."""
-        kwargs = {"edge_attr": edge_attr} if edge_attr is not None else {}
-        if self.config.encoder == "gps":
-            return self.convs[i](h, edge_index, graph, **kwargs)
-        update = F.relu(self.norms[i](self.convs[i](h, edge_index, **kwargs)))
-        return h + F.dropout(update, self.config.dropout, self.training)
-
-    # --- training options --------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Each layer (GIN / GINE / GATv2 with its norm, or a GPS layer) under non-reentrant
-        ``torch.utils.checkpoint``, in training mode with gradients enabled: PyG has no
-        switch of its own. Dropout draws the same values when a layer is recomputed."""
-        self.grad_checkpointing = enable
-
-    def forward(self, batch: Batch) -> ModalityOutput:
-        nodes = self.forward_features(batch)
-        size = int(batch.num_graphs)
-        if self.config.readout == "mean":
-            pooled = global_mean_pool(nodes, batch.batch, size)
-        elif self.config.readout == "add":
-            pooled = global_add_pool(nodes, batch.batch, size)
-        else:
-            pooled = self.pool(nodes, batch.batch, dim_size=size)
-        tokens, real = to_dense_batch(nodes, batch.batch, batch_size=size)
-        return ModalityOutput(pooled=pooled, tokens=tokens, padding_mask=~real)
-
-    # --- embedded world -------------------------------------------------------------------
-    def concept_space(self) -> ConceptSpace:
-        return GRAPH_SPACE
-
-    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Data:
-        return render_graph(concept, rng)
-
 
 def _view_with(sample: Data, rng: np.random.Generator, views: GraphViews) -> Data:
     return graph_view(sample, views, rng)
@@ -372,91 +244,3 @@ def random_walk_pe(edge_index: torch.Tensor, num_nodes: int, walk_length: int, b
         steps.append(power.diagonal(dim1=-2, dim2=-1))
         power = power @ walk
     return torch.stack(steps, dim=-1)[real]  # [N, walk_length]
-
-
-GRAPH_SPACE = ConceptSpace(
-    class_attributes={
-        "size": ("small", "medium", "large"),
-        "family": ("cycle", "path", "star", "complete", "wheel", "grid", "ladder", "tree"),
-    },
-    shared_attributes=COUNT,
-    caption_templates=(
-        "a {size} {family} graph",
-        "a {size} {family}",
-        "a {family} graph that is {size}",
-        "{size} {family}",
-        "a {size} {family} graph with {count}",
-        "a {size} {family} network",
-        "a {family} graph with {count}",
-    ),
-    single_attribute_templates={
-        "size": ("a {size} graph", "a {size} network", "a {size} graph with {count}"),
-        "family": ("a {family} graph", "a {family}", "a {family} with {count}"),
-    },
-    synonyms={
-        "small": ("small", "little"),
-        "medium": ("medium", "medium-sized"),
-        "large": ("large", "big"),
-        "cycle": ("cycle", "ring"),
-        "path": ("path", "chain"),
-        "complete": ("complete", "clique"),
-        "grid": ("grid", "lattice"),
-        "tree": ("tree", "random tree"),
-        "one": ("one triangle attached", "one pendant triangle"),
-        "two": ("two triangles attached", "two pendant triangles"),
-        "three": ("three triangles attached", "three pendant triangles"),
-        "four": ("four triangles attached", "four pendant triangles"),
-    },
-    prompt_templates=("a {} graph.", "a {}.", "a {} network."),
-)
-
-# Node counts of the size classes (before pendant triangles; ladders round down to even counts).
-SIZES = {"small": (5, 9), "medium": (12, 16), "large": (20, 25)}
-
-
-def family_graph(family: str, size: str, rng: np.random.Generator) -> nx.Graph:
-    """A graph of ``family`` whose node count lies in the size class's range."""
-    low, high = SIZES[size]
-    n = int(rng.integers(low, high + 1))
-    if family == "cycle":
-        return nx.cycle_graph(n)
-    if family == "path":
-        return nx.path_graph(n)
-    if family == "star":
-        return nx.star_graph(n - 1)
-    if family == "complete":
-        return nx.complete_graph(n)
-    if family == "wheel":
-        return nx.wheel_graph(n)
-    if family == "ladder":
-        return nx.ladder_graph(max(3, n // 2))
-    if family == "grid":
-        # at least 3 rows: a 2 x k grid is a ladder
-        shapes = [(r, c) for r in range(3, 6) for c in range(r, 9) if low <= r * c <= high]
-        r, c = shapes[int(rng.integers(len(shapes)))]
-        return nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c))
-    if family == "tree":
-        # a random recursive tree: node i hangs from a uniformly chosen earlier node
-        return nx.Graph([(i, int(rng.integers(i))) for i in range(1, n)])
-    raise ValueError(f"unknown graph family '{family}'")
-
-
-def render_graph(concept: Mapping[str, str], rng: np.random.Generator, noise_edges: int = 2) -> Data:
-    """A graph of the concept's family and size class, with its count of pendant
-    triangles attached (the world's count, as a graph shows it), up to ``noise_edges``
-    random extra edges and a random node order. Every choice comes from ``rng``.
-    Returns an undirected, featureless Data."""
-    graph = family_graph(concept["family"], concept["size"], rng)
-    n = base = graph.number_of_nodes()
-    for _ in range(COUNT["count"].index(concept["count"]) + 1 if "count" in concept else 0):
-        anchor = int(rng.integers(base))
-        graph.add_edges_from([(anchor, n), (n, n + 1), (n + 1, anchor)])
-        n += 2
-    for _ in range(int(rng.integers(0, noise_edges + 1))):
-        u, v = (int(a) for a in rng.integers(n, size=2))
-        if u != v:
-            graph.add_edge(u, v)
-    order = rng.permutation(n)
-    edges = np.array([(order[u], order[v]) for u, v in graph.edges()], dtype=np.int64).reshape(-1, 2)
-    edge_index = torch.from_numpy(np.concatenate([edges, edges[:, ::-1]]).T.copy())
-    return Data(edge_index=edge_index, num_nodes=n)

@@ -1,42 +1,17 @@
-"""Text: open_clip's BPE tokenizer and text transformer, causal or bidirectional."""
+"""The text modality's encoder: open_clip's text transformer, causal or bidirectional,
+with the hooks of masked language modeling."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer, text_global_pool
 
-from modalities.base import InvalidSample, Modality, ModalityOutput, require_file
-
-TOKENIZER_KIND = "open_clip_bpe"
-# Added to open_clip's BPE vocabulary (after its <start_of_text>, <end_of_text>): the
-# masked-language-modeling mask token, and a padding token of its own (open_clip pads
-# with id 0, which is also the BPE token '!').
-MASK_TOKEN = "<mask>"
-PAD_TOKEN = "<pad>"
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    context_length: int = 32
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    # Attention of ordinary calls (embeddings for contrastive objectives and zero-shot):
-    # causal is CLIP-style. A call may ask for the other kind (``attention=``); masked
-    # language modeling always runs bidirectionally, on the same weights (as UniLM does).
-    attention: Literal["causal", "bidirectional"] = "causal"
-    pool: Literal["eos", "first", "mean"] = "eos"
-    # A longer text is a bad sample (a CSV quoting error that merged rows into one cell,
-    # a document in a caption column): the tokenizer would read only its first
-    # context_length tokens, after seconds of work on the rest.
-    max_chars: int = 65536
+from modalities.base import Modality, ModalityOutput
+from modalities.text.config import TextConfig, text_vocabulary
+from modalities.text.processor import TextProcessor
 
 
 class TextModality(Modality):
@@ -61,13 +36,13 @@ class TextModality(Modality):
         super().__init__(config)
         if config.width % config.heads:
             raise ValueError(f"text width {config.width} is not divisible by heads {config.heads}")
-        self.tokenizer = SimpleTokenizer(context_length=config.context_length, additional_special_tokens=[MASK_TOKEN, PAD_TOKEN])
-        self.sot_id = int(self.tokenizer.sot_token_id)
-        self.eot_id = int(self.tokenizer.eot_token_id)
-        self.mask_token_id = int(self.tokenizer.encoder[MASK_TOKEN])
-        self.pad_id = int(self.tokenizer.encoder[PAD_TOKEN])
-        self.num_regular_tokens = min(self.tokenizer.all_special_ids)
-        self.vocab_size = int(self.tokenizer.vocab_size)
+        vocabulary = text_vocabulary(config.context_length)
+        self.sot_id = vocabulary.sot_id
+        self.eot_id = vocabulary.eot_id
+        self.mask_token_id = vocabulary.mask_token_id
+        self.pad_id = vocabulary.pad_id
+        self.num_regular_tokens = vocabulary.num_regular_tokens
+        self.vocab_size = vocabulary.vocab_size
         self.bidirectional = config.attention == "bidirectional"
         self.tower = TextTransformer(
             context_length=config.context_length,
@@ -85,38 +60,21 @@ class TextModality(Modality):
             output_tokens=True,
         )
         self.embed_dim = config.width
-        self._tokenize_one = lru_cache(maxsize=65536)(self._tokenize_uncached)
+        self.processor = TextProcessor(config)
 
-    # --- data ---------------------------------------------------------------------
+    # --- data (the processor's; kept here until the core reads processors) ----------
     def load(self, path: str) -> str:
-        require_file(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidSample(f"cannot read text: {exc}", source=path) from None
-
-    def _tokenize_uncached(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer([text])[0]
-        eot_pos = int((ids == self.eot_id).nonzero()[0, 0])  # open_clip truncates to end with EOT
-        ids[eot_pos + 1 :] = self.pad_id
-        return ids
+        return self.processor.load(path)
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
-        if not isinstance(raw, str):
-            raise InvalidSample(f"text must be a string, got {type(raw).__name__}")
-        if not raw.strip():
-            raise InvalidSample("empty text")
-        if len(raw) > self.config.max_chars:
-            raise InvalidSample(f"text is {len(raw)} characters long, over max_chars={self.config.max_chars}")
-        return self._tokenize_one(raw).clone()
+        return self.processor.transform(raw, rng)
 
     def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"ids": torch.stack(list(samples))}
+        return self.processor.collate(samples)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Strings straight to a batch."""
-        return self.collate([self.transform(t) for t in texts])
+        return self.processor.tokenize(texts)
 
     @property
     def token_embedding(self) -> torch.nn.Embedding:
@@ -174,20 +132,9 @@ class TextModality(Modality):
             self.tower.set_grad_checkpointing(mode)
         return self
 
-    # --- checkpoint extras ------------------------------------------------------------
+    # --- checkpoint extras (the processor's) ---------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
-        return {
-            "tokenizer": TOKENIZER_KIND,
-            "vocab_size": int(self.tokenizer.vocab_size),
-            "context_length": int(self.config.context_length),
-            "sot_id": self.sot_id,
-            "eot_id": self.eot_id,
-            "mask_id": self.mask_token_id,
-            "pad_id": self.pad_id,
-        }
+        return self.processor.extra_state_dict()
 
     def check_extra_state(self, state: Mapping[str, Any]) -> None:
-        mine = self.extra_state_dict()
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
-        if diff:
-            raise ValueError(f"tokenizer state does not match this text modality (saved, current): {diff}")
+        self.processor.check_extra_state(state)
