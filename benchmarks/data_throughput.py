@@ -43,7 +43,7 @@ OBJECTIVE = "image_text"
 def make_dataset(config, root: Path, count: int) -> tuple[Path, Path]:
     """A CSV of ``count`` rendered images with captions, and its shards."""
     model = build_model(config)
-    image = model.encoders["image"]
+    image = model.renderers["image"]
     world = world_for(image, config.world)
     (root / "images").mkdir(parents=True)
     with open(root / "pairs.csv", "w", newline="") as f:

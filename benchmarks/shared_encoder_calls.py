@@ -60,15 +60,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    text = TextModality(TextConfig(context_length=24, width=args.text_width, layers=2, heads=4, attention="bidirectional"))
+    text_parts = TextModality.build(TextConfig(context_length=24, width=args.text_width, layers=2, heads=4, attention="bidirectional"))
+    text, tokenizer = text_parts.encoder, text_parts.processor
     words = "a red square tone the sound of a rising sawtooth wave next to a small green star".split()
     gen = torch.Generator().manual_seed(0)
 
     def captions(n: int) -> dict[str, torch.Tensor]:
         picks = torch.randint(len(words), (n, 6), generator=gen).tolist()
-        return text.tokenize([" ".join(words[i] for i in row) for row in picks])
+        return tokenizer.tokenize([" ".join(words[i] for i in row) for row in picks])
 
-    audio = AudioModality(AudioConfig(sample_rate=8000, n_fft=256, hop_length=80, n_mels=64, patch_freq=64, patch_time=10, width=128, depth=3))
+    audio = AudioModality.build(AudioConfig(sample_rate=8000, n_fft=256, hop_length=80, n_mels=64, patch_freq=64, patch_time=10, width=128, depth=3)).encoder
     frames = audio.frames
 
     def clips(n: int) -> dict[str, torch.Tensor]:

@@ -42,6 +42,7 @@ from safetensors.torch import load_model, save_model
 from mmssl.atomic import OutputError, fsync_dir, fsync_file
 from mmssl.config import ConfigError, RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
+from modalities.base import Processor, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def save_checkpoint(
         save_model(model, str(tmp / WEIGHTS))
         _save_trainer_state(trainer_state, tmp / STATE)
         (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
-        extras = {key: enc.extra_state_dict() for key, enc in model.encoders.items() if enc.extra_state_dict()}
+        extras = {key: p.extra_state_dict() for key, p in model.processors.items() if p.extra_state_dict()}
         (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
         (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}), encoding="utf-8")
 
@@ -312,9 +313,9 @@ def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "it
     except (OSError, ValueError) as exc:
         raise CorruptCheckpointError(f"{tokenizer_file} is unreadable: {_first_line(exc)}") from None
     for key, state in extras.items():
-        if key in model.encoders:
+        if key in model.processors:
             try:
-                model.encoders[key].check_extra_state(state)
+                model.processors[key].check_extra_state(state)
             except ValueError as exc:
                 raise CheckpointError(f"{tokenizer_file}: modality '{key}': {exc}") from None
 
@@ -369,20 +370,33 @@ def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
 
 @dataclass(frozen=True)
 class Pretrained:
-    """A checkpoint's model (eval mode) with the run config it was trained with."""
+    """A checkpoint's model (eval mode) with the run config it was trained with; its
+    config rebuilds every modality's processor and renderer, given here beside the model
+    (as open_clip returns ``preprocess`` with its model)."""
 
     model: MultimodalModel
     config: RunConfig
     checkpoint: Path
 
+    @property
+    def processors(self) -> dict[str, Processor]:
+        """Each modality's processor, by key: raw items to the model's batches."""
+        return self.model.processors
+
+    @property
+    def renderers(self) -> dict[str, Renderer | None]:
+        """Each modality's renderer of the embedded world (None where it renders nothing)."""
+        return self.model.renderers
+
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
-    """The model of a checkpoint (or of a run directory's latest), its run config and
-    the checkpoint directory it came from.
+    """The model of a checkpoint (or of a run directory's latest), its run config, the
+    checkpoint directory it came from, and the processors and renderers its config builds.
 
     Example:
         loaded = mmssl.load_checkpoint("runs/default")
         loaded.config.world.eval_samples_per_class, loaded.checkpoint.name
+        batch = loaded.processors["image"].collate([loaded.processors["image"].transform("cat.png")])
     """
     checkpoint = resolve_checkpoint(path)
     config = load_run_config(checkpoint)

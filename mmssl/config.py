@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 import yaml
 
 from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES, RegistryError, closest
-from modalities.base import Modality
+from modalities.base import Encoder
 
 
 class ConfigError(ValueError):
@@ -423,10 +423,11 @@ def _check_encoder_selection(selection: bool | list[str], key: str, modalities: 
             )
         if key == "train.grad_checkpointing":
             spec = modalities[name]
-            if MODALITIES.get(spec.type).set_grad_checkpointing is Modality.set_grad_checkpointing:
+            encoder_class = MODALITIES.get(spec.type).encoder_class(spec.options)
+            if encoder_class.set_grad_checkpointing is Encoder.set_grad_checkpointing:
                 raise ConfigError(
                     f"'{key}[{i}]': modality '{name}' (type {spec.type}) has no activation checkpointing "
-                    "(it does not implement Modality.set_grad_checkpointing); leave it out of the list"
+                    "(its encoder does not implement Encoder.set_grad_checkpointing); leave it out of the list"
                 )
 
 

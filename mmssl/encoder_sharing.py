@@ -3,7 +3,7 @@
 In a joint step the text encoder sees the captions of every X-text objective and the
 MLM batch; the audio encoder sees audio-text clips and masked-audio clips. Where the
 objectives declare those calls (``Objective.encoder_calls``) and the encoder's samples
-do not interact (``Modality.independent_samples``), the calls are concatenated along
+do not interact (``Encoder.independent_samples``), the calls are concatenated along
 the batch, run once, and each objective gets its slice of the output. The maths is the
 same as separate calls (up to float summation order); whether it is faster depends on
 the machine: see benchmarks/shared_encoder_calls.py.
@@ -16,7 +16,7 @@ from typing import Any, Hashable, Mapping, MutableMapping
 
 import torch
 
-from modalities.base import Modality, ModalityOutput
+from modalities.base import Encoder, ModalityOutput
 from objectives.base import ENCODED_KEY
 
 
@@ -41,7 +41,7 @@ def _split(output: ModalityOutput, sizes: list[int]) -> list[ModalityOutput]:
     return [ModalityOutput(p, t, m) for p, t, m in zip(pooled, tokens, padding)]
 
 
-def share_encoder_calls(objectives: Mapping[str, Any], encoders: Mapping[str, Modality], batches: Mapping[str, MutableMapping[str, Any]]) -> int:
+def share_encoder_calls(objectives: Mapping[str, Any], encoders: Mapping[str, Encoder], batches: Mapping[str, MutableMapping[str, Any]]) -> int:
     """Run compatible declared encoder calls of ``batches`` (objective name -> its batch)
     as one call per encoder, and store each objective's part under
     ``batch[ENCODED_KEY][slot]``. Returns how many encoder calls this saved."""

@@ -24,7 +24,6 @@ from mmssl.data.eval_sets import EvaluationError, LabelledSet, load_eval_set
 from mmssl.evaluation import caption_partner, caption_retrieval, classify_embeddings, embed_items
 from mmssl.linear_probe import fewshot_probe_on_features, linear_probe_on_features, probe_split
 from mmssl.metrics import average_precision, chance_levels, retrieval_metrics, value_relevance
-from modalities.base import modality_roles
 from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 
 TASKS = ("classification", "retrieval", "linear_probe", "fewshot", "clustering", "cross_modal")
@@ -243,7 +242,7 @@ def shared_attributes(a: LabelledSet, b: LabelledSet) -> list[str]:
 def world_modalities(model) -> list[str]:
     """Modalities that render the embedded world and have a shared space with text."""
     found = []
-    for key in modality_roles(model.encoders).renderers:
+    for key in model.roles().renderers:
         try:
             caption_partner(model, key)
         except (ValueError, EvaluationError):

@@ -21,7 +21,7 @@ from mmssl.data.bad_input import SkipLog
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
 from mmssl.metrics import Relevance, caption_relevance, classification_metrics, retrieval_metrics
 from mmssl.model import MultimodalModel
-from modalities.base import InvalidSample, modality_roles
+from modalities.base import InvalidSample, Modality
 from objectives.base import match_matrix
 
 @dataclass
@@ -67,7 +67,7 @@ class ZeroShotResult:
 def caption_partner(model: MultimodalModel, modality: str, objective: str | None = None) -> tuple[str, str]:
     """(objective, caption modality) that give ``modality`` a space shared with text."""
     name = model.shared_space(modality, objective)
-    partners = [m for m in modality_roles(model.modalities_of(name)).captioners if m != modality]
+    partners = [m for m in model.roles(model.objectives[name].modalities).captioners if m != modality]
     if not partners:
         raise EvaluationError(f"objective '{name}' pairs '{modality}' with no caption modality: no zero-shot prompts")
     return name, partners[0]
@@ -95,21 +95,21 @@ def embed_items(
     """Embeddings of the items that load, their indices in ``data``, and how many were
     skipped. ``objective`` None gives the encoder's own pooled features (frozen, for
     linear probes) instead of the objective's shared space."""
-    encoder = model.encoders[modality]
+    processor = model.processors[modality]
     kept_samples, kept = [], []
     skips = SkipLog(f"evaluation {data.source}", on_error, EvaluationError)
     embeddings = []
     bar = tqdm(total=len(data.where), desc=f"embed {modality}", unit="item", disable=not progress, leave=False)
 
     def encode(samples: list[Any]) -> torch.Tensor:
-        batch = encoder.collate(samples)
+        batch = processor.collate(samples)
         if objective is not None:
             return model.encode(modality, batch, objective=objective)
         return pooled_features(model, modality, batch)
 
     for index, where in enumerate(data.where):
         try:  # items may be read when indexed (shards): reading fails like transforming
-            kept_samples.append(encoder.transform(data.items[index], None))
+            kept_samples.append(processor.transform(data.items[index], None))
             kept.append(index)
         except InvalidSample as exc:
             # named as training names it: the row, then the file the modality could not read
@@ -134,7 +134,7 @@ def pooled_features(model: MultimodalModel, modality: str, batch: Any) -> torch.
     was_training = model.training
     model.eval()
     try:
-        return encoder(encoder.move_batch(batch, device)).pooled.float().cpu()
+        return encoder(model.processors[modality].move_batch(batch, device)).pooled.float().cpu()
     finally:
         model.train(was_training)
 
@@ -209,7 +209,7 @@ def classify_embeddings(
     if not data.class_names or not data.labels:
         raise EvaluationError(f"{data.source} has no labels: classification needs a labelled set")
     objective, text_modality = caption_partner(model, modality, objective)
-    templates = list(templates or model.encoders[modality].prompt_templates())
+    templates = list(templates or Modality.prompt_templates(model.renderers[modality]))
     classes = class_embeddings(model, text_modality, data.class_names, templates, objective)
     labels = [data.labels[i] for i in kept]
     y = torch.tensor(labels)

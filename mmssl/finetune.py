@@ -53,7 +53,7 @@ from mmssl.optim import lr_factor
 from mmssl.run_log import RunLog, read_metrics
 from mmssl.seeding import sample_rng
 from mmssl.world import world_for
-from modalities.base import InvalidSample, Modality, modality_roles
+from modalities.base import Encoder, InvalidSample, Processor
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +116,15 @@ def world_labelled_set(model: MultimodalModel, modality: str, config: RunConfig,
     pretraining stream and by no evaluation (which draws "eval")."""
     if modality not in model.encoders:
         raise EvaluationError(f"checkpoint has no modality '{modality}'; it has {sorted(model.encoders)}")
-    if modality not in modality_roles(model.encoders).renderers:
+    renderer = model.renderers[modality]
+    if renderer is None:
         raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
-    encoder = model.encoders[modality]
-    world = world_for(encoder, config.world)
+    world = world_for(renderer, config.world)
     data = LabelledSet([], [], world.class_names, [], list(world.heldout_classes), source=f"world ({key})")
     for cls in world.classes:
         for i in range(per_class):
             rng = sample_rng(config.world.seed, key, cls.index, i)
-            data.items.append(encoder.render(world.concept(cls.index, rng), rng))
+            data.items.append(renderer.render(world.concept(cls.index, rng), rng))
             data.labels.append(cls.index)
             data.where.append(f"world {key} sample {cls.name} #{i}")
     return data
@@ -195,14 +195,14 @@ def labelled_splits(model: MultimodalModel, modality: str, config: RunConfig, op
     return train, evaluation, split
 
 
-def transform_items(encoder: Modality, data: LabelledSet, on_error: str) -> tuple[list[Any], list[int], int]:
+def transform_items(processor: Processor, data: LabelledSet, on_error: str) -> tuple[list[Any], list[int], int]:
     """Eval-mode samples of the items that load, their positions, and how many were skipped
     (each named in the log, or the error under ``on_error: fail``)."""
     skips = SkipLog(f"fine-tune set {data.source}", on_error, EvaluationError)
     samples, kept = [], []
     for i, raw in enumerate(data.items):
         try:
-            samples.append(encoder.transform(raw, None))
+            samples.append(processor.transform(raw, None))
             kept.append(i)
         except InvalidSample as exc:
             skips.add(data.where[i], exc.reason)
@@ -217,15 +217,17 @@ def transform_items(encoder: Modality, data: LabelledSet, on_error: str) -> tupl
 
 
 class Classifier(torch.nn.Module):
-    """A modality's encoder with a linear head on its pooled features.
+    """A modality's encoder with a linear head on its pooled features; its processor
+    (a plain attribute, no parameters) makes the batches.
 
     Shapes:
         forward(batch) -> logits [B, num_classes]
     """
 
-    def __init__(self, encoder: Modality, num_classes: int) -> None:
+    def __init__(self, encoder: Encoder, processor: Processor, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
+        self.processor = processor
         self.head = torch.nn.Linear(encoder.embed_dim, num_classes)
 
     def forward(self, batch: Any) -> torch.Tensor:
@@ -251,7 +253,7 @@ def _expand(module: torch.nn.Module) -> list[torch.nn.Module]:
     return out
 
 
-def encoder_blocks(encoder: Modality, batch: Any) -> list[torch.nn.Module]:
+def encoder_blocks(encoder: Encoder, batch: Any) -> list[torch.nn.Module]:
     """The encoder's blocks in the order its forward pass first runs them.
 
     A modality may define ``finetune_blocks()`` (a list of modules, input first). Else the
@@ -392,7 +394,7 @@ def predict(model: Classifier, samples: Sequence[Any], batch_size: int, device: 
     model.eval()
     out = []
     for start in range(0, len(samples), batch_size):
-        batch = model.encoder.move_batch(model.encoder.collate(list(samples[start : start + batch_size])), device)
+        batch = model.processor.move_batch(model.processor.collate(list(samples[start : start + batch_size])), device)
         out.append(model(batch).float().cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -456,8 +458,8 @@ def train_classifier(
     after each optimizer update (tests kill or inspect the run there)."""
     device = torch.device(options.device)
     model.to(device)
-    encoder = model.encoder
-    blocks = encoder_blocks(encoder, encoder.move_batch(encoder.collate(train.samples[: min(2, len(train.samples))]), device))
+    processor = model.processor
+    blocks = encoder_blocks(model.encoder, processor.move_batch(processor.collate(train.samples[: min(2, len(train.samples))]), device))
     groups = parameter_groups(model, blocks, options)
     optimizer = torch.optim.AdamW(
         [{"params": g["params"], "lr": options.lr * g["lr_scale"]} for g in groups], lr=options.lr,
@@ -483,11 +485,11 @@ def train_classifier(
             set_trainable(model, blocks, trainable_blocks(blocks, options, step))
             positions = batch_positions(step, n, options.batch_size, options.seed)
             if options.augment and train.raw:
-                samples = [encoder.transform(train.raw[p], sample_rng(options.seed, "finetune-view", step, j))
+                samples = [processor.transform(train.raw[p], sample_rng(options.seed, "finetune-view", step, j))
                            for j, p in enumerate(positions)]
             else:
                 samples = [train.samples[p] for p in positions]
-            batch = encoder.move_batch(encoder.collate(samples), device)
+            batch = processor.move_batch(processor.collate(samples), device)
             labels = torch.tensor([train.labels[p] for p in positions], device=device)
             if train.weights is None:
                 loss = F.cross_entropy(model(batch), labels)
@@ -536,7 +538,7 @@ def build_classifier(loaded_model: MultimodalModel, config: RunConfig, modality:
         raise EvaluationError(f"checkpoint has no modality '{modality}'; it has {sorted(loaded_model.encoders)}")
     encoder = build_model(config).encoders[modality] if from_scratch else loaded_model.encoders[modality]
     torch.manual_seed(seed)
-    return Classifier(encoder, num_classes)
+    return Classifier(encoder, loaded_model.processors[modality], num_classes)
 
 
 def check_options(options: FinetuneOptions) -> FinetuneOptions:
@@ -581,9 +583,9 @@ def finetune(
     output = Path(output)
     loaded = load_checkpoint(checkpoint)
     train_set, eval_set, split = labelled_splits(loaded.model, modality, loaded.config, options)
-    encoder = loaded.model.encoders[modality]
-    train_samples, kept, train_skipped = transform_items(encoder, train_set, options.on_error)
-    eval_samples, eval_kept, eval_skipped = transform_items(encoder, eval_set, options.on_error)
+    processor = loaded.model.processors[modality]
+    train_samples, kept, train_skipped = transform_items(processor, train_set, options.on_error)
+    eval_samples, eval_kept, eval_skipped = transform_items(processor, eval_set, options.on_error)
     model = build_classifier(loaded.model, loaded.config, modality, len(train_set.class_names), options.from_scratch, options.seed)
     train = TrainingSet(train_samples, [train_set.labels[i] for i in kept], [train_set.items[i] for i in kept])
     figures = train_classifier(model, train, eval_samples, [eval_set.labels[i] for i in eval_kept], eval_set, options,

@@ -1,8 +1,10 @@
-"""The multimodal model: encoders by modality name plus objectives (with their heads)."""
+"""The multimodal model: encoders by modality name plus objectives (with their heads), and
+beside them each modality's processor and renderer."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -12,7 +14,15 @@ from torch import nn
 
 from mmssl.config import ConfigError, RunConfig
 from mmssl.registry import get_modality, get_objective
-from modalities.base import Modality, ModalityOutput, keep_norm_statistics_on_recompute, modality_roles, upcast
+from modalities.base import (
+    Encoder,
+    ModalityOutput,
+    Processor,
+    Renderer,
+    keep_norm_statistics_on_recompute,
+    modality_roles,
+    upcast,
+)
 from objectives.base import DistContext, Objective, ObjectiveOutput
 
 log = logging.getLogger(__name__)
@@ -20,17 +30,31 @@ log = logging.getLogger(__name__)
 
 class MultimodalModel(nn.Module):
     """Encoders and objectives in one module, so one optimizer, one DDP wrapper and
-    one state dict cover them all.
+    one state dict cover them all. ``processors`` and ``renderers`` (key -> the
+    modality's processor, and its renderer or None) are plain attributes beside them:
+    no parameters, not in the state dict; data pipelines take them from here.
 
     ``model(objective_name, batch)`` runs one objective; that is the call DDP wraps.
     """
 
-    def __init__(self, encoders: Mapping[str, Modality], objectives: Mapping[str, Objective]) -> None:
+    def __init__(
+        self,
+        encoders: Mapping[str, Encoder],
+        objectives: Mapping[str, Objective],
+        processors: Mapping[str, Processor],
+        renderers: Mapping[str, Renderer | None] | None = None,
+    ) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(dict(encoders))
         self.objectives = nn.ModuleDict(dict(objectives))
+        self.processors: dict[str, Processor] = dict(processors)
+        self.renderers: dict[str, Renderer | None] = {key: (renderers or {}).get(key) for key in self.encoders}
+        if set(self.processors) != set(self.encoders):
+            raise ValueError(f"every encoder needs a processor: encoders {list(self.encoders)}, processors {list(self.processors)}")
         for key, encoder in self.encoders.items():
-            encoder.key = key
+            for part in (encoder, self.processors[key], self.renderers[key]):
+                if part is not None:
+                    part.key = key
         for name, objective in self.objectives.items():
             missing = [m for m in objective.modalities if m not in self.encoders]
             if missing:
@@ -40,9 +64,18 @@ class MultimodalModel(nn.Module):
     def forward(self, objective: str, batch: Mapping[str, Any]) -> ObjectiveOutput:
         return self.objectives[objective](self, batch)
 
-    def modalities_of(self, objective: str) -> dict[str, Modality]:
+    def modalities_of(self, objective: str) -> dict[str, Encoder]:
         """The encoders ``objective`` uses, by key, in its declared order."""
         return {m: self.encoders[m] for m in self.objectives[objective].modalities}
+
+    def processors_of(self, objective: str) -> dict[str, Processor]:
+        """The processors of the modalities ``objective`` uses, by key, in its declared order."""
+        return {m: self.processors[m] for m in self.objectives[objective].modalities}
+
+    def roles(self, keys: Sequence[str] | None = None) -> Any:
+        """``modality_roles`` of the modalities ``keys`` (default: all), in order."""
+        keys = list(self.encoders) if keys is None else list(keys)
+        return modality_roles({k: self.processors[k] for k in keys}, self.renderers)
 
     @property
     def spaces(self) -> dict[str, list[str]]:
@@ -70,7 +103,7 @@ class MultimodalModel(nn.Module):
         if space is not None and not candidates:
             raise ValueError(f"space '{space}' embeds no '{modality}' (its objectives: {self.spaces[space]})")
         with_text = [
-            n for n in candidates if any(m != modality for m in modality_roles(self.modalities_of(n)).captioners)
+            n for n in candidates if any(m != modality for m in self.roles(self.objectives[n].modalities).captioners)
         ]
         if not candidates:
             raise ValueError(f"no objective gives modality '{modality}' a shared embedding space")
@@ -98,7 +131,7 @@ class MultimodalModel(nn.Module):
         """
         if modality not in self.encoders:
             raise KeyError(f"no modality '{modality}'; the model has {list(self.encoders)}")
-        encoder = self.encoders[modality]
+        encoder, processor = self.encoders[modality], self.processors[modality]
         head = self.objectives[self.shared_space(modality, objective, space)]
         device = next(self.parameters()).device
         was_training = self.training
@@ -109,12 +142,12 @@ class MultimodalModel(nn.Module):
             else:
                 items = list(inputs)
                 batches = [
-                    encoder.collate([encoder.transform(x, None) for x in items[i : i + batch_size]])
+                    processor.collate([processor.transform(x, None) for x in items[i : i + batch_size]])
                     for i in range(0, len(items), batch_size)
                 ]
             out = []
             for batch in batches:
-                output: ModalityOutput = encoder(encoder.move_batch(batch, device))
+                output: ModalityOutput = encoder(processor.move_batch(batch, device))
                 out.append(F.normalize(upcast(head.embed(modality, output)), dim=-1))
             return torch.cat(out) if out else torch.empty(0)
         finally:
@@ -160,17 +193,32 @@ def build_model(config: RunConfig, dist: DistContext | None = None) -> Multimoda
             constructor), naming its config key.
     """
     torch.manual_seed(config.seed)
-    encoders: dict[str, Modality] = {}
+    encoders: dict[str, Encoder] = {}
+    processors: dict[str, Processor] = {}
+    renderers: dict[str, Renderer | None] = {}
     for key, spec in config.modalities.items():
         with _names_the_key(f"modalities.{key}"):
-            encoder = get_modality(spec.type)(spec.options)
-        encoder.key = key
-        encoders[key] = encoder
+            parts = get_modality(spec.type).build(spec.options, key)
+        encoders[key], processors[key], renderers[key] = parts.encoder, parts.processor, parts.renderer
     objectives = {}
     for name, spec in config.objectives.items():
         with _names_the_key(f"objectives.{name}"):
-            objectives[name] = get_objective(spec.type)(spec.options, encoders, dist or DistContext())
-    return MultimodalModel(encoders, objectives)
+            objectives[name] = build_objective(get_objective(spec.type), spec.options, encoders, processors, renderers, dist)
+    return MultimodalModel(encoders, objectives, processors, renderers)
+
+
+def build_objective(
+    cls: type[Objective], options: Any, encoders: Mapping[str, Encoder], processors: Mapping[str, Processor],
+    renderers: Mapping[str, Renderer | None], dist: DistContext | None = None,
+) -> Objective:
+    """``cls(options, encoders, dist)``, with ``processors=`` and ``renderers=`` too where
+    its ``__init__`` takes them (objectives that make views, corrupt tokens in the data
+    pipeline, or read their modality's concept space)."""
+    params = inspect.signature(cls.__init__).parameters
+    every = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    parts = {"processors": processors, "renderers": renderers}
+    kwargs = {key: value for key, value in parts.items() if every or key in params}
+    return cls(options, encoders, dist or DistContext(), **kwargs)
 
 
 @contextlib.contextmanager
@@ -189,7 +237,7 @@ def enable_grad_checkpointing(model: MultimodalModel, selection: bool | Sequence
     ``True`` every encoder that has it, a list those keys. Returns the keys switched on.
 
     Raises:
-        ConfigError: a listed encoder has none (``Modality.set_grad_checkpointing``
+        ConfigError: a listed encoder has none (``Encoder.set_grad_checkpointing``
             raised NotImplementedError), naming the key and the modality.
     """
     if selection is False:

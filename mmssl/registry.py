@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,14 @@ class Registry(Generic[T]):
     Args:
         kind: what is registered ("modality"), used in messages.
         group: the entry-point group that plugins declare (``mmssl.modalities``).
+        check: called with each class before it is registered; raises RegistryError
+            saying what to change when the class does not fit the contract.
     """
 
-    def __init__(self, kind: str, group: str) -> None:
+    def __init__(self, kind: str, group: str, check: Callable[[Any, str, str], None] | None = None) -> None:
         self.kind = kind
         self.group = group
+        self.check = check
         self._entries: dict[str, Entry] = {}
         # plugins that could not join: name -> why (a failed import, a taken name). A
         # lookup of the name raises it; others are unaffected; a listing shows it.
@@ -89,6 +92,8 @@ class Registry(Generic[T]):
                 f"duplicate {self.kind} '{name}': already registered by {existing.source}, "
                 f"registered again by {source or _describe(cls)}. Rename one of them."
             )
+        if self.check is not None:
+            self.check(cls, name, source or _describe(cls))
         cls.name = name  # the registry key is the class's canonical name
         self._entries[name] = Entry(name, cls, source or _describe(cls))
 
@@ -167,13 +172,31 @@ class Registry(Generic[T]):
             self._problems[f"{name} (refused duplicate)"] = why
 
 
-MODALITIES: Registry = Registry("modality", "mmssl.modalities")
+def _check_modality(cls: Any, name: str, source: str) -> None:
+    """A modality is a ``modalities.base.Modality`` bundle of encoder, processor and
+    renderer; a one-class nn.Module (the contract before mmssl 0.2) is refused saying so."""
+    from torch import nn
+
+    from modalities.base import Modality
+
+    if inspect.isclass(cls) and issubclass(cls, nn.Module):
+        raise RegistryError(
+            f"modality '{name}' ({source}) is one nn.Module, the one-class contract of mmssl before 0.2: split it "
+            "into an Encoder (the nn.Module: forward and capability hooks), a Processor (load, transform, augment, "
+            "collate) and a Renderer (concept_space, render), and register a modalities.base.Modality subclass that "
+            "names them (docs/plugins.md, 'Migrating a one-class modality')"
+        )
+    if not (inspect.isclass(cls) and issubclass(cls, Modality)):
+        raise RegistryError(f"modality '{name}' ({source}) is no modalities.base.Modality subclass")
+
+
+MODALITIES: Registry = Registry("modality", "mmssl.modalities", check=_check_modality)
 OBJECTIVES: Registry = Registry("objective", "mmssl.objectives")
 SOURCES: Registry = Registry("source", "mmssl.sources")
 
 
 def register_modality(name: str) -> Callable[[T], T]:
-    """Register a Modality subclass under ``name``."""
+    """Register a ``modalities.base.Modality`` subclass (encoder, processor, renderer) under ``name``."""
     return MODALITIES.register(name)
 
 

@@ -47,19 +47,11 @@ packages = ["mmssl_{name}"]
 INIT = '''"""mmssl-{name}: the {name} modality and its objective, registered through entry points."""
 '''
 
-MODALITY = '''"""The {name} modality. Replace the vector signal, the encoder and the world's concepts
-with your own; keep the members: mmssl.testing.check_modality checks them."""
+CONFIG_MODULE = '''"""The {name} modality's options, read by its encoder, processor and renderer alike."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
-
-import numpy as np
-import torch
-from torch import nn
-
-from modalities.base import COUNT, ConceptSpace, InvalidSample, Modality, ModalityOutput
 
 
 @dataclass(frozen=True)
@@ -67,28 +59,74 @@ class {title}Config:
     dim: int = 32  # values an item holds
     width: int = 64  # embed_dim of the encoder
     noise: float = 0.05  # training augmentation
+'''
 
+MODALITY = '''"""The {name} modality: the three parts a modality is made of, each in a module of its
+own (encoder.py, processor.py, renderer.py), over its options (config.py). Replace them
+with your own; mmssl.testing.check_modality checks the contract."""
 
-SPACE = ConceptSpace(
-    class_attributes={{"pattern": ("flat", "ramp", "wave", "spike")}},
-    shared_attributes=COUNT,  # the world's count: render it, and cross-modal retrieval can match on it
-    caption_templates=("a {{pattern}} {name} signal", "a {name} {{pattern}} with {{count}}"),
-    synonyms={{"one": ("one peak",), "two": ("two peaks",), "three": ("three peaks",), "four": ("four peaks",)}},
-    prompt_templates=("a {{}} {name} signal.",),
-)
+from __future__ import annotations
+
+from mmssl_{name}.config import {title}Config
+from mmssl_{name}.encoder import {title}Encoder
+from mmssl_{name}.processor import {title}Processor
+from mmssl_{name}.renderer import {title}Renderer
+from modalities.base import Modality
 
 
 class {title}Modality(Modality):
-    """A float vector of ``dim`` values through an MLP."""
+    """Names the encoder, processor and renderer; the entry point points here."""
 
     Config = {title}Config
-    file_extensions = (".npy",)
+    Encoder = {title}Encoder
+    Processor = {title}Processor
+    Renderer = {title}Renderer
+'''
+
+ENCODER = '''"""The {name} encoder: parameters and the forward pass, batches to embeddings."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from mmssl_{name}.config import {title}Config
+from modalities.base import Encoder, ModalityOutput
+
+
+class {title}Encoder(Encoder):
+    """A float vector of ``dim`` values through an MLP."""
+
     independent_samples = True
 
     def __init__(self, config: {title}Config) -> None:
         super().__init__(config)
         self.embed_dim = config.width  # required: the width of ``pooled``
-        self.encoder = nn.Sequential(nn.Linear(config.dim, config.width), nn.GELU(), nn.Linear(config.width, config.width))
+        self.mlp = nn.Sequential(nn.Linear(config.dim, config.width), nn.GELU(), nn.Linear(config.width, config.width))
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModalityOutput:
+        return ModalityOutput(pooled=self.mlp(batch["values"]))
+'''
+
+PROCESSOR = '''"""The {name} processor: files and raw items to samples, samples to batches. No
+parameters: data loader workers hold it."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from modalities.base import InvalidSample, Processor
+
+
+class {title}Processor(Processor):
+    """Reads ``.npy`` vectors of ``dim`` values; training adds a little noise."""
+
+    file_extensions = (".npy",)
 
     def load(self, path: str) -> np.ndarray:
         try:
@@ -108,9 +146,29 @@ class {title}Modality(Modality):
 
     def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {{"values": torch.stack(list(samples))}}
+'''
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModalityOutput:
-        return ModalityOutput(pooled=self.encoder(batch["values"]))
+RENDERER = '''"""The {name} renderer: the modality's concepts in the embedded world."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from modalities.base import COUNT, ConceptSpace, Renderer
+
+SPACE = ConceptSpace(
+    class_attributes={{"pattern": ("flat", "ramp", "wave", "spike")}},
+    shared_attributes=COUNT,  # the world's count: render it, and cross-modal retrieval can match on it
+    caption_templates=("a {{pattern}} {name} signal", "a {name} {{pattern}} with {{count}}"),
+    synonyms={{"one": ("one peak",), "two": ("two peaks",), "three": ("three peaks",), "four": ("four peaks",)}},
+    prompt_templates=("a {{}} {name} signal.",),
+)
+
+
+class {title}Renderer(Renderer):
+    """Patterns over ``dim`` values, with the world's count as narrow peaks."""
 
     def concept_space(self) -> ConceptSpace:
         return SPACE
@@ -135,7 +193,7 @@ from typing import Any, Mapping
 
 import torch.nn.functional as F
 
-from modalities.base import Modality
+from modalities.base import Encoder
 from objectives.base import DistContext, EncoderHost, Objective, ObjectiveOutput
 from objectives.helpers.heads import projection_head
 
@@ -150,7 +208,7 @@ class {title}ReconstructObjective(Objective):
 
     Config = {title}ReconstructConfig
 
-    def __init__(self, config: {title}ReconstructConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: {title}ReconstructConfig, encoders: Mapping[str, Encoder], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
         (self.key,) = self.modalities
         encoder = encoders[self.key]
@@ -229,7 +287,11 @@ def write_plugin(name: str, output: str | Path = ".") -> Path:
     files = {
         "pyproject.toml": PYPROJECT,
         f"mmssl_{name}/__init__.py": INIT,
+        f"mmssl_{name}/config.py": CONFIG_MODULE,
         f"mmssl_{name}/modality.py": MODALITY,
+        f"mmssl_{name}/encoder.py": ENCODER,
+        f"mmssl_{name}/processor.py": PROCESSOR,
+        f"mmssl_{name}/renderer.py": RENDERER,
         f"mmssl_{name}/objective.py": OBJECTIVE,
         f"configs/{name}.yaml": CONFIG,
         f"tests/test_{name}.py": TEST,

@@ -186,10 +186,10 @@ def self_train(
     train_set, eval_set, split = labelled_splits(loaded.model, modality, loaded.config, options)
     num_classes = len(train_set.class_names)
     pool_set = unlabeled_pool(loaded, modality, options, st, num_classes)
-    encoder = loaded.model.encoders[modality]
-    train_samples, kept, _ = transform_items(encoder, train_set, options.on_error)
-    eval_samples, eval_kept, _ = transform_items(encoder, eval_set, options.on_error)
-    pool_samples, pool_kept, pool_skipped = transform_items(encoder, pool_set, options.on_error)
+    processor = loaded.model.processors[modality]
+    train_samples, kept, _ = transform_items(processor, train_set, options.on_error)
+    eval_samples, eval_kept, _ = transform_items(processor, eval_set, options.on_error)
+    pool_samples, pool_kept, pool_skipped = transform_items(processor, pool_set, options.on_error)
     pool_true = [pool_set.labels[i] for i in pool_kept] if pool_set.labels else None
     eval_labels = [eval_set.labels[i] for i in eval_kept]
     labels = [train_set.labels[i] for i in kept]

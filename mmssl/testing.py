@@ -3,7 +3,7 @@
     from mmssl.testing import check_modality, check_objective
 
     def test_sensor_meets_the_modality_contract():
-        check_modality(SensorModality, {"width": 32, "depth": 1})
+        check_modality(SensorModality, {"width": 32, "depth": 1})  # encoder, processor, renderer
 
     def test_forecast_meets_the_objective_contract():
         check_objective("configs/sensor.yaml", "forecast")
@@ -25,7 +25,18 @@ import torch
 
 from mmssl.config import RunConfig, convert, load_config
 from mmssl.seeding import sample_rng
-from modalities.base import MaskableTokenEncoder, Modality, ModalityOutput, PatchEncoder, VisiblePatchEncoder
+from modalities.base import (
+    Encoder,
+    MaskableTokenEncoder,
+    Modality,
+    ModalityOutput,
+    ModalityParts,
+    PatchEncoder,
+    Processor,
+    Renderer,
+    ViewAugmenter,
+    VisiblePatchEncoder,
+)
 from objectives.base import ObjectiveOutput
 
 
@@ -75,78 +86,122 @@ def _output_close(a: ModalityOutput, b: ModalityOutput, atol: float = 1e-5) -> b
     )
 
 
-def _raw_items(modality: Modality, items: Sequence[Any] | None, count: int) -> list[Any]:
+def _raw_items(renderer: Renderer | None, items: Sequence[Any] | None, count: int) -> list[Any]:
     if items is not None:
         return list(items)
-    space = modality.concept_space()
-    _require(space is not None, "check_modality needs raw items: pass items=[...] for a modality that renders no concepts")
+    _require(renderer is not None, "check_modality needs raw items: pass items=[...] for a modality that renders no concepts")
     from mmssl.world import World
 
-    world = World(space, seed=0, num_heldout=0)
+    world = World(renderer.concept_space(), seed=0, num_heldout=0)
     raws = []
     for i in range(count):
         rng = sample_rng(0, "contract", i)
-        raws.append(modality.render(world.concept(i % len(world.classes), rng), rng))
+        raws.append(renderer.render(world.concept(i % len(world.classes), rng), rng))
     return raws
+
+
+def _has_no_parameters(processor: Processor) -> bool:
+    """No nn.Parameter anywhere in the processor's attributes (library transforms that hold
+    buffers, such as torchaudio's mel filter bank, are fine)."""
+    seen: set[int] = set()
+
+    def walk(value: Any, depth: int = 0) -> bool:
+        if id(value) in seen or depth > 6:
+            return True
+        seen.add(id(value))
+        if isinstance(value, torch.nn.Parameter) or isinstance(value, (Encoder, torch.nn.Module)) and any(
+            True for _ in value.parameters()
+        ):
+            return False
+        if isinstance(value, Mapping):
+            return all(walk(v, depth + 1) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return all(walk(v, depth + 1) for v in value)
+        if hasattr(value, "__dict__") and not isinstance(value, type) and not callable(getattr(value, "__func__", None)):
+            return all(walk(v, depth + 1) for v in vars(value).values())
+        return True
+
+    return walk(processor)
 
 
 def check_modality(
     cls: type[Modality], options: Mapping[str, Any] | Any = None, items: Sequence[Any] | None = None, batch: int = 4
-) -> Modality:
-    """Run the modality contract on ``cls`` built from ``options`` (a mapping checked
-    against ``cls.Config``, or a Config instance); ``items``: raw items to use (default:
-    ``batch`` renders of the embedded world). Returns the built modality.
+) -> ModalityParts:
+    """Run the modality contract on ``cls`` (a ``Modality``: encoder, processor and
+    renderer) built from ``options`` (a mapping checked against ``cls.Config``, or a
+    Config instance); ``items``: raw items to use (default: ``batch`` renders of the
+    embedded world). Returns the built parts.
 
-    Rules: ``embed_dim`` is set; ``transform`` is deterministic under a seeded generator
-    and in eval (``rng`` None), and never modifies its raw item; ``render`` is a function
-    of its generator; ``collate`` + ``forward`` give ``pooled`` [B, embed_dim] (finite),
-    ``tokens`` [B, N, D] and ``padding_mask`` [B, N] bool with a real token per sample;
-    eval-mode forward is deterministic; ``independent_samples`` holds if declared; a
-    state-dict round trip into a fresh instance gives the same outputs; the extra state
-    is JSON and accepted back; each capability the modality declares (PatchEncoder,
-    MaskableTokenEncoder) keeps its promises.
+    Rules: the encoder is an ``Encoder`` that sets ``embed_dim``; the processor is a
+    ``Processor`` with no parameters that survives pickling (spawned loader workers get
+    it so) and transforms alike after it; ``transform`` is deterministic under a seeded
+    generator and in eval (``rng`` None), and never modifies its raw item; ``render`` is
+    a function of its generator; ``collate`` + ``forward`` give ``pooled`` [B, embed_dim]
+    (finite), ``tokens`` [B, N, D] and ``padding_mask`` [B, N] bool with a real token per
+    sample; eval-mode forward is deterministic; ``independent_samples`` holds if
+    declared; a state-dict round trip into a fresh encoder gives the same outputs; the
+    extra state is JSON and accepted back; each capability the parts declare
+    (PatchEncoder, MaskableTokenEncoder, ViewAugmenter) keeps its promises.
     """
+    import pickle
+
+    _require(isinstance(cls, type) and issubclass(cls, Modality),
+             "a modality is a modalities.base.Modality subclass naming its Encoder, Processor and Renderer",
+             f"got {cls!r}")
     if options is None or isinstance(options, Mapping):
         config = convert(dict(options or {}), cls.Config, cls.name or cls.__name__)
     else:
         config = options
     torch.manual_seed(0)
-    modality = cls(config)
+    parts = cls.build(config)
+    encoder, processor, renderer = parts.encoder, parts.processor, parts.renderer
     name = f"modality '{cls.name or cls.__name__}'"
-    _require(isinstance(modality.embed_dim, int) and modality.embed_dim > 0,
-             f"{name} must set embed_dim (the width of pooled) in __init__", f"got {modality.embed_dim!r}")
-    raws = _raw_items(modality, items, batch)
-    space = modality.concept_space()
-    if space is not None and items is None:
+    _require(isinstance(encoder, Encoder), f"{name}: its encoder must be a modalities.base.Encoder", type(encoder).__name__)
+    _require(isinstance(processor, Processor), f"{name}: its processor must be a modalities.base.Processor",
+             type(processor).__name__)
+    _require(renderer is None or isinstance(renderer, Renderer), f"{name}: its renderer must be a modalities.base.Renderer",
+             type(renderer).__name__)
+    _require(isinstance(encoder.embed_dim, int) and encoder.embed_dim > 0,
+             f"{name}: the encoder must set embed_dim (the width of pooled) in __init__", f"got {encoder.embed_dim!r}")
+    _require(_has_no_parameters(processor), f"{name}: the processor must hold no parameters (loader workers hold it)")
+    raws = _raw_items(renderer, items, batch)
+    if renderer is not None and items is None:
         from mmssl.world import World
 
+        space = renderer.concept_space()
         world = World(space, seed=0, num_heldout=0)
         concept = world.concept(0, sample_rng(0, "contract", "render"))
-        a, b = (modality.render(concept, sample_rng(1, "render")) for _ in range(2))
+        a, b = (renderer.render(concept, sample_rng(1, "render")) for _ in range(2))
         _require(_same(_fingerprint(a), _fingerprint(b)), f"{name}: render must be a function of its generator")
         for template in (*space.caption_templates, *(t for ts in space.single_attribute_templates.values() for t in ts)):
             try:
                 template.format(**concept)
             except KeyError as exc:
                 raise ContractError(f"{name}: caption template {template!r} names {exc}, not an attribute of the space") from None
+    try:
+        unpickled = pickle.loads(pickle.dumps(processor))
+    except Exception as exc:  # noqa: BLE001 - any pickling failure breaks spawned workers alike
+        raise ContractError(f"{name}: the processor must pickle (spawned loader workers get a copy): {exc}") from None
     samples = []
     for i, raw in enumerate(raws):
         before = _fingerprint(raw)
-        first = modality.transform(raw, sample_rng(0, "transform", i))
+        first = processor.transform(raw, sample_rng(0, "transform", i))
         _require(_same(before, _fingerprint(raw)), f"{name}: transform must not modify its raw item (item {i})")
-        again = modality.transform(raw, sample_rng(0, "transform", i))
+        again = processor.transform(raw, sample_rng(0, "transform", i))
         _require(_same(_fingerprint(first), _fingerprint(again)), f"{name}: transform must be a function of its generator")
-        evals = [modality.transform(raw, None) for _ in range(2)]
+        copied = unpickled.transform(raw, sample_rng(0, "transform", i))
+        _require(_same(_fingerprint(first), _fingerprint(copied)), f"{name}: a pickled processor must transform alike")
+        evals = [processor.transform(raw, None) for _ in range(2)]
         _require(_same(_fingerprint(evals[0]), _fingerprint(evals[1])), f"{name}: transform(raw, None) (eval) must be deterministic")
         samples.append(evals[0])
-    collated = modality.collate(samples)
-    modality.eval()
+    collated = processor.collate(samples)
+    encoder.eval()
     with torch.no_grad():
-        out = modality(collated)
-        again = modality(collated)
+        out = encoder(collated)
+        again = encoder(collated)
     _require(isinstance(out, ModalityOutput), f"{name}: forward must return a ModalityOutput", type(out).__name__)
-    _require(tuple(out.pooled.shape) == (len(samples), modality.embed_dim),
-             f"{name}: pooled must be [batch, embed_dim]", f"got {list(out.pooled.shape)}, embed_dim {modality.embed_dim}")
+    _require(tuple(out.pooled.shape) == (len(samples), encoder.embed_dim),
+             f"{name}: pooled must be [batch, embed_dim]", f"got {list(out.pooled.shape)}, embed_dim {encoder.embed_dim}")
     _require(bool(torch.isfinite(out.pooled).all()), f"{name}: pooled must be finite")
     _require(_output_close(out, again, atol=0), f"{name}: forward in eval mode must be deterministic")
     if out.tokens is not None:
@@ -157,24 +212,33 @@ def check_modality(
                  and tuple(out.padding_mask.shape) == tuple(out.tokens.shape[:2]),
                  f"{name}: padding_mask must be a [batch, N] bool mask over tokens")
         _require(not bool(out.padding_mask.all(1).any()), f"{name}: padding_mask must leave every sample a real token")
-    if modality.independent_samples:
+    if encoder.independent_samples:
         with torch.no_grad():
-            alone = torch.cat([modality(modality.collate([s])).pooled for s in samples])
+            alone = torch.cat([encoder(processor.collate([s])).pooled for s in samples])
         _require(torch.allclose(alone, out.pooled, atol=1e-4),
                  f"{name}: independent_samples is True, but a sample's output depends on its batch")
-    fresh = cls(config)
-    fresh.load_state_dict(modality.state_dict())
+    fresh = cls.encoder_class(config)(config)
+    fresh.load_state_dict(encoder.state_dict())
     fresh.eval()
     with torch.no_grad():
         _require(_output_close(fresh(collated), out), f"{name}: a state-dict round trip must give the same outputs")
-    extra = modality.extra_state_dict()
+    extra = processor.extra_state_dict()
     _require(json.loads(json.dumps(extra)) == extra, f"{name}: extra_state_dict must be JSON-serialisable")
-    modality.check_extra_state(extra)
-    _check_capabilities(modality, name, collated, out)
-    return modality
+    processor.check_extra_state(extra)
+    _check_capabilities(encoder, name, collated, out)
+    if isinstance(processor, ViewAugmenter):
+        view = processor.augment(samples[0], sample_rng(0, "view"))
+        again = processor.augment(samples[0], sample_rng(0, "view"))
+        _require(_same(_fingerprint(view), _fingerprint(again)), f"{name} (ViewAugmenter): augment must be a function of its generator")
+        views = [processor.augment(sample, sample_rng(0, "view", i)) for i, sample in enumerate(samples)]
+        with torch.no_grad():
+            viewed = encoder(processor.collate(views))
+        _require(tuple(viewed.pooled.shape) == tuple(out.pooled.shape),
+                 f"{name} (ViewAugmenter): views must batch and encode as samples do")
+    return parts
 
 
-def _check_capabilities(modality: Modality, name: str, collated: Any, out: ModalityOutput) -> None:
+def _check_capabilities(modality: Encoder, name: str, collated: Any, out: ModalityOutput) -> None:
     if isinstance(modality, PatchEncoder):
         n = modality.grid[0] * modality.grid[1]
         padding = modality.patch_padding_mask(collated)

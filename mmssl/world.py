@@ -19,7 +19,7 @@ import numpy as np
 
 from mmssl.config import ConfigError
 from mmssl.seeding import sample_rng
-from modalities.base import ConceptSpace, Modality
+from modalities.base import ConceptSpace, Renderer
 
 
 @dataclass(frozen=True)
@@ -167,21 +167,22 @@ class World:
         }
 
 
-def world_for(modality: Modality, config: Any) -> World:
-    """The world over ``modality``'s concept space, as ``config`` (a WorldConfig) sets it.
+def world_for(renderer: Renderer | None, config: Any) -> World:
+    """The world over a modality's concept space (its ``renderer``'s), as ``config`` (a
+    WorldConfig) sets it.
 
     Raises:
         ConfigError: a ``world`` option out of its range, or a per-modality ``heldout``
             without this modality (the message names the key).
     """
-    space = modality.concept_space()
-    if space is None:
-        raise ValueError(f"modality '{modality.key}' renders no concepts: it has no concept space")
+    if renderer is None:
+        raise ValueError("this modality renders no concepts: it has no renderer")
+    space = renderer.concept_space()
     heldout = config.heldout
     if isinstance(heldout, dict):
-        if modality.key not in heldout:
-            raise ConfigError(f"world.heldout has no count for modality '{modality.key}' (it has {sorted(heldout)})")
-        heldout = heldout[modality.key]
+        if renderer.key not in heldout:
+            raise ConfigError(f"world.heldout has no count for modality '{renderer.key}' (it has {sorted(heldout)})")
+        heldout = heldout[renderer.key]
     try:
         return World(
             space,

@@ -1,9 +1,16 @@
-"""The Modality contract: an encoder plus the data handling that belongs to it.
+"""The Modality contract: three parts, each with one job, bundled under one registered name.
 
-A modality turns raw items (a path, a PIL image, a string, ...) into model-ready
-samples (``transform``), samples into batches (``collate``) and batches into
-embeddings (``forward``). For the embedded world it also describes its concept
-space and renders concepts (``concept_space``, ``render``).
+- ``Encoder`` (an ``nn.Module``): parameters and the forward pass, batches to embeddings,
+  with the capability hooks objectives ask for (patches, maskable tokens, checkpointing).
+- ``Processor`` (no parameters): raw items (a path, file bytes, a PIL image, a string)
+  to model-ready samples (``transform``), random views of a sample (``augment``) and
+  samples to batches (``collate``). Data loader workers and evaluation sets hold
+  processors, never encoders.
+- ``Renderer`` (optional): the modality's concepts in the embedded world and one
+  rendered raw item per concept.
+
+``Modality`` names the three classes and the options they share (``Config``); the
+registry holds it, and ``Modality.build`` makes the parts of one configured modality.
 """
 
 from __future__ import annotations
@@ -121,22 +128,14 @@ class ConceptSpace:
         return " ".join(concept[a] for a in self.class_attributes)
 
 
-class Modality(nn.Module):
-    """Base class for a modality: subclass it and declare it as an entry point.
+class Encoder(nn.Module):
+    """Base class of a modality's encoder: parameters and the forward pass.
 
     Class attributes:
-        name: the registry key ("image"); set by the registry too.
-        Config: a dataclass of the modality's options; config files are checked
-            against its fields and types.
-        file_extensions: lower-case suffixes of this modality's files (".wav").
-        consumes_captions: True for language modalities, which receive the
-            world's captions and zero-shot prompts as raw items.
+        Config: the modality's options dataclass (the one its ``Modality`` names).
     """
 
-    name: ClassVar[str] = ""
     Config: ClassVar[type] = object
-    consumes_captions: ClassVar[bool] = False
-    file_extensions: ClassVar[tuple[str, ...]] = ()  # what a data folder of this modality holds
     # True when each sample's output depends on that sample alone (no BatchNorm or other
     # cross-sample layers): then several objectives' calls may run as one batched call.
     independent_samples: bool = False
@@ -145,61 +144,16 @@ class Modality(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self.key: str = self.name  # its name in the model (the config key); set when built
+        self.key: str = ""  # its name in the model (the config key); set when built
         self.embed_dim: int = 0
 
-    # --- data -------------------------------------------------------------------
-    def load(self, path: str) -> Any:
-        """Read one raw item from a file. Raises InvalidSample naming the file."""
-        raise NotImplementedError(f"modality '{self.name}' does not read files")
-
-    def load_bytes(self, data: bytes, name: str) -> Any:
-        """Read one raw item from a file's bytes (a member of a tar shard); ``name`` is
-        the member's name, for messages and format detection. Raises InvalidSample."""
-        raise InvalidSample(f"modality '{self.name}' reads no file bytes", source=name)
-
-    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Any:
-        """One raw item to a model-ready sample; ``rng`` None means eval (deterministic)."""
+    def forward(self, batch: Any) -> ModalityOutput:
         raise NotImplementedError
-
-    def collate(self, samples: Sequence[Any]) -> Any:
-        """A list of samples to a batch: a dict of tensors, or a PyG ``Batch`` for graphs."""
-        raise NotImplementedError
-
-    # --- model ------------------------------------------------------------------
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModalityOutput:
-        raise NotImplementedError
-
-    # --- embedded world and zero-shot ---------------------------------------------
-    def concept_space(self) -> ConceptSpace | None:
-        """The concepts this modality renders in the embedded world (None if it renders none)."""
-        return None
-
-    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Any:
-        """A raw item showing ``concept`` (values for every attribute of the concept space)."""
-        raise NotImplementedError(f"modality '{self.name}' renders no concepts")
-
-    def prompt_templates(self) -> Sequence[str]:
-        """Zero-shot prompt templates for class names of real datasets ("a photo of a {}.")."""
-        space = self.concept_space()
-        return tuple(space.prompt_templates) if space is not None else ("{}",)
-
-    # --- checkpoint extras -----------------------------------------------------------
-    def extra_state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state beyond weights (a tokenizer's settings), saved with checkpoints."""
-        return {}
-
-    def check_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Raise ValueError if a checkpoint's extra state does not fit this modality."""
 
     def call_defaults(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments of ``forward`` that equal leaving them out, for ``inputs``
         (an all-False patch mask), so a plain call can join a batched call that passes them."""
         return {}
-
-    def move_batch(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-        """Batch to device (non-blocking where possible)."""
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     # --- training options ---------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -214,16 +168,133 @@ class Modality(nn.Module):
         ``keep_norm_statistics_on_recompute(self)`` if BatchNorm may be recomputed.
 
         Raises:
-            NotImplementedError: this default; a modality opts in by overriding it.
+            NotImplementedError: this default; an encoder opts in by overriding it.
         """
         raise NotImplementedError(
             f"modality '{self.key}' ({type(self).__name__}) has no activation checkpointing: "
-            "it does not implement Modality.set_grad_checkpointing"
+            "its encoder does not implement Encoder.set_grad_checkpointing"
         )
 
     def checkpoint_now(self) -> bool:
         """Whether this call should checkpoint: switched on, training mode, grad enabled."""
         return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+
+class Processor:
+    """Base class of a modality's processor: everything between a raw item and a batch.
+
+    No parameters and no modules that train (library transforms such as torchaudio's
+    front end are fine): loader workers, evaluation sets and fine-tuning hold it, and
+    it pickles into spawned workers. Every random choice comes from the ``rng`` handed
+    in (library transforms under ``seeded_torch_rng``).
+
+    Class attributes:
+        file_extensions: lower-case suffixes of this modality's files (".wav").
+        consumes_captions: True for language modalities, which receive the world's
+            captions and zero-shot prompts as raw items.
+    """
+
+    file_extensions: ClassVar[tuple[str, ...]] = ()  # what a data folder of this modality holds
+    consumes_captions: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.key: str = ""  # its modality's name in the model; set when built
+
+    def load(self, path: str) -> Any:
+        """Read one raw item from a file. Raises InvalidSample naming the file."""
+        raise NotImplementedError(f"modality '{self.key}' does not read files")
+
+    def load_bytes(self, data: bytes, name: str) -> Any:
+        """Read one raw item from a file's bytes (a member of a tar shard); ``name`` is
+        the member's name, for messages and format detection. Raises InvalidSample."""
+        raise InvalidSample(f"modality '{self.key}' reads no file bytes", source=name)
+
+    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Any:
+        """One raw item to a model-ready sample; ``rng`` None means eval (deterministic)."""
+        raise NotImplementedError
+
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """A list of samples to a batch: a dict of tensors, or a PyG ``Batch`` for graphs."""
+        raise NotImplementedError
+
+    def move_batch(self, batch: Any, device: torch.device) -> Any:
+        """Batch to device (non-blocking where possible)."""
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # --- checkpoint extras -----------------------------------------------------------
+    def extra_state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state beyond weights (a tokenizer's settings), saved with checkpoints."""
+        return {}
+
+    def check_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Raise ValueError if a checkpoint's extra state does not fit this processor."""
+
+
+class Renderer:
+    """Base class of a modality's renderer for the embedded world (optional: a modality
+    without one takes no part in the world but as a caption reader or with files)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.key: str = ""  # its modality's name in the model; set when built
+
+    def concept_space(self) -> ConceptSpace:
+        """The concepts this modality renders in the embedded world."""
+        raise NotImplementedError
+
+    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Any:
+        """A raw item showing ``concept`` (values for every attribute of the concept space)."""
+        raise NotImplementedError
+
+
+@dataclass
+class ModalityParts:
+    """One configured modality: its encoder, processor and renderer (None if it renders nothing)."""
+
+    encoder: Encoder
+    processor: Processor
+    renderer: Renderer | None
+
+
+class Modality:
+    """A modality as the registry holds it: the classes of its three parts and the
+    options they share. Subclass it and declare it as an entry point.
+
+    Class attributes:
+        name: the registry key ("image"); set by the registry too.
+        Config: a dataclass of the modality's options; config files are checked
+            against its fields and types.
+        Encoder, Processor, Renderer: the part classes (Renderer None: no world).
+            A modality with several architectures overrides ``encoder_class``.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    Encoder: ClassVar[type[Encoder]] = Encoder
+    Processor: ClassVar[type[Processor]] = Processor
+    Renderer: ClassVar[type[Renderer] | None] = None
+
+    @classmethod
+    def encoder_class(cls, config: Any) -> type[Encoder]:
+        """The encoder class ``config`` selects (one architecture: ``Encoder``)."""
+        return cls.Encoder
+
+    @classmethod
+    def build(cls, config: Any, key: str | None = None) -> ModalityParts:
+        """The three parts of this modality under ``config``, named ``key`` in the model."""
+        encoder = cls.encoder_class(config)(config)
+        processor = cls.Processor(config)
+        renderer = cls.Renderer(config) if cls.Renderer is not None else None
+        for part in (encoder, processor, renderer):
+            if part is not None:
+                part.key = key or cls.name
+        return ModalityParts(encoder, processor, renderer)
+
+    @classmethod
+    def prompt_templates(cls, renderer: Renderer | None) -> tuple[str, ...]:
+        """Zero-shot prompt templates for class names of real datasets ("a photo of a {}.")."""
+        return tuple(renderer.concept_space().prompt_templates) if renderer is not None else ("{}",)
 
 
 def keep_norm_statistics_on_recompute(module: nn.Module) -> None:
@@ -286,12 +357,13 @@ class ModalityRoles:
     items: tuple[str, ...]
 
 
-def modality_roles(modalities: Mapping[str, Modality]) -> ModalityRoles:
-    """Split ``modalities`` (key -> modality, in order) into their world roles."""
+def modality_roles(processors: Mapping[str, Processor], renderers: Mapping[str, Renderer | None]) -> ModalityRoles:
+    """Split the modalities of ``processors`` (key -> processor, in order) into their
+    world roles; ``renderers`` holds the renderer of every modality that has one."""
     return ModalityRoles(
-        renderers=tuple(k for k, m in modalities.items() if m.concept_space() is not None),
-        captioners=tuple(k for k, m in modalities.items() if m.consumes_captions),
-        items=tuple(k for k, m in modalities.items() if not m.consumes_captions),
+        renderers=tuple(k for k in processors if renderers.get(k) is not None),
+        captioners=tuple(k for k, p in processors.items() if p.consumes_captions),
+        items=tuple(k for k, p in processors.items() if not p.consumes_captions),
     )
 
 
@@ -381,8 +453,8 @@ class MaskableTokenEncoder(Protocol):
 
 @runtime_checkable
 class ViewAugmenter(Protocol):
-    """A modality that makes random views of its own samples (view-contrastive
-    learning: SimCLR, BYOL). The image and audio modalities are ones.
+    """A processor that makes random views of its modality's samples (view-contrastive
+    learning: SimCLR, BYOL, GraphCL). The image, audio and graph processors are ones.
 
     Members:
         augment(sample, rng): a new random view of one transformed sample (what
@@ -392,6 +464,9 @@ class ViewAugmenter(Protocol):
             item's two views. The strengths are the modality's own options, chosen so
             that a view keeps the item's class (what a view may change is the modality's
             to know).
+
+    Optional: ``view_maker(**options)``, the same with other view options, checked
+    when it is called (the graph processor's, for ``graph_contrastive``'s own keys).
     """
 
     def augment(self, sample: Any, rng: np.random.Generator) -> Any: ...
@@ -410,9 +485,10 @@ def capability_members(capability: type) -> list[str]:
 
 
 def require_capability(
-    modality: Modality, capability: type, purpose: str, forward_kwargs: Sequence[str] = (), hint: str = ""
+    modality: Encoder | Processor, capability: type, purpose: str, forward_kwargs: Sequence[str] = (), hint: str = ""
 ) -> None:
-    """Check that ``modality`` meets ``capability`` before an objective uses it.
+    """Check that a modality's encoder (or, for ``ViewAugmenter``, its processor) meets
+    ``capability`` before an objective uses it.
 
     A runtime-checkable Protocol only checks that members exist; this names the ones
     missing, and also checks that ``forward`` takes the keyword arguments the
@@ -429,6 +505,8 @@ def require_capability(
             f"modality '{modality.key}' is no {capability.__name__} (modalities/base.py), which {purpose} needs: "
             f"it lacks {missing}{suffix}"
         )
+    if not forward_kwargs:
+        return
     params = inspect.signature(modality.forward).parameters.values()
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         names = {p.name for p in params}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modalities.base import Modality, ModalityOutput
+from modalities.base import Encoder, ModalityOutput, Processor, Renderer
 
 
 # Batch key of per-modality attribute codes [B, K] (-1 = unspecified) that mark which
@@ -97,11 +97,29 @@ class ObjectiveOutput:
 class EncoderHost(Protocol):
     """What an objective sees of the model: the encoders by modality name."""
 
-    encoders: Mapping[str, Modality]
+    encoders: Mapping[str, Encoder]
+
+
+class SamplePrep:
+    """An objective's work in the data pipeline: per-sample random choices
+    (``prepare_sample``) and their batching (``collate_extras``). It runs in data loader
+    workers, so it holds no module of the model (no encoder, no objective): the numbers
+    and processor methods it needs, and nothing that trains."""
+
+    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        return {}
+
+    def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        return stack_extras(extras)
 
 
 class Objective(nn.Module):
     """Base class for objectives: subclass it and declare it as an entry point.
+
+    ``__init__(config, encoders, dist)``; an objective that needs its modalities'
+    processors (to make views, collate, corrupt tokens in the data pipeline) or renderers
+    (their concept spaces) takes them as the keyword arguments ``processors`` and
+    ``renderers`` too, and the model builder hands them over.
 
     Class attributes:
         name: the registry key; set by the registry.
@@ -112,11 +130,24 @@ class Objective(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
 
-    def __init__(self, config: Any, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: Any, encoders: Mapping[str, Encoder], dist: DistContext,
+                 processors: Mapping[str, Processor] | None = None,
+                 renderers: Mapping[str, Renderer | None] | None = None) -> None:
         super().__init__()
         self.config = config
         self.dist = dist
         self.modalities: tuple[str, ...] = tuple(config.modalities)
+        self.prep: SamplePrep | None = None  # set by objectives whose data work needs no module of theirs
+
+    def sample_prep(self) -> SamplePrep | Objective:
+        """What the data pipeline calls for this objective's per-sample choices: its
+        ``SamplePrep`` (``self.prep``); an empty one if it draws nothing; the objective
+        itself if it overrides ``prepare_sample`` or ``collate_extras`` without a prep (a
+        plugin written before SamplePrep: its loader workers then hold the objective)."""
+        if self.prep is not None:
+            return self.prep
+        own = type(self).prepare_sample is not Objective.prepare_sample or type(self).collate_extras is not Objective.collate_extras
+        return self if own else SamplePrep()
 
     def require_one_modality(self, purpose: str) -> None:
         """Raise a ValueError naming ``purpose`` unless the config names exactly one modality."""
@@ -132,9 +163,10 @@ class Objective(nn.Module):
         sample's own generator, so they do not depend on workers, ranks or resumption.
 
         ``sample`` maps modality names to transformed samples. The returned values are
-        batched by ``collate_extras`` under ``batch[EXTRAS_KEY]``.
+        batched by ``collate_extras`` under ``batch[EXTRAS_KEY]``. The default asks
+        ``self.prep``.
         """
-        return {}
+        return self.prep.prepare_sample(sample, rng) if self.prep is not None else {}
 
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
         """The encoder calls ``forward`` makes on ``batch``, by slot name.
@@ -157,8 +189,8 @@ class Objective(nn.Module):
     def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         """Batch the per-sample values of ``prepare_sample`` (key -> one value per kept
         sample). The default stacks tensors; an objective whose choices are not tensors
-        (whole augmented graphs) collates them itself."""
-        return stack_extras(extras)
+        (whole augmented graphs) collates them itself. The default asks ``self.prep``."""
+        return self.prep.collate_extras(extras) if self.prep is not None else stack_extras(extras)
 
     def after_optimizer_step(self, model: EncoderHost, step: int, total_steps: int) -> None:
         """Called by the trainer on every rank after each optimizer update, whether this

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.base import Modality, ViewAugmenter, require_capability, upcast
+from modalities.base import Encoder, Processor, Renderer, upcast
 from objectives.base import (
     EXTRAS_KEY,
     MATCH_KEY,
@@ -55,9 +55,9 @@ from objectives.base import (
 )
 from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 from objectives.helpers.heads import HeadKind, projection_head
+from objectives.helpers.views import VIEWS, view_prep
 
 _CLASS_BASE = 1000  # class id = sum of attribute value index * base**attribute
-VIEWS = "views"  # extras key: both views of every item, view a's then view b's
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ class ClusterObjective(Objective):
 
     Config = ClusterConfig
 
-    def __init__(self, config: ClusterConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: ClusterConfig, encoders: Mapping[str, Encoder], dist: DistContext,
+                 processors: Mapping[str, Processor] | None = None,
+                 renderers: Mapping[str, Renderer | None] | None = None) -> None:
         super().__init__(config, encoders, dist)
         self.require_one_modality("cluster")
         if config.num_clusters < 2 or config.bank_size < config.num_clusters:
@@ -91,13 +93,10 @@ class ClusterObjective(Objective):
         self.key = self.modalities[0]
         encoder = encoders[self.key]
         if config.views:
-            require_capability(
-                encoder, ViewAugmenter, "cluster with views",
-                hint="or set views: false to cluster single items (learns far less on its own)",
-            )
-            self.augment = encoder.augment
-            self.collate_views = encoder.collate
-        space = encoder.concept_space()
+            self.prep = view_prep(processors, self.key, "cluster with views",
+                                  hint="or set views: false to cluster single items (learns far less on its own)")
+        renderer = (renderers or {}).get(self.key)
+        space = renderer.concept_space() if renderer is not None else None
         self.class_attributes = len(space.class_attributes) if space is not None else 0
         k, e = config.num_clusters, config.embed_dim
         self.head = projection_head(encoder.embed_dim, e, config.head, out_bias=False)
@@ -114,17 +113,6 @@ class ClusterObjective(Objective):
         self.register_buffer("figures", torch.zeros(4))
         # k-means' seed, drawn from the model's seeded initialisation
         self.register_buffer("seed", torch.randint(2**31 - 1, (), dtype=torch.long))
-
-    # --- data -----------------------------------------------------------------------
-    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        if not self.config.views:
-            return {}
-        return {key: self.augment(sample[self.key], rng) for key in ("view_a", "view_b")}
-
-    def collate_extras(self, extras: Mapping[str, Any]) -> dict[str, Any]:
-        if not self.config.views:
-            return {}
-        return {VIEWS: self.collate_views([*extras["view_a"], *extras["view_b"]])}
 
     # --- model ----------------------------------------------------------------------
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
-from modalities.base import Modality, ModalityOutput
+from modalities.base import Encoder, ModalityOutput
 from objectives.base import MATCH_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput, match_matrix
 from objectives.helpers.heads import HeadKind, projection_head
 
@@ -163,7 +163,7 @@ class ContrastiveObjective(Objective):
 
     Config = ContrastiveConfig
 
-    def __init__(self, config: ContrastiveConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: ContrastiveConfig, encoders: Mapping[str, Encoder], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
         a, b = config.modalities
         if a == b:

@@ -28,8 +28,8 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from modalities.base import Modality, PatchEncoder, VisiblePatchEncoder, require_capability, upcast
-from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
+from modalities.base import Encoder, PatchEncoder, VisiblePatchEncoder, require_capability, upcast
+from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput, SamplePrep
 from objectives.helpers.heads import HeadKind, projection_head
 from objectives.helpers.patch_masking import (
     check_mask_ratio,
@@ -112,6 +112,18 @@ class MAEDecoder(nn.Module):
         return self.predict(self.norm(self.blocks(full + self.pos_embed.to(x.dtype))))
 
 
+@dataclass(frozen=True)
+class PatchMaskPrep(SamplePrep):
+    """Each sample's patch mask, drawn in the data pipeline from its own generator."""
+
+    grid: tuple[int, int]
+    ratio: float
+    kind: str
+
+    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return {"patch_mask": patch_mask(self.grid, self.ratio, self.kind, rng)}
+
+
 class MaskedPatchObjective(Objective):
     """Predict hidden patches of a ``PatchEncoder``'s input from the rest."""
 
@@ -120,7 +132,7 @@ class MaskedPatchObjective(Objective):
     hint: ClassVar[str] = "configure an encoder that cuts patches (modalities/base.py: PatchEncoder)"
     mae_hint: ClassVar[str] = "use an encoder that can encode its visible patches alone, or mae: false"
 
-    def __init__(self, config: Any, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: Any, encoders: Mapping[str, Encoder], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
         self.require_one_modality(self.purpose)
         # every registered name's config is a subset of MaskedPatchConfig's keys
@@ -138,15 +150,13 @@ class MaskedPatchObjective(Objective):
         if enable is not None:
             enable()
         self.grid = tuple(encoder.grid)
+        self.prep = PatchMaskPrep(self.grid, options.mask_ratio, options.mask_kind)
         self.has_local_view = getattr(encoder, "local_grid", None) is not None
         if options.mae:
             self.decoder = MAEDecoder(encoder.embed_dim, self.grid, encoder.patch_dim, options.decoder_width,
                                       options.decoder_depth, options.decoder_heads)
         else:
             self.head = projection_head(encoder.embed_dim, encoder.patch_dim, options.head)
-
-    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        return {"patch_mask": patch_mask(self.grid, self.options.mask_ratio, self.options.mask_kind, rng)}
 
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
         kwargs: dict[str, Any] = {"patch_mask": batch[EXTRAS_KEY]["patch_mask"]}

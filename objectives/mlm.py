@@ -15,14 +15,14 @@ pipeline from each sample's own generator, so they survive resumption exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.base import MaskableTokenEncoder, Modality, require_capability, upcast
+from modalities.base import Encoder, MaskableTokenEncoder, Processor, require_capability, upcast
 from objectives.base import (
     EXTRAS_KEY,
     DistContext,
@@ -30,6 +30,7 @@ from objectives.base import (
     EncoderHost,
     Objective,
     ObjectiveOutput,
+    SamplePrep,
     mean_over_global_count,
 )
 
@@ -79,12 +80,34 @@ def mask_tokens(
     return corrupted, labels
 
 
+@dataclass(frozen=True)
+class TokenMaskPrep(SamplePrep):
+    """Each sequence's corrupted ids and labels (``mask_tokens``), drawn in the data
+    pipeline from the sample's own generator."""
+
+    key: str
+    maskable: Callable[[torch.Tensor], torch.Tensor]
+    config: MLMConfig
+    mask_token_id: int
+    num_regular_tokens: int
+
+    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        ids = sample[self.key]
+        c = self.config
+        corrupted, labels = mask_tokens(
+            ids, self.maskable(ids), rng, c.mask_prob, c.replace_mask, c.replace_random,
+            self.mask_token_id, self.num_regular_tokens,
+        )
+        return {"mlm_ids": corrupted, "mlm_labels": labels}
+
+
 class MLMObjective(Objective):
     """Predict selected tokens of a text batch from the corrupted sequence."""
 
     Config = MLMConfig
 
-    def __init__(self, config: MLMConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: MLMConfig, encoders: Mapping[str, Encoder], dist: DistContext,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         super().__init__(config, encoders, dist)
         self.require_one_modality("masked language modeling")
         if not 0 < config.mask_prob < 1:
@@ -103,7 +126,11 @@ class MLMObjective(Objective):
         )
         self.mask_token_id = int(encoder.mask_token_id)
         self.num_regular_tokens = int(encoder.num_regular_tokens)
-        self._maskable = encoder.maskable_positions
+        # the tokenizer's rule, from the processor where it has one: the data pipeline
+        # then holds no encoder
+        processor = (processors or {}).get(self.key)
+        maskable = getattr(processor, "maskable_positions", None) or encoder.maskable_positions
+        self.prep = TokenMaskPrep(self.key, maskable, config, self.mask_token_id, self.num_regular_tokens)
         width = encoder.embed_dim
         # BERT's prediction head: transform, then project onto the vocabulary.
         self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
@@ -114,15 +141,6 @@ class MLMObjective(Objective):
         else:
             self.decoder = nn.Linear(width, encoder.vocab_size, bias=False)
         self.decoder_bias = nn.Parameter(torch.zeros(encoder.vocab_size))
-
-    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        ids = sample[self.key]
-        c = self.config
-        corrupted, labels = mask_tokens(
-            ids, self._maskable(ids), rng, c.mask_prob, c.replace_mask, c.replace_random,
-            self.mask_token_id, self.num_regular_tokens,
-        )
-        return {"mlm_ids": corrupted, "mlm_labels": labels}
 
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
         inputs = {**batch[self.key], "ids": batch[EXTRAS_KEY]["mlm_ids"]}

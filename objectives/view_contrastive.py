@@ -33,20 +33,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.base import Modality, ModalityOutput, ViewAugmenter, require_capability, upcast
+from modalities.base import Encoder, ModalityOutput, Processor, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.helpers.heads import HeadKind, projection_head
 from objectives.helpers.nt_xent import nt_xent, view_metrics
+from objectives.helpers.views import VIEW_KEYS, VIEWS, view_prep
 
-VIEW_KEYS = ("view_a", "view_b")
-VIEWS = "views"  # the extras key of the collated 2B views (encode_views: together)
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,8 @@ class ViewContrastiveObjective(Objective):
     Config = ViewContrastiveConfig
     purpose: ClassVar[str] = "view-contrastive learning"
 
-    def __init__(self, config: Any, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: Any, encoders: Mapping[str, Encoder], dist: DistContext,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         super().__init__(config, encoders, dist)
         self.require_one_modality(self.purpose)
         options, view_options = self.resolve(config)
@@ -128,15 +127,11 @@ class ViewContrastiveObjective(Objective):
             raise ValueError(f"momentum must be in [0, 1), got {options.momentum}")
         self.key = self.modalities[0]
         encoder = encoders[self.key]
-        require_capability(
-            encoder, ViewAugmenter, self.purpose,
-            hint="the image, audio and graph modalities make views; a plugin modality implements augment(sample, rng)",
-        )
         # views are made and batched the way the modality makes and batches its samples
-        self.augment: Callable[[Any, np.random.Generator], Any] = (
-            encoder.view_maker(**view_options) if view_options else encoder.augment
+        self.prep = view_prep(
+            processors, self.key, self.purpose, view_options=view_options, apart=options.encode_views == "apart",
+            hint="the image, audio and graph processors make views; a plugin's processor implements augment(sample, rng)",
         )
-        self.collate_views = encoder.collate
         # BYOL's projector and predictor normalise their hidden layer (BatchNorm, as the
         # paper's): without it the tiny runs here collapsed (projection_std near 0)
         norm = nn.BatchNorm1d if options.method == "byol" else None
@@ -154,16 +149,6 @@ class ViewContrastiveObjective(Objective):
         """This name's config as the objective's options, and the view options it asks of
         the modality (none: the modality's own ``views``)."""
         return config, {}
-
-    # --- data -----------------------------------------------------------------------
-    def prepare_sample(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        item = sample[self.key]
-        return {key: self.augment(item, rng) for key in VIEW_KEYS}
-
-    def collate_extras(self, extras: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-        if self.options.encode_views == "apart":
-            return {key: self.collate_views(list(extras[key])) for key in VIEW_KEYS}
-        return {VIEWS: self.collate_views([*extras["view_a"], *extras["view_b"]])}
 
     # --- model ----------------------------------------------------------------------
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 import mmssl
 from mmssl.registry import MODALITIES, OBJECTIVES, get_modality
 from mmssl.testing import ContractError, check_modality, check_objective
-from modalities.base import Modality, ModalityOutput
+from modalities.base import Encoder, Modality, ModalityOutput, Processor
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_JOINT = REPO / "configs" / "tiny_joint.yaml"
@@ -55,21 +56,31 @@ def test_every_built_in_objective_kind_is_covered():
     assert {e.name for e in OBJECTIVES.entries() if e.source.endswith(BUILT_IN)} <= kinds
 
 
-class _Careless(Modality):
+@dataclass(frozen=True)
+class _CarelessConfig:
+    broken: str = ""
+
+
+class _CarelessEncoder(Encoder):
     """Breaks one rule at a time, as told."""
-
-    from dataclasses import dataclass as _dc
-
-    @_dc(frozen=True)
-    class Config:
-        broken: str = ""
-
-    name = "careless"
 
     def __init__(self, config):
         super().__init__(config)
         self.embed_dim = 0 if config.broken == "embed_dim" else 4
         self.linear = torch.nn.Linear(3, 4)
+
+    def forward(self, batch):
+        pooled = self.linear(batch["x"])
+        if self.config.broken == "batch_dependent":
+            pooled = pooled - pooled.mean(0)
+        return ModalityOutput(pooled=pooled)
+
+
+class _CarelessProcessor(Processor):
+    def __init__(self, config):
+        super().__init__(config)
+        if config.broken == "parameters":
+            self.weights = torch.nn.Linear(3, 3)  # a trainable module where loader workers would hold it
 
     def transform(self, raw, rng=None):
         if self.config.broken == "mutates":
@@ -83,11 +94,12 @@ class _Careless(Modality):
     def collate(self, samples):
         return {"x": torch.stack(samples)}
 
-    def forward(self, batch):
-        pooled = self.linear(batch["x"])
-        if self.config.broken == "batch_dependent":
-            pooled = pooled - pooled.mean(0)
-        return ModalityOutput(pooled=pooled)
+
+class _Careless(Modality):
+    name = "careless"
+    Config = _CarelessConfig
+    Encoder = _CarelessEncoder
+    Processor = _CarelessProcessor
 
 
 @pytest.mark.parametrize("broken, message", [
@@ -95,9 +107,10 @@ class _Careless(Modality):
     ("mutates", "transform must not modify its raw item"),
     ("eval_random", "transform(raw, None) (eval) must be deterministic"),
     ("batch_dependent", "independent_samples is True, but a sample's output depends on its batch"),
+    ("parameters", "the processor must hold no parameters"),
 ])
 def test_contract_names_the_rule_a_modality_breaks(broken, message):
-    _Careless.independent_samples = broken == "batch_dependent"
+    _CarelessEncoder.independent_samples = broken == "batch_dependent"
     items = [np.arange(3, dtype=np.float64) + i for i in range(3)]
     with pytest.raises(ContractError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_modality(_Careless, {"broken": broken}, items=items)

@@ -85,7 +85,7 @@ def test_linear_and_partial_leave_frozen_weights_bit_equal(pretrained: Path, tmp
     model = trained["partial"]
     loaded = mmssl.load_checkpoint(pretrained)
     world = world_labelled_set(loaded.model, "image", loaded.config, "x", 1)
-    blocks = encoder_blocks(model.encoder, model.encoder.collate([model.encoder.transform(world.items[0], None)]))
+    blocks = encoder_blocks(model.encoder, model.processor.collate([model.processor.transform(world.items[0], None)]))
     last = {f"{name}." for name, m in model.encoder.named_modules() if m is blocks[-1]}.pop()
     moved = changed(before, model.encoder)
     assert moved and all(k.startswith(last) for k in moved), (last, sorted(moved)[:5])
@@ -228,7 +228,7 @@ def test_layer_decay_scales_each_block_and_every_parameter_has_one_group(pretrai
     loaded = mmssl.load_checkpoint(pretrained)
     model = build_classifier(loaded.model, loaded.config, "image", 36, from_scratch=False, seed=0)
     world = world_labelled_set(loaded.model, "image", loaded.config, "x", 1)
-    blocks = encoder_blocks(model.encoder, model.encoder.collate([model.encoder.transform(world.items[0], None)]))
+    blocks = encoder_blocks(model.encoder, model.processor.collate([model.processor.transform(world.items[0], None)]))
     groups = parameter_groups(model, blocks, FinetuneOptions(mode="staged", encoder_lr_scale=0.1, layer_decay=0.5))
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each parameter once

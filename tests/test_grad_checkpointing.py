@@ -15,7 +15,7 @@ from mmssl.checkpoint import resolve_checkpoint
 from mmssl.model import check_compile, enable_grad_checkpointing
 from mmssl.run_log import read_metrics
 from mmssl.trainer import Pretrainer
-from modalities.base import Modality
+from modalities.base import Encoder
 from tests.conftest import CONFIGS
 
 OBJECTIVES = ("image_text", "audio_text", "graph_text", "mlm", "masked_audio", "graph_contrastive")
@@ -115,14 +115,14 @@ def test_evaluation_does_not_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.utils.checkpoint, "_checkpoint_impl", lambda *a, **k: calls.append(1) or impl(*a, **k))
     captions = ["a red circle", "two notes of a rising sine tone"]
     assert torch.equal(plain.encode("text", captions), checkpointed.encode("text", captions))  # eval mode
-    image = checkpointed.encoders["image"]
-    pixels = image.collate([image.transform(image.render(c, np.random.default_rng(0))) for c in (RED_CIRCLE, RED_CIRCLE)])
+    image, processor, renderer = checkpointed.encoders["image"], checkpointed.processors["image"], checkpointed.renderers["image"]
+    pixels = processor.collate([processor.transform(renderer.render(c, np.random.default_rng(0))) for c in (RED_CIRCLE, RED_CIRCLE)])
     checkpointed.eval()
     with torch.enable_grad():
         image(pixels).pooled.sum().backward()
     assert calls == []
     checkpointed.train()
-    checkpointed.encoders["text"](checkpointed.encoders["text"].tokenize(captions))
+    checkpointed.encoders["text"](checkpointed.processors["text"].tokenize(captions))
     image(pixels)
     assert len(calls) == 1 + 4  # training mode: one text block, four ResNet stages' blocks
 
@@ -138,9 +138,9 @@ def test_config_names_unknown_and_unsupported_modalities(monkeypatch):
     assert config.train.grad_checkpointing == ["text"] and config.train.compile is True
     assert mmssl.config_from_dict(config.to_dict()) == config  # what a checkpoint saves
 
-    # a modality class that does not implement it (a plugin's): refused when the config loads
-    text_cls = mmssl.registry.MODALITIES.get("text")
-    monkeypatch.setattr(text_cls, "set_grad_checkpointing", Modality.set_grad_checkpointing)
+    # a modality whose encoder does not implement it (a plugin's): refused when the config loads
+    text_cls = mmssl.registry.MODALITIES.get("text").Encoder
+    monkeypatch.setattr(text_cls, "set_grad_checkpointing", Encoder.set_grad_checkpointing)
     with pytest.raises(mmssl.ConfigError, match=r"'train\.grad_checkpointing\[0\]': modality 'text' \(type text\) has no activation"):
         _joint("train.grad_checkpointing=[text]")
 

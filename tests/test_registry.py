@@ -3,6 +3,7 @@ import sys
 from importlib.metadata import EntryPoint
 
 import pytest
+import torch
 
 from mmssl import registry
 from mmssl.registry import Registry, RegistryError
@@ -128,3 +129,19 @@ def test_cli_list_prints_sources():
     assert "image" in out and "modalities.image:ImageModality" in out
     assert "contrastive" in out
     assert "mmssl.data.files:CsvKind" in out and "mmssl.data.world:WorldKind" in out
+
+
+def test_a_one_class_modality_of_the_old_contract_is_refused_saying_what_to_change():
+    """A plugin modality written as one nn.Module (before encoder, processor and renderer
+    were apart) gets one error that says how to migrate, not a failure deep in a run."""
+    reg = Registry("modality", "mmssl.test-none", check=registry._check_modality)
+
+    class OldSensor(torch.nn.Module):
+        def transform(self, raw, rng=None):
+            return raw
+
+    with pytest.raises(RegistryError, match=r"modality 'sensor' .* is one nn.Module.*split it into an Encoder.*a Processor"
+                                            r".*a Renderer.*docs/plugins.md"):
+        reg.add("sensor", OldSensor, "old_sensor:OldSensor (entry point in old-sensor)")
+    with pytest.raises(RegistryError, match="is no modalities.base.Modality subclass"):
+        reg.add("thing", object)

@@ -3,19 +3,31 @@ source kind that ``data.source`` names in the registry (built-ins and plugins al
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Protocol
+
 from mmssl.config import RunConfig
-from mmssl.data.stream import BuildContext, Stream
-from mmssl.model import MultimodalModel
+from mmssl.data.stream import BuildContext, ModalityParts, Stream
 from mmssl.registry import SOURCES
 
 
-def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, world_size: int = 1) -> dict[str, Stream]:
+class ModelParts(ModalityParts, Protocol):
+    """What streams take of a model: processors, renderers and the objectives' data work
+    (``sample_prep``; ``mmssl.MultimodalModel`` is one). Streams and their loader workers
+    hold no encoder."""
+
+    objectives: Mapping[str, Any]
+
+
+def build_streams(config: RunConfig, model: ModelParts, rank: int = 0, world_size: int = 1) -> dict[str, Stream]:
     """One data stream per objective, as its ``data`` section says; under data
     parallelism this process's share (``rank`` of ``world_size``) of every global batch."""
     streams = {}
-    context = BuildContext(config, model)  # shared by every objective's source: render pools
+    # shared by every objective's source: render pools
+    context = BuildContext(config, model.processors, model.renderers)
     for name, spec in config.objectives.items():
-        modalities = model.modalities_of(name)
+        objective = model.objectives[name]
+        modalities = {key: model.processors[key] for key in objective.modalities}
+        prep = objective.sample_prep()
         data = spec.data
         source = SOURCES.get(data.source).build(data.options, name, modalities, context)
         streams[name] = Stream(
@@ -27,8 +39,8 @@ def build_streams(config: RunConfig, model: MultimodalModel, rank: int = 0, worl
             num_workers=data.num_workers,
             on_error=data.on_error,
             max_skip_fraction=data.max_skip_fraction,
-            prepare=model.objectives[name].prepare_sample,
-            collate_extras=model.objectives[name].collate_extras,
+            prepare=prep.prepare_sample,
+            collate_extras=prep.collate_extras,
             rank=rank,
             world_size=world_size,
         )

@@ -13,11 +13,10 @@ from mmssl.data.bad_input import BadRecord, SkipLog
 from mmssl.data.files import read_csv
 from mmssl.data.graphs import read_graph_file, record_field
 from mmssl.data.shards import ShardSource, expand_shards
-from mmssl.data.stream import DataError
-from mmssl.model import MultimodalModel
+from mmssl.data.stream import DataError, ModalityParts
 from mmssl.seeding import sample_rng
 from mmssl.world import World, world_for
-from modalities.base import InvalidSample, Modality, modality_roles
+from modalities.base import InvalidSample, Processor, modality_roles
 
 CLASS_NAMES_FILE = "classnames.txt"  # clip_benchmark's name, beside the shards or one folder up
 
@@ -73,10 +72,10 @@ def read_eval_csv(path: Path, columns: Sequence[str], layout: str) -> tuple[list
     return rows.records, [rows.where(i) for i in range(len(rows.records))]
 
 
-def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldConfig) -> LabelledSet:
+def world_eval_set(model: ModalityParts, modality: str, world_config: WorldConfig) -> LabelledSet:
     """Fresh samples of every world class (none drawn by any training stream)."""
-    encoder = model.encoders[modality]
-    world: World = world_for(encoder, world_config)
+    renderer = model.renderers[modality]
+    world: World = world_for(renderer, world_config)
     data = LabelledSet([], [], world.class_names, [], list(world.heldout_classes), source="world")
     space = world.space
     attributes = {**space.class_attributes, **space.nuisance_attributes, **space.shared_attributes}
@@ -86,7 +85,7 @@ def world_eval_set(model: MultimodalModel, modality: str, world_config: WorldCon
             # An "eval" key in the seed: training streams never draw these generators.
             rng = sample_rng(world_config.seed, "eval", cls.index, i)
             concept = world.concept(cls.index, rng)
-            data.items.append(encoder.render(concept, rng))
+            data.items.append(renderer.render(concept, rng))
             data.labels.append(cls.index)
             data.where.append(f"world eval sample {cls.name} #{i}")
             caption, codes = world.caption(concept, rng, single_attribute_prob=0.0)
@@ -287,7 +286,7 @@ def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None, o
 class ShardItems(Sequence[Any]):
     """Raw items of chosen shard samples, read when indexed: a shard set need not fit in memory."""
 
-    def __init__(self, source: ShardSource, indices: Sequence[int], modality: Modality) -> None:
+    def __init__(self, source: ShardSource, indices: Sequence[int], modality: Processor) -> None:
         self.source, self.indices, self.modality = source, list(indices), modality
 
     def __len__(self) -> int:
@@ -311,7 +310,7 @@ def _shard_label(source: ShardSource, index: int) -> int | str:
     return label
 
 
-def shard_set(path: str, modality: Modality, class_names: Sequence[str] | None = None, on_error: str = "skip") -> LabelledSet:
+def shard_set(path: str, modality: Processor, class_names: Sequence[str] | None = None, on_error: str = "skip") -> LabelledSet:
     """Labelled WebDataset shards (``path``: a directory or a brace pattern, as in training).
 
     A sample's label is its ``KEY.cls`` member (a class index: webdataset's and
@@ -355,7 +354,7 @@ def shard_set(path: str, modality: Modality, class_names: Sequence[str] | None =
 
 
 def load_eval_set(
-    model: MultimodalModel,
+    model: ModalityParts,
     modality: str,
     spec: str | None,
     world_config: WorldConfig,
@@ -367,26 +366,26 @@ def load_eval_set(
     layout), 'graphs:PATH' (a labelled graph file), 'shards:PATH' (WebDataset shards) or
     'pairs:PATH' (a CSV of file and caption ``columns``, for retrieval). ``class_names``
     name integer labels, or rename a set's classes (the count must match)."""
-    if modality not in model.encoders:
-        raise EvaluationError(f"checkpoint has no modality '{modality}'; it has {sorted(model.encoders)}")
-    encoder = model.encoders[modality]
+    if modality not in model.processors:
+        raise EvaluationError(f"checkpoint has no modality '{modality}'; it has {sorted(model.processors)}")
+    processor = model.processors[modality]
     kind, _, path = (spec or "world").partition(":")
-    if kind in ("folder", "csv", "pairs") and encoder.consumes_captions or kind in ("folder", "csv") and not encoder.file_extensions:
+    if kind in ("folder", "csv", "pairs") and processor.consumes_captions or kind in ("folder", "csv") and not processor.file_extensions:
         raise EvaluationError(f"modality '{modality}' reads no files: --data {kind}:PATH cannot feed it")
-    if kind == "graphs" and (encoder.file_extensions or encoder.consumes_captions):
+    if kind == "graphs" and (processor.file_extensions or processor.consumes_captions):
         raise EvaluationError(f"modality '{modality}' does not read graph records: --data graphs:PATH cannot feed it")
     if kind == "world" and not path:
-        if modality not in modality_roles(model.encoders).renderers:
+        if modality not in modality_roles(model.processors, model.renderers).renderers:
             raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
         data = world_eval_set(model, modality, world_config)
     elif kind == "folder" and path:
-        data = folder_set(path, encoder.file_extensions)
+        data = folder_set(path, processor.file_extensions)
     elif kind == "csv" and path:
         data = classification_csv_set(path, on_error)
     elif kind == "graphs" and path:
         return graph_file_set(path, class_names, on_error)
     elif kind == "shards" and path:
-        return shard_set(path, encoder, class_names, on_error)
+        return shard_set(path, processor, class_names, on_error)
     elif kind == "pairs" and path:
         return pairs_set(path, *columns, on_error=on_error)
     else:

@@ -14,7 +14,7 @@ from mmssl.config import ConfigError
 from mmssl.data.bad_input import TEXT_ENCODING, BadRecord, undecodable
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from mmssl.registry import closest
-from modalities.base import InvalidSample, Modality
+from modalities.base import InvalidSample, Processor
 
 
 def require_data_file(path: Path, what: str) -> None:
@@ -99,7 +99,7 @@ class TextCorpusSource:
     (not JSON, not UTF-8) is a counted skip (or an error) naming its line, not a
     failure at start-up."""
 
-    def __init__(self, path: str | Path, modality: Modality, field: str = "text") -> None:
+    def __init__(self, path: str | Path, modality: Processor, field: str = "text") -> None:
         self.path = Path(path)
         require_data_file(self.path, "text corpus")
         self.jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson")
@@ -145,7 +145,7 @@ class CsvSource:
     caption modalities take the cell text as is.
     """
 
-    def __init__(self, path: str | Path, columns: Mapping[str, str], modalities: Mapping[str, Modality], separator: str = ",") -> None:
+    def __init__(self, path: str | Path, columns: Mapping[str, str], modalities: Mapping[str, Processor], separator: str = ",") -> None:
         self.path = Path(path)
         self.csv = read_csv(self.path, separator)
         header = self.csv.header
@@ -198,7 +198,7 @@ class CsvSource:
 class FolderSource:
     """Every file of one modality under a folder (recursively), e.g. unlabeled audio."""
 
-    def __init__(self, root: str | Path, modality: Modality) -> None:
+    def __init__(self, root: str | Path, modality: Processor) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"data folder {'is a file, not a folder' if self.root.is_file() else 'not found'}: {self.root}")
@@ -240,7 +240,7 @@ class CsvKind(SourceKind):
                 raise ConfigError(f"'{key}.columns': no column given for modality '{m}' (e.g. columns: {{{m}: <column name>}})")
 
     @classmethod
-    def build(cls, options: CsvOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+    def build(cls, options: CsvOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         return CsvSource(options.path, options.columns, modalities, separator=options.separator)
 
 
@@ -260,7 +260,7 @@ class FolderKind(SourceKind):
         cls.require_one_modality(key, modalities)
 
     @classmethod
-    def build(cls, options: FolderOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+    def build(cls, options: FolderOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         (modality,) = modalities.values()
         return FolderSource(options.path, modality)
 
@@ -283,7 +283,7 @@ class TextKind(SourceKind):
         cls.require_one_modality(key, modalities)
 
     @classmethod
-    def build(cls, options: TextOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+    def build(cls, options: TextOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         (modality,) = modalities.values()
         if not modality.consumes_captions:
             raise DataError(f"objective '{objective}': data.source 'text' feeds text modalities; '{modality.key}' is not one")

@@ -29,7 +29,7 @@ from torch_geometric.data.storage import GlobalStorage
 from mmssl.data.bad_input import TEXT_ENCODING, BadRecord, undecodable
 from mmssl.data.files import require_data_file
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
-from modalities.base import InvalidSample, Modality, modality_roles
+from modalities.base import InvalidSample, Processor, modality_roles
 
 # What a saved list of Data may contain besides tensors and plain values.
 _SAFE_GLOBALS = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
@@ -93,8 +93,8 @@ class GraphSource:
         where: names of the records for messages (default "graph i").
     """
 
-    def __init__(self, graphs: Sequence[Any], modalities: Mapping[str, Modality], where: Sequence[str] | None = None) -> None:
-        roles = modality_roles(modalities)
+    def __init__(self, graphs: Sequence[Any], modalities: Mapping[str, Processor], where: Sequence[str] | None = None) -> None:
+        roles = modality_roles(modalities, {})  # items and captioners: no renderers needed
         if len(roles.items) != 1 or len(roles.captioners) > 1:
             raise DataError(f"a graph source feeds one graph modality and at most one caption modality, got {list(modalities)}")
         self.graphs = graphs
@@ -105,7 +105,7 @@ class GraphSource:
             raise DataError("graph source is empty")
 
     @classmethod
-    def from_file(cls, path: str | Path, modalities: Mapping[str, Modality]) -> "GraphSource":
+    def from_file(cls, path: str | Path, modalities: Mapping[str, Processor]) -> "GraphSource":
         records, where = read_graph_file(path)
         return cls(records, modalities, where)
 
@@ -143,6 +143,6 @@ class GraphsKind(SourceKind):
         cls.require_path(options.path, key, " (a .jsonl or .pt graph file)")
 
     @classmethod
-    def build(cls, options: GraphsOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+    def build(cls, options: GraphsOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         return GraphSource.from_file(options.path, modalities)
 

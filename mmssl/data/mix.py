@@ -23,7 +23,7 @@ import numpy as np
 
 from mmssl.config import ConfigError, convert, source_options
 from mmssl.data.stream import BuildContext, Source, SourceKind
-from modalities.base import Modality
+from modalities.base import Processor
 
 WEIGHT = "weight"
 
@@ -86,7 +86,7 @@ class MixKind(SourceKind):
             raise ConfigError(f"'{key}.epoch_size': must be >= 0 (0: the sources' sizes added up), got {options.epoch_size}")
 
     @classmethod
-    def build(cls, options: MixOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+    def build(cls, options: MixOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         sources, weights, names = [], [], []
         for i, section in enumerate(options.sources):
             name, kind, kind_options, weight = _component(section, f"objectives.{objective}.data.sources[{i}]", list(modalities))

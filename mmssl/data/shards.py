@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
-from modalities.base import InvalidSample, Modality
+from modalities.base import InvalidSample, Processor
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ShardSource:
             that reads no files: the ``.json`` record).
     """
 
-    def __init__(self, shards: Sequence[Path], modalities: Mapping[str, Modality]) -> None:
+    def __init__(self, shards: Sequence[Path], modalities: Mapping[str, Processor]) -> None:
         self.shards = list(shards)
         self.modalities = dict(modalities)
         self.samples: list[ShardSample] = []
@@ -162,7 +162,7 @@ class ShardSource:
             raise InvalidSample(sample.problem, source=self.where(index))
         return sample
 
-    def raw_item(self, index: int, modality: Modality) -> Any:
+    def raw_item(self, index: int, modality: Processor) -> Any:
         """Sample ``index``'s raw item for ``modality``; raises InvalidSample naming shard and key."""
         return self._raw_item(self._usable(index), modality, self.where(index))
 
@@ -184,7 +184,7 @@ class ShardSource:
         """Sample ``index``'s caption (``.txt``, or ``.json`` caption/text), if it has a caption member."""
         return self._caption(self._usable(index), self.where(index))
 
-    def _raw_item(self, sample: ShardSample, modality: Modality, where: str) -> Any:
+    def _raw_item(self, sample: ShardSample, modality: Processor, where: str) -> Any:
         if modality.consumes_captions:
             caption = self._caption(sample, where)
             if caption is None:
@@ -251,5 +251,5 @@ class ShardsKind(SourceKind):
         cls.require_path(options.path, key, " (a brace pattern or a directory)")
 
     @classmethod
-    def build(cls, options: ShardsOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+    def build(cls, options: ShardsOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         return ShardSource(expand_shards(options.path), modalities)

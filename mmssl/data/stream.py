@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmssl.config import ConfigError
+from mmssl.config import ConfigError, RunConfig
 from mmssl.data.bad_input import SkipLog
 from mmssl.seeding import sample_rng
-from modalities.base import InvalidSample, Modality
+from modalities.base import InvalidSample, Processor, Renderer
 from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
 
 
@@ -34,14 +34,24 @@ class DataError(RuntimeError):
     """A data problem that stops the run; the message names the stream and the sample."""
 
 
+class ModalityParts(Protocol):
+    """The data side of a model's modalities: processors and renderers by key
+    (``mmssl.MultimodalModel`` has them). No encoder: data never needs one."""
+
+    processors: Mapping[str, Processor]
+    renderers: Mapping[str, Renderer | None]
+
+
 @dataclass
 class BuildContext:
     """What a source kind may need besides its options: the run config (its world
-    section, seed), the model (every encoder, for the world's captions) and a dict the
-    kinds of one build share (render pools shared by the streams of one modality)."""
+    section, seed), every modality's processor and renderer (the world's captions come
+    from every renderer's concepts), and a dict the kinds of one build share (render
+    pools shared by the streams of one modality). No encoder: data never needs one."""
 
-    config: Any  # RunConfig
-    model: Any  # MultimodalModel
+    config: RunConfig
+    processors: Mapping[str, Processor]
+    renderers: Mapping[str, Renderer | None]
     shared: dict[Any, Any] = field(default_factory=dict)
 
 
@@ -80,9 +90,10 @@ class SourceKind:
 
     @classmethod
     def build(
-        cls, options: Any, objective: str, modalities: Mapping[str, Modality], context: BuildContext
+        cls, options: Any, objective: str, modalities: Mapping[str, Processor], context: BuildContext
     ) -> "Source":
-        """The source of raw items for ``objective``'s stream."""
+        """The source of raw items for ``objective``'s stream; ``modalities`` are the
+        processors of its modalities, by key."""
         raise NotImplementedError
 
 
@@ -213,7 +224,7 @@ class Stream:
     Args:
         name: stream (objective) name; part of every sample's seed.
         source: raw items by index.
-        modalities: the modalities the batch feeds, by their name in the model.
+        modalities: the processors of the modalities the batch feeds, by their name in the model.
         batch_size: samples per global batch before bad ones are dropped.
         rank, world_size: under data parallelism this process yields the ``rank``-th of
             ``world_size`` equal slices of every global batch; each sample keeps the
@@ -233,7 +244,7 @@ class Stream:
         self,
         name: str,
         source: Source,
-        modalities: Mapping[str, Modality],
+        modalities: Mapping[str, Processor],
         batch_size: int,
         seed: int = 0,
         num_workers: int = 0,

@@ -12,7 +12,7 @@ from mmssl.config import ConfigError
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from mmssl.seeding import sample_rng
 from mmssl.world import World, world_for
-from modalities.base import Modality, modality_roles
+from modalities.base import Processor, Renderer, modality_roles
 from objectives.base import MATCH_KEY
 
 
@@ -28,7 +28,7 @@ class RenderPool:
     Transforms must not modify the raw render (the built-in modalities never do).
     """
 
-    def __init__(self, world: World, renderer: Modality, size: int) -> None:
+    def __init__(self, world: World, renderer: Renderer, size: int) -> None:
         if size < 1:
             raise ValueError(f"a render pool needs at least one slot, got {size}")
         self.world = world
@@ -57,8 +57,8 @@ class WorldSource:
     def __init__(
         self,
         world: World,
-        renderer: Modality,
-        captioner: Modality | None,
+        renderer: Renderer,
+        captioner: Processor | None,
         size: int,
         split: Literal["train", "all"] = "train",
         pool: RenderPool | None = None,
@@ -100,7 +100,7 @@ class CaptionSource:
     (masked language modeling). Each item is a training-class caption of one of the
     worlds, chosen at random; held-out combinations never appear, not even as text."""
 
-    def __init__(self, worlds: Sequence[World], captioner: Modality, size: int) -> None:
+    def __init__(self, worlds: Sequence[World], captioner: Processor, size: int) -> None:
         if not worlds:
             raise DataError("the embedded world has no rendering modality to caption; use data.source: text")
         self.worlds = list(worlds)
@@ -144,15 +144,15 @@ class WorldKind(SourceKind):
 
     @classmethod
     def build(
-        cls, options: WorldOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext
+        cls, options: WorldOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext
     ) -> Source:
-        roles = modality_roles(modalities)
-        renderers = [modalities[k] for k in roles.renderers]
+        roles = modality_roles(modalities, context.renderers)
+        renderers = [context.renderers[k] for k in roles.renderers]
         captioners = [modalities[k] for k in roles.captioners]
         world_config = context.config.world
         if not renderers and len(captioners) == 1 == len(modalities):
-            encoders = context.model.encoders
-            worlds = [world_for(encoders[k], world_config) for k in modality_roles(encoders).renderers]
+            every = modality_roles(context.processors, context.renderers).renderers
+            worlds = [world_for(context.renderers[k], world_config) for k in every]
             return CaptionSource(worlds, captioners[0], size=options.epoch_size)
         if len(renderers) != 1 or len(captioners) > 1 or len(renderers) + len(captioners) != len(modalities):
             raise DataError(

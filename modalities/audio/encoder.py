@@ -4,9 +4,8 @@ the patch hooks of masked spectrogram modeling."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.utils.checkpoint
 import torchaudio
@@ -15,23 +14,18 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from modalities.audio.config import AudioConfig
-from modalities.audio.processor import AUDIO_EXTENSIONS, AudioProcessor
-from modalities.audio.renderer import AudioRenderer
-from modalities.base import ConceptSpace, Modality, ModalityOutput, keep_norm_statistics_on_recompute
+from modalities.base import Encoder, ModalityOutput, keep_norm_statistics_on_recompute
 
 
-class AudioModality(Modality):
-    """Audio encoder over fixed-length clips.
+class AudioEncoder(Encoder):
+    """Audio encoder over fixed-length clips (``AudioProcessor`` makes the batches).
 
     Shapes:
-        sample (spectrogram_transformer, timm): {"mel": [n_mels, frames], "valid_frames": int}
-        sample (wav2vec2): {"wave": [clip_samples], "valid_samples": int}
         batch: {"mel": [B, n_mels, frames], "valid_frames": [B]} or {"wave": [B, S], "valid_samples": [B]}
         output: pooled [B, width]; tokens [B, N, width]; padding_mask [B, N] (True = padding)
     """
 
     Config = AudioConfig
-    file_extensions = AUDIO_EXTENSIONS
 
     def __init__(self, config: AudioConfig) -> None:
         super().__init__(config)
@@ -101,34 +95,6 @@ class AudioModality(Modality):
             )
         # timm CNNs may hold BatchNorm; the transformer and wav2vec2 (group norm) do not
         self.independent_samples = config.encoder != "timm"
-        self.processor = AudioProcessor(config)
-        self.renderer = AudioRenderer(config)
-
-    # --- data (the processor's; kept here until the core reads processors) ----------
-    def load(self, path: str) -> tuple[np.ndarray, int]:
-        return self.processor.load(path)
-
-    def load_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, int]:
-        return self.processor.load_bytes(data, name)
-
-    def waveform(self, raw: Any) -> torch.Tensor:
-        return self.processor.waveform(raw)
-
-    def crop(self, wave: torch.Tensor, rng: np.random.Generator | None) -> tuple[torch.Tensor, int]:
-        return self.processor.crop(wave, rng)
-
-    def log_mel(self, clip: torch.Tensor) -> torch.Tensor:
-        return self.processor.log_mel(clip)
-
-    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        return self.processor.transform(raw, rng)
-
-    def augment(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        return self.processor.augment(sample, rng)
-
-    def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        return self.processor.collate(samples)
-
     def call_defaults(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         if self.config.encoder == "wav2vec2":
             return {}
@@ -250,17 +216,8 @@ class AudioModality(Modality):
         except (AssertionError, NotImplementedError) as exc:  # timm models without it assert
             raise NotImplementedError(f"audio backbone '{self.config.backbone}' has no activation checkpointing: {exc}") from None
 
-    def train(self, mode: bool = True) -> AudioModality:
+    def train(self, mode: bool = True) -> AudioEncoder:
         super().train(mode)
         if self.grad_checkpointing and self.config.encoder == "timm":
             self._switch_checkpointing(mode)
         return self
-
-    # --- embedded world (the renderer's; kept here until the core reads renderers) ----
-    def concept_space(self) -> ConceptSpace:
-        return self.renderer.concept_space()
-
-    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        return self.renderer.render(concept, rng)
-
-

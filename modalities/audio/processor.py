@@ -18,7 +18,7 @@ import torchaudio
 from torch import nn
 
 from modalities.audio.config import AudioConfig, clip_frames, clip_samples
-from modalities.base import InvalidSample, require_file, seeded_torch_rng
+from modalities.base import InvalidSample, require_file, seeded_torch_rng, Processor
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au")
 # libsndfile reads a WAV file cut short up to the cut without an error; its own header
@@ -51,7 +51,7 @@ def _shift_time(values: torch.Tensor, steps: int, fill: float) -> torch.Tensor:
     return out
 
 
-class AudioProcessor:
+class AudioProcessor(Processor):
     """Raw audio (a path, (samples, rate), a mapping with ``array`` and ``sample_rate``, or
     samples at the configured rate) to fixed-length clips.
 
@@ -64,7 +64,7 @@ class AudioProcessor:
     file_extensions = AUDIO_EXTENSIONS
 
     def __init__(self, config: AudioConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.clip_samples = clip_samples(config)
         self.frames = clip_frames(config)
         self._mel = torchaudio.transforms.MelSpectrogram(

@@ -8,14 +8,14 @@ from typing import Mapping
 import numpy as np
 
 from modalities.audio.config import AudioConfig
-from modalities.base import COUNT, ConceptSpace
+from modalities.base import COUNT, ConceptSpace, Renderer
 
 
-class AudioRenderer:
+class AudioRenderer(Renderer):
     """Renders concepts of ``TONES_SPACE`` as (samples, sample rate)."""
 
     def __init__(self, config: AudioConfig) -> None:
-        self.config = config
+        super().__init__(config)
 
     def concept_space(self) -> ConceptSpace:
         return TONES_SPACE

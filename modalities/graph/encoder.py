@@ -3,14 +3,11 @@ mean, add or attention readout."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 from torch_geometric.nn import (
     AttentionalAggregation,
     GATv2Conv,
@@ -22,29 +19,22 @@ from torch_geometric.nn import (
 )
 from torch_geometric.utils import to_dense_batch
 
-from modalities.base import ConceptSpace, Modality, ModalityOutput
+from modalities.base import Encoder, ModalityOutput
 from modalities.graph.config import GraphConfig, node_dim, structural_dim
-from modalities.graph.processor import GraphProcessor
-from modalities.graph.renderer import GraphRenderer
 
 
-class GraphModality(Modality):
-    """Graph encoder over PyG mini-batches.
-
-    Structural features are computed for the whole batch in ``collate`` (one batched
-    pass is much cheaper than one per tiny graph), from each graph's own edges, so an
-    augmented view describes its own structure.
+class GraphEncoder(Encoder):
+    """Graph encoder over PyG mini-batches (``GraphProcessor`` collates them, with the
+    structural node features).
 
     Shapes:
-        sample: ``Data`` with edge_index [2, E], num_nodes N, x [N, in_features] and
-            edge_attr [E, edge_features] when configured.
         batch: a PyG ``Batch`` of B graphs: x [sum N, node_dim] (node_dim = in_features
             + max_degree + 1 + walk_length + size_feature), edge_index, batch [sum N].
         output: pooled [B, width]; tokens [B, N_max, width]; padding_mask [B, N_max]
             (True = padding, graphs have different node counts).
     """
 
-    Config = GraphConfig  # no file_extensions: one graph file holds many graphs (see mmssl.data.graphs)
+    Config = GraphConfig
 
     def __init__(self, config: GraphConfig) -> None:
         super().__init__(config)
@@ -59,8 +49,6 @@ class GraphModality(Modality):
             raise ValueError("graph encoder 'gin' ignores edge features: use 'gine', 'gat' or 'gps' with edge_features")
         if c.encoder in ("gat", "gps") and c.width % c.heads:
             raise ValueError(f"graph width {c.width} is not divisible by heads {c.heads}")
-        self.processor = GraphProcessor(c)
-        self.renderer = GraphRenderer(c)
         self.embed_dim = c.width
         self.input = nn.Linear(self.node_dim, c.width)
         edge_dim = c.edge_features or None
@@ -84,25 +72,6 @@ class GraphModality(Modality):
             return GATv2Conv(c.width, c.width // c.heads, heads=c.heads, edge_dim=edge_dim, dropout=c.dropout)
         local = GINEConv(self._mlp(), edge_dim=edge_dim) if edge_dim else GINConv(self._mlp())
         return GPSConv(c.width, local, heads=c.heads, dropout=c.dropout, norm="layer_norm", norm_kwargs={"mode": "node"})
-
-    # --- data (the processor's; kept here until the core reads processors) ----------
-    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Data:
-        return self.processor.transform(raw, rng)
-
-    def featurize(self, graph: Data) -> Data:
-        return self.processor.featurize(graph)
-
-    def augment(self, sample: Data, rng: np.random.Generator) -> Data:
-        return self.processor.augment(sample, rng)
-
-    def view_maker(self, **options: Any) -> Callable[[Data, np.random.Generator], Data]:
-        return self.processor.view_maker(**options)
-
-    def collate(self, samples: Sequence[Data]) -> Batch:
-        return self.processor.collate(samples)
-
-    def move_batch(self, batch: Batch, device: torch.device) -> Batch:
-        return self.processor.move_batch(batch, device)
 
     # --- model --------------------------------------------------------------------------
     def forward_features(self, batch: Batch) -> torch.Tensor:
@@ -148,12 +117,3 @@ class GraphModality(Modality):
             pooled = self.pool(nodes, batch.batch, dim_size=size)
         tokens, real = to_dense_batch(nodes, batch.batch, batch_size=size)
         return ModalityOutput(pooled=pooled, tokens=tokens, padding_mask=~real)
-
-    # --- embedded world (the renderer's; kept here until the core reads renderers) ----
-    def concept_space(self) -> ConceptSpace:
-        return self.renderer.concept_space()
-
-    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Data:
-        return self.renderer.render(concept, rng)
-
-

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_batch, to_undirected
 
-from modalities.base import InvalidSample
+from modalities.base import InvalidSample, Processor
 from modalities.graph.config import GraphConfig
 from modalities.graph.views import GraphViews, apply_feature_mask, check_views, graph_view
 
 
-class GraphProcessor:
+class GraphProcessor(Processor):
     """Raw graphs to checked ``Data``, and ``Data`` to batches.
 
     Structural features are computed for the whole batch in ``collate`` (one batched
@@ -41,7 +41,7 @@ class GraphProcessor:
 
     def __init__(self, config: GraphConfig) -> None:
         check_views(config.views)
-        self.config = config
+        super().__init__(config)
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Data:
         """A clean ``Data`` (x float or absent, edge_index long, edge_attr, num_nodes) from

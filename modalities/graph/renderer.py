@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from modalities.base import COUNT, ConceptSpace
+from modalities.base import COUNT, ConceptSpace, Renderer
 from modalities.graph.config import GraphConfig
 
 
-class GraphRenderer:
+class GraphRenderer(Renderer):
     """Renders concepts of ``GRAPH_SPACE`` (size x family, count) as PyG ``Data``."""
 
     def __init__(self, config: GraphConfig) -> None:
-        self.config = config
+        super().__init__(config)
 
     def concept_space(self) -> ConceptSpace:
         return GRAPH_SPACE

@@ -4,18 +4,14 @@ tower, with the patch hooks of masked image modeling."""
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 from einops import rearrange, repeat
-from PIL import Image
 from torch import nn
 
-from modalities.base import ConceptSpace, Modality, ModalityOutput, keep_norm_statistics_on_recompute
+from modalities.base import Encoder, ModalityOutput, keep_norm_statistics_on_recompute
 from modalities.image.config import ImageConfig
-from modalities.image.processor import IMAGE_EXTENSIONS, ImageProcessor
-from modalities.image.renderer import ImageRenderer
 
 
 def open_clip_model_config(name: str) -> dict[str, Any]:
@@ -38,17 +34,15 @@ def open_clip_model_config(name: str) -> dict[str, Any]:
     return model_cfg
 
 
-class ImageModality(Modality):
-    """Image encoder.
+class ImageEncoder(Encoder):
+    """Image encoder: a timm backbone or an open_clip vision tower.
 
     Shapes:
-        sample: FloatTensor [3, S, S] normalised (S = image_size).
-        batch: {"pixels": [B, 3, S, S]}.
+        batch: {"pixels": [B, 3, S, S]} (``ImageProcessor``).
         output: pooled [B, D]; tokens [B, N, D] (feature-map cells or ViT patches).
     """
 
     Config = ImageConfig
-    file_extensions = IMAGE_EXTENSIONS
 
     def __init__(self, config: ImageConfig) -> None:
         super().__init__(config)
@@ -67,24 +61,6 @@ class ImageModality(Modality):
             self.backbone = _build_vision_tower(embed_dim=width, vision_cfg=vision_cfg)
             self.embed_dim = width
         self._init_patches()
-        self.processor = ImageProcessor(config)
-        self.renderer = ImageRenderer(config)
-
-    # --- data (the processor's; kept here until the core reads processors) ----------
-    def load(self, path: str) -> Image.Image:
-        return self.processor.load(path)
-
-    def load_bytes(self, data: bytes, name: str) -> Image.Image:
-        return self.processor.load_bytes(data, name)
-
-    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
-        return self.processor.transform(raw, rng)
-
-    def augment(self, sample: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        return self.processor.augment(sample, rng)
-
-    def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.processor.collate(samples)
 
     # --- model --------------------------------------------------------------------
     def forward(
@@ -289,17 +265,8 @@ class ImageModality(Modality):
         except (AssertionError, NotImplementedError) as exc:  # timm models without it assert
             raise NotImplementedError(f"image backbone '{self.config.backbone}' has no activation checkpointing: {exc}") from None
 
-    def train(self, mode: bool = True) -> ImageModality:
+    def train(self, mode: bool = True) -> ImageEncoder:
         super().train(mode)
         if self.grad_checkpointing:
             self._switch_checkpointing(mode)
         return self
-
-    # --- embedded world (the renderer's; kept here until the core reads renderers) ----
-    def concept_space(self) -> ConceptSpace:
-        return self.renderer.concept_space()
-
-    def render(self, concept: Mapping[str, str], rng: np.random.Generator) -> Image.Image:
-        return self.renderer.render(concept, rng)
-
-

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
-from modalities.base import InvalidSample, require_file, seeded_torch_rng
+from modalities.base import InvalidSample, require_file, seeded_torch_rng, Processor
 from modalities.image.config import ImageConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -36,7 +36,7 @@ class ChannelShift(nn.Module):
         return (pixels + offset).clamp(0, 1)
 
 
-class ImageProcessor:
+class ImageProcessor(Processor):
     """Raw images (a path, PIL image, HxWx3 array or tensor) to normalised samples.
 
     Shapes:
@@ -47,7 +47,7 @@ class ImageProcessor:
     file_extensions = IMAGE_EXTENSIONS
 
     def __init__(self, config: ImageConfig) -> None:
-        self.config = config
+        super().__init__(config)
         size = config.image_size
         normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
         self.eval_transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *normalize])

@@ -9,15 +9,15 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
-from modalities.base import COUNT, ConceptSpace
+from modalities.base import COUNT, ConceptSpace, Renderer
 from modalities.image.config import ImageConfig
 
 
-class ImageRenderer:
+class ImageRenderer(Renderer):
     """Renders concepts of ``SHAPES_SPACE`` (colour x shape, size, position, count)."""
 
     def __init__(self, config: ImageConfig) -> None:
-        self.config = config
+        super().__init__(config)
 
     def concept_space(self) -> ConceptSpace:
         return SHAPES_SPACE

@@ -3,23 +3,20 @@ with the hooks of masked language modeling."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence
+from typing import Literal, Mapping
 
-import numpy as np
 import torch
 from open_clip.transformer import TextTransformer, text_global_pool
 
-from modalities.base import Modality, ModalityOutput
+from modalities.base import Encoder, ModalityOutput
 from modalities.text.config import TextConfig, text_vocabulary
-from modalities.text.processor import TextProcessor
 
 
-class TextModality(Modality):
-    """open_clip text tower over open_clip's tokenizer.
+class TextEncoder(Encoder):
+    """open_clip's text transformer over the ids of ``TextProcessor``.
 
     Shapes:
-        sample: LongTensor [L] token ids (L = context_length), SOT ... EOT then padding.
-        batch: {"ids": [B, L]}.
+        batch: {"ids": [B, L]} (L = context_length).
         output: pooled [B, width]; tokens [B, L, width]; padding_mask [B, L] (True after EOT).
 
     Hooks for masked language modeling: ``mask_token_id``, ``num_regular_tokens`` (ids
@@ -29,7 +26,6 @@ class TextModality(Modality):
     """
 
     Config = TextConfig
-    consumes_captions = True
     independent_samples = True
 
     def __init__(self, config: TextConfig) -> None:
@@ -60,21 +56,6 @@ class TextModality(Modality):
             output_tokens=True,
         )
         self.embed_dim = config.width
-        self.processor = TextProcessor(config)
-
-    # --- data (the processor's; kept here until the core reads processors) ----------
-    def load(self, path: str) -> str:
-        return self.processor.load(path)
-
-    def transform(self, raw: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
-        return self.processor.transform(raw, rng)
-
-    def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.processor.collate(samples)
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Strings straight to a batch."""
-        return self.processor.tokenize(texts)
 
     @property
     def token_embedding(self) -> torch.nn.Embedding:
@@ -126,15 +107,8 @@ class TextModality(Modality):
         self.grad_checkpointing = enable
         self.tower.set_grad_checkpointing(enable and self.training)
 
-    def train(self, mode: bool = True) -> TextModality:
+    def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         if self.grad_checkpointing:
             self.tower.set_grad_checkpointing(mode)
         return self
-
-    # --- checkpoint extras (the processor's) ---------------------------------------------
-    def extra_state_dict(self) -> dict[str, Any]:
-        return self.processor.extra_state_dict()
-
-    def check_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.processor.check_extra_state(state)

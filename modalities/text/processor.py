@@ -11,11 +11,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from modalities.base import InvalidSample, require_file
+from modalities.base import InvalidSample, require_file, Processor
 from modalities.text.config import TOKENIZER_KIND, TextConfig, make_tokenizer, text_vocabulary
 
 
-class TextProcessor:
+class TextProcessor(Processor):
     """Strings to token ids.
 
     Shapes:
@@ -26,12 +26,18 @@ class TextProcessor:
     consumes_captions = True
 
     def __init__(self, config: TextConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.tokenizer = make_tokenizer(config.context_length)
         self.vocabulary = text_vocabulary(config.context_length)
         self.eot_id = self.vocabulary.eot_id
         self.pad_id = self.vocabulary.pad_id
         self._tokenize_one = lru_cache(maxsize=65536)(self._tokenize_uncached)
+
+    def maskable_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bool [..., L]: ordinary tokens that masked language modeling may select (not
+        SOT, EOT, padding or a mask token already there): the encoder's rule, for the
+        data pipeline."""
+        return ids < self.vocabulary.num_regular_tokens
 
     def __getstate__(self) -> dict[str, Any]:  # the cache is a closure: rebuilt, not pickled
         return {k: v for k, v in self.__dict__.items() if k != "_tokenize_one"}

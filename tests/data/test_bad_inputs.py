@@ -34,13 +34,13 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="module")
-def encoders() -> dict[str, Any]:
-    """Tiny encoders of every modality the corpus feeds (built once: the readers and
+def processors() -> dict[str, Any]:
+    """Processors of every modality the corpus feeds (built once: the readers and
     transforms are what is tested, not the weights)."""
-    image = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny.yaml")).encoders
-    audio = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_audio.yaml")).encoders
-    graph = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_graph.yaml")).encoders
-    graph_x = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_graph.yaml", ["modalities.graph.in_features=1"])).encoders
+    image = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny.yaml")).processors
+    audio = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_audio.yaml")).processors
+    graph = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_graph.yaml")).processors
+    graph_x = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_graph.yaml", ["modalities.graph.in_features=1"])).processors
     return {"image": image["image"], "text": image["text"], "audio": audio["audio"], "graph": graph["graph"], "graph_x": graph_x["graph"]}
 
 
@@ -78,9 +78,9 @@ def skip_messages(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
-def test_bad_item_is_a_counted_skip_named_per_draw(name, encoders, tmp_path, caplog):
+def test_bad_item_is_a_counted_skip_named_per_draw(name, processors, tmp_path, caplog):
     case = KINDS[name](tmp_path)
-    stream = case_stream(case, encoders, "skip")
+    stream = case_stream(case, processors, "skip")
     with caplog.at_level(logging.INFO):
         for _ in range(2):  # two epochs: the bad item is drawn twice
             next(stream)
@@ -93,9 +93,9 @@ def test_bad_item_is_a_counted_skip_named_per_draw(name, encoders, tmp_path, cap
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
-def test_bad_item_under_fail_is_one_error_naming_it(name, encoders, tmp_path):
+def test_bad_item_under_fail_is_one_error_naming_it(name, processors, tmp_path):
     case = KINDS[name](tmp_path)
-    stream = case_stream(case, encoders, "fail")
+    stream = case_stream(case, processors, "fail")
     with pytest.raises(DataError) as error:
         next(stream)
     message = str(error.value)
@@ -104,18 +104,18 @@ def test_bad_item_under_fail_is_one_error_naming_it(name, encoders, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(SOURCE_KINDS))
-def test_unusable_source_fails_at_start_naming_the_file(name, encoders, tmp_path):
+def test_unusable_source_fails_at_start_naming_the_file(name, processors, tmp_path):
     case = SOURCE_KINDS[name](tmp_path)
     with pytest.raises(DataError) as error:
-        build_source(case, encoders)
+        build_source(case, processors)
     message = str(error.value)
     assert re.search(case.where, message) and re.search(case.reason, message) and "\n" not in message, message
 
 
 @pytest.mark.parametrize("name", sorted(VALID_KINDS))
-def test_unusual_but_valid_item_is_trained_on(name, encoders, tmp_path):
+def test_unusual_but_valid_item_is_trained_on(name, processors, tmp_path):
     case = VALID_KINDS[name](tmp_path)
-    stream = case_stream(case, encoders, "fail")
+    stream = case_stream(case, processors, "fail")
     batch = next(stream)
     assert stream.skipped == 0 and stream.samples == case.items
     for value in batch.values():
@@ -123,8 +123,8 @@ def test_unusual_but_valid_item_is_trained_on(name, encoders, tmp_path):
             assert tensor is None or torch.isfinite(tensor.float()).all()
 
 
-def test_other_sample_rate_is_resampled_and_silence_is_a_sample(encoders):
-    audio = encoders["audio"]
+def test_other_sample_rate_is_resampled_and_silence_is_a_sample(processors):
+    audio = processors["audio"]
     rate = audio.config.sample_rate
     resampled = audio.waveform((tone(0.25, rate=44100), 44100))
     assert resampled.shape == (rate // 4,)
@@ -134,20 +134,20 @@ def test_other_sample_rate_is_resampled_and_silence_is_a_sample(encoders):
     assert silent["valid_frames"] > 0
 
 
-def test_a_worker_reports_the_bad_item_and_the_error_is_one_line(encoders, tmp_path):
+def test_a_worker_reports_the_bad_item_and_the_error_is_one_line(processors, tmp_path):
     case = KINDS["image_truncated"](tmp_path)
-    stream = case_stream(case, encoders, "fail")
+    stream = case_stream(case, processors, "fail")
     stream.num_workers = 1
     with pytest.raises(DataError, match=r"^stream 'corpus': bad sample at .*row 3 \(.*bad\.png\): corrupt image") as error:
         next(stream)
     assert "\n" not in str(error.value) and "Traceback" not in str(error.value)
 
 
-def test_skip_count_survives_resume(encoders, tmp_path):
+def test_skip_count_survives_resume(processors, tmp_path):
     case = KINDS["csv_row_not_utf8"](tmp_path)
-    stream = case_stream(case, encoders, "skip")
+    stream = case_stream(case, processors, "skip")
     next(stream)
-    resumed = case_stream(case, encoders, "skip")
+    resumed = case_stream(case, processors, "skip")
     resumed.load_state_dict(stream.state_dict())
     next(resumed)
     assert resumed.skipped == 2 and resumed.stats()["skipped"] == 2
@@ -156,7 +156,7 @@ def test_skip_count_survives_resume(encoders, tmp_path):
 # --- evaluation sets: the same bad items, counted and named alike ----------------------------------
 
 
-def test_bad_graph_lines_are_skipped_in_evaluation_too(encoders, tmp_path, caplog):
+def test_bad_graph_lines_are_skipped_in_evaluation_too(processors, tmp_path, caplog):
     lines = [json.dumps({"edges": [[0, 1], [1, 2]], "num_nodes": 3, "label": "path"}),
              '{"edges": [[0, 1]], "num_nodes": ',
              json.dumps({"edges": [[0, 1], [1, 2], [2, 0]], "num_nodes": 3, "label": "cycle"}),
@@ -177,7 +177,7 @@ def test_bad_graph_lines_are_skipped_in_evaluation_too(encoders, tmp_path, caplo
         load_eval_set(model, "graph", f"graphs:{path}", None, on_error="fail")
 
 
-def test_bad_rows_of_evaluation_csvs_are_skipped(encoders, tmp_path):
+def test_bad_rows_of_evaluation_csvs_are_skipped(processors, tmp_path):
     model = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_audio.yaml"))
     (tmp_path / "a.wav").write_bytes(wav_bytes(tone()))
     esc = tmp_path / "esc50.csv"

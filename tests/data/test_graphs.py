@@ -26,9 +26,9 @@ def _write_jsonl(path: Path, lines: list) -> Path:
 
 
 @pytest.fixture
-def encoders():
+def processors():
     model = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_graph.yaml"))
-    return {"graph": model.encoders["graph"], "text": model.encoders["text"]}
+    return {"graph": model.processors["graph"], "text": model.processors["text"]}
 
 
 # One bad record of every kind, each among good ones; (record, line text in the log).
@@ -43,13 +43,13 @@ BAD_RECORDS = [
 ]
 
 
-def test_every_bad_graph_kind_is_counted_skipped_and_named_by_line(tmp_path, encoders, caplog):
+def test_every_bad_graph_kind_is_counted_skipped_and_named_by_line(tmp_path, processors, caplog):
     lines = []
     for i, (bad, _) in enumerate(BAD_RECORDS):
         lines += [_cycle(4 + i, "a ring"), bad]
     path = _write_jsonl(tmp_path / "graphs.jsonl", lines)
-    source = GraphSource.from_file(path, {"graph": encoders["graph"]})
-    stream = Stream("graphs", source, {"graph": encoders["graph"]}, batch_size=2, shuffle=False, max_skip_fraction=0.5)
+    source = GraphSource.from_file(path, {"graph": processors["graph"]})
+    stream = Stream("graphs", source, {"graph": processors["graph"]}, batch_size=2, shuffle=False, max_skip_fraction=0.5)
     sizes = [next(stream)["graph"].num_graphs for _ in range(len(BAD_RECORDS))]
     assert sizes == [1] * len(BAD_RECORDS)
     assert stream.skipped == len(BAD_RECORDS) and stream.samples == len(BAD_RECORDS)
@@ -58,17 +58,17 @@ def test_every_bad_graph_kind_is_counted_skipped_and_named_by_line(tmp_path, enc
         assert reason in line, line
 
 
-def test_on_error_fail_names_the_file_and_line(tmp_path, encoders):
+def test_on_error_fail_names_the_file_and_line(tmp_path, processors):
     path = _write_jsonl(tmp_path / "graphs.jsonl", [_cycle(4), _cycle(5), {"edges": [[0, 7]], "num_nodes": 3}, _cycle(6)])
-    source = GraphSource.from_file(path, {"graph": encoders["graph"]})
-    stream = Stream("graphs", source, {"graph": encoders["graph"]}, batch_size=4, shuffle=False, on_error="fail")
+    source = GraphSource.from_file(path, {"graph": processors["graph"]})
+    stream = Stream("graphs", source, {"graph": processors["graph"]}, batch_size=4, shuffle=False, on_error="fail")
     with pytest.raises(DataError, match=r"stream 'graphs': bad sample at .*graphs\.jsonl line 3: edge endpoint 7 out of range"):
         next(stream)
 
 
-def test_missing_caption_is_a_bad_sample_for_graph_text(tmp_path, encoders):
+def test_missing_caption_is_a_bad_sample_for_graph_text(tmp_path, processors):
     path = _write_jsonl(tmp_path / "pairs.jsonl", [_cycle(4, "a ring of four"), _cycle(5), _cycle(6, "a ring of six")])
-    stream = Stream("pairs", GraphSource.from_file(path, encoders), encoders, batch_size=3, shuffle=False)
+    stream = Stream("pairs", GraphSource.from_file(path, processors), processors, batch_size=3, shuffle=False)
     batch = next(stream)
     assert batch["graph"].num_graphs == 2 and batch["text"]["ids"].shape[0] == 2
     assert stream.skip_reasons == {"graph has no 'text' caption": 1}
@@ -93,10 +93,10 @@ def test_saved_data_list_with_text_feeds_graph_text_training(tmp_path):
     assert torch.isfinite(model("graph_text", batch).loss)
 
 
-def test_a_pyg_dataset_in_memory_is_a_source(encoders):
+def test_a_pyg_dataset_in_memory_is_a_source(processors):
     dataset = [Data(edge_index=torch.tensor(list(nx.star_graph(n).edges())).T, num_nodes=n + 1) for n in range(2, 8)]
-    source = GraphSource(dataset, {"graph": encoders["graph"]})
-    stream = Stream("mem", source, {"graph": encoders["graph"]}, batch_size=3, shuffle=False)
+    source = GraphSource(dataset, {"graph": processors["graph"]})
+    stream = Stream("mem", source, {"graph": processors["graph"]}, batch_size=3, shuffle=False)
     assert next(stream)["graph"].num_graphs == 3 and source.where(4) == "graph 4"
 
 

@@ -63,7 +63,7 @@ def _png(seed: int) -> bytes:
 
 def _encoders():
     model = mmssl.build_model(_tiny())
-    return {"image": model.encoders["image"], "text": model.encoders["text"]}
+    return {"image": model.processors["image"], "text": model.processors["text"]}
 
 
 def test_bad_members_are_skips_naming_shard_and_key(tmp_path, caplog):

@@ -1,3 +1,5 @@
+import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -6,22 +8,28 @@ import torch
 
 import mmssl
 from mmssl.data import CsvSource, DataError, FolderSource, RenderPool, Stream, WorldSource, build_streams
+from mmssl.data.stream import StreamBatches
 from mmssl.world import world_for
+from modalities.base import Encoder
+from objectives.base import Objective
 
 
-def _encoders(tiny_config):
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _processors(tiny_config):
     model = mmssl.build_model(tiny_config())
-    return model, {"image": model.encoders["image"], "text": model.encoders["text"]}
+    return model, {"image": model.processors["image"], "text": model.processors["text"]}
 
 
 def _csv_stream(model, path, **kw):
-    encoders = {"image": model.encoders["image"], "text": model.encoders["text"]}
-    source = CsvSource(path, {"image": "filepath", "text": "title"}, encoders)
-    return Stream("pairs", source, encoders, **{"batch_size": 4, **kw})
+    processors = {"image": model.processors["image"], "text": model.processors["text"]}
+    source = CsvSource(path, {"image": "filepath", "text": "title"}, processors)
+    return Stream("pairs", source, processors, **{"batch_size": 4, **kw})
 
 
 def test_corrupt_and_missing_images_are_counted_and_skipped(tiny_config, image_text_csv, caplog):
-    model, _ = _encoders(tiny_config)
+    model, _ = _processors(tiny_config)
     path = image_text_csv(12, corrupt=(1,), missing=(6,))
     stream = _csv_stream(model, path, shuffle=False)
     sizes = [next(stream)["image"]["pixels"].shape[0] for _ in range(3)]
@@ -32,23 +40,23 @@ def test_corrupt_and_missing_images_are_counted_and_skipped(tiny_config, image_t
 
 
 def test_on_error_fail_names_the_file(tiny_config, image_text_csv):
-    model, _ = _encoders(tiny_config)
+    model, _ = _processors(tiny_config)
     stream = _csv_stream(model, image_text_csv(8, corrupt=(2,)), shuffle=False, on_error="fail")
     with pytest.raises(DataError, match=r"stream 'pairs'.*row 4.*002\.png"):
         next(stream)
 
 
 def test_too_many_bad_samples_stop_the_run(tiny_config, image_text_csv):
-    model, _ = _encoders(tiny_config)
+    model, _ = _processors(tiny_config)
     stream = _csv_stream(model, image_text_csv(8, corrupt=(0, 1, 2)), shuffle=False, max_skip_fraction=0.5)
     with pytest.raises(DataError, match="3 of 4 samples"):
         next(stream)
 
 
 def test_missing_column_is_named_with_closest(tiny_config, image_text_csv):
-    model, encoders = _encoders(tiny_config)
+    model, processors = _processors(tiny_config)
     with pytest.raises(DataError, match=r"no column 'filpath'.*Did you mean 'filepath'"):
-        CsvSource(image_text_csv(4), {"image": "filpath", "text": "title"}, encoders)
+        CsvSource(image_text_csv(4), {"image": "filpath", "text": "title"}, processors)
 
 
 def test_batches_do_not_depend_on_workers(tiny_config):
@@ -78,7 +86,7 @@ def test_resumed_stream_continues_exactly(tiny_config):
 
 
 def test_epochs_reshuffle_csv(tiny_config, image_text_csv):
-    model, _ = _encoders(tiny_config)
+    model, _ = _processors(tiny_config)
     stream = _csv_stream(model, image_text_csv(8))
     first_epoch = [next(stream)["text"]["ids"] for _ in range(2)]
     second_epoch = [next(stream)["text"]["ids"] for _ in range(2)]
@@ -90,8 +98,8 @@ def test_epochs_reshuffle_csv(tiny_config, image_text_csv):
 def test_world_stream_draws_only_training_classes(tiny_config):
     config = tiny_config()
     model = mmssl.build_model(config)
-    world = world_for(model.encoders["image"], config.world)
-    source = WorldSource(world, model.encoders["image"], model.encoders["text"], size=200)
+    world = world_for(model.renderers["image"], config.world)
+    source = WorldSource(world, model.renderers["image"], model.processors["text"], size=200)
     from mmssl.seeding import sample_rng
 
     heldout = {tuple(world.classes[i].attributes.values()) for i in world.heldout_classes}
@@ -173,9 +181,9 @@ def test_folder_source_reads_one_modality_and_skips_bad_files(tmp_path):
 def test_folder_source_errors_name_the_folder(tiny_config, tmp_path):
     model = mmssl.build_model(tiny_config())
     with pytest.raises(DataError, match="no image files"):
-        FolderSource(tmp_path, model.encoders["image"])
+        FolderSource(tmp_path, model.processors["image"])
     with pytest.raises(DataError, match="data folder not found"):
-        FolderSource(tmp_path / "nope", model.encoders["image"])
+        FolderSource(tmp_path / "nope", model.processors["image"])
 
 
 def test_audio_text_csv_stream(tmp_path, caplog):
@@ -233,7 +241,7 @@ def test_batches_are_built_on_one_torch_thread(tiny_config, monkeypatch):
     config = tiny_config()
     model = mmssl.build_model(config)
     stream = build_streams(config, model)["image_text"]
-    image = model.encoders["image"]
+    image = model.processors["image"]
     seen = []
     transform = image.transform
     monkeypatch.setattr(image, "transform", lambda raw, rng=None: seen.append(torch.get_num_threads()) or transform(raw, rng))
@@ -245,3 +253,27 @@ def test_batches_are_built_on_one_torch_thread(tiny_config, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen and set(seen) == {1}
+
+
+class _ModuleFinder(pickle.Pickler):
+    """Pickles an object while noting every encoder, objective and parameter it reaches:
+    what a spawned loader worker would receive."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.found: list[str] = []
+
+    def persistent_id(self, obj):
+        if isinstance(obj, (Encoder, Objective, torch.nn.Parameter)):
+            self.found.append(type(obj).__name__)
+        return None
+
+
+def test_loader_workers_hold_processors_and_no_model_module():
+    """Every built-in objective's stream (tiny_ssl has them all, views and token masking
+    included) pickles for a worker without an encoder, an objective or a parameter."""
+    config = mmssl.load_config(REPO / "configs" / "tiny_ssl.yaml")
+    for name, stream in build_streams(config, mmssl.build_model(config)).items():
+        finder = _ModuleFinder(io.BytesIO())
+        finder.dump(StreamBatches(stream))
+        assert finder.found == [], (name, finder.found)

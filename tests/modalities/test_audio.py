@@ -16,7 +16,9 @@ def _audio(**kw):
     torch.manual_seed(0)
     config = {"sample_rate": RATE, "clip_seconds": 0.5, "n_mels": 32, "patch_freq": 16, "patch_time": 10}
     config.update({"width": 32, "depth": 1, "heads": 2, **kw})
-    return AudioModality(AudioConfig(**config)).eval()
+    parts = AudioModality.build(AudioConfig(**config), "audio")
+    parts.encoder.eval()
+    return parts
 
 
 def _sine(freq, rate, seconds, amplitude=0.5):
@@ -35,7 +37,7 @@ def _dominant_hz(wave, rate):
 
 def _silence_floor(audio):
     """The normalised log-mel value of an all-zero frame."""
-    c = audio.config
+    c = audio.encoder.config
     return (math.log(1e-6) - c.mel_mean) / c.mel_std
 
 
@@ -44,9 +46,9 @@ def _silence_floor(audio):
 
 def test_short_clip_is_zero_padded_and_its_padding_patches_are_masked():
     audio = _audio()
-    assert audio.clip_samples == 8000 and audio.frames == 50 and audio.grid == (2, 5) and audio.num_patches == 10
+    assert audio.encoder.clip_samples == 8000 and audio.encoder.frames == 50 and audio.encoder.grid == (2, 5) and audio.encoder.num_patches == 10
     n = 3000
-    sample = audio.transform(_noise(0, n))
+    sample = audio.processor.transform(_noise(0, n))
     assert sample["mel"].shape == (32, 50)
     # frames whose centred window (n_fft 400) touches the audio: ceil((3000 + 200) / 160)
     assert sample["valid_frames"] == 20
@@ -55,17 +57,17 @@ def test_short_clip_is_zero_padded_and_its_padding_patches_are_masked():
     assert torch.allclose(sample["mel"][:, 20:], torch.full((32, 30), floor), atol=1e-4)
     assert (sample["mel"][:, :19] > floor + 1).all()
 
-    batch = audio.collate([sample, audio.transform(_noise(1, 8000))])
+    batch = audio.processor.collate([sample, audio.processor.transform(_noise(1, 8000))])
     assert batch["mel"].shape == (2, 32, 50) and batch["valid_frames"].tolist() == [20, 50]
     # time patches start at frames 0, 10, 20, 30, 40: those starting at or after frame 20 are padding
     time_padding = [False, False, True, True, True]
-    mask = audio.patch_padding_mask(batch)
+    mask = audio.encoder.patch_padding_mask(batch)
     assert mask.tolist() == [time_padding * 2, [False] * 10]  # frequency-major: both frequency rows alike
     # every patch flagged as padding holds only silence
-    patches = audio.patchify(batch["mel"])
+    patches = audio.encoder.patchify(batch["mel"])
     assert torch.allclose(patches[0][mask[0]], torch.tensor(floor), atol=1e-4)
 
-    out = audio(batch)
+    out = audio.encoder(batch)
     assert out.pooled.shape == (2, 32) and out.tokens.shape == (2, 10, 32)
     assert torch.equal(out.padding_mask, mask)
 
@@ -74,44 +76,44 @@ def test_long_clip_random_crop_follows_the_rng_and_centre_crop_takes_the_middle(
     audio = _audio()
     n = 20000
     ramp = torch.arange(n, dtype=torch.float32)
-    clip, valid = audio.crop(ramp, None)
+    clip, valid = audio.processor.crop(ramp, None)
     start = (n - 8000) // 2
     assert valid == 8000 and torch.equal(clip, ramp[start : start + 8000])
-    a, valid_a = audio.crop(ramp, np.random.default_rng(1))
-    b, _ = audio.crop(ramp, np.random.default_rng(1))
-    c, _ = audio.crop(ramp, np.random.default_rng(2))
+    a, valid_a = audio.processor.crop(ramp, np.random.default_rng(1))
+    b, _ = audio.processor.crop(ramp, np.random.default_rng(1))
+    c, _ = audio.processor.crop(ramp, np.random.default_rng(2))
     assert valid_a == 8000 and torch.equal(a, b) and not torch.equal(a, c)
     for crop in (a, c):  # a contiguous window of the input
         assert torch.equal(crop, ramp[int(crop[0]) : int(crop[0]) + 8000])
     # a clip exactly as long as the crop is taken whole
-    assert torch.equal(audio.crop(ramp[:8000], np.random.default_rng(3))[0], ramp[:8000])
+    assert torch.equal(audio.processor.crop(ramp[:8000], np.random.default_rng(3))[0], ramp[:8000])
 
     wave = _noise(5, n)
-    first, again, other = (audio.transform(wave, np.random.default_rng(s)) for s in (7, 7, 8))
+    first, again, other = (audio.processor.transform(wave, np.random.default_rng(s)) for s in (7, 7, 8))
     torch.manual_seed(123)  # the global RNG must not matter
     assert torch.equal(first["mel"], again["mel"]) and not torch.equal(first["mel"], other["mel"])
-    centre = audio.transform(wave)
-    assert torch.equal(centre["mel"], audio.transform(wave)["mel"])
-    assert torch.allclose(centre["mel"], audio.log_mel(torch.from_numpy(wave[start : start + 8000])))
-    assert centre["valid_frames"] == first["valid_frames"] == audio.frames
-    batch = audio.collate([first, centre])
-    assert not audio.patch_padding_mask(batch).any()
-    assert not audio(batch).padding_mask.any()
+    centre = audio.processor.transform(wave)
+    assert torch.equal(centre["mel"], audio.processor.transform(wave)["mel"])
+    assert torch.allclose(centre["mel"], audio.processor.log_mel(torch.from_numpy(wave[start : start + 8000])))
+    assert centre["valid_frames"] == first["valid_frames"] == audio.encoder.frames
+    batch = audio.processor.collate([first, centre])
+    assert not audio.encoder.patch_padding_mask(batch).any()
+    assert not audio.encoder(batch).padding_mask.any()
 
 
 def test_padding_patches_do_not_change_the_embedding():
     audio = _audio()
-    batch = audio.collate([audio.transform(_noise(0, 3000)), audio.transform(_noise(1, 5000))])
+    batch = audio.processor.collate([audio.processor.transform(_noise(0, 3000)), audio.processor.transform(_noise(1, 5000))])
     valid = batch["valid_frames"].tolist()
     assert valid == [20, 33]  # ceil((samples + n_fft // 2) / hop)
     junk = {k: v.clone() for k, v in batch.items()}
     generator = torch.Generator().manual_seed(0)
     for i, frames in enumerate(valid):
-        first_padded = -(-frames // audio.config.patch_time) * audio.config.patch_time  # patches wholly padding
-        assert first_padded < audio.frames
-        junk["mel"][i, :, first_padded:] = 5 * torch.randn(32, audio.frames - first_padded, generator=generator)
+        first_padded = -(-frames // audio.encoder.config.patch_time) * audio.encoder.config.patch_time  # patches wholly padding
+        assert first_padded < audio.encoder.frames
+        junk["mel"][i, :, first_padded:] = 5 * torch.randn(32, audio.encoder.frames - first_padded, generator=generator)
     with torch.no_grad():
-        clean, dirty = audio(batch), audio(junk)
+        clean, dirty = audio.encoder(batch), audio.encoder(junk)
     assert torch.allclose(clean.pooled, dirty.pooled, atol=1e-5)
     kept = ~clean.padding_mask
     assert torch.allclose(clean.tokens[kept], dirty.tokens[kept], atol=1e-5)
@@ -119,18 +121,18 @@ def test_padding_patches_do_not_change_the_embedding():
     inside = {k: v.clone() for k, v in batch.items()}
     inside["mel"][0, :, :10] = 5 * torch.randn(32, 10, generator=generator)
     with torch.no_grad():
-        changed = audio(inside)
+        changed = audio.encoder(inside)
     assert not torch.allclose(clean.pooled[0], changed.pooled[0], atol=1e-3)
     assert torch.allclose(clean.pooled[1], changed.pooled[1], atol=1e-5)
 
 
 def test_patch_mask_replaces_patches_with_the_mask_token():
     audio = _audio()
-    batch = audio.collate([audio.transform(_noise(0, 8000)), audio.transform(_noise(1, 8000))])
-    everything = torch.ones(2, audio.num_patches, dtype=torch.bool)
+    batch = audio.processor.collate([audio.processor.transform(_noise(0, 8000)), audio.processor.transform(_noise(1, 8000))])
+    everything = torch.ones(2, audio.encoder.num_patches, dtype=torch.bool)
     with torch.no_grad():
-        plain = audio(batch).pooled
-        masked = audio(batch, patch_mask=everything).pooled
+        plain = audio.encoder(batch).pooled
+        masked = audio.encoder(batch, patch_mask=everything).pooled
     assert not torch.allclose(plain[0], plain[1])
     assert torch.allclose(masked[0], masked[1], atol=1e-6)  # nothing of the input is left
 
@@ -139,18 +141,18 @@ def test_spec_augment_is_a_function_of_the_sample_rng_and_off_in_eval():
     audio = _audio(freq_mask=8, time_mask=10)
     plain = _audio()
     wave = _noise(3, 8000)
-    a = audio.transform(wave, np.random.default_rng(7))["mel"]
+    a = audio.processor.transform(wave, np.random.default_rng(7))["mel"]
     torch.manual_seed(99)
-    b = audio.transform(wave, np.random.default_rng(7))["mel"]
-    c = audio.transform(wave, np.random.default_rng(8))["mel"]
+    b = audio.processor.transform(wave, np.random.default_rng(7))["mel"]
+    c = audio.processor.transform(wave, np.random.default_rng(8))["mel"]
     assert torch.equal(a, b) and not torch.equal(a, c)
-    unmasked = plain.transform(wave, np.random.default_rng(7))["mel"]
+    unmasked = plain.processor.transform(wave, np.random.default_rng(7))["mel"]
     assert (a == 0).any() and not torch.equal(a, unmasked)  # torchaudio masks fill with 0
-    assert torch.equal(audio.transform(wave)["mel"], plain.transform(wave)["mel"])
+    assert torch.equal(audio.processor.transform(wave)["mel"], plain.processor.transform(wave)["mel"])
 
 
 def test_front_end_is_not_part_of_the_state_dict():
-    assert not [k for k in _audio().state_dict() if "mel" in k.lower() or "augment" in k]
+    assert not [k for k in _audio().encoder.state_dict() if "mel" in k.lower() or "augment" in k]
 
 
 # --- reading files ------------------------------------------------------------------------
@@ -162,7 +164,7 @@ def test_files_are_resampled_to_the_configured_rate(tmp_path, rate):
     seconds = 0.3
     path = tmp_path / f"tone_{rate}.wav"
     soundfile.write(path, _sine(440, rate, seconds), rate)
-    wave = audio.waveform(str(path))
+    wave = audio.processor.waveform(str(path))
     assert wave.dtype == torch.float32 and wave.ndim == 1
     assert abs(wave.shape[0] - round(seconds * RATE)) <= 2
     assert abs(_dominant_hz(wave, RATE) - 440) < 5  # one FFT bin is 3.3 Hz here
@@ -177,11 +179,11 @@ def test_stereo_is_mixed_down_to_the_mean(tmp_path):
     path = tmp_path / "stereo.wav"
     soundfile.write(path, stereo, RATE, subtype="FLOAT")
     expected = torch.from_numpy((left + right) / 2)
-    assert torch.allclose(audio.waveform(str(path)), expected, atol=1e-6)
-    assert torch.allclose(audio.waveform((stereo, RATE)), expected, atol=1e-6)
+    assert torch.allclose(audio.processor.waveform(str(path)), expected, atol=1e-6)
+    assert torch.allclose(audio.processor.waveform((stereo, RATE)), expected, atol=1e-6)
     # up to max_channels channels are accepted
     eight = np.random.default_rng(1).normal(0, 0.1, (1000, 8)).astype(np.float32)
-    assert torch.allclose(_audio(max_channels=8).waveform(eight), torch.from_numpy(eight.mean(1)), atol=1e-6)
+    assert torch.allclose(_audio(max_channels=8).processor.waveform(eight), torch.from_numpy(eight.mean(1)), atol=1e-6)
 
 
 def test_raw_forms_agree_and_bad_arrays_are_invalid():
@@ -189,8 +191,8 @@ def test_raw_forms_agree_and_bad_arrays_are_invalid():
     wave = _noise(0, 1000)
     expected = torch.from_numpy(wave)
     for raw in (wave, wave[:, None], (wave, RATE), {"array": wave, "sample_rate": RATE}, wave.astype(np.float64)):
-        assert torch.allclose(audio.waveform(raw), expected)
-    resampled = audio.waveform({"array": _sine(440, 8000, 0.3), "sample_rate": 8000})
+        assert torch.allclose(audio.processor.waveform(raw), expected)
+    resampled = audio.processor.waveform({"array": _sine(440, 8000, 0.3), "sample_rate": 8000})
     assert resampled.shape[0] == 4800 and abs(_dominant_hz(resampled, RATE) - 440) < 5
     bad = [
         (np.zeros((10, 2, 2), np.float32), "shape"),
@@ -202,7 +204,7 @@ def test_raw_forms_agree_and_bad_arrays_are_invalid():
     ]
     for raw, reason in bad:
         with pytest.raises(InvalidSample, match=reason) as err:
-            audio.waveform(raw)
+            audio.processor.waveform(raw)
         assert err.value.source is None
 
 
@@ -267,7 +269,7 @@ def test_bad_files_are_invalid_samples_naming_the_file(tmp_path, name, write, re
     if write is not None:
         write(path)
     with pytest.raises(InvalidSample, match=reason) as err:
-        audio.transform(str(path))
+        audio.processor.transform(str(path))
     assert err.value.source == str(path) and name in str(err.value)
 
 
@@ -281,12 +283,12 @@ def test_truncated_wav_is_refused_and_a_streamed_one_read(tmp_path):
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(InvalidSample, match=r"truncated: the header declares 32000 bytes of audio data, the file holds 15978"):
-        audio.load(str(path))
+        audio.processor.load(str(path))
     # a WAV streamed to a pipe declares 0xFFFFFFFF bytes (length unknown): not cut, read whole
     streamed = bytearray(whole)
     streamed[4:8] = streamed[40:44] = b"\xff\xff\xff\xff"
     path.write_bytes(bytes(streamed))
-    data, rate = audio.load(str(path))
+    data, rate = audio.processor.load(str(path))
     assert rate == RATE and data.shape == (RATE, 1)
     assert np.allclose(data[:, 0], wave, atol=1e-4)
 
@@ -296,21 +298,21 @@ def test_file_length_limit_counts_seconds(tmp_path):
     ok, long = tmp_path / "ok.wav", tmp_path / "long.wav"
     soundfile.write(ok, _sine(440, 8000, 0.25), 8000)
     soundfile.write(long, _sine(440, 48000, 0.35), 48000)
-    assert audio.load(str(ok))[0].shape == (2000, 1)
+    assert audio.processor.load(str(ok))[0].shape == (2000, 1)
     with pytest.raises(InvalidSample, match="max_file_seconds"):
-        audio.load(str(long))
+        audio.processor.load(str(long))
 
 
 def test_missing_file_is_reported_as_not_found(tmp_path):
     with pytest.raises(InvalidSample, match="not found"):
-        _audio().load(str(tmp_path / "missing.wav"))
+        _audio().processor.load(str(tmp_path / "missing.wav"))
 
 
 def test_too_long_message_reports_the_real_duration(tmp_path):
     path = tmp_path / "long.wav"
     _write_too_long(path)
     with pytest.raises(InvalidSample) as err:
-        _audio(max_file_seconds=0.1).load(str(path))
+        _audio(max_file_seconds=0.1).processor.load(str(path))
     reported = float(re.search(r"audio is ([0-9.]+)s long", err.value.reason).group(1))
     assert reported == pytest.approx(0.5, abs=0.01)
 
@@ -321,10 +323,10 @@ def test_too_long_message_reports_the_real_duration(tmp_path):
 def test_render_is_deterministic():
     audio = _audio()
     concept = {"contour": "warbling", "timbre": "square", "register": "middle"}
-    a, rate = audio.render(concept, np.random.default_rng(1))
-    b, _ = audio.render(concept, np.random.default_rng(1))
-    c, _ = audio.render(concept, np.random.default_rng(2))
-    assert rate == RATE and a.dtype == np.float32 and a.shape == (audio.clip_samples,)
+    a, rate = audio.renderer.render(concept, np.random.default_rng(1))
+    b, _ = audio.renderer.render(concept, np.random.default_rng(1))
+    c, _ = audio.renderer.render(concept, np.random.default_rng(2))
+    assert rate == RATE and a.dtype == np.float32 and a.shape == (audio.encoder.clip_samples,)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.abs(a).max() <= 1.0
     assert set(TONES_SPACE.class_attributes["contour"]) >= {"rising", "falling"}
@@ -332,7 +334,7 @@ def test_render_is_deterministic():
 
 def _pitch_change(audio, concept, seed):
     """Mean argmax mel bin over the last third of the voiced frames minus the first third."""
-    mel = audio.transform(audio.render(concept, np.random.default_rng(seed)))["mel"]
+    mel = audio.processor.transform(audio.renderer.render(concept, np.random.default_rng(seed)))["mel"]
     loudness = mel.max(0).values
     voiced = mel[:, loudness > (loudness.min() + loudness.max()) / 2]
     third = voiced.shape[1] // 3
@@ -362,75 +364,76 @@ def test_rising_tones_rise_and_falling_tones_fall(timbre):
 def test_wav2vec2_encoder_encodes_and_pads_short_clips():
     torch.manual_seed(0)
     config = AudioConfig(encoder="wav2vec2", clip_seconds=0.5, width=32, heads=2, wav2vec2_layers=1)
-    audio = AudioModality(config).eval()
-    short = audio.transform(_noise(0, 3000))
+    audio = AudioModality.build(config, "audio")
+    audio.encoder.eval()
+    short = audio.processor.transform(_noise(0, 3000))
     assert short["wave"].shape == (8000,) and short["valid_samples"] == 3000
     assert torch.count_nonzero(short["wave"][3000:]) == 0
-    batch = audio.collate([short, audio.transform(_noise(1, 12000))])
+    batch = audio.processor.collate([short, audio.processor.transform(_noise(1, 12000))])
     assert batch["wave"].shape == (2, 8000) and batch["valid_samples"].tolist() == [3000, 8000]
     with torch.no_grad():
-        out = audio(batch)
+        out = audio.encoder(batch)
     assert out.pooled.shape == (2, 32) and torch.isfinite(out.pooled).all()
     # conv stack (10/5, 4x 3/2, 2x 2/2): 8000 samples -> 24 frames, 3000 -> 9
     assert out.tokens.shape == (2, 24, 32)
     assert out.padding_mask.tolist() == [[False] * 9 + [True] * 15, [False] * 24]
     with pytest.raises(ValueError, match="patch masks"):
-        audio(batch, patch_mask=torch.zeros(2, 24, dtype=torch.bool))
+        audio.encoder(batch, patch_mask=torch.zeros(2, 24, dtype=torch.bool))
 
 
 def test_frequency_shift_moves_the_spectrum_and_follows_the_rng():
     audio = _audio(freq_shift=4)
     wave = _sine(1000, RATE, 0.5)
-    plain = audio.transform(wave)  # eval: no shift
-    shifted = [audio.transform(wave, np.random.default_rng(seed))["mel"] for seed in range(6)]
-    assert torch.equal(shifted[0], audio.transform(wave, np.random.default_rng(0))["mel"])
+    plain = audio.processor.transform(wave)  # eval: no shift
+    shifted = [audio.processor.transform(wave, np.random.default_rng(seed))["mel"] for seed in range(6)]
+    assert torch.equal(shifted[0], audio.processor.transform(wave, np.random.default_rng(0))["mel"])
     peaks = {int(m.mean(1).argmax()) - int(plain["mel"].mean(1).argmax()) for m in shifted}
     assert len(peaks) > 1 and all(abs(p) <= 4 for p in peaks)
 
 
 def test_timm_cnn_encoder_pools_onto_the_patch_grid_and_hides_masked_input():
     audio = _audio(encoder="timm", backbone="test_convnext")
-    batch = audio.collate([audio.transform(_noise(0, 8000)), audio.transform(_noise(1, 3000))])
+    batch = audio.processor.collate([audio.processor.transform(_noise(0, 8000)), audio.processor.transform(_noise(1, 3000))])
     with torch.no_grad():
-        out = audio(batch)
-    assert out.tokens.shape == (2, audio.num_patches, audio.embed_dim) and out.pooled.shape == (2, audio.embed_dim)
-    assert torch.equal(out.padding_mask, audio.patch_padding_mask(batch))
+        out = audio.encoder(batch)
+    assert out.tokens.shape == (2, audio.encoder.num_patches, audio.encoder.embed_dim) and out.pooled.shape == (2, audio.encoder.embed_dim)
+    assert torch.equal(out.padding_mask, audio.encoder.patch_padding_mask(batch))
     # whatever lies under masked patches cannot change the output: masking happens on the input
-    mask = torch.zeros(2, audio.num_patches, dtype=torch.bool)
+    mask = torch.zeros(2, audio.encoder.num_patches, dtype=torch.bool)
     mask[:, :3] = True
     edited = {k: v.clone() for k, v in batch.items()}
     edited["mel"][:, :16, :30] = 7.0  # the first three time patches of the lowest frequency row
     with torch.no_grad():
-        assert torch.allclose(audio(batch, patch_mask=mask).tokens, audio(edited, patch_mask=mask).tokens)
-        assert not torch.allclose(audio(batch).tokens, audio(edited).tokens)
+        assert torch.allclose(audio.encoder(batch, patch_mask=mask).tokens, audio.encoder(edited, patch_mask=mask).tokens)
+        assert not torch.allclose(audio.encoder(batch).tokens, audio.encoder(edited).tokens)
 
 
 def test_local_view_feeds_the_pooled_embedding_and_cannot_see_masked_patches():
     audio = _audio(local_patch_freq=8, local_patch_time=5)
-    assert audio.local_grid == (4, 10)
-    batch = audio.collate([audio.transform(_noise(0, 8000)), audio.transform(_noise(1, 3000))])
+    assert audio.encoder.local_grid == (4, 10)
+    batch = audio.processor.collate([audio.processor.transform(_noise(0, 8000)), audio.processor.transform(_noise(1, 3000))])
     with torch.no_grad():
-        out = audio(batch)
+        out = audio.encoder(batch)
         # tokens stay the main grid's (masked modeling predicts from them); the local view
         # only joins the pooled embedding
-        assert out.tokens.shape == (2, audio.num_patches, audio.embed_dim)
-        assert torch.equal(out.padding_mask, audio.patch_padding_mask(batch))
-        audio.local_embed.weight.mul_(2.0)
-        assert not torch.allclose(audio(batch).pooled, out.pooled, atol=1e-4)
+        assert out.tokens.shape == (2, audio.encoder.num_patches, audio.encoder.embed_dim)
+        assert torch.equal(out.padding_mask, audio.encoder.patch_padding_mask(batch))
+        audio.encoder.local_embed.weight.mul_(2.0)
+        assert not torch.allclose(audio.encoder(batch).pooled, out.pooled, atol=1e-4)
     # whatever lies under a masked main patch reaches neither view
-    mask = torch.zeros(2, audio.num_patches, dtype=torch.bool)
+    mask = torch.zeros(2, audio.encoder.num_patches, dtype=torch.bool)
     mask[:, :3] = True
     edited = {k: v.clone() for k, v in batch.items()}
     edited["mel"][:, :16, :30] = 7.0  # the first three time patches of the lowest frequency row
     with torch.no_grad():
-        assert torch.allclose(audio(batch, patch_mask=mask).pooled, audio(edited, patch_mask=mask).pooled, atol=1e-6)
-        assert not torch.allclose(audio(batch).pooled, audio(edited).pooled, atol=1e-3)
+        assert torch.allclose(audio.encoder(batch, patch_mask=mask).pooled, audio.encoder(edited, patch_mask=mask).pooled, atol=1e-6)
+        assert not torch.allclose(audio.encoder(batch).pooled, audio.encoder(edited).pooled, atol=1e-3)
     # local patches wholly in padding after a short clip's end change nothing
     padded = {k: v.clone() for k, v in batch.items()}
     first_padded = -(-int(batch["valid_frames"][1]) // 10) * 10
     padded["mel"][1, :, first_padded:] = 5.0
     with torch.no_grad():
-        assert torch.allclose(audio(batch).pooled[1], audio(padded).pooled[1], atol=1e-5)
+        assert torch.allclose(audio.encoder(batch).pooled[1], audio.encoder(padded).pooled[1], atol=1e-5)
 
 
 @pytest.mark.parametrize("kw, match", [

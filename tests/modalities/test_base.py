@@ -1,13 +1,15 @@
-"""The modality contract's helpers: world roles and objective capabilities."""
+"""The modality contract: three parts built together, world roles, objective capabilities."""
 
 import pytest
 import torch
 
 from modalities.audio import AudioConfig, AudioModality
 from modalities.base import (
+    Encoder,
     MaskableTokenEncoder,
-    Modality,
     PatchEncoder,
+    Processor,
+    ViewAugmenter,
     capability_members,
     modality_roles,
     require_capability,
@@ -17,22 +19,31 @@ from modalities.image import ImageConfig, ImageModality
 from modalities.text import TextConfig, TextModality
 
 
-def _text(**kw) -> TextModality:
-    return TextModality(TextConfig(width=32, layers=1, heads=2, context_length=24, **kw))
+def _text(**kw):
+    return TextModality.build(TextConfig(width=32, layers=1, heads=2, context_length=24, **kw), "text")
 
 
-def _audio(**kw) -> AudioModality:
-    return AudioModality(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80,
-                                     width=32, depth=1, heads=2, **kw))
+def _audio(**kw):
+    return AudioModality.build(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80,
+                                           width=32, depth=1, heads=2, **kw), "audio")
+
+
+def test_a_modality_builds_three_parts_under_its_key():
+    image = ImageModality.build(ImageConfig(backbone="test_resnet", image_size=32), "photo")
+    assert isinstance(image.encoder, Encoder) and isinstance(image.processor, Processor)
+    assert image.encoder.key == image.processor.key == image.renderer.key == "photo"
+    assert not any(True for _ in vars(image.processor).values() if isinstance(_, torch.nn.Parameter))
+    assert isinstance(image.processor, ViewAugmenter) and not isinstance(image.encoder, ViewAugmenter)
+    assert _text().renderer is None  # text renders nothing: captions come from the other spaces
 
 
 def test_roles_split_renderers_captioners_and_items():
-    modalities = {
-        "image": ImageModality(ImageConfig(backbone="test_resnet", image_size=32)),
+    parts = {
+        "image": ImageModality.build(ImageConfig(backbone="test_resnet", image_size=32), "image"),
         "text": _text(),
-        "graph": GraphModality(GraphConfig(width=16, depth=1)),
+        "graph": GraphModality.build(GraphConfig(width=16, depth=1), "graph"),
     }
-    roles = modality_roles(modalities)
+    roles = modality_roles({k: p.processor for k, p in parts.items()}, {k: p.renderer for k, p in parts.items()})
     assert roles.renderers == ("image", "graph")
     assert roles.captioners == ("text",)
     assert roles.items == ("image", "graph")
@@ -49,7 +60,7 @@ def test_capability_members_are_the_protocols_declared_members():
 
 
 def test_builtins_meet_the_capabilities_they_declare():
-    audio, text = _audio(), _text()
+    audio, text = _audio().encoder, _text().encoder
     assert isinstance(audio, PatchEncoder) and isinstance(text, MaskableTokenEncoder)
     assert not isinstance(text, PatchEncoder)
     require_capability(audio, PatchEncoder, "masked audio modeling", forward_kwargs=("patch_mask",))
@@ -57,14 +68,14 @@ def test_builtins_meet_the_capabilities_they_declare():
 
 
 def test_missing_members_are_named():
-    wave = _audio(encoder="wav2vec2", wav2vec2_layers=1)
+    wave = _audio(encoder="wav2vec2", wav2vec2_layers=1).encoder
     wave.key = "sound"
     with pytest.raises(ValueError, match=r"modality 'sound' is no PatchEncoder .*masked audio modeling.*\['grid', 'patch_dim'\]; use x"):
         require_capability(wave, PatchEncoder, "masked audio modeling", hint="use x")
 
 
 def test_missing_forward_argument_is_named():
-    class Plain(Modality):
+    class Plain(Encoder):
         embed_dim = 4
         grid = (1, 1)
         patch_dim = 1

@@ -14,7 +14,9 @@ from modalities.graph import GRAPH_SPACE, SIZES, GraphConfig, GraphModality, ran
 def _graph(**kw):
     torch.manual_seed(0)
     config = {"width": 32, "depth": 2, "max_degree": 6, "walk_length": 6, **kw}
-    return GraphModality(GraphConfig(**config)).eval()
+    parts = GraphModality.build(GraphConfig(**config), "graph")
+    parts.encoder.eval()
+    return parts
 
 
 def _edges(graph: nx.Graph) -> list[list[int]]:
@@ -31,16 +33,16 @@ def _tensors(data: Data) -> dict[str, torch.Tensor]:
 def test_collate_batches_graphs_of_different_sizes_with_padding():
     graph = _graph()
     sizes = [3, 7, 5]
-    samples = [graph.transform(nx.path_graph(n)) for n in sizes]
-    batch = graph.collate(samples)
+    samples = [graph.processor.transform(nx.path_graph(n)) for n in sizes]
+    batch = graph.processor.collate(samples)
     assert isinstance(batch, Batch) and batch.num_graphs == 3
-    assert batch.x.shape == (15, graph.node_dim) and graph.node_dim == 7 + 6
+    assert batch.x.shape == (15, graph.encoder.node_dim) and graph.encoder.node_dim == 7 + 6
     assert batch.batch.tolist() == [0] * 3 + [1] * 7 + [2] * 5
     # a path of n nodes has 2 (n - 1) directed edges; offsets keep them inside their graph
     assert batch.edge_index.shape[1] == sum(2 * (n - 1) for n in sizes)
     assert (batch.batch[batch.edge_index[0]] == batch.batch[batch.edge_index[1]]).all()
     with torch.no_grad():
-        out = graph(batch)
+        out = graph.encoder(batch)
     assert out.pooled.shape == (3, 32) and out.tokens.shape == (3, 7, 32)
     assert out.padding_mask.tolist() == [[False] * n + [True] * (7 - n) for n in sizes]
     assert (out.tokens[out.padding_mask] == 0).all()
@@ -49,7 +51,7 @@ def test_collate_batches_graphs_of_different_sizes_with_padding():
         assert torch.allclose(out.pooled[i], out.tokens[i, :n].mean(0), atol=1e-5)
     # batching does not change a graph's embedding
     with torch.no_grad():
-        alone = graph(graph.collate([samples[1]])).pooled[0]
+        alone = graph.encoder(graph.processor.collate([samples[1]])).pooled[0]
     assert torch.allclose(alone, out.pooled[1], atol=1e-5)
 
 
@@ -60,18 +62,18 @@ def test_structural_features_distinguish_a_six_cycle_from_two_triangles():
     with_walks = _graph(walk_length=6)
     for encoder in ("gin", "gat", "gps"):
         plain = _graph(walk_length=0, encoder=encoder)
-        batch = plain.collate([plain.transform(six_cycle), plain.transform(two_triangles)])
+        batch = plain.processor.collate([plain.processor.transform(six_cycle), plain.processor.transform(two_triangles)])
         assert torch.equal(batch.x[:6], batch.x[6:])  # every node has degree 2 in both
         with torch.no_grad():
-            pooled = plain(batch).pooled
+            pooled = plain.encoder(batch).pooled
         if encoder != "gps":  # 1-WL message passing cannot tell them apart from degrees alone
             assert torch.allclose(pooled[0], pooled[1], atol=1e-5)
-    batch = with_walks.collate([with_walks.transform(six_cycle), with_walks.transform(two_triangles)])
+    batch = with_walks.processor.collate([with_walks.processor.transform(six_cycle), with_walks.processor.transform(two_triangles)])
     # a walk returns after 3 steps only in a triangle; after 6 steps in both
-    rw = batch.x[:, degree_only.node_dim :]
+    rw = batch.x[:, degree_only.encoder.node_dim :]
     assert (rw[:6, 2] == 0).all() and (rw[6:, 2] > 0.2).all()
     with torch.no_grad():
-        pooled = with_walks(batch).pooled
+        pooled = with_walks.encoder(batch).pooled
     assert not torch.allclose(pooled[0], pooled[1], atol=1e-3)
 
 
@@ -87,7 +89,7 @@ def test_batched_random_walk_pe_equals_pyg_transform_per_graph():
 
 def test_degree_one_hot_clamps_high_degrees():
     graph = _graph(max_degree=3, walk_length=0)
-    x = graph.collate([graph.transform(nx.star_graph(5))]).x
+    x = graph.processor.collate([graph.processor.transform(nx.star_graph(5))]).x
     assert x[0].tolist() == [0, 0, 0, 1]  # hub: degree 5 -> last bin
     assert (x[1:, 1] == 1).all()
 
@@ -100,7 +102,7 @@ def test_encoders_and_readouts_are_permutation_invariant(encoder, readout):
     order = np.random.default_rng(0).permutation(g.number_of_nodes())
     relabelled = nx.relabel_nodes(g, {i: int(order[i]) for i in g.nodes})
     with torch.no_grad():
-        out = graph(graph.collate([graph.transform(g), graph.transform(relabelled), graph.transform(nx.path_graph(7))]))
+        out = graph.encoder(graph.processor.collate([graph.processor.transform(g), graph.processor.transform(relabelled), graph.processor.transform(nx.path_graph(7))]))
     assert out.pooled.shape == (3, 32)
     assert torch.allclose(out.pooled[0], out.pooled[1], atol=1e-4)
     assert not torch.allclose(out.pooled[0], out.pooled[2], atol=1e-3)
@@ -110,15 +112,15 @@ def test_node_and_edge_features_reach_the_encoder():
     graph = _graph(encoder="gine", in_features=2, edge_features=3)
     edges = [[0, 1], [1, 2]]
     record = {"edges": edges, "num_nodes": 3, "x": [[1, 0], [0, 1], [1, 1]], "edge_attr": [[1, 0, 0], [0, 1, 0]]}
-    sample = graph.transform(record)
+    sample = graph.processor.transform(record)
     assert sample.x.shape == (3, 2) and sample.edge_attr.shape == (4, 3)  # reverse edges carry the same attributes
-    batch = graph.collate([sample])
+    batch = graph.processor.collate([sample])
     assert torch.equal(batch.x[:, :2], torch.tensor([[1.0, 0], [0, 1], [1, 1]]))
-    other = graph.collate([graph.transform({**record, "edge_attr": [[0, 0, 1], [0, 0, 1]]})])
+    other = graph.processor.collate([graph.processor.transform({**record, "edge_attr": [[0, 0, 1], [0, 0, 1]]})])
     with torch.no_grad():
-        assert not torch.allclose(graph(batch).pooled, graph(other).pooled, atol=1e-4)
+        assert not torch.allclose(graph.encoder(batch).pooled, graph.encoder(other).pooled, atol=1e-4)
     for encoder in ("gat", "gps"):
-        assert _graph(encoder=encoder, in_features=2, edge_features=3)(batch).pooled.shape == (1, 32)
+        assert _graph(encoder=encoder, in_features=2, edge_features=3).encoder(batch).pooled.shape == (1, 32)
 
 
 def test_bad_encoder_settings_fail_at_construction():
@@ -143,15 +145,15 @@ def test_raw_forms_agree_and_transform_never_mutates_its_input():
     data = Data(edge_index=torch.tensor(edges).T, num_nodes=6)
     before = _tensors(data)
     forms = [g, data, {"edges": edges, "num_nodes": 6}, (edges, 6), (np.array(edges), 6)]
-    samples = [graph.transform(raw) for raw in forms]
+    samples = [graph.processor.transform(raw) for raw in forms]
     for sample in samples:
         assert sample.num_nodes == 6
         assert torch.equal(sample.edge_index, samples[0].edge_index)
     assert samples[0].edge_index.shape[1] == 10  # undirected: both directions
     assert all(torch.equal(v, before[k]) for k, v in data.items() if torch.is_tensor(v)) and set(before) == {"edge_index"}
     # a bare edge list infers the node count from the largest index
-    assert graph.transform(edges).num_nodes == 5
-    directed = _graph(undirected=False).transform({"edges": [[0, 1], [1, 2]], "num_nodes": 3})
+    assert graph.processor.transform(edges).num_nodes == 5
+    directed = _graph(undirected=False).processor.transform({"edges": [[0, 1], [1, 2]], "num_nodes": 3})
     assert directed.edge_index.tolist() == [[0, 1], [1, 2]]
 
 
@@ -183,7 +185,7 @@ BAD_GRAPHS = [
 @pytest.mark.parametrize("raw,config,reason", BAD_GRAPHS, ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_graphs_are_invalid_samples_with_a_clear_reason(raw, config, reason):
     with pytest.raises(InvalidSample, match=reason):
-        _graph(**config).transform(raw)
+        _graph(**config).processor.transform(raw)
 
 
 # --- embedded world ------------------------------------------------------------------------
@@ -215,7 +217,7 @@ def test_render_follows_the_rng_and_relabels_nodes():
 
 def test_size_feature_is_the_log_node_count_of_each_graph():
     graph = _graph(size_feature=True, max_nodes=100)
-    batch = graph.collate([graph.transform(nx.path_graph(4)), graph.transform(nx.path_graph(10))])
-    assert graph.node_dim == 7 + 6 + 1
+    batch = graph.processor.collate([graph.processor.transform(nx.path_graph(4)), graph.processor.transform(nx.path_graph(10))])
+    assert graph.encoder.node_dim == 7 + 6 + 1
     expected = torch.tensor([np.log(4) / np.log(100)] * 4 + [np.log(10) / np.log(100)] * 10, dtype=torch.float32)
     assert torch.allclose(batch.x[:, -1], expected)

@@ -11,7 +11,7 @@ from modalities.image import SHAPES_SPACE, ImageConfig, ImageModality
 
 def _image(**kw):
     torch.manual_seed(0)
-    return ImageModality(ImageConfig(image_size=32, **{"backbone": "test_resnet", **kw}))
+    return ImageModality.build(ImageConfig(image_size=32, **{"backbone": "test_resnet", **kw}), "image")
 
 
 @pytest.mark.parametrize(
@@ -24,10 +24,11 @@ def _image(**kw):
     ids=["timm-cnn", "timm-vit", "open_clip-vit"],
 )
 def test_backbones_give_pooled_and_tokens(kw):
-    image = _image(**kw).eval()
-    out = image(image.collate([image.transform(Image.new("RGB", (40, 30), "red"))] * 2))
-    assert out.pooled.shape == (2, image.embed_dim)
-    assert out.tokens.ndim == 3 and out.tokens.shape[0] == 2 and out.tokens.shape[2] in (image.embed_dim, out.tokens.shape[2])
+    image = _image(**kw)
+    image.encoder.eval()
+    out = image.encoder(image.processor.collate([image.processor.transform(Image.new("RGB", (40, 30), "red"))] * 2))
+    assert out.pooled.shape == (2, image.encoder.embed_dim)
+    assert out.tokens.ndim == 3 and out.tokens.shape[0] == 2 and out.tokens.shape[2] in (image.encoder.embed_dim, out.tokens.shape[2])
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -35,37 +36,37 @@ def test_load_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG not really")
     with pytest.raises(InvalidSample) as err:
-        image.load(str(bad))
+        image.processor.load(str(bad))
     assert err.value.source == str(bad)
     truncated = tmp_path / "trunc.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 120).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:60])
     with pytest.raises(InvalidSample, match="trunc.png"):
-        image.load(str(truncated))
+        image.processor.load(str(truncated))
     with pytest.raises(InvalidSample, match="not found"):
-        image.load(str(tmp_path / "missing.png"))
+        image.processor.load(str(tmp_path / "missing.png"))
 
 
 def test_train_transform_is_a_function_of_the_sample_rng():
     image = _image(train_crop_scale=(0.5, 1.0))
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    a = image.transform(img, np.random.default_rng(7))
+    a = image.processor.transform(img, np.random.default_rng(7))
     torch.manual_seed(123)  # the global RNG must not matter
-    b = image.transform(img, np.random.default_rng(7))
-    c = image.transform(img, np.random.default_rng(8))
+    b = image.processor.transform(img, np.random.default_rng(7))
+    c = image.processor.transform(img, np.random.default_rng(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(image.transform(img), image.transform(img))
+    assert torch.equal(image.processor.transform(img), image.processor.transform(img))
 
 
 def test_render_is_deterministic_and_differs_by_concept():
     image = _image()
     concept = {"colour": "red", "shape": "star", "size": "large", "position": "left"}
-    a = np.asarray(image.render(concept, np.random.default_rng(1)))
-    b = np.asarray(image.render(concept, np.random.default_rng(1)))
+    a = np.asarray(image.renderer.render(concept, np.random.default_rng(1)))
+    b = np.asarray(image.renderer.render(concept, np.random.default_rng(1)))
     assert a.shape == (32, 32, 3) and np.array_equal(a, b)
     red = a[..., 0].astype(int) - a[..., 2].astype(int)
     assert red[:, :16].mean() > red[:, 16:].mean()  # the shape sits on the left
-    blue = np.asarray(image.render({**concept, "colour": "blue"}, np.random.default_rng(1)))
+    blue = np.asarray(image.renderer.render({**concept, "colour": "blue"}, np.random.default_rng(1)))
     assert blue[..., 2].mean() > a[..., 2].mean()
 
 
@@ -80,9 +81,10 @@ def test_open_clip_tower_from_a_model_config_file(tmp_path):
     path = tmp_path / "tiny_vit.json"
     path.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 48,
                                                                   "head_width": 16, "patch_size": 8}}))
-    image = _image(tower="open_clip", backbone=str(path)).eval()
-    assert image.embed_dim == 48 and len(image.backbone.transformer.resblocks) == 1
-    out = image(image.collate([image.transform(Image.new("RGB", (32, 32), "red"))]))
+    image = _image(tower="open_clip", backbone=str(path))
+    image.encoder.eval()
+    assert image.encoder.embed_dim == 48 and len(image.encoder.backbone.transformer.resblocks) == 1
+    out = image.encoder(image.processor.collate([image.processor.transform(Image.new("RGB", (32, 32), "red"))]))
     assert out.pooled.shape == (1, 48) and out.tokens.shape == (1, 16, 48)
     with pytest.raises(ValueError, match="missing.json"):
         _image(tower="open_clip", backbone=str(tmp_path / "missing.json"))

@@ -76,16 +76,13 @@ class _Host:
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_objective_pairs_any_two_named_modalities(loss):
     torch.manual_seed(0)
-    encoders = {
-        "photo": ImageModality(ImageConfig(backbone="test_resnet", image_size=32)),
-        "caption": TextModality(TextConfig(width=32, layers=1, heads=2, context_length=16)),
-    }
-    for key, enc in encoders.items():
-        enc.key = key
+    photo = ImageModality.build(ImageConfig(backbone="test_resnet", image_size=32), "photo")
+    caption = TextModality.build(TextConfig(width=32, layers=1, heads=2, context_length=16), "caption")
+    encoders = {"photo": photo.encoder, "caption": caption.encoder}
     objective = ContrastiveObjective(ContrastiveConfig(modalities=("photo", "caption"), embed_dim=16, loss=loss), encoders, DistContext())
     batch = {
         "photo": {"pixels": torch.randn(4, 3, 32, 32)},
-        "caption": encoders["caption"].tokenize(["a", "b c", "d e f", "g"]),
+        "caption": caption.processor.tokenize(["a", "b c", "d e f", "g"]),
     }
     out = objective(_Host(encoders), batch)
     assert out.loss.ndim == 0 and math.isfinite(out.loss.item())
@@ -95,6 +92,6 @@ def test_objective_pairs_any_two_named_modalities(loss):
 
 
 def test_objective_rejects_same_modality_twice():
-    encoders = {"text": TextModality(TextConfig(width=32, layers=1, heads=2))}
+    encoders = {"text": TextModality.build(TextConfig(width=32, layers=1, heads=2), "text").encoder}
     with pytest.raises(ValueError, match="two different modalities"):
         ContrastiveObjective(ContrastiveConfig(modalities=("text", "text")), encoders, DistContext())

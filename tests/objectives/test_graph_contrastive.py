@@ -13,6 +13,7 @@ import mmssl
 from mmssl.data import build_streams
 from mmssl.trainer import Pretrainer
 from objectives.base import EXTRAS_KEY, DistContext
+from modalities.base import ModalityParts
 from modalities.graph import GraphConfig, GraphModality
 from modalities.graph.views import AUGMENTATIONS, KEEP_KEY, drop_nodes, perturb_edges, sample_subgraph, seeded_global_rngs
 from objectives.view_contrastive import GraphContrastiveConfig, GraphContrastiveObjective
@@ -21,14 +22,14 @@ from objectives.helpers.nt_xent import nt_xent
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _encoder(**kw) -> GraphModality:
+def _graph(**kw) -> ModalityParts:
     torch.manual_seed(0)
-    return GraphModality(GraphConfig(**{"width": 32, "depth": 2, "max_degree": 6, "walk_length": 4, **kw}))
+    return GraphModality.build(GraphConfig(**{"width": 32, "depth": 2, "max_degree": 6, "walk_length": 4, **kw}), "graph")
 
 
-def _objective(encoder: GraphModality, **kw) -> GraphContrastiveObjective:
+def _objective(graph: ModalityParts, **kw) -> GraphContrastiveObjective:
     config = GraphContrastiveConfig(**{"embed_dim": 16, **kw})
-    return GraphContrastiveObjective(config, {"graph": encoder}, DistContext())
+    return GraphContrastiveObjective(config, {"graph": graph.encoder}, DistContext(), processors={"graph": graph.processor})
 
 
 def _graph_with_features() -> Data:
@@ -97,9 +98,9 @@ def test_every_augmentation_leaves_the_original_unchanged(name, strength):
 
 
 def test_views_of_a_sample_leave_it_unchanged_and_follow_its_generator():
-    encoder = _encoder(in_features=2, edge_features=1, encoder="gine")
-    objective = _objective(encoder, augmentations_per_view=3)
-    sample = encoder.transform(_graph_with_features())
+    graph = _graph(in_features=2, edge_features=1, encoder="gine")
+    objective = _objective(graph, augmentations_per_view=3)
+    sample = graph.processor.transform(_graph_with_features())
     snapshot = _snapshot(sample)
     first = objective.prepare_sample({"graph": sample}, np.random.default_rng(3))
     torch.manual_seed(99)  # the global RNG must not matter
@@ -132,9 +133,9 @@ def test_node_dropping_and_subgraphs_remove_nodes_and_keep_edges_valid():
 
 
 def test_feature_masking_zeroes_whole_rows_after_structural_features_exist():
-    encoder = _encoder()
-    objective = _objective(encoder, augmentations={"feature_mask": 0.5})
-    sample = encoder.transform(nx.cycle_graph(40))
+    graph = _graph()
+    objective = _objective(graph, augmentations={"feature_mask": 0.5})
+    sample = graph.processor.transform(nx.cycle_graph(40))
     views = [objective.prepare_sample({"graph": sample}, np.random.default_rng(s)) for s in range(2)]
     batch = objective.collate_extras({key: [v[key] for v in views] for key in ("view_a", "view_b")})["view_a"]
     masked = ~batch[KEEP_KEY].squeeze(1)
@@ -144,9 +145,9 @@ def test_feature_masking_zeroes_whole_rows_after_structural_features_exist():
 
 def test_unknown_augmentation_and_bad_strength_are_named():
     with pytest.raises(ValueError, match=r"Could not resolve augmentation 'node_dropping' among choices \['edge_perturb'"):
-        _objective(_encoder(), augmentations={"node_dropping": 0.2})
+        _objective(_graph(), augmentations={"node_dropping": 0.2})
     with pytest.raises(ValueError, match="'subgraph' strength must be in"):
-        _objective(_encoder(), augmentations={"subgraph": 1.5})
+        _objective(_graph(), augmentations={"subgraph": 1.5})
 
 
 # --- training ---------------------------------------------------------------------------------

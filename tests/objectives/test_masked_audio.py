@@ -54,48 +54,48 @@ class _Host:
 
 def test_objective_ignores_padding_and_needs_patch_hooks():
     torch.manual_seed(0)
-    audio = AudioModality(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2))
-    audio.key = "audio"
-    objective = MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": audio}, DistContext())
+    audio = AudioModality.build(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2))
+    audio.encoder.key = "audio"
+    objective = MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": audio.encoder}, DistContext())
     rng = np.random.default_rng(0)
-    short = audio.transform((np.random.default_rng(1).normal(size=1200).astype(np.float32), 8000), rng)  # 0.15 s of 0.5 s
-    full = audio.transform((np.random.default_rng(2).normal(size=8000).astype(np.float32), 8000), rng)
-    batch = {"audio": audio.collate([short, full])}
-    batch[EXTRAS_KEY] = {"patch_mask": torch.ones(2, audio.num_patches, dtype=torch.bool)}  # everything masked
-    out = objective(_Host({"audio": audio}), batch)
-    padding = audio.patch_padding_mask(batch["audio"])
+    short = audio.processor.transform((np.random.default_rng(1).normal(size=1200).astype(np.float32), 8000), rng)  # 0.15 s of 0.5 s
+    full = audio.processor.transform((np.random.default_rng(2).normal(size=8000).astype(np.float32), 8000), rng)
+    batch = {"audio": audio.processor.collate([short, full])}
+    batch[EXTRAS_KEY] = {"patch_mask": torch.ones(2, audio.encoder.num_patches, dtype=torch.bool)}  # everything masked
+    out = objective(_Host({"audio": audio.encoder}), batch)
+    padding = audio.encoder.patch_padding_mask(batch["audio"])
     assert padding[0].any() and not padding[1].any()
     assert out.metrics["masked_patches"] == (~padding).sum().item()
     out.loss.backward()
-    assert audio.mask_token.grad is not None and audio.mask_token.grad.abs().sum() > 0
+    assert audio.encoder.mask_token.grad is not None and audio.encoder.mask_token.grad.abs().sum() > 0
 
-    wave = AudioModality(AudioConfig(encoder="wav2vec2", clip_seconds=0.5, width=32, heads=2, wav2vec2_layers=1))
+    wave = AudioModality.build(AudioConfig(encoder="wav2vec2", clip_seconds=0.5, width=32, heads=2, wav2vec2_layers=1))
     with pytest.raises(ValueError, match=r"no PatchEncoder.*lacks \[.grid., .patch_dim.\].*spectrogram_transformer"):
-        MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": wave}, DistContext())
+        MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": wave.encoder}, DistContext())
 
 
 @pytest.mark.parametrize("local_view", [True, False])
 def test_masked_pass_runs_the_local_view_only_when_asked(local_view):
     torch.manual_seed(0)
-    audio = AudioModality(AudioConfig(
+    audio = AudioModality.build(AudioConfig(
         sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2,
         local_patch_freq=8, local_patch_time=10,
     ))
-    audio.key = "audio"
-    objective = MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",), local_view=local_view), {"audio": audio}, DistContext())
+    audio.encoder.key = "audio"
+    objective = MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",), local_view=local_view), {"audio": audio.encoder}, DistContext())
     waves = [np.random.default_rng(i).normal(size=4000).astype(np.float32) for i in range(2)]
-    batch = {"audio": audio.collate([audio.transform((w, 8000)) for w in waves])}
-    mask = torch.zeros(2, audio.num_patches, dtype=torch.bool)
+    batch = {"audio": audio.processor.collate([audio.processor.transform((w, 8000)) for w in waves])}
+    mask = torch.zeros(2, audio.encoder.num_patches, dtype=torch.bool)
     mask[:, ::2] = True
     batch[EXTRAS_KEY] = {"patch_mask": mask}
-    host = _Host({"audio": audio})
+    host = _Host({"audio": audio.encoder})
     with torch.no_grad():
         before = objective(host, batch).loss
-        audio.local_embed.weight.mul_(3.0)
+        audio.encoder.local_embed.weight.mul_(3.0)
         after = objective(host, batch).loss
     assert torch.equal(before, after) != local_view  # only a pass with the local view feels its weights
     with torch.no_grad():  # other calls keep the local view
-        assert not torch.allclose(audio(batch["audio"], local_view=False).pooled, audio(batch["audio"]).pooled, atol=1e-4)
+        assert not torch.allclose(audio.encoder(batch["audio"], local_view=False).pooled, audio.encoder(batch["audio"]).pooled, atol=1e-4)
 
 
 def test_masks_come_from_the_data_pipeline_deterministically():
@@ -136,19 +136,19 @@ def test_masked_audio_is_the_masked_patch_objective_under_its_own_name_and_defau
 
     from objectives.masked_modeling import MaskedImageConfig, MaskedPatchConfig, MaskedPatchObjective
 
-    audio = AudioModality(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2))
-    audio.key = "audio"
+    audio = AudioModality.build(AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2))
+    audio.encoder.key = "audio"
     built = []
     for objective_type, config in ((MaskedAudioObjective, MaskedAudioConfig(modalities=("audio",))),
                                    (MaskedPatchObjective, MaskedPatchConfig(modalities=("audio",), mask_ratio=0.5, head="mlp"))):
         torch.manual_seed(0)
-        built.append(objective_type(config, {"audio": audio}, DistContext()))
+        built.append(objective_type(config, {"audio": audio.encoder}, DistContext()))
     alias, generic = built
     assert isinstance(alias, MaskedPatchObjective) and alias.options == generic.options
     waves = [np.random.default_rng(i).normal(size=4000).astype(np.float32) for i in range(2)]
-    batch = {"audio": audio.collate([audio.transform((w, 8000)) for w in waves])}
+    batch = {"audio": audio.processor.collate([audio.processor.transform((w, 8000)) for w in waves])}
     batch[EXTRAS_KEY] = {"patch_mask": torch.stack([alias.prepare_sample({}, np.random.default_rng(i))["patch_mask"] for i in range(2)])}
     with torch.no_grad():
-        assert torch.equal(alias(_Host({"audio": audio}), batch).loss, generic(_Host({"audio": audio}), batch).loss)
+        assert torch.equal(alias(_Host({"audio": audio.encoder}), batch).loss, generic(_Host({"audio": audio.encoder}), batch).loss)
     assert {f.name for f in fields(MaskedAudioConfig)} == {"modalities", "mask_ratio", "mask_kind", "norm_targets", "head", "local_view"}
     assert "local_view" not in {f.name for f in fields(MaskedImageConfig)} and MaskedImageConfig().mask_ratio == 0.6

@@ -1,5 +1,5 @@
 """Masked image modeling (objectives/masked_modeling.py) on the image modality's ViT and CNN
-towers (modalities/image.py), on configs/tiny_masked_image.yaml."""
+towers (modalities/image.encoder.py), on configs/tiny_masked_image.yaml."""
 
 import numpy as np
 import pytest
@@ -30,9 +30,9 @@ TOWERS = {
 
 def _image(kw):
     torch.manual_seed(0)
-    image = ImageModality(ImageConfig(image_size=32, **kw))
-    image.key = "image"
-    image.enable_patch_masking()  # as the masked_image objective does when it is built
+    image = ImageModality.build(ImageConfig(image_size=32, **kw))
+    image.encoder.key = "image"
+    image.encoder.enable_patch_masking()  # as the masked_image objective does when it is built
     return image
 
 
@@ -41,13 +41,13 @@ def test_mask_parameters_exist_only_where_masking_is_enabled():
     masked image modeling existed (older checkpoints load); asking it to hide patches
     without its mask is an error, not a silent no-op."""
     torch.manual_seed(0)
-    image = ImageModality(ImageConfig(image_size=32, **TOWERS["timm-cnn"]))
-    image.key = "image"
-    assert not any("mask" in name for name, _ in image.named_parameters())
+    image = ImageModality.build(ImageConfig(image_size=32, **TOWERS["timm-cnn"]))
+    image.encoder.key = "image"
+    assert not any("mask" in name for name, _ in image.encoder.named_parameters())
     with pytest.raises(ValueError, match="call enable_patch_masking"):
-        image({"pixels": torch.zeros(1, 3, 32, 32)}, patch_mask=torch.zeros(1, 16, dtype=torch.bool))
-    image.enable_patch_masking()
-    assert [name for name, _ in image.named_parameters() if "mask" in name] == ["mask_value"]
+        image.encoder({"pixels": torch.zeros(1, 3, 32, 32)}, patch_mask=torch.zeros(1, 16, dtype=torch.bool))
+    image.encoder.enable_patch_masking()
+    assert [name for name, _ in image.encoder.named_parameters() if "mask" in name] == ["mask_value"]
 
 
 def _config(*overrides):
@@ -75,40 +75,41 @@ def test_hidden_patches_are_hidden(tower):
     """Tokens are one per patch; an all-False mask changes nothing; hidden patches'
     pixels cannot reach the output (ViTs: mask token at the patch embedding; CNN: blanked
     input); the MAE option encodes the visible patches alone."""
-    image = _image(TOWERS[tower]).eval()
-    n = image.grid[0] * image.grid[1]
-    assert image.patch_dim == 3 * 8 * 8 and n == 16
+    image = _image(TOWERS[tower])
+    image.encoder.eval()
+    n = image.encoder.grid[0] * image.encoder.grid[1]
+    assert image.encoder.patch_dim == 3 * 8 * 8 and n == 16
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     hidden = torch.zeros(2, n, dtype=torch.bool)
     hidden[0, [0, 5, 6]] = hidden[1, [3, 9, 15]] = True
-    changed = _unpatchify(torch.where(hidden.unsqueeze(-1), 5.0, image.patchify(pixels)), image)  # hidden pixels only
-    assert torch.equal(image.patchify(changed)[~hidden], image.patchify(pixels)[~hidden])
+    changed = _unpatchify(torch.where(hidden.unsqueeze(-1), 5.0, image.encoder.patchify(pixels)), image)  # hidden pixels only
+    assert torch.equal(image.encoder.patchify(changed)[~hidden], image.encoder.patchify(pixels)[~hidden])
     with torch.no_grad():
-        plain = image({"pixels": pixels})
-        assert plain.tokens.shape == (2, n, image.embed_dim)
-        none = image({"pixels": pixels}, patch_mask=torch.zeros_like(hidden))
+        plain = image.encoder({"pixels": pixels})
+        assert plain.tokens.shape == (2, n, image.encoder.embed_dim)
+        none = image.encoder({"pixels": pixels}, patch_mask=torch.zeros_like(hidden))
         assert torch.equal(none.tokens, plain.tokens) and torch.equal(none.pooled, plain.pooled)
-        masked = image({"pixels": pixels}, patch_mask=hidden)
-        again = image({"pixels": changed}, patch_mask=hidden)
+        masked = image.encoder({"pixels": pixels}, patch_mask=hidden)
+        again = image.encoder({"pixels": changed}, patch_mask=hidden)
         assert not torch.allclose(masked.tokens, plain.tokens)
         assert torch.allclose(again.tokens, masked.tokens, atol=1e-6) and torch.allclose(again.pooled, masked.pooled, atol=1e-6)
         if tower == "timm-cnn":
             with pytest.raises(ValueError, match="cannot leave them out"):
-                image({"pixels": pixels}, patch_mask=hidden, visible_only=True)
+                image.encoder({"pixels": pixels}, patch_mask=hidden, visible_only=True)
             return
-        visible = image({"pixels": pixels}, patch_mask=hidden, visible_only=True)
-        assert visible.tokens.shape == (2, n - 3, image.embed_dim)
-        assert torch.allclose(image({"pixels": changed}, patch_mask=hidden, visible_only=True).tokens, visible.tokens, atol=1e-6)
+        visible = image.encoder({"pixels": pixels}, patch_mask=hidden, visible_only=True)
+        assert visible.tokens.shape == (2, n - 3, image.encoder.embed_dim)
+        assert torch.allclose(image.encoder({"pixels": changed}, patch_mask=hidden, visible_only=True).tokens, visible.tokens, atol=1e-6)
         with pytest.raises(ValueError, match=r"same number of hidden patches.*\[3, 2\]"):
             uneven = hidden.clone()
             uneven[1, 3] = False
-            image({"pixels": pixels}, patch_mask=uneven, visible_only=True)
+            image.encoder({"pixels": pixels}, patch_mask=uneven, visible_only=True)
 
 
 def _unpatchify(patches, image):
     from einops import rearrange
 
-    (h, w), (p, q) = image.grid, image.patch_size
+    (h, w), (p, q) = image.encoder.grid, image.encoder.patch_size
     return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=h, w=w, p=p, q=q)
 
 
@@ -116,36 +117,36 @@ def _unpatchify(patches, image):
 def test_loss_reads_hidden_patches_only(tower, mae):
     """The gradient of the loss reaches the target pixels of hidden patches and no other."""
     image = _image(TOWERS[tower])
-    objective = MaskedImageObjective(MaskedImageConfig(modalities=("image",), mae=mae), {"image": image}, DistContext())
+    objective = MaskedImageObjective(MaskedImageConfig(modalities=("image",), mae=mae), {"image": image.encoder}, DistContext())
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    hidden = torch.stack([patch_mask(image.grid, 0.5, "random", np.random.default_rng(i)) for i in range(3)])
+    hidden = torch.stack([patch_mask(image.encoder.grid, 0.5, "random", np.random.default_rng(i)) for i in range(3)])
     target_pixels = pixels.clone().requires_grad_()
-    image.patch_targets = lambda batch: image.patchify(target_pixels)  # the targets, apart from the encoder's input
-    out = objective(_Host({"image": image}), {"image": {"pixels": pixels}, EXTRAS_KEY: {"patch_mask": hidden}})
+    image.encoder.patch_targets = lambda batch: image.encoder.patchify(target_pixels)  # the targets, apart from the encoder's input
+    out = objective(_Host({"image": image.encoder}), {"image": {"pixels": pixels}, EXTRAS_KEY: {"patch_mask": hidden}})
     out.loss.backward()
-    grad = image.patchify(target_pixels.grad).abs().sum(-1)
+    grad = image.encoder.patchify(target_pixels.grad).abs().sum(-1)
     assert (grad[~hidden] == 0).all() and (grad[hidden] > 0).all()
     assert out.metrics["masked_patches"] == hidden.sum().item() == 24
     assert out.metrics["trivial_loss"] == pytest.approx(1.0, abs=1e-3)  # normalised targets: the zero predictor's loss
     # SimMIM learns the encoder's mask token (a CNN: its mask value); MAE's encoder never
     # sees one, its decoder's is learned
-    learned = objective.decoder.mask_token if mae else image.mask_value if tower == "timm-cnn" else image.mask_token
+    learned = objective.decoder.mask_token if mae else image.encoder.mask_value if tower == "timm-cnn" else image.encoder.mask_token
     assert learned.grad is not None and learned.grad.abs().sum() > 0
     if mae:
-        assert image.mask_token.grad is None
+        assert image.encoder.mask_token.grad is None
 
 
 def test_towers_without_the_capability_fail_at_build_time():
-    text = TextModality(TextConfig(context_length=8, width=16, layers=1, heads=2))
-    text.key = "text"
+    text = TextModality.build(TextConfig(context_length=8, width=16, layers=1, heads=2))
+    text.encoder.key = "text"
     with pytest.raises(ValueError, match=r"modality 'text' is no PatchEncoder .*lacks \[.*'grid'.*timm or open_clip ViT"):
-        MaskedImageObjective(MaskedImageConfig(modalities=("text",)), {"text": text}, DistContext())
+        MaskedImageObjective(MaskedImageConfig(modalities=("text",)), {"text": text.encoder}, DistContext())
     cnn = _image(TOWERS["timm-cnn"])
     with pytest.raises(ValueError, match=r"no VisiblePatchEncoder.*lacks \['encodes_visible_only'\].*mae: false for CNN"):
-        MaskedImageObjective(MaskedImageConfig(modalities=("image",), mae=True), {"image": cnn}, DistContext())
+        MaskedImageObjective(MaskedImageConfig(modalities=("image",), mae=True), {"image": cnn.encoder}, DistContext())
     for ratio in (0.0, 1.0):
         with pytest.raises(ValueError, match=rf"mask_ratio must be in \(0, 1\), got {ratio}"):
-            MaskedImageObjective(MaskedImageConfig(modalities=("image",), mask_ratio=ratio), {"image": cnn}, DistContext())
+            MaskedImageObjective(MaskedImageConfig(modalities=("image",), mask_ratio=ratio), {"image": cnn.encoder}, DistContext())
     with pytest.raises(ValueError, match=r"built for \(224, 224\) images but image_size is 32.*img_size: 32"):
         _image({"backbone": "test_vit", "backbone_args": {"img_size": 224}})
 

@@ -8,47 +8,47 @@ import mmssl
 from mmssl.run_log import read_metrics
 from mmssl.data import DataError, build_streams
 from mmssl.trainer import Pretrainer
-from modalities.text import TextConfig, TextModality
+from modalities.text import TextConfig, TextEncoder, TextModality
 from objectives.base import EXTRAS_KEY, DistContext
 from objectives.mlm import IGNORE, MLMConfig, MLMObjective, mask_tokens
 
 
 def _text(**kw):
     torch.manual_seed(0)
-    return TextModality(TextConfig(width=32, layers=1, heads=2, context_length=24, attention="bidirectional", **kw))
+    return TextModality.build(TextConfig(width=32, layers=1, heads=2, context_length=24, attention="bidirectional", **kw))
 
 
 def test_mask_statistics_on_a_fixed_seed():
     text = _text()
-    objective = MLMObjective(MLMConfig(), {"text": text}, DistContext())
+    objective = MLMObjective(MLMConfig(), {"text": text.encoder}, DistContext())
     words = "the quick brown fox jumps over a lazy dog near some red green blue square circle"
     rng = np.random.default_rng(0)
     selected = maskable = to_mask = to_random = kept = 0
     for i in range(1500):
         sentence = " ".join(rng.choice(words.split(), size=int(rng.integers(3, 20))))
-        ids = text.transform(sentence)
+        ids = text.processor.transform(sentence)
         extras = objective.prepare_sample({"text": ids}, np.random.default_rng([7, i]))
         corrupted, labels = extras["mlm_ids"], extras["mlm_labels"]
         chosen = labels != IGNORE
-        special = ~text.maskable_positions(ids)
+        special = ~text.processor.maskable_positions(ids)
         assert not chosen[special].any(), "SOT, EOT and padding are never selected"
         assert torch.equal(corrupted[special], ids[special]), "special tokens are never changed"
         assert torch.equal(corrupted[~chosen], ids[~chosen]), "unselected tokens are never changed"
         assert torch.equal(labels[chosen], ids[chosen])
         selected += int(chosen.sum())
         maskable += int((~special).sum())
-        to_mask += int((corrupted[chosen] == text.mask_token_id).sum())
-        changed = chosen & (corrupted != ids) & (corrupted != text.mask_token_id)
+        to_mask += int((corrupted[chosen] == text.encoder.mask_token_id).sum())
+        changed = chosen & (corrupted != ids) & (corrupted != text.encoder.mask_token_id)
         to_random += int(changed.sum())
         kept += int((chosen & (corrupted == ids)).sum())
-        assert (corrupted[changed] < text.num_regular_tokens).all()
+        assert (corrupted[changed] < text.encoder.num_regular_tokens).all()
     assert abs(selected / maskable - 0.15) < 0.01
     # a random replacement can draw the original token (1 in ~49k): counts as kept
     assert abs(to_mask / selected - 0.8) < 0.03
     assert abs(to_random / selected - 0.1) < 0.02
     assert abs(kept / selected - 0.1) < 0.02
     # deterministic for a seed
-    ids = text.transform("a red square on a blue circle")
+    ids = text.processor.transform("a red square on a blue circle")
     a = objective.prepare_sample({"text": ids}, np.random.default_rng(3))
     b = objective.prepare_sample({"text": ids}, np.random.default_rng(3))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -71,23 +71,23 @@ class _Host:
 
 
 def _batch(text, objective, sentences, seed=0):
-    ids = [text.transform(s) for s in sentences]
+    ids = [text.processor.transform(s) for s in sentences]
     extras = [objective.prepare_sample({"text": x}, np.random.default_rng([seed, i])) for i, x in enumerate(ids)]
     return {
-        "text": text.collate(ids),
+        "text": text.processor.collate(ids),
         EXTRAS_KEY: {k: torch.stack([e[k] for e in extras]) for k in extras[0]},
     }
 
 
 def test_loss_counts_selected_positions_only():
     text = _text()
-    objective = MLMObjective(MLMConfig(mask_prob=0.3), {"text": text}, DistContext())
+    objective = MLMObjective(MLMConfig(mask_prob=0.3), {"text": text.encoder}, DistContext())
     batch = _batch(text, objective, ["a red square on the left of a green circle"] * 4 + ["big blue star"] * 4)
     selected = batch[EXTRAS_KEY]["mlm_labels"] != IGNORE
     assert 0 < selected.sum() < selected.numel()
-    loss = objective(_Host({"text": text}), batch).loss
+    loss = objective(_Host({"text": text.encoder}), batch).loss
 
-    forward = text.forward
+    forward = text.encoder.forward
 
     def perturbed(inputs):
         out = forward(inputs)
@@ -95,42 +95,42 @@ def test_loss_counts_selected_positions_only():
         out.tokens = torch.where(selected.unsqueeze(-1), out.tokens, out.tokens + noise)
         return out
 
-    text.forward = perturbed
-    assert torch.equal(objective(_Host({"text": text}), batch).loss, loss)
+    text.encoder.forward = perturbed
+    assert torch.equal(objective(_Host({"text": text.encoder}), batch).loss, loss)
 
     def perturb_selected(inputs):
         out = forward(inputs)
         out.tokens = torch.where(selected.unsqueeze(-1), out.tokens + 1.0, out.tokens)
         return out
 
-    text.forward = perturb_selected
-    assert objective(_Host({"text": text}), batch).loss != loss
+    text.encoder.forward = perturb_selected
+    assert objective(_Host({"text": text.encoder}), batch).loss != loss
 
 
 def test_tied_head_shares_the_token_embedding():
     text = _text()
-    tied = MLMObjective(MLMConfig(), {"text": text}, DistContext())
-    assert tied.decoder is None and not any(p is text.token_embedding.weight for p in tied.parameters())
-    untied = MLMObjective(MLMConfig(tie_weights=False), {"text": text}, DistContext())
-    assert untied.decoder.weight.shape == text.token_embedding.weight.shape
+    tied = MLMObjective(MLMConfig(), {"text": text.encoder}, DistContext())
+    assert tied.decoder is None and not any(p is text.encoder.token_embedding.weight for p in tied.parameters())
+    untied = MLMObjective(MLMConfig(tie_weights=False), {"text": text.encoder}, DistContext())
+    assert untied.decoder.weight.shape == text.encoder.token_embedding.weight.shape
 
 
 def test_mlm_runs_a_causal_encoder_bidirectionally():
     bidirectional = _text()
-    causal = TextModality(TextConfig(width=32, layers=1, heads=2, context_length=24, attention="causal"))
-    causal.load_state_dict(bidirectional.state_dict())
+    causal = TextModality.build(TextConfig(width=32, layers=1, heads=2, context_length=24, attention="causal"))
+    causal.encoder.load_state_dict(bidirectional.encoder.state_dict())
     torch.manual_seed(1)
-    objective = MLMObjective(MLMConfig(), {"text": bidirectional}, DistContext())
+    objective = MLMObjective(MLMConfig(), {"text": bidirectional.encoder}, DistContext())
     batch = _batch(bidirectional, objective, ["a red square on the left of a green circle"] * 4 + ["big blue star"] * 4)
-    expected = objective(_Host({"text": bidirectional}), batch).loss
-    on_causal = MLMObjective(MLMConfig(), {"text": causal}, DistContext())
+    expected = objective(_Host({"text": bidirectional.encoder}), batch).loss
+    on_causal = MLMObjective(MLMConfig(), {"text": causal.encoder}, DistContext())
     on_causal.load_state_dict(objective.state_dict())
-    got = on_causal(_Host({"text": causal}), batch).loss  # same head, same weights, causal config
+    got = on_causal(_Host({"text": causal.encoder}), batch).loss  # same head, same weights, causal config
     assert torch.allclose(got, expected, atol=1e-5)
-    plain = causal(batch["text"]).tokens  # the encoder's ordinary calls stay causal
-    assert not torch.allclose(plain, bidirectional(batch["text"]).tokens, atol=1e-3)
+    plain = causal.encoder(batch["text"]).tokens  # the encoder's ordinary calls stay causal
+    assert not torch.allclose(plain, bidirectional.encoder(batch["text"]).tokens, atol=1e-3)
 
-    class NoAttentionArgument(TextModality):
+    class NoAttentionArgument(TextEncoder):
         def forward(self, batch):
             return super().forward(batch)
 

@@ -19,7 +19,7 @@ from mmssl.config import ConfigError
 from mmssl.run_log import read_metrics
 from mmssl.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality, AudioViews
-from modalities.base import ViewAugmenter
+from modalities.base import ModalityParts, ViewAugmenter
 from modalities.graph import GraphConfig, GraphModality, GraphViews
 from modalities.text import TextConfig, TextModality
 from modalities.image import ImageConfig, ImageModality, ImageViews
@@ -49,31 +49,32 @@ def test_one_nt_xent_in_the_codebase():
     assert definitions == ["nt_xent.py"]
 
 
-def _image_sample(modality: ImageModality) -> torch.Tensor:
+def _image_sample(modality: ModalityParts) -> torch.Tensor:
     concept = {"colour": "red", "shape": "star", "size": "small", "position": "left", "count": "two"}
-    return modality.transform(modality.render(concept, np.random.default_rng(0)), np.random.default_rng(1))
+    return modality.processor.transform(modality.renderer.render(concept, np.random.default_rng(0)), np.random.default_rng(1))
 
 
-def _audio_sample(modality: AudioModality) -> dict:
+def _audio_sample(modality: ModalityParts) -> dict:
     concept = {"contour": "rising", "timbre": "square", "register": "middle", "count": "two"}
-    return modality.transform(modality.render(concept, np.random.default_rng(0)), np.random.default_rng(1))
+    return modality.processor.transform(modality.renderer.render(concept, np.random.default_rng(0)), np.random.default_rng(1))
 
 
-def _audio(**options) -> AudioModality:
+def _audio(**options) -> ModalityParts:
     base = dict(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2)
-    return AudioModality(AudioConfig(**{**base, **options}))
+    return AudioModality.build(AudioConfig(**{**base, **options}), "audio")
 
 
 @pytest.mark.parametrize("kind", ["image", "audio", "wav2vec2"])
 def test_views_follow_the_generator_and_leave_the_sample_unchanged(kind):
     if kind == "image":
-        modality = ImageModality(ImageConfig(backbone="test_resnet"))
-        sample = _image_sample(modality)
+        parts = ImageModality.build(ImageConfig(backbone="test_resnet"), "image")
+        sample = _image_sample(parts)
         values = lambda s: s  # noqa: E731
     else:
-        modality = _audio(encoder="wav2vec2") if kind == "wav2vec2" else _audio()
-        sample = _audio_sample(modality)
+        parts = _audio(encoder="wav2vec2") if kind == "wav2vec2" else _audio()
+        sample = _audio_sample(parts)
         values = lambda s: s["wave" if kind == "wav2vec2" else "mel"]  # noqa: E731
+    modality = parts.processor
     assert isinstance(modality, ViewAugmenter)
     before = values(sample).clone()
     torch.manual_seed(123)
@@ -95,8 +96,9 @@ def test_image_channel_shift_moves_each_channel_by_one_offset_within_its_bound()
     """With only the channel shift on, a view is the image plus one offset per RGB
     channel, at most ``channel_shift`` of the pixel range (away from the clamp)."""
     still = dict(crop_scale=(1.0, 1.0), flip=0.0, blur=0.0, brightness=0.0, contrast=0.0)
-    modality = ImageModality(ImageConfig(backbone="test_resnet", views=ImageViews(**still, channel_shift=0.08)))
-    sample = _image_sample(modality)
+    parts = ImageModality.build(ImageConfig(backbone="test_resnet", views=ImageViews(**still, channel_shift=0.08)), "image")
+    sample = _image_sample(parts)
+    modality = parts.processor
     std = torch.tensor(modality.config.std).view(3, 1, 1)
     pixels = sample * std + torch.tensor(modality.config.mean).view(3, 1, 1)
     inside = ((pixels > 0.1) & (pixels < 0.9)).all(0)  # no clamping there
@@ -108,12 +110,12 @@ def test_image_channel_shift_moves_each_channel_by_one_offset_within_its_bound()
     spread = torch.stack([o.mean(1) for o in offsets])
     assert spread.abs().max() > 0.04 and len({round(float(v), 4) for v in spread[:, 0]}) == 8
     with pytest.raises(ValueError, match=r"views.channel_shift must be in \[0, 1\].*got -0.1"):
-        ImageModality(ImageConfig(backbone="test_resnet", views=ImageViews(channel_shift=-0.1)))
+        ImageModality.build(ImageConfig(backbone="test_resnet", views=ImageViews(channel_shift=-0.1)), "image")
 
 
 def test_audio_gain_is_exact_on_the_log_mel():
     """6 dB on the waveform and 6 dB on its log-mel agree (no shift, no masks)."""
-    modality = _audio(views=AudioViews(shift=0.0, gain_db=6.0, freq_mask=0, time_mask=0))
+    modality = _audio(views=AudioViews(shift=0.0, gain_db=6.0, freq_mask=0, time_mask=0)).processor
     wave = torch.sin(torch.arange(4000) * 0.3) * 0.3
     rng = np.random.default_rng(0)
     mirror = np.random.default_rng(0)  # the draws augment makes: the shift (none), then the gain
@@ -125,10 +127,10 @@ def test_audio_gain_is_exact_on_the_log_mel():
 
 
 def test_a_modality_without_augmentations_is_refused_at_build():
-    text = TextModality(TextConfig(width=16, layers=1, heads=2))
-    text.key = "text"
+    text = TextModality.build(TextConfig(width=16, layers=1, heads=2), "text")
     with pytest.raises(ValueError, match=r"modality 'text' is no ViewAugmenter .* view-contrastive learning needs: it lacks \['augment'\]"):
-        ViewContrastiveObjective(ViewContrastiveConfig(modalities=("text",)), {"text": text}, DistContext())
+        ViewContrastiveObjective(ViewContrastiveConfig(modalities=("text",)), {"text": text.encoder}, DistContext(),
+                                 processors={"text": text.processor})
     with pytest.raises(ConfigError, match="method"):
         mmssl.load_config(IMAGE, ["objectives.views.method=moco"])
 
@@ -140,7 +142,7 @@ class _Host(torch.nn.Module):
 
 
 def _graph_batch(objective, graph, items=6):
-    samples = [graph.transform(nx.cycle_graph(5 + i)) for i in range(items)]
+    samples = [graph.processor.transform(nx.cycle_graph(5 + i)) for i in range(items)]
     views = [objective.prepare_sample({"graph": s}, np.random.default_rng(i)) for i, s in enumerate(samples)]
     return {EXTRAS_KEY: objective.collate_extras({k: [v[k] for v in views] for k in ("view_a", "view_b")})}
 
@@ -149,30 +151,31 @@ def test_one_objective_serves_graph_views_together_or_apart_as_graphcl():
     """view_contrastive on the graph modality (its views: ``modalities.graph.views``), and
     graph_contrastive, which is the same objective with GraphCL's keys and views apart."""
     torch.manual_seed(0)
-    graph = GraphModality(GraphConfig(width=16, depth=1, views=GraphViews(augmentations={"node_drop": 0.3}, per_view=1)))
-    graph.key = "graph"
-    assert isinstance(graph, ViewAugmenter)
-    simclr = ViewContrastiveObjective(ViewContrastiveConfig(modalities=("graph",), embed_dim=8), {"graph": graph}, DistContext())
+    graph = GraphModality.build(GraphConfig(width=16, depth=1, views=GraphViews(augmentations={"node_drop": 0.3}, per_view=1)),
+                                "graph")
+    assert isinstance(graph.processor, ViewAugmenter)
+    simclr = ViewContrastiveObjective(ViewContrastiveConfig(modalities=("graph",), embed_dim=8), {"graph": graph.encoder},
+                                      DistContext(), processors={"graph": graph.processor})
     batch = _graph_batch(simclr, graph)
     assert set(batch[EXTRAS_KEY]) == {"views"} and batch[EXTRAS_KEY]["views"].num_graphs == 12
-    out = simclr(_Host({"graph": graph}), batch)
+    out = simclr(_Host({"graph": graph.encoder}), batch)
     assert out.loss.isfinite() and 0 <= out.metrics["view_acc"] <= 1
     out.loss.backward()
-    assert graph.input.weight.grad.abs().sum() > 0
+    assert graph.encoder.input.weight.grad.abs().sum() > 0
 
     graphcl = GraphContrastiveObjective(GraphContrastiveConfig(embed_dim=8, augmentations={"edge_perturb": 0.4}),
-                                        {"graph": graph}, DistContext())
+                                        {"graph": graph.encoder}, DistContext(), processors={"graph": graph.processor})
     assert graphcl.options.encode_views == "apart" and graphcl.options.method == "simclr"
     batch = _graph_batch(graphcl, graph)
     assert set(batch[EXTRAS_KEY]) == {"view_a", "view_b"}
     # its own pool, not the modality's: edges perturbed, every node kept
     assert batch[EXTRAS_KEY]["view_a"].num_nodes == sum(5 + i for i in range(6))
-    assert graphcl(_Host({"graph": graph}), batch).loss.isfinite()
+    assert graphcl(_Host({"graph": graph.encoder}), batch).loss.isfinite()
     with pytest.raises(ValueError, match=r"augmentations_per_view must be in \[1, 1\], got 2"):
         GraphContrastiveObjective(GraphContrastiveConfig(augmentations={"subgraph": 0.3}, augmentations_per_view=2),
-                                  {"graph": graph}, DistContext())
+                                  {"graph": graph.encoder}, DistContext(), processors={"graph": graph.processor})
     with pytest.raises(ValueError, match=r"views.per_view must be in \[1, 1\], got 3"):
-        GraphModality(GraphConfig(views=GraphViews(augmentations={"subgraph": 0.3}, per_view=3)))
+        GraphModality.build(GraphConfig(views=GraphViews(augmentations={"subgraph": 0.3}, per_view=3)))
 
 
 def test_simclr_loss_falls(tmp_path):

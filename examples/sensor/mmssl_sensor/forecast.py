@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from modalities.base import Modality, PatchEncoder, require_capability
+from modalities.base import Encoder, PatchEncoder, require_capability
 from objectives.base import DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.helpers.heads import HeadKind, projection_head
 from objectives.helpers.patch_masking import masked_patch_loss
@@ -32,7 +32,7 @@ class ForecastObjective(Objective):
 
     Config = ForecastConfig
 
-    def __init__(self, config: ForecastConfig, encoders: Mapping[str, Modality], dist: DistContext) -> None:
+    def __init__(self, config: ForecastConfig, encoders: Mapping[str, Encoder], dist: DistContext) -> None:
         super().__init__(config, encoders, dist)
         self.require_one_modality("forecast")
         self.key = self.modalities[0]

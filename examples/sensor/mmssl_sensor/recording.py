@@ -17,13 +17,13 @@ import numpy as np
 
 from mmssl.config import ConfigError
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
-from modalities.base import InvalidSample, Modality
+from modalities.base import InvalidSample, Processor
 
 
 class RecordingSource:
     """Windows of recordings by index: index i is window i of all recordings in order."""
 
-    def __init__(self, paths: Sequence[Path], modality: Modality, window: int, stride: int) -> None:
+    def __init__(self, paths: Sequence[Path], modality: Processor, window: int, stride: int) -> None:
         self.key = modality.key
         self.window, self.stride = window, stride
         self.recordings: list[tuple[Path, np.ndarray]] = []
@@ -72,7 +72,7 @@ class RecordingKind(SourceKind):
                 raise ConfigError(f"'{key}.{option}': must be >= 1, got {getattr(options, option)}")
 
     @classmethod
-    def build(cls, options: RecordingOptions, objective: str, modalities: Mapping[str, Modality], context: BuildContext) -> Source:
+    def build(cls, options: RecordingOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         path = Path(options.path)
         paths = sorted(path.glob("*.npy")) if path.is_dir() else [path]
         if not paths or not all(p.is_file() for p in paths):

@@ -31,7 +31,7 @@ def test_sensor_text_meets_the_objective_contract():
 
 
 def test_files_are_read_and_bad_ones_named(tmp_path):
-    sensor = SensorModality(SensorModality.Config())
+    sensor = SensorModality.build(SensorModality.Config(), "sensor").processor
     window = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)
     np.save(tmp_path / "a.npy", window)
     np.savetxt(tmp_path / "a.csv", window, delimiter=",", header="x,y,z", comments="")
