@@ -266,7 +266,9 @@ class Modality:
         Config: a dataclass of the modality's options; config files are checked
             against its fields and types.
         Encoder, Processor, Renderer: the part classes (Renderer None: no world).
-            A modality with several architectures overrides ``encoder_class``.
+        encoders: a modality with several architectures names each encoder class here
+            (its own class in its own module), chosen by the option ``encoder_option``
+            of its config; ``Encoder`` is then their common base.
     """
 
     name: ClassVar[str] = ""
@@ -274,11 +276,19 @@ class Modality:
     Encoder: ClassVar[type[Encoder]] = Encoder
     Processor: ClassVar[type[Processor]] = Processor
     Renderer: ClassVar[type[Renderer] | None] = None
+    encoders: ClassVar[Mapping[str, type[Encoder]]] = {}
+    encoder_option: ClassVar[str] = "encoder"
 
     @classmethod
     def encoder_class(cls, config: Any) -> type[Encoder]:
-        """The encoder class ``config`` selects (one architecture: ``Encoder``)."""
-        return cls.Encoder
+        """The encoder class ``config`` selects: ``encoders[config.<encoder_option>]``, or
+        ``Encoder`` for a modality of one architecture."""
+        if not cls.encoders:
+            return cls.Encoder
+        choice = getattr(config, cls.encoder_option)
+        if choice not in cls.encoders:
+            raise ValueError(f"{cls.encoder_option} '{choice}' is none of this modality's encoders {sorted(cls.encoders)}")
+        return cls.encoders[choice]
 
     @classmethod
     def build(cls, config: Any, key: str | None = None) -> ModalityParts:

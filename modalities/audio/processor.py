@@ -67,6 +67,9 @@ class AudioProcessor(Processor):
         super().__init__(config)
         self.clip_samples = clip_samples(config)
         self.frames = clip_frames(config)
+        # what the configured encoder reads: the waveform (wav2vec2) or the log-mel (the rest)
+        self.reads_waveform = config.encoder == "wav2vec2"
+        self.value_key, self.count_key = ("wave", "valid_samples") if self.reads_waveform else ("mel", "valid_frames")
         self._mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate,
             n_fft=config.n_fft,
@@ -82,9 +85,9 @@ class AudioProcessor(Processor):
         )
         views = config.views
         # masks on the log-mel (frames), or on the waveform (samples: a frame's hop each)
-        hop = config.hop_length if config.encoder == "wav2vec2" else 1
+        hop = config.hop_length if self.reads_waveform else 1
         self._view_masks = nn.Sequential(
-            *([torchaudio.transforms.FrequencyMasking(views.freq_mask)] if views.freq_mask and config.encoder != "wav2vec2" else []),
+            *([torchaudio.transforms.FrequencyMasking(views.freq_mask)] if views.freq_mask and not self.reads_waveform else []),
             *([torchaudio.transforms.TimeMasking(views.time_mask * hop)] if views.time_mask else []),
         )
 
@@ -177,7 +180,7 @@ class AudioProcessor(Processor):
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
         clip, valid = self.crop(self.waveform(raw), rng)
-        if self.config.encoder == "wav2vec2":
+        if self.reads_waveform:
             return {"wave": clip, "valid_samples": valid}
         with torch.no_grad():
             mel = self.log_mel(clip)
@@ -199,8 +202,8 @@ class AudioProcessor(Processor):
         Shapes: {"mel": [n_mels, frames], "valid_frames"} or {"wave": [S], "valid_samples"}, as the sample.
         """
         views = self.config.views
-        wave = self.config.encoder == "wav2vec2"
-        key, count = ("wave", "valid_samples") if wave else ("mel", "valid_frames")
+        wave = self.reads_waveform
+        key, count = self.value_key, self.count_key
         values, valid = sample[key], int(sample[count])
         length = values.shape[-1]
         steps = int(rng.integers(-round(views.shift * length), round(views.shift * length) + 1))
@@ -221,5 +224,5 @@ class AudioProcessor(Processor):
         return {key: out, count: min(length, max(1, valid + steps))}
 
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        key, count = ("wave", "valid_samples") if self.config.encoder == "wav2vec2" else ("mel", "valid_frames")
+        key, count = self.value_key, self.count_key
         return {key: torch.stack([s[key] for s in samples]), count: torch.tensor([s[count] for s in samples])}

@@ -1,5 +1,7 @@
-"""The graph modality's encoder: GIN / GINE / GATv2 / GPS message passing (PyG) with
-mean, add or attention readout."""
+"""What the graph modality's encoders share: structural node features in, a stack of
+message-passing layers (each encoder's own: GIN, GINE, GATv2, GPS, each in its module),
+mean, add or attention readout out. ``GraphModality`` picks one by
+``modalities.<key>.encoder``."""
 
 from __future__ import annotations
 
@@ -8,15 +10,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import (
-    AttentionalAggregation,
-    GATv2Conv,
-    GINConv,
-    GINEConv,
-    GPSConv,
-    global_add_pool,
-    global_mean_pool,
-)
+from torch_geometric.nn import AttentionalAggregation, global_add_pool, global_mean_pool
 from torch_geometric.utils import to_dense_batch
 
 from modalities.base import Encoder, ModalityOutput
@@ -24,8 +18,9 @@ from modalities.graph.config import GraphConfig, node_dim, structural_dim
 
 
 class GraphEncoder(Encoder):
-    """Graph encoder over PyG mini-batches (``GraphProcessor`` collates them, with the
-    structural node features).
+    """Base of the graph encoders over PyG mini-batches (``GraphProcessor`` collates them,
+    with the structural node features). A subclass builds its layer (``make_layer``) and
+    refuses options that do not fit it (``check_options``).
 
     Shapes:
         batch: a PyG ``Batch`` of B graphs: x [sum N, node_dim] (node_dim = in_features
@@ -35,6 +30,8 @@ class GraphEncoder(Encoder):
     """
 
     Config = GraphConfig
+    # a per-node LayerNorm after each message-passing layer (GPS layers normalise inside)
+    layer_norms: bool = True
 
     def __init__(self, config: GraphConfig) -> None:
         super().__init__(config)
@@ -43,35 +40,26 @@ class GraphEncoder(Encoder):
         self.node_dim = node_dim(c)
         if self.node_dim == 0:
             raise ValueError("graph nodes have no input features: set in_features, max_degree or walk_length above 0")
-        if c.encoder == "gine" and c.edge_features == 0:
-            raise ValueError("graph encoder 'gine' needs edge features: set edge_features > 0 (or use encoder 'gin')")
-        if c.encoder == "gin" and c.edge_features > 0:
-            raise ValueError("graph encoder 'gin' ignores edge features: use 'gine', 'gat' or 'gps' with edge_features")
-        if c.encoder in ("gat", "gps") and c.width % c.heads:
-            raise ValueError(f"graph width {c.width} is not divisible by heads {c.heads}")
+        self.check_options(c)
         self.embed_dim = c.width
         self.input = nn.Linear(self.node_dim, c.width)
         edge_dim = c.edge_features or None
-        self.convs = nn.ModuleList([self._layer(edge_dim) for _ in range(c.depth)])
-        # GPSConv normalises inside; the message-passing layers get a per-node LayerNorm.
-        self.norms = nn.ModuleList([nn.LayerNorm(c.width) for _ in range(c.depth if c.encoder != "gps" else 0)])
+        self.convs = nn.ModuleList([self.make_layer(edge_dim) for _ in range(c.depth)])
+        self.norms = nn.ModuleList([nn.LayerNorm(c.width) for _ in range(c.depth if self.layer_norms else 0)])
         self.out_norm = nn.LayerNorm(c.width)
         self.pool = AttentionalAggregation(gate_nn=nn.Linear(c.width, 1)) if c.readout == "attention" else None
 
-    def _mlp(self) -> nn.Module:
+    def check_options(self, config: GraphConfig) -> None:
+        """Raise a ValueError naming the option this encoder cannot take."""
+
+    def make_layer(self, edge_dim: int | None) -> nn.Module:
+        """One message-passing layer, [sum N, width] -> [sum N, width]."""
+        raise NotImplementedError
+
+    def mlp(self) -> nn.Module:
+        """The two-layer MLP of a GIN-style update."""
         w = self.config.width
         return nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w))
-
-    def _layer(self, edge_dim: int | None) -> nn.Module:
-        c = self.config
-        if c.encoder == "gin":
-            return GINConv(self._mlp(), train_eps=True)
-        if c.encoder == "gine":
-            return GINEConv(self._mlp(), train_eps=True, edge_dim=edge_dim)
-        if c.encoder == "gat":
-            return GATv2Conv(c.width, c.width // c.heads, heads=c.heads, edge_dim=edge_dim, dropout=c.dropout)
-        local = GINEConv(self._mlp(), edge_dim=edge_dim) if edge_dim else GINConv(self._mlp())
-        return GPSConv(c.width, local, heads=c.heads, dropout=c.dropout, norm="layer_norm", norm_kwargs={"mode": "node"})
 
     # --- model --------------------------------------------------------------------------
     def forward_features(self, batch: Batch) -> torch.Tensor:
@@ -91,11 +79,9 @@ class GraphEncoder(Encoder):
     def _run_layer(
         self, i: int, h: torch.Tensor, edge_index: torch.Tensor, graph: torch.Tensor, edge_attr: torch.Tensor | None
     ) -> torch.Tensor:
-        """Layer ``i``: a GPS layer, or message passing, LayerNorm, ReLU and a residual.
+        """Layer ``i``: message passing, LayerNorm, ReLU and a residual.
         Shapes: h [sum N, width] -> [sum N, width]; graph [sum N], the graph of each node."""
         kwargs = {"edge_attr": edge_attr} if edge_attr is not None else {}
-        if self.config.encoder == "gps":
-            return self.convs[i](h, edge_index, graph, **kwargs)
         update = F.relu(self.norms[i](self.convs[i](h, edge_index, **kwargs)))
         return h + F.dropout(update, self.config.dropout, self.training)
 

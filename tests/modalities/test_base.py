@@ -70,7 +70,8 @@ def test_builtins_meet_the_capabilities_they_declare():
 def test_missing_members_are_named():
     wave = _audio(encoder="wav2vec2", wav2vec2_layers=1).encoder
     wave.key = "sound"
-    with pytest.raises(ValueError, match=r"modality 'sound' is no PatchEncoder .*masked audio modeling.*\['grid', 'patch_dim'\]; use x"):
+    with pytest.raises(ValueError, match=r"modality 'sound' is no PatchEncoder .*masked audio modeling.*"
+                                         r"\['grid', 'patch_dim', 'patchify', 'patch_targets', 'patch_padding_mask'\]; use x"):
         require_capability(wave, PatchEncoder, "masked audio modeling", hint="use x")
 
 
@@ -97,3 +98,20 @@ def test_missing_forward_argument_is_named():
     require_capability(plain, PatchEncoder, "masked modeling")  # members alone are there
     with pytest.raises(ValueError, match=r"calls modality 'plain' with \['patch_mask'\], but its forward takes no 'patch_mask' argument"):
         require_capability(plain, PatchEncoder, "masked modeling", forward_kwargs=("patch_mask",))
+
+
+def test_a_modality_of_several_architectures_picks_each_encoder_class_by_config():
+    from dataclasses import replace
+
+    from modalities.audio import SpectrogramTransformer, TimmAudioEncoder, Wav2Vec2Encoder
+    from modalities.graph import GATv2Encoder, GINEEncoder, GINEncoder, GPSEncoder
+
+    audio = AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2)
+    for name, cls in (("spectrogram_transformer", SpectrogramTransformer), ("timm", TimmAudioEncoder),
+                      ("wav2vec2", Wav2Vec2Encoder)):
+        assert AudioModality.encoder_class(replace(audio, encoder=name)) is cls
+    assert type(_audio(encoder="wav2vec2", wav2vec2_layers=1).encoder) is Wav2Vec2Encoder
+    for name, cls in (("gin", GINEncoder), ("gine", GINEEncoder), ("gat", GATv2Encoder), ("gps", GPSEncoder)):
+        assert GraphModality.encoder_class(GraphConfig(encoder=name)) is cls
+    with pytest.raises(ValueError, match=r"encoder 'transformer' is none of this modality's encoders \['gat', 'gin', 'gine', 'gps'\]"):
+        GraphModality.build(replace(GraphConfig(), encoder="transformer"))

@@ -70,7 +70,7 @@ def test_objective_ignores_padding_and_needs_patch_hooks():
     assert audio.encoder.mask_token.grad is not None and audio.encoder.mask_token.grad.abs().sum() > 0
 
     wave = AudioModality.build(AudioConfig(encoder="wav2vec2", clip_seconds=0.5, width=32, heads=2, wav2vec2_layers=1))
-    with pytest.raises(ValueError, match=r"no PatchEncoder.*lacks \[.grid., .patch_dim.\].*spectrogram_transformer"):
+    with pytest.raises(ValueError, match=r"no PatchEncoder.*lacks \[.grid., .patch_dim., .patchify., .patch_targets., .patch_padding_mask.\].*spectrogram_transformer"):
         MaskedAudioObjective(MaskedAudioConfig(modalities=("audio",)), {"audio": wave.encoder}, DistContext())
 
 
