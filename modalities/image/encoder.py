@@ -1,9 +1,12 @@
-"""The image modality's encoder: any timm backbone by name, or an open_clip vision
-tower, with the patch hooks of masked image modeling."""
+"""What the image modality's encoders share: a backbone's forward, and the patch hooks
+of masked image modeling (a learned mask token at a ViT's patch embedding, or a learned
+value in a CNN's input pixels; MAE's visible patches alone). Each tower library is its
+own encoder class in its own module (``timm_tower``, ``open_clip_tower``);
+``ImageModality`` picks one by ``modalities.<key>.tower``."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -14,28 +17,26 @@ from modalities.base import Encoder, ModalityOutput, keep_norm_statistics_on_rec
 from modalities.image.config import ImageConfig
 
 
-def open_clip_model_config(name: str) -> dict[str, Any]:
-    """open_clip's model config by name, or read from a JSON file in open_clip's format
-    (a custom architecture that open_clip's own trainer can also take)."""
-    import open_clip
+@dataclass(frozen=True)
+class PatchLayout:
+    """How a tower hides patches: its grid and patch size, and for a ViT the modules whose
+    outputs the hooks change (the patch embedding, the module after the positions), the
+    width of a token and the class (and register) tokens before the patches; a CNN has
+    none of those and hides patches in its input."""
 
-    if name.endswith(".json"):
-        try:
-            with open(name, encoding="utf-8") as f:
-                model_cfg = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read open_clip model config {name}: {exc}") from None
-        if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg:
-            raise ValueError(f"open_clip model config {name} has no 'vision_cfg'")
-        return model_cfg
-    model_cfg = open_clip.get_model_config(name)
-    if model_cfg is None:
-        raise ValueError(f"unknown open_clip model config '{name}'")
-    return model_cfg
+    grid: tuple[int, int]
+    patch: tuple[int, int]
+    embedding: nn.Module | None = None
+    after_positions: nn.Module | None = None
+    width: int = 0
+    prefix_tokens: int = 0
+    channels_first: bool = False  # the embedding's output is [B, D, R, C] (open_clip's conv1)
 
 
 class ImageEncoder(Encoder):
-    """Image encoder: a timm backbone or an open_clip vision tower.
+    """Base of the image encoders: a subclass builds its tower (``build_backbone``), runs it
+    (``encode``), says how it hides patches (``patch_layout``) and switches its
+    activation checkpointing (``switch_checkpointing``).
 
     Shapes:
         batch: {"pixels": [B, 3, S, S]} (``ImageProcessor``).
@@ -46,21 +47,24 @@ class ImageEncoder(Encoder):
 
     def __init__(self, config: ImageConfig) -> None:
         super().__init__(config)
-        if config.tower == "timm":
-            import timm
-
-            self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_args)
-            self.embed_dim = int(self.backbone.num_features)
-        else:
-            from open_clip.model import _build_vision_tower
-
-            model_cfg = open_clip_model_config(config.backbone)
-            vision_cfg = {**model_cfg["vision_cfg"], "image_size": config.image_size, **config.backbone_args}
-            vision_cfg["output_tokens"] = True
-            width = int(vision_cfg.get("width", model_cfg["embed_dim"]))
-            self.backbone = _build_vision_tower(embed_dim=width, vision_cfg=vision_cfg)
-            self.embed_dim = width
+        self.backbone, self.embed_dim = self.build_backbone(config)
         self._init_patches()
+
+    def build_backbone(self, config: ImageConfig) -> tuple[nn.Module, int]:
+        """The tower and the width of its pooled output."""
+        raise NotImplementedError
+
+    def encode(self, pixels: torch.Tensor) -> ModalityOutput:
+        """The tower's pooled output and tokens (feature-map cells or ViT patches)."""
+        raise NotImplementedError
+
+    def patch_layout(self) -> PatchLayout | None:
+        """How this tower hides patches, or None if it cannot (it is then no PatchEncoder)."""
+        return None
+
+    def switch_checkpointing(self, enable: bool) -> None:
+        """The tower's own activation checkpointing switch; NotImplementedError if it has none."""
+        raise NotImplementedError(f"image backbone '{self.config.backbone}' has no activation checkpointing")
 
     # --- model --------------------------------------------------------------------
     def forward(
@@ -74,21 +78,9 @@ class ImageEncoder(Encoder):
         if patch_mask is not None or visible_only:
             pixels = self._start_hiding(pixels, patch_mask, visible_only)
         try:
-            return self._encode(pixels)
+            return self.encode(pixels)
         finally:
             self._hidden, self._visible_only = None, False
-
-    def _encode(self, pixels: torch.Tensor) -> ModalityOutput:
-        if self.config.tower == "open_clip":
-            pooled, tokens = self.backbone(pixels)
-            return ModalityOutput(pooled=pooled, tokens=tokens)
-        features = self.backbone.forward_features(pixels)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
-        if features.ndim == 4:
-            tokens = rearrange(features, "b c h w -> b (h w) c")
-        else:  # a ViT's sequence: the patch tokens, without the class (and register) tokens
-            tokens = features[:, getattr(self.backbone, "num_prefix_tokens", 0) :]
-        return ModalityOutput(pooled=pooled, tokens=tokens)
 
     # --- patches (PatchEncoder, VisiblePatchEncoder: masked image modeling) ------------
     def _init_patches(self) -> None:
@@ -101,46 +93,22 @@ class ImageEncoder(Encoder):
         as its grid and hides patches in its input (SimMIM's input-space variant), a
         learned ``mask_value`` per channel in their pixels. Other towers (open_clip's
         ResNets and timm wrappers) set none: they are no PatchEncoder."""
-        from open_clip.transformer import VisionTransformer as OpenClipViT
-        from timm.models.vision_transformer import VisionTransformer as TimmViT
-
         self._hidden: torch.Tensor | None = None  # the patch mask of the running forward call
         self._visible_only = False
-        backbone, size = self.backbone, self.config.image_size
-        if isinstance(backbone, TimmViT) and isinstance(backbone.patch_drop, nn.Identity):
-            built = backbone.patch_embed.img_size
-            if built is not None and tuple(built) != (size, size):
-                raise ValueError(
-                    f"image backbone '{self.config.backbone}' is built for {tuple(built)} images but image_size is "
-                    f"{size}: set modalities.<image>.backbone_args.img_size: {size}"
-                )
-            grid, patch = tuple(backbone.patch_embed.grid_size), tuple(backbone.patch_embed.patch_size)
-            self._prefix_tokens, self._embeddings_channels_first = backbone.num_prefix_tokens, False
-            embedding, after_positions, width = backbone.patch_embed, backbone.patch_drop, backbone.embed_dim
-        elif (
-            isinstance(backbone, OpenClipViT) and backbone.attn_pool is None and backbone.pool_type in ("avg", "tok")
-            and isinstance(backbone.patch_dropout, nn.Identity)
-        ):
-            grid, patch = tuple(backbone.grid_size), tuple(backbone.patch_size)
-            self._prefix_tokens, self._embeddings_channels_first = 1, True  # conv1 gives [B, D, R, C]
-            embedding, after_positions, width = backbone.conv1, backbone.patch_dropout, backbone.conv1.out_channels
-        elif self.config.tower == "timm":
-            cells = self._feature_map_cells()
-            if cells is None or size % cells[0] or size % cells[1]:
-                return
-            grid, patch = cells, (size // cells[0], size // cells[1])
-            self._mask_shape = (3,)  # mask_value: what hidden pixels read as (normalised), per channel
-            embedding = None
-        else:
+        layout = self.patch_layout()
+        if layout is None:
             return
-        self.grid: tuple[int, int] = grid
-        self.patch_size: tuple[int, int] = patch
-        self.patch_dim = 3 * patch[0] * patch[1]
-        if embedding is not None:
-            self._mask_shape = (width,)  # mask_token: a hidden patch's embedding
-            self.encodes_visible_only = True
-            embedding.register_forward_hook(self._hide_embeddings)
-            after_positions.register_forward_hook(self._keep_visible)
+        self.grid: tuple[int, int] = layout.grid
+        self.patch_size: tuple[int, int] = layout.patch
+        self.patch_dim = 3 * layout.patch[0] * layout.patch[1]
+        if layout.embedding is None:
+            self._mask_shape = (3,)  # mask_value: what hidden pixels read as (normalised), per channel
+            return
+        self._prefix_tokens, self._embeddings_channels_first = layout.prefix_tokens, layout.channels_first
+        self._mask_shape = (layout.width,)  # mask_token: a hidden patch's embedding
+        self.encodes_visible_only = True
+        layout.embedding.register_forward_hook(self._hide_embeddings)
+        layout.after_positions.register_forward_hook(self._keep_visible)
 
     def enable_patch_masking(self) -> None:
         """Create the learned ``mask_token`` (ViT) or ``mask_value`` (CNN) that hidden
@@ -150,20 +118,6 @@ class ImageEncoder(Encoder):
         name = "mask_token" if getattr(self, "encodes_visible_only", False) else "mask_value"
         if not hasattr(self, name):
             setattr(self, name, nn.Parameter(torch.zeros(self._mask_shape)))
-
-    def _feature_map_cells(self) -> tuple[int, int] | None:
-        """(h, w) of a timm tower's feature map [C, h, w] at image_size, or None when its
-        features are no such map; one forward pass of a blank image in eval mode."""
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
-            with torch.no_grad():
-                features = self.backbone.forward_features(torch.zeros(1, 3, self.config.image_size, self.config.image_size))
-        finally:
-            self.backbone.train(was_training)
-        if features.ndim != 4 or features.shape[1] != self.embed_dim:
-            return None
-        return int(features.shape[2]), int(features.shape[3])
 
     def patchify(self, pixels: torch.Tensor) -> torch.Tensor:
         """Shapes: pixels [B, 3, H, W] -> patches [B, N, ph * pw * 3], row-major, each
@@ -246,27 +200,13 @@ class ImageEncoder(Encoder):
                 ModifiedResNet towers, timm models without it).
         """
         if enable:
-            self._switch_checkpointing(True)  # raises here, at build time, if the backbone has none
+            self.switch_checkpointing(True)  # raises here, at build time, if the backbone has none
             keep_norm_statistics_on_recompute(self)
         self.grad_checkpointing = enable
-        self._switch_checkpointing(enable and self.training)
-
-    def _switch_checkpointing(self, enable: bool) -> None:
-        from open_clip.modified_resnet import ModifiedResNet
-        from open_clip.timm_model import TimmModel
-
-        backbone = self.backbone
-        if isinstance(backbone, ModifiedResNet):  # its set_grad_checkpointing does nothing
-            raise NotImplementedError(f"open_clip's ModifiedResNet tower ('{self.config.backbone}') has no activation checkpointing")
-        if isinstance(backbone, TimmModel):
-            backbone = backbone.trunk  # open_clip's wrapper would only log a warning if the trunk has none
-        try:
-            backbone.set_grad_checkpointing(enable)
-        except (AssertionError, NotImplementedError) as exc:  # timm models without it assert
-            raise NotImplementedError(f"image backbone '{self.config.backbone}' has no activation checkpointing: {exc}") from None
+        self.switch_checkpointing(enable and self.training)
 
     def train(self, mode: bool = True) -> ImageEncoder:
         super().train(mode)
         if self.grad_checkpointing:
-            self._switch_checkpointing(mode)
+            self.switch_checkpointing(mode)
         return self

@@ -105,6 +105,7 @@ def test_a_modality_of_several_architectures_picks_each_encoder_class_by_config(
 
     from modalities.audio import SpectrogramTransformer, TimmAudioEncoder, Wav2Vec2Encoder
     from modalities.graph import GATv2Encoder, GINEEncoder, GINEncoder, GPSEncoder
+    from modalities.image import OpenClipImageEncoder, TimmImageEncoder
 
     audio = AudioConfig(sample_rate=8000, clip_seconds=0.5, n_mels=32, n_fft=256, hop_length=80, width=32, depth=1, heads=2)
     for name, cls in (("spectrogram_transformer", SpectrogramTransformer), ("timm", TimmAudioEncoder),
@@ -113,5 +114,7 @@ def test_a_modality_of_several_architectures_picks_each_encoder_class_by_config(
     assert type(_audio(encoder="wav2vec2", wav2vec2_layers=1).encoder) is Wav2Vec2Encoder
     for name, cls in (("gin", GINEncoder), ("gine", GINEEncoder), ("gat", GATv2Encoder), ("gps", GPSEncoder)):
         assert GraphModality.encoder_class(GraphConfig(encoder=name)) is cls
+    assert ImageModality.encoder_class(ImageConfig(tower="open_clip")) is OpenClipImageEncoder
+    assert ImageModality.encoder_class(ImageConfig(tower="timm")) is TimmImageEncoder
     with pytest.raises(ValueError, match=r"encoder 'transformer' is none of this modality's encoders \['gat', 'gin', 'gine', 'gps'\]"):
         GraphModality.build(replace(GraphConfig(), encoder="transformer"))
