@@ -13,6 +13,7 @@ Public API:
     finetune, FinetuneOptions                    a pretrained encoder + linear head on labelled data
 """
 
+import mmssl.import_warnings  # noqa: F401  (first: before any import of PyTorch Geometric)
 from mmssl.checkpoint import Pretrained, load_checkpoint, load_pretrained
 from mmssl.config import ConfigError, RunConfig, config_from_dict, load_config
 from mmssl.finetune import FinetuneOptions, finetune

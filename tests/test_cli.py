@@ -96,3 +96,14 @@ def test_clear_errors_for_bad_arguments(tiny_run, tmp_path, capsys):
     assert code == 2 and f"--data folder:{tmp_path} has its own" in err
     code, err = run(pretrain, "configs/tiny.yaml", "--output-dir", str(tmp_path), "train.stpes=3")
     assert code == 2 and "'train.stpes'" in err and "steps" in err
+
+
+def test_console_scripts_start_without_library_warnings():
+    """A command's start-up prints no warning a library raises on import (PyTorch
+    Geometric's torch.jit.script FutureWarning was one, on every command)."""
+    modules = ("pretrain", "zero_shot", "finetune", "seed_sweep", "make_shards")
+    code = ("import sys; " + "; ".join(f"import mmssl.cli.{m}" for m in modules)
+            + "; sys.argv = ['mmssl-pretrain', '--help']; mmssl.cli.pretrain.main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0 and "usage: mmssl-pretrain" in proc.stdout, proc.stderr[-2000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-2000:]

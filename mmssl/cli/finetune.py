@@ -3,7 +3,7 @@
     mmssl-finetune runs/default image --output-dir runs/ft_image --mode linear --per-class 10
     mmssl-finetune runs/default audio --output-dir runs/ft_audio --mode staged --head-steps 100 --steps 400
     mmssl-finetune runs/default audio --output-dir runs/ft_audio_scratch --mode staged --from-scratch
-    mmssl-finetune runs/default image --data folder:data/pets --mode partial --unfreeze-blocks 2 --layer-decay 0.7
+    mmssl-finetune runs/default image --output-dir runs/ft_pets --data folder:data/pets --mode partial --unfreeze-blocks 2 --layer-decay 0.7
     mmssl-finetune runs/default image --output-dir runs/st_image --per-class 5 --unlabeled world --rounds 3 --threshold 0.8
 
 A run directory resumes where it stopped when the same command is given again.

@@ -95,7 +95,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--modality", default="all",
         help="the modality to classify, e.g. image; 'all' (default): every modality of the embedded world",
     )
-    parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH', 'csv:PATH', 'graphs:PATH' or 'shards:PATH'")
+    parser.add_argument("--data", default=None, help="'world' (default), 'folder:PATH', 'csv:PATH', 'graphs:PATH', 'shards:PATH' or 'pairs:PATH' (retrieval)")
     parser.add_argument(
         "--samples-per-class", type=int, default=None,
         help="embedded world only: fresh samples per class (default: the run config's world.eval_samples_per_class); "
