@@ -51,6 +51,7 @@ from mmssl.metrics import classification_metrics
 from mmssl.model import MultimodalModel, build_model
 from mmssl.optim import lr_factor
 from mmssl.run_log import RunLog, read_metrics
+from mmssl.run_lock import hold_run_directory
 from mmssl.seeding import sample_rng
 from mmssl.world import world_for
 from modalities.base import Encoder, InvalidSample, Processor
@@ -581,6 +582,12 @@ def finetune(
     """
     options = check_options(options or FinetuneOptions())
     output = Path(output)
+    with hold_run_directory(output):  # one run per output directory
+        return _finetune(checkpoint, modality, output, options, after_step)
+
+
+def _finetune(checkpoint: str | Path, modality: str, output: Path, options: FinetuneOptions,
+              after_step: StepCallback | None) -> dict[str, Any]:
     loaded = load_checkpoint(checkpoint)
     train_set, eval_set, split = labelled_splits(loaded.model, modality, loaded.config, options)
     processor = loaded.model.processors[modality]

@@ -41,6 +41,7 @@ from mmssl.finetune import (
     world_labelled_set,
     write_report,
 )
+from mmssl.run_lock import hold_run_directory
 
 REPORT = "self_training_report.json"
 SELECTION = "self_training_options.json"  # the options a resumed run must share
@@ -182,6 +183,12 @@ def self_train(
         raise FinetuneError(f"--pseudo-weight must be in (0, 1], got {st.pseudo_weight}")
     select_pseudo_labels(torch.full((1, 2), 0.5), st.threshold, st.top_k, st.balanced)  # the choice is valid
     output = Path(output)
+    with hold_run_directory(output):  # one run per output directory
+        return _self_train(checkpoint, modality, output, options, st, after_step)
+
+
+def _self_train(checkpoint: str | Path, modality: str, output: Path, options: FinetuneOptions, st: SelfTrainingOptions,
+                after_step: StepCallback | None) -> dict[str, Any]:
     loaded = load_checkpoint(checkpoint)
     train_set, eval_set, split = labelled_splits(loaded.model, modality, loaded.config, options)
     num_classes = len(train_set.class_names)

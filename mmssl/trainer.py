@@ -43,6 +43,7 @@ from mmssl.encoder_sharing import share_encoder_calls
 from mmssl.model import MultimodalModel, build_model, compile_encoders, enable_grad_checkpointing
 from mmssl.optim import build_optimizer, build_scheduler
 from mmssl.run_log import RunLog
+from mmssl.run_lock import RunLock, hold_run_directory
 from mmssl.schedule import ObjectiveSchedule
 from mmssl.data import Stream, build_streams
 from mmssl.weighting import LossWeighting, build_weighting
@@ -577,10 +578,28 @@ class Pretrainer:
         """Train to ``train.steps`` (resuming first, as configured); returns the last logged
         record (metric means over the last logging interval, plus data stats).
 
+        The output directory is held for the run (``mmssl.run_lock``): a second run on it
+        is refused before it trains, naming this one.
+
         Raises:
+            RunDirectoryInUse: another live run holds the output directory.
             NonFiniteStepsError: after more than ``train.max_bad_steps`` skipped steps in a
                 row, once the checkpoint of this step is saved.
         """
+        lock: RunLock | None = None
+
+        def take_directory() -> None:  # one run per output directory, held by rank 0
+            nonlocal lock
+            lock = hold_run_directory(self.output_dir)
+
+        self._write_on_main(take_directory, f"rank 0 could not take {self.output_dir}")
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.train_cfg
         main = distributed.is_main()
 
