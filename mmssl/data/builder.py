@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any, Mapping, Protocol
 
 from mmssl.config import RunConfig
-from mmssl.data.stream import BuildContext, ModalityParts, Stream
+from mmssl.data.stream import BuildContext, ModalityData, Stream
 from mmssl.registry import SOURCES
 
 
-class ModelParts(ModalityParts, Protocol):
+class ModelParts(ModalityData, Protocol):
     """What streams take of a model: processors, renderers and the objectives' data work
     (``sample_prep``; ``mmssl.MultimodalModel`` is one). Streams and their loader workers
     hold no encoder."""

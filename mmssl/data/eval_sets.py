@@ -13,7 +13,7 @@ from mmssl.data.bad_input import BadRecord, SkipLog
 from mmssl.data.files import read_csv
 from mmssl.data.graphs import read_graph_file, record_field
 from mmssl.data.shards import ShardSource, expand_shards
-from mmssl.data.stream import DataError, ModalityParts
+from mmssl.data.stream import DataError, ModalityData
 from mmssl.seeding import sample_rng
 from mmssl.world import World, world_for
 from modalities.base import InvalidSample, Processor, modality_roles
@@ -72,7 +72,7 @@ def read_eval_csv(path: Path, columns: Sequence[str], layout: str) -> tuple[list
     return rows.records, [rows.where(i) for i in range(len(rows.records))]
 
 
-def world_eval_set(model: ModalityParts, modality: str, world_config: WorldConfig) -> LabelledSet:
+def world_eval_set(model: ModalityData, modality: str, world_config: WorldConfig) -> LabelledSet:
     """Fresh samples of every world class (none drawn by any training stream)."""
     renderer = model.renderers[modality]
     world: World = world_for(renderer, world_config)
@@ -354,7 +354,7 @@ def shard_set(path: str, modality: Processor, class_names: Sequence[str] | None 
 
 
 def load_eval_set(
-    model: ModalityParts,
+    model: ModalityData,
     modality: str,
     spec: str | None,
     world_config: WorldConfig,

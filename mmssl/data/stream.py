@@ -34,7 +34,7 @@ class DataError(RuntimeError):
     """A data problem that stops the run; the message names the stream and the sample."""
 
 
-class ModalityParts(Protocol):
+class ModalityData(Protocol):
     """The data side of a model's modalities: processors and renderers by key
     (``mmssl.MultimodalModel`` has them). No encoder: data never needs one."""
 
