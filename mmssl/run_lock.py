@@ -69,7 +69,7 @@ def hold_run_directory(directory: str | Path) -> RunLock:
         directory.mkdir(parents=True, exist_ok=True)
         handle = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputError(f"cannot lock output directory {directory}: {exc.strerror or exc}") from None
+        raise OutputError(f"output directory {directory} is not writable: {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
