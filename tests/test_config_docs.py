@@ -49,28 +49,17 @@ def _built_in(registry) -> list[str]:
     return [e.name for e in registry.entries() if e.source.endswith(BUILT_IN)]
 
 
-@pytest.mark.parametrize("name", _built_in(MODALITIES))
-def test_every_modality_option_is_in_the_table(name):
-    row = f"`modalities.{name}.*`"
+@pytest.mark.parametrize("registry, row", [
+    (MODALITIES, "`modalities.{}.*`"), (OBJECTIVES, "`objectives.<name>.*` ({})"), (SOURCES, "`objectives.<name>.data` ({})"),
+], ids=["modalities", "objectives", "sources"])
+def test_every_registered_option_is_in_the_table(registry, row):
+    """Each built-in modality's, objective's and source kind's options, in its own row."""
     rows = _rows()
-    assert row in rows, f"docs/configs.md has no row {row}"
-    assert not _missing(MODALITIES.get(name).Config, rows[row]), f"{row} lacks {_missing(MODALITIES.get(name).Config, rows[row])}"
-
-
-@pytest.mark.parametrize("name", _built_in(OBJECTIVES))
-def test_every_objective_option_is_in_the_table(name):
-    row = f"`objectives.<name>.*` ({name})"
-    rows = _rows()
-    assert row in rows, f"docs/configs.md has no row {row}"
-    assert not _missing(OBJECTIVES.get(name).Config, rows[row]), f"{row} lacks {_missing(OBJECTIVES.get(name).Config, rows[row])}"
-
-
-@pytest.mark.parametrize("name", _built_in(SOURCES))
-def test_every_source_kind_option_is_in_the_table(name):
-    row = f"`objectives.<name>.data` ({name})"
-    rows = _rows()
-    assert row in rows, f"docs/configs.md has no row {row}"
-    assert not _missing(SOURCES.get(name).Config, rows[row]), f"{row} lacks {_missing(SOURCES.get(name).Config, rows[row])}"
+    for name in _built_in(registry):
+        key = row.format(name)
+        assert key in rows, f"docs/configs.md has no row {key}"
+        missing = _missing(registry.get(name).Config, rows[key])
+        assert not missing, f"{key} lacks {missing}"
 
 
 @pytest.mark.parametrize("row, config", [
