@@ -21,7 +21,7 @@ from mmssl.data.bad_input import SkipLog
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
 from mmssl.metrics import Relevance, caption_relevance, classification_metrics, retrieval_metrics
 from mmssl.model import MultimodalModel
-from modalities.base import InvalidSample, Modality
+from modalities.base import InvalidSample, prompt_templates
 from objectives.base import match_matrix
 
 @dataclass
@@ -209,7 +209,7 @@ def classify_embeddings(
     if not data.class_names or not data.labels:
         raise EvaluationError(f"{data.source} has no labels: classification needs a labelled set")
     objective, text_modality = caption_partner(model, modality, objective)
-    templates = list(templates or Modality.prompt_templates(model.renderers[modality]))
+    templates = list(templates or prompt_templates(model.renderers[modality]))
     classes = class_embeddings(model, text_modality, data.class_names, templates, objective)
     labels = [data.labels[i] for i in kept]
     y = torch.tensor(labels)

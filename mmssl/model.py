@@ -64,14 +64,6 @@ class MultimodalModel(nn.Module):
     def forward(self, objective: str, batch: Mapping[str, Any]) -> ObjectiveOutput:
         return self.objectives[objective](self, batch)
 
-    def modalities_of(self, objective: str) -> dict[str, Encoder]:
-        """The encoders ``objective`` uses, by key, in its declared order."""
-        return {m: self.encoders[m] for m in self.objectives[objective].modalities}
-
-    def processors_of(self, objective: str) -> dict[str, Processor]:
-        """The processors of the modalities ``objective`` uses, by key, in its declared order."""
-        return {m: self.processors[m] for m in self.objectives[objective].modalities}
-
     def roles(self, keys: Sequence[str] | None = None) -> Any:
         """``modality_roles`` of the modalities ``keys`` (default: all), in order."""
         keys = list(self.encoders) if keys is None else list(keys)

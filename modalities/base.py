@@ -248,6 +248,13 @@ class Renderer:
         raise NotImplementedError
 
 
+def prompt_templates(renderer: Renderer | None) -> tuple[str, ...]:
+    """Zero-shot prompt templates for class names of real datasets ("a photo of a {}."):
+    the renderer's concept space's, or the bare class name for a modality that renders
+    nothing."""
+    return tuple(renderer.concept_space().prompt_templates) if renderer is not None else ("{}",)
+
+
 @dataclass
 class ModalityParts:
     """One configured modality: its encoder, processor and renderer (None if it renders nothing)."""
@@ -301,10 +308,6 @@ class Modality:
                 part.key = key or cls.name
         return ModalityParts(encoder, processor, renderer)
 
-    @classmethod
-    def prompt_templates(cls, renderer: Renderer | None) -> tuple[str, ...]:
-        """Zero-shot prompt templates for class names of real datasets ("a photo of a {}.")."""
-        return tuple(renderer.concept_space().prompt_templates) if renderer is not None else ("{}",)
 
 
 def keep_norm_statistics_on_recompute(module: nn.Module) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import torch
@@ -60,21 +60,19 @@ class ViewContrastiveConfig:
     encode_views: Literal["together", "apart"] = "together"
 
 
-def _graphcl_pool() -> dict[str, float]:
-    return {"node_drop": 0.2, "edge_perturb": 0.2, "feature_mask": 0.2, "subgraph": 0.3}
-
-
 @dataclass(frozen=True)
 class GraphContrastiveConfig:
     """``graph_contrastive``: GraphCL, SimCLR on graph views encoded apart. The view
-    options go to the graph modality (``modalities.graph.views``, as ``augmentations``
-    and ``per_view``) for this objective's views."""
+    options, where given, go to the graph modality's processor (as its
+    ``modalities.graph.views`` ``augmentations`` and ``per_view``) for this objective's
+    views; left out, the modality's own views serve (GraphCL's pool, one a view, by
+    default)."""
 
     modalities: tuple[str] = ("graph",)
     # name -> strength (the share of nodes, edges or feature rows affected; for
     # subgraph the share of nodes left out). GraphCL draws from this pool per view.
-    augmentations: dict[str, float] = field(default_factory=_graphcl_pool)
-    augmentations_per_view: int = 1  # drawn without replacement from the pool
+    augmentations: dict[str, float] | None = None  # None: the graph modality's views.augmentations
+    augmentations_per_view: int | None = None  # drawn without replacement; None: its views.per_view
     embed_dim: int = 128
     temperature: float = 0.2
     head: HeadKind = "mlp"
@@ -200,11 +198,17 @@ class GraphContrastiveObjective(ViewContrastiveObjective):
     purpose = "graph contrastive learning"
 
     def resolve(self, config: GraphContrastiveConfig) -> tuple[ViewContrastiveConfig, dict[str, Any]]:
-        if not config.augmentations:
-            raise ValueError("graph contrastive learning needs at least one augmentation")
-        if not 1 <= config.augmentations_per_view <= len(config.augmentations):
-            raise ValueError(f"augmentations_per_view must be in [1, {len(config.augmentations)}], "
-                             f"got {config.augmentations_per_view}")
+        view_options: dict[str, Any] = {}
+        if config.augmentations is not None:
+            if not config.augmentations:
+                raise ValueError("graph contrastive learning needs at least one augmentation")
+            view_options["augmentations"] = dict(config.augmentations)
+        per_view = config.augmentations_per_view
+        if per_view is not None:
+            most = len(config.augmentations) if config.augmentations is not None else None
+            if per_view < 1 or most is not None and per_view > most:
+                raise ValueError(f"augmentations_per_view must be in [1, {most or 'the number of augmentations'}], got {per_view}")
+            view_options["per_view"] = per_view
         options = ViewContrastiveConfig(modalities=config.modalities, method="simclr", embed_dim=config.embed_dim,
                                         head=config.head, temperature=config.temperature, encode_views="apart")
-        return options, {"augmentations": dict(config.augmentations), "per_view": config.augmentations_per_view}
+        return options, view_options

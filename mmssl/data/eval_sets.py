@@ -16,7 +16,7 @@ from mmssl.data.shards import ShardSource, expand_shards
 from mmssl.data.stream import DataError, ModalityData
 from mmssl.seeding import sample_rng
 from mmssl.world import World, world_for
-from modalities.base import InvalidSample, Processor, modality_roles
+from modalities.base import InvalidSample, Processor
 
 CLASS_NAMES_FILE = "classnames.txt"  # clip_benchmark's name, beside the shards or one folder up
 
@@ -375,7 +375,7 @@ def load_eval_set(
     if kind == "graphs" and (processor.file_extensions or processor.consumes_captions):
         raise EvaluationError(f"modality '{modality}' does not read graph records: --data graphs:PATH cannot feed it")
     if kind == "world" and not path:
-        if modality not in modality_roles(model.processors, model.renderers).renderers:
+        if model.renderers.get(modality) is None:
             raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
         data = world_eval_set(model, modality, world_config)
     elif kind == "folder" and path:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 from einops import rearrange
 
-from modalities.audio.config import AudioConfig, clip_samples
+from modalities.audio.config import AudioConfig, clip_frames, clip_samples
 from modalities.base import Encoder, ModalityOutput
 
 
@@ -53,10 +53,9 @@ class PatchAudioEncoder(AudioEncoder):
 
     def __init__(self, config: AudioConfig) -> None:
         super().__init__(config)
-        frames = self.clip_samples // config.hop_length + 1
         if config.n_mels % config.patch_freq:
             raise ValueError(f"audio n_mels {config.n_mels} is not divisible by patch_freq {config.patch_freq}")
-        self.frames = (frames // config.patch_time) * config.patch_time
+        self.frames = clip_frames(config)
         if self.frames == 0:
             raise ValueError(f"audio clip of {config.clip_seconds}s has fewer frames than one patch ({config.patch_time})")
         self.grid = (config.n_mels // config.patch_freq, self.frames // config.patch_time)

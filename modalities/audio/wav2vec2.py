@@ -8,7 +8,7 @@ from typing import Mapping
 import torch
 import torchaudio
 
-from modalities.audio.config import AudioConfig
+from modalities.audio.config import AudioConfig, clip_frames
 from modalities.audio.encoder import AudioEncoder
 from modalities.base import ModalityOutput
 
@@ -25,7 +25,7 @@ class Wav2Vec2Encoder(AudioEncoder):
     def __init__(self, config: AudioConfig) -> None:
         super().__init__(config)
         self._refuse_local_patches()
-        self.frames = self.clip_samples // config.hop_length + 1
+        self.frames = clip_frames(config)
         self.wav2vec2 = torchaudio.models.wav2vec2_model(
             extractor_mode="group_norm",
             extractor_conv_layer_config=[(config.width, 10, 5)] + [(config.width, 3, 2)] * 4 + [(config.width, 2, 2)] * 2,

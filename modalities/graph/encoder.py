@@ -32,6 +32,8 @@ class GraphEncoder(Encoder):
     Config = GraphConfig
     # a per-node LayerNorm after each message-passing layer (GPS layers normalise inside)
     layer_norms: bool = True
+    # multi-head attention in each layer: ``width`` must divide over ``heads``
+    attention_heads: bool = False
 
     def __init__(self, config: GraphConfig) -> None:
         super().__init__(config)
@@ -51,6 +53,8 @@ class GraphEncoder(Encoder):
 
     def check_options(self, config: GraphConfig) -> None:
         """Raise a ValueError naming the option this encoder cannot take."""
+        if self.attention_heads and config.width % config.heads:
+            raise ValueError(f"graph width {config.width} is not divisible by heads {config.heads}")
 
     def make_layer(self, edge_dim: int | None) -> nn.Module:
         """One message-passing layer, [sum N, width] -> [sum N, width]."""

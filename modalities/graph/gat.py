@@ -6,16 +6,13 @@ from __future__ import annotations
 from torch import nn
 from torch_geometric.nn import GATv2Conv
 
-from modalities.graph.config import GraphConfig
 from modalities.graph.encoder import GraphEncoder
 
 
 class GATv2Encoder(GraphEncoder):
     """``encoder: gat``."""
 
-    def check_options(self, config: GraphConfig) -> None:
-        if config.width % config.heads:
-            raise ValueError(f"graph width {config.width} is not divisible by heads {config.heads}")
+    attention_heads = True
 
     def make_layer(self, edge_dim: int | None) -> nn.Module:
         c = self.config

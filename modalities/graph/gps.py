@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch_geometric.nn import GINConv, GINEConv, GPSConv
 
-from modalities.graph.config import GraphConfig
 from modalities.graph.encoder import GraphEncoder
 
 
@@ -16,10 +15,7 @@ class GPSEncoder(GraphEncoder):
     """``encoder: gps``."""
 
     layer_norms = False
-
-    def check_options(self, config: GraphConfig) -> None:
-        if config.width % config.heads:
-            raise ValueError(f"graph width {config.width} is not divisible by heads {config.heads}")
+    attention_heads = True
 
     def make_layer(self, edge_dim: int | None) -> nn.Module:
         c = self.config

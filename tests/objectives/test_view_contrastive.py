@@ -171,6 +171,9 @@ def test_one_objective_serves_graph_views_together_or_apart_as_graphcl():
     # its own pool, not the modality's: edges perturbed, every node kept
     assert batch[EXTRAS_KEY]["view_a"].num_nodes == sum(5 + i for i in range(6))
     assert graphcl(_Host({"graph": graph.encoder}), batch).loss.isfinite()
+    plain = GraphContrastiveObjective(GraphContrastiveConfig(embed_dim=8), {"graph": graph.encoder}, DistContext(),
+                                      processors={"graph": graph.processor})
+    assert plain.prep.augment == graph.processor.augment  # no keys of its own: the modality's views
     with pytest.raises(ValueError, match=r"augmentations_per_view must be in \[1, 1\], got 2"):
         GraphContrastiveObjective(GraphContrastiveConfig(augmentations={"subgraph": 0.3}, augmentations_per_view=2),
                                   {"graph": graph.encoder}, DistContext(), processors={"graph": graph.processor})
