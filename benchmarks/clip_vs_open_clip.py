@@ -100,7 +100,7 @@ def step_flops(config_path: Path, batch: int) -> float:
     """Training FLOPs of one step of mmssl's side (the same towers as open_clip's; its
     FLOPs differ only by the objective's projection), counted on one cached batch."""
     from mmssl.config import load_config
-    from mmssl.trainer import Pretrainer
+    from mmssl.train.trainer import Pretrainer
 
     config = load_config(config_path, [f"objectives.image_text.data.batch_size={batch}", "train.progress=false"])
     with tempfile.TemporaryDirectory() as out:

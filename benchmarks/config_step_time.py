@@ -20,7 +20,7 @@ import time
 import torch
 
 from mmssl.config import load_config
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 
 from common import parse_variant
 

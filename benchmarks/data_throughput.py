@@ -31,8 +31,8 @@ from mmssl.config import load_config
 from mmssl.data import build_streams
 from mmssl.data.make_shards import csv_samples, write_shards
 from mmssl.model import build_model
-from mmssl.seeding import sample_rng
-from mmssl.trainer import Pretrainer
+from mmssl.common.seeding import sample_rng
+from mmssl.train.trainer import Pretrainer
 from mmssl.world import world_for
 
 from common import RepeatStream

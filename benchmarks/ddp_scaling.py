@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmssl.distributed import free_port
+from mmssl.train.distributed import free_port
 
 from common import samples_per_s, step_records
 

@@ -36,7 +36,7 @@ import torch
 
 from common import REPO, RepeatStream, Spread, count_flops, matmul_flops_per_s, write_json
 from mmssl.config import RunConfig, config_from_dict, load_config
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 
 
 def alone(config: RunConfig, name: str) -> RunConfig:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 import mmssl
-from mmssl.optim import build_optimizer
-from mmssl.trainer import Pretrainer, move_to
+from mmssl.train.optim import build_optimizer
+from mmssl.train.trainer import Pretrainer, move_to
 
 from common import RepeatStream
 

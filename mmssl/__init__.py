@@ -14,9 +14,9 @@ Public API:
 """
 
 import mmssl.import_warnings  # noqa: F401  (first: before any import of PyTorch Geometric)
-from mmssl.checkpoint import Pretrained, load_checkpoint, load_pretrained
+from mmssl.train.checkpoint import Pretrained, load_checkpoint, load_pretrained
 from mmssl.config import ConfigError, RunConfig, config_from_dict, load_config
-from mmssl.finetune import FinetuneOptions, finetune
+from mmssl.transfer.finetune import FinetuneOptions, finetune
 from mmssl.model import MultimodalModel, build_model
 from mmssl.registry import (
     list_modalities,
@@ -26,8 +26,8 @@ from mmssl.registry import (
     register_objective,
     register_source,
 )
-from mmssl.trainer import Pretrainer
-from mmssl.seeding import sample_rng
+from mmssl.train.trainer import Pretrainer
+from mmssl.common.seeding import sample_rng
 from mmssl.world import World, world_for
 
 __version__ = "0.1.0"

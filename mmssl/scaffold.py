@@ -13,7 +13,7 @@ from __future__ import annotations
 import keyword
 from pathlib import Path
 
-from mmssl.atomic import write_text_atomic
+from mmssl.common.atomic import write_text_atomic
 
 
 class ScaffoldError(ValueError):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmssl.config import RunConfig, convert, load_config
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 from modalities.base import (
     Encoder,
     MaskableTokenEncoder,

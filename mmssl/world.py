@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mmssl.config import ConfigError
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 from modalities.base import ConceptSpace, Renderer
 
 

@@ -53,7 +53,7 @@ from objectives.base import (
     ObjectiveOutput,
     mean_over_global_count,
 )
-from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
+from mmssl.common.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 from objectives.helpers.heads import HeadKind, projection_head
 from objectives.helpers.views import VIEWS, view_prep
 

@@ -33,10 +33,10 @@ from typing import Any, Callable
 
 import torch
 
-import mmssl.checkpoint
+import mmssl.train.checkpoint
 import mmssl.data.stream
-import mmssl.run_log
-import mmssl.trainer
+import mmssl.train.run_log
+import mmssl.train.trainer
 from mmssl.cli import pretrain
 
 
@@ -69,13 +69,13 @@ def _in_worker() -> bool:
 # point -> (owner, attribute, die before the call (else after it), which calls count)
 PATCHES: dict[str, tuple[Any, str, bool, Callable[[], bool]]] = {
     "worker_batch": (mmssl.data.stream.StreamBatches, "_build", True, _in_worker),
-    "forward": (mmssl.trainer.JointForward, "forward", False, lambda: True),
+    "forward": (mmssl.train.trainer.JointForward, "forward", False, lambda: True),
     "backward": (torch.amp.GradScaler, "unscale_", True, lambda: True),
     "optimizer": (torch.amp.GradScaler, "update", True, lambda: True),
-    "metrics_line": (mmssl.run_log.RunLog, "log", False, lambda: True),
-    "checkpoint_file": (mmssl.checkpoint, "fsync_file", True, lambda: True),
-    "checkpoint_rename": (mmssl.checkpoint, "_put_in_place", True, lambda: True),
-    "checkpoint_dir_fsync": (mmssl.checkpoint, "fsync_dir", True, lambda: True),
+    "metrics_line": (mmssl.train.run_log.RunLog, "log", False, lambda: True),
+    "checkpoint_file": (mmssl.train.checkpoint, "fsync_file", True, lambda: True),
+    "checkpoint_rename": (mmssl.train.checkpoint, "_put_in_place", True, lambda: True),
+    "checkpoint_dir_fsync": (mmssl.train.checkpoint, "fsync_dir", True, lambda: True),
 }
 POINTS = tuple(PATCHES)
 

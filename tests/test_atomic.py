@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from mmssl import atomic
-from mmssl.atomic import (
+from mmssl.common import atomic
+from mmssl.common.atomic import (
     OutputError,
     check_writable,
     write_bytes_atomic,

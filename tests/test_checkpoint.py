@@ -20,10 +20,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import mmssl
-from mmssl import checkpoint as ckpt
-from mmssl import run_log
-from mmssl.atomic import OutputError
-from mmssl.checkpoint import (
+from mmssl.train import checkpoint as ckpt
+from mmssl.train import run_log
+from mmssl.common.atomic import OutputError
+from mmssl.train.checkpoint import (
     STATE,
     WEIGHTS,
     CheckpointError,
@@ -34,8 +34,8 @@ from mmssl.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from mmssl.run_log import read_metrics
-from mmssl.trainer import Pretrainer
+from mmssl.train.run_log import read_metrics
+from mmssl.train.trainer import Pretrainer
 from tests.test_atomic import spy_on_fsync_and_replace
 
 STEPS = ["train.steps=2", "train.checkpoint_every=1", "train.log_every=1"]
@@ -242,7 +242,7 @@ def test_full_disk_at_save_stops_training_in_one_line_and_resume_continues(train
 
 
 def test_unwritable_output_directory_fails_at_start(tmp_path, monkeypatch):
-    from mmssl import atomic
+    from mmssl.common import atomic
 
     def denied(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
@@ -279,7 +279,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint_for_the_previous_one(run, how,
     says = _damage(latest, how)
     config = mmssl.load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", STEPS)
     trainer = Pretrainer(config, run)
-    with caplog.at_level(logging.WARNING, logger="mmssl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mmssl.train.trainer"):
         assert trainer.maybe_resume() == run / "checkpoints" / "step_00000001"
     assert trainer.step == 1
     assert f"skipping checkpoint {latest}: {says}" in caplog.text
@@ -316,7 +316,7 @@ def test_a_crafted_pickle_is_refused_without_running_it(run, tmp_path, caplog):
     config = mmssl.load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [*STEPS, f"train.resume={latest}"])
     with pytest.raises(CorruptCheckpointError, match="refused"):
         Pretrainer(config, run).maybe_resume()  # named explicitly: an error
-    with caplog.at_level(logging.WARNING, logger="mmssl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mmssl.train.trainer"):
         config = mmssl.load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", STEPS)
         assert Pretrainer(config, run).maybe_resume().name == "step_00000001"  # auto: skipped, with a warning
     assert f"skipping checkpoint {latest}: {latest / STATE} refused" in caplog.text

@@ -17,11 +17,11 @@ import yaml
 
 import mmssl
 from mmssl import __main__ as mmssl_main
-from mmssl.checkpoint import WEIGHTS, list_checkpoints
+from mmssl.train.checkpoint import WEIGHTS, list_checkpoints
 from mmssl.cli import make_shards, pretrain, seed_sweep, zero_shot
 from mmssl.cli.errors import one_line
 from mmssl.data.stream import DataError
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 from tests.conftest import write_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmssl.checkpoint import resolve_checkpoint
-from mmssl.distributed import free_port
+from mmssl.train.checkpoint import resolve_checkpoint
+from mmssl.train.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_JOINT = str(REPO / "configs" / "tiny_joint.yaml")

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmssl import distributed
-from mmssl.checkpoint import resolve_checkpoint
+from mmssl.train import distributed
+from mmssl.train.checkpoint import resolve_checkpoint
 from objectives.contrastive import MultiPositiveClipLoss, MultiPositiveSigLipLoss
 
 WORLD = 2
@@ -160,7 +160,7 @@ def test_distributed_batchnorm_equals_batchnorm_over_the_global_batch():
 
 def _agreement(rank: int) -> None:
     # a non-finite loss on rank 1 makes the all-reduced mean non-finite on every rank, so
-    # every rank skips the same step (mmssl.trainer.JointForward, Pretrainer.train_step)
+    # every rank skips the same step (mmssl.train.trainer.JointForward, Pretrainer.train_step)
     means = distributed.all_reduce_sum(torch.tensor([1.0, float("nan") if rank == 1 else 2.0, 3.0], dtype=torch.float64))
     assert [math.isfinite(v) for v in means.tolist()] == [True, False, True]
     reduced = distributed.reduce_metrics({"acc": float(rank), "samples_per_s": 10.0}, weight=1 + rank, sums=("samples_per_s",))

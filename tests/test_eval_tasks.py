@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmssl.checkpoint import load_checkpoint
-from mmssl.eval_tasks import Evaluator, TaskOptions
+from mmssl.train.checkpoint import load_checkpoint
+from mmssl.eval.tasks import Evaluator, TaskOptions
 from tests.conftest import write_image
 
 REPO = Path(__file__).resolve().parents[1]

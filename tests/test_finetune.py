@@ -1,4 +1,4 @@
-"""Fine-tuning and self-training (mmssl.finetune, mmssl.self_training, mmssl-finetune)."""
+"""Fine-tuning and self-training (mmssl.transfer.finetune, mmssl.transfer.self_training, mmssl-finetune)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import mmssl
 from mmssl.cli.finetune import main
-from mmssl.finetune import (
+from mmssl.transfer.finetune import (
     FinetuneError,
     FinetuneOptions,
     build_classifier,
@@ -25,14 +25,14 @@ from mmssl.finetune import (
     select_labelled,
     world_labelled_set,
 )
-from mmssl.run_log import read_metrics
-from mmssl.self_training import (
+from mmssl.train.run_log import read_metrics
+from mmssl.transfer.self_training import (
     SelfTrainingOptions,
     pseudo_label_metrics,
     select_pseudo_labels,
     self_train,
 )
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 from tests.killing import run_and_kill
 
 REPO = Path(__file__).resolve().parents[1]

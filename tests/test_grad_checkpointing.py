@@ -11,10 +11,10 @@ import torch.utils.checkpoint
 from safetensors.torch import load_file
 
 import mmssl
-from mmssl.checkpoint import resolve_checkpoint
+from mmssl.train.checkpoint import resolve_checkpoint
 from mmssl.model import check_compile, enable_grad_checkpointing
-from mmssl.run_log import read_metrics
-from mmssl.trainer import Pretrainer
+from mmssl.train.run_log import read_metrics
+from mmssl.train.trainer import Pretrainer
 from modalities.base import Encoder
 from tests.conftest import CONFIGS
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.checkpoint import list_checkpoints, load_trainer_state, resolve_checkpoint
-from mmssl.run_log import read_metrics
-from mmssl.schedule import ObjectiveSchedule
-from mmssl.trainer import Pretrainer
-from mmssl.weighting import InitialLossWeighting, LossWeighting, UncertaintyWeighting
+from mmssl.train.checkpoint import list_checkpoints, load_trainer_state, resolve_checkpoint
+from mmssl.train.run_log import read_metrics
+from mmssl.train.schedule import ObjectiveSchedule
+from mmssl.train.trainer import Pretrainer
+from mmssl.train.weighting import InitialLossWeighting, LossWeighting, UncertaintyWeighting
 from tests.conftest import CONFIGS
 from tests.test_trainer import _assert_same_weights, run_until_killed
 
@@ -167,7 +167,7 @@ def test_shared_encoder_calls_match_separate_calls(tmp_path):
         trainer = Pretrainer(_joint(f"train.share_encoder_calls={share}", "train.steps=1"), tmp_path / str(share))
         batches = {name: next(stream) for name, stream in trainer.streams.items()}
         if share:
-            from mmssl.encoder_sharing import share_encoder_calls
+            from mmssl.train.encoder_sharing import share_encoder_calls
 
             assert share_encoder_calls(trainer.model.objectives, trainer.model.encoders, batches) == 4
         losses = {name: trainer.model(name, batch).loss for name, batch in batches.items()}

@@ -24,8 +24,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmssl.checkpoint import check_complete, list_checkpoints, load_trainer_state, resolve_checkpoint
-from mmssl.distributed import free_port
+from mmssl.train.checkpoint import check_complete, list_checkpoints, load_trainer_state, resolve_checkpoint
+from mmssl.train.distributed import free_port
 from tests.kill_points import POINTS
 from tests.killing import metric_lines, run_and_kill
 

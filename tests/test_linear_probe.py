@@ -3,7 +3,7 @@ import torch
 
 import mmssl
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
-from mmssl.linear_probe import fit_logistic_regression, linear_probe, stratified_split
+from mmssl.eval.probes import fit_logistic_regression, linear_probe, stratified_split
 from tests.data.test_graphs import CONFIGS
 
 
@@ -58,7 +58,7 @@ def _clusters(n_per_class: int, seed: int, spread: float = 1.0):
 
 
 def test_probe_strength_is_the_validation_best_of_the_grid():
-    from mmssl.linear_probe import WEIGHT_DECAYS, _fit, fit_probe
+    from mmssl.eval.probes import WEIGHT_DECAYS, _fit, fit_probe
 
     features, labels = _clusters(15, 0, spread=2.5)
     fit, held = stratified_split(labels.tolist(), 0.3, seed=0)
@@ -71,7 +71,7 @@ def test_probe_strength_is_the_validation_best_of_the_grid():
 
 
 def test_fewshot_probe_draws_k_a_class_repeatably_and_learns_from_them():
-    from mmssl.linear_probe import fewshot_probe_on_features, linear_probe_on_features
+    from mmssl.eval.probes import fewshot_probe_on_features, linear_probe_on_features
 
     features, labels = _clusters(30, 1, spread=0.8)
     train, test = stratified_split(labels.tolist(), 0.5, seed=0)

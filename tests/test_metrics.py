@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmssl.metrics import (
+from mmssl.eval.metrics import (
     average_precision,
     caption_relevance,
     chance_levels,
@@ -99,7 +99,7 @@ def test_constant_embeddings_score_no_better_than_the_worst_rank():
 
 
 def test_classification_metrics_match_numpy():
-    from mmssl.metrics import classification_metrics
+    from mmssl.eval.metrics import classification_metrics
 
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(50, 7))

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmssl.checkpoint import load_pretrained, load_trainer_state, resolve_checkpoint
+from mmssl.train.checkpoint import load_pretrained, load_trainer_state, resolve_checkpoint
 from mmssl.cli import pretrain
-from mmssl.run_log import read_metrics
-from mmssl.trainer import NonFiniteStepsError, Pretrainer
+from mmssl.train.run_log import read_metrics
+from mmssl.train.trainer import NonFiniteStepsError, Pretrainer
 from objectives.base import ObjectiveOutput
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
@@ -60,7 +60,7 @@ def test_nan_loss_skips_the_step_and_training_goes_on(tiny_config, tmp_path, cap
     trainer = Pretrainer(tiny_config(*overrides), tmp_path / "a")
     nan_loss_at(trainer, {3})  # step 4 in the log's numbering
     seen = weights_after_each_step(trainer)
-    with caplog.at_level(logging.WARNING, logger="mmssl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mmssl.train.trainer"):
         trainer.fit()
     assert same(seen[3], seen[4]) and not same(seen[4], seen[5])  # skipped, then trained again
     assert trainer.nonfinite_steps == 1 and trainer.bad_steps_in_a_row == 0
@@ -85,7 +85,7 @@ def test_nonfinite_gradient_with_finite_loss_is_skipped_naming_the_parameter(tin
     trainer = Pretrainer(tiny_config("train.steps=4", "train.checkpoint_every=0"), tmp_path)
     name = nonfinite_grad_at(trainer, {1})
     seen = weights_after_each_step(trainer)
-    with caplog.at_level(logging.WARNING, logger="mmssl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mmssl.train.trainer"):
         last = trainer.fit()
     assert same(seen[1], seen[2]) and not same(seen[2], seen[3])
     assert trainer.nonfinite_steps == 1 and last["nonfinite_steps"] == 1

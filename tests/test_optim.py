@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from mmssl.checkpoint import CheckpointError
+from mmssl.train.checkpoint import CheckpointError
 from mmssl.config import ConfigError, TrainConfig
 from mmssl.model import build_model
-from mmssl.optim import build_optimizer, build_scheduler, lr_factor
-from mmssl.trainer import Pretrainer
+from mmssl.train.optim import build_optimizer, build_scheduler, lr_factor
+from mmssl.train.trainer import Pretrainer
 
 
 def test_lr_factor_ramps_then_decays_to_min_ratio():

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import mmssl
-from mmssl.checkpoint import list_checkpoints
-from mmssl.run_lock import RunDirectoryInUse, hold_run_directory
+from mmssl.train.checkpoint import list_checkpoints
+from mmssl.train.run_lock import RunDirectoryInUse, hold_run_directory
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from mmssl.run_log import RunLog, read_metrics, repair_metrics
+from mmssl.train.run_log import RunLog, read_metrics, repair_metrics
 
 
 def _records(steps: range) -> str:
@@ -14,7 +14,7 @@ def _records(steps: range) -> str:
 def test_a_cut_off_last_line_is_dropped_on_resume_with_a_warning(tmp_path, caplog, tail):
     path = tmp_path / "metrics.jsonl"
     path.write_text(_records(range(1, 4)) + tail)  # a kill or a full disk mid-write; or a whole record, no newline
-    with caplog.at_level(logging.WARNING, logger="mmssl.run_log"):
+    with caplog.at_level(logging.WARNING, logger="mmssl.train.run_log"):
         RunLog(tmp_path, tensorboard=False, resume_step=3).close()
     assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
     cut = not tail.endswith("}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmssl.cli.seed_sweep import SweepError, collect, collect_sweep_dir, collect_sweep_dirs
-from mmssl.seed_stats import format_paired_table, format_table, paired_differences, summarise, t_quantile_975
+from mmssl.eval.seed_stats import format_paired_table, format_table, paired_differences, summarise, t_quantile_975
 
 REPO = Path(__file__).resolve().parents[1]
 

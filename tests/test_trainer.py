@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 import mmssl
-from mmssl.checkpoint import list_checkpoints, load_trainer_state, resolve_checkpoint
-from mmssl.run_log import read_metrics
-from mmssl.trainer import Pretrainer
+from mmssl.train.checkpoint import list_checkpoints, load_trainer_state, resolve_checkpoint
+from mmssl.train.run_log import read_metrics
+from mmssl.train.trainer import Pretrainer
 
 REPO = Path(__file__).resolve().parents[1]
 

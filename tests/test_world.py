@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 from mmssl.world import World
 from modalities.image import SHAPES_SPACE
 

@@ -15,15 +15,15 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from mmssl.atomic import OutputError
-from mmssl.checkpoint import CheckpointError
+from mmssl.common.atomic import OutputError
+from mmssl.train.checkpoint import CheckpointError
 from mmssl.config import ConfigError
 from mmssl.data.eval_sets import EvaluationError
 from mmssl.data.stream import DataError
 from mmssl.registry import RegistryError
-from mmssl.run_log import MetricsFileError
+from mmssl.train.run_log import MetricsFileError
 from mmssl.scaffold import ScaffoldError
-from mmssl.trainer import NonFiniteStepsError
+from mmssl.train.trainer import NonFiniteStepsError
 from modalities.base import InvalidSample
 
 

@@ -17,8 +17,8 @@ import sys
 from typing import Sequence
 
 from mmssl.cli.errors import reports_errors
-from mmssl.finetune import MODES, FinetuneOptions, finetune
-from mmssl.self_training import SelfTrainingOptions, self_train
+from mmssl.transfer.finetune import MODES, FinetuneOptions, finetune
+from mmssl.transfer.self_training import SelfTrainingOptions, self_train
 
 PROG = "mmssl-finetune"
 

@@ -18,13 +18,13 @@ from typing import Sequence
 
 import torch
 
-from mmssl import distributed
-from mmssl.atomic import write_text_atomic
+from mmssl.train import distributed
+from mmssl.common.atomic import write_text_atomic
 from mmssl.cli.errors import reports_errors
 from mmssl.config import load_config
-from mmssl.plots import plot_losses
-from mmssl.run_log import read_metrics
-from mmssl.trainer import Pretrainer
+from mmssl.common.plots import plot_losses
+from mmssl.train.run_log import read_metrics
+from mmssl.train.trainer import Pretrainer
 
 PROG = "mmssl-pretrain"
 

@@ -29,11 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from mmssl.atomic import write_text_atomic
+from mmssl.common.atomic import write_text_atomic
 from mmssl.cli.errors import CommandError, print_error, reports_errors
 from mmssl.config import load_config
-from mmssl.plots import plot_seed_sweep
-from mmssl.seed_stats import (
+from mmssl.common.plots import plot_seed_sweep
+from mmssl.eval.seed_stats import (
     METRICS,
     format_paired_table,
     format_table,

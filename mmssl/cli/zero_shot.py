@@ -47,8 +47,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mmssl.atomic import write_text_atomic
-from mmssl.checkpoint import Pretrained, load_checkpoint
+from mmssl.common.atomic import write_text_atomic
+from mmssl.train.checkpoint import Pretrained, load_checkpoint
 from mmssl.cli.errors import reports_errors
 from mmssl.data.eval_sets import (
     EvaluationError,
@@ -56,7 +56,7 @@ from mmssl.data.eval_sets import (
     read_class_names,
     read_templates,
 )
-from mmssl.eval_tasks import (
+from mmssl.eval.tasks import (
     TASKS,
     Evaluator,
     TaskOptions,
@@ -64,9 +64,9 @@ from mmssl.eval_tasks import (
     headline,
     world_modalities,
 )
-from mmssl.evaluation import zero_shot_classify
-from mmssl.linear_probe import linear_probe
-from mmssl.plots import plot_comparison, plot_confusion
+from mmssl.eval.zero_shot import zero_shot_classify
+from mmssl.eval.probes import linear_probe
+from mmssl.common.plots import plot_comparison, plot_confusion
 
 PROG = "mmssl-zero-shot"
 
@@ -251,7 +251,7 @@ def _write_task_report(args: argparse.Namespace, records: list[dict]) -> None:
     print(f"report: {output}")
     if len(args.checkpoint) > 1:
         png = output.with_name(output.stem + "_comparison.png")
-        plot_comparison(records, png)
+        plot_comparison([(*headline(r)[:1], r["checkpoint"], headline(r)[1]) for r in records], png)
         print(f"comparison plot: {png}")
 
 

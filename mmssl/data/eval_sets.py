@@ -14,7 +14,7 @@ from mmssl.data.files import read_csv
 from mmssl.data.graphs import read_graph_file, record_field
 from mmssl.data.shards import ShardSource, expand_shards
 from mmssl.data.stream import DataError, ModalityData
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 from mmssl.world import World, world_for
 from modalities.base import InvalidSample, Processor
 

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from mmssl.atomic import fsync_dir, fsync_file
+from mmssl.common.atomic import fsync_dir, fsync_file
 from mmssl.data.stream import DataError
 
 log = logging.getLogger(__name__)

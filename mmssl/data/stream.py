@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmssl.config import ConfigError, RunConfig
 from mmssl.data.bad_input import SkipLog
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 from modalities.base import InvalidSample, Processor, Renderer
 from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
 

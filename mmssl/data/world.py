@@ -10,7 +10,7 @@ import numpy as np
 
 from mmssl.config import ConfigError
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 from mmssl.world import World, world_for
 from modalities.base import Processor, Renderer, modality_roles
 from objectives.base import MATCH_KEY

@@ -27,7 +27,7 @@ from mmssl.data import (
 )
 from mmssl.data.eval_sets import EvaluationError, load_eval_set
 from mmssl.data.shards import expand_shards
-from mmssl.evaluation import embed_items
+from mmssl.eval.zero_shot import embed_items
 from tests.data.bad_inputs import GOOD, KINDS, SOURCE_KINDS, VALID_KINDS, Case, tone, wav_bytes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -222,9 +222,9 @@ def ten_percent_bad_audio_csv(root: Path, rows: int = 40) -> tuple[Path, dict[in
 
 @pytest.mark.slow
 def test_ten_percent_bad_run_completes_and_counts_every_skip(tmp_path, caplog):
-    from mmssl.evaluation import caption_pairs, caption_retrieval
-    from mmssl.seeding import sample_rng
-    from mmssl.trainer import Pretrainer
+    from mmssl.eval.zero_shot import caption_pairs, caption_retrieval
+    from mmssl.common.seeding import sample_rng
+    from mmssl.train.trainer import Pretrainer
 
     path, bad = ten_percent_bad_audio_csv(tmp_path / "data")
     steps, batch = 7, 8  # 56 draws of 40 rows: one epoch and a part of the next

@@ -7,7 +7,7 @@ import pytest
 import mmssl
 from mmssl.config import ConfigError
 from mmssl.data import MixSource, build_streams
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 
 TINY_JOINT = Path(__file__).resolve().parents[2] / "configs" / "tiny_joint.yaml"
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import mmssl
-from mmssl.checkpoint import resolve_checkpoint
+from mmssl.train.checkpoint import resolve_checkpoint
 from mmssl.cli.make_shards import main as make_shards
 from mmssl.data import DataError, ShardSource, build_streams
 from mmssl.data.shards import expand_shards

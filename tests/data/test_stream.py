@@ -100,7 +100,7 @@ def test_world_stream_draws_only_training_classes(tiny_config):
     model = mmssl.build_model(config)
     world = world_for(model.renderers["image"], config.world)
     source = WorldSource(world, model.renderers["image"], model.processors["text"], size=200)
-    from mmssl.seeding import sample_rng
+    from mmssl.common.seeding import sample_rng
 
     heldout = {tuple(world.classes[i].attributes.values()) for i in world.heldout_classes}
     for i in range(200):

@@ -5,7 +5,7 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import AddRandomWalkPE
 
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 from mmssl.world import World
 from modalities.base import InvalidSample
 from modalities.graph import GRAPH_SPACE, SIZES, GraphConfig, GraphModality, random_walk_pe, render_graph

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 import mmssl
-from mmssl.checkpoint import resolve_checkpoint
-from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
+from mmssl.train.checkpoint import resolve_checkpoint
+from mmssl.common.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 
 CONFIG = "configs/tiny_cluster.yaml"
 TINY = ["train.steps=6", "train.checkpoint_every=3", "train.log_every=1", "objectives.clusters.data.batch_size=16",

@@ -11,7 +11,7 @@ from torch_geometric.utils import is_undirected
 
 import mmssl
 from mmssl.data import build_streams
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 from objectives.base import EXTRAS_KEY, DistContext
 from modalities.base import ModalityParts
 from modalities.graph import GraphConfig, GraphModality

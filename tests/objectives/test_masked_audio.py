@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.run_log import read_metrics
+from mmssl.train.run_log import read_metrics
 from mmssl.data import build_streams
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality
 from objectives.base import EXTRAS_KEY, DistContext
 from objectives.helpers.patch_masking import masked_patch_loss, normalise_patches, patch_mask

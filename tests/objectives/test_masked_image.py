@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.checkpoint import list_checkpoints
+from mmssl.train.checkpoint import list_checkpoints
 from mmssl.data import build_streams
-from mmssl.run_log import read_metrics
+from mmssl.train.run_log import read_metrics
 from mmssl.testing import check_objective
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 from modalities.image import ImageConfig, ImageModality
 from modalities.text import TextConfig, TextModality
 from objectives.base import EXTRAS_KEY, DistContext

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.run_log import read_metrics
+from mmssl.train.run_log import read_metrics
 from mmssl.data import DataError, build_streams
-from mmssl.trainer import Pretrainer
+from mmssl.train.trainer import Pretrainer
 from modalities.text import TextConfig, TextEncoder, TextModality
 from objectives.base import EXTRAS_KEY, DistContext
 from objectives.mlm import IGNORE, MLMConfig, MLMObjective, mask_tokens

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mmssl
-from mmssl.checkpoint import load_checkpoint
+from mmssl.train.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HUB = [f"objectives.{o}.space=hub" for o in ("image_text", "audio_text", "graph_text")]

@@ -14,10 +14,10 @@ from safetensors import safe_open
 import mmssl
 import objectives.helpers.nt_xent
 import objectives.view_contrastive
-from mmssl.checkpoint import list_checkpoints, resolve_checkpoint
+from mmssl.train.checkpoint import list_checkpoints, resolve_checkpoint
 from mmssl.config import ConfigError
-from mmssl.run_log import read_metrics
-from mmssl.trainer import Pretrainer
+from mmssl.train.run_log import read_metrics
+from mmssl.train.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality, AudioViews
 from modalities.base import ModalityParts, ViewAugmenter
 from modalities.graph import GraphConfig, GraphModality, GraphViews

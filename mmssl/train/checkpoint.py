@@ -39,7 +39,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from mmssl.atomic import OutputError, fsync_dir, fsync_file
+from mmssl.common.atomic import OutputError, fsync_dir, fsync_file
 from mmssl.config import ConfigError, RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
 from modalities.base import Processor, Renderer

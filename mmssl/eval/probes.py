@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
-from mmssl.evaluation import embed_items
+from mmssl.eval.zero_shot import embed_items
 from mmssl.model import MultimodalModel
 
 

@@ -5,7 +5,7 @@ modality (image-, audio- and graph-text). Data comes from the embedded world's
 evaluation split (fresh samples of every class, plus the held-out compositions) or
 from a labelled dataset on disk (an image folder, an ESC-50 style CSV, a graph file):
 ``mmssl.data.eval_sets`` reads them.
-A linear probe on frozen encoder features lives in ``mmssl.linear_probe``.
+A linear probe on frozen encoder features lives in ``mmssl.eval.probes``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mmssl.data.bad_input import SkipLog
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
-from mmssl.metrics import Relevance, caption_relevance, classification_metrics, retrieval_metrics
+from mmssl.eval.metrics import Relevance, caption_relevance, classification_metrics, retrieval_metrics
 from mmssl.model import MultimodalModel
 from modalities.base import InvalidSample, prompt_templates
 from objectives.base import match_matrix

@@ -19,12 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mmssl.checkpoint import Pretrained
+from mmssl.train.checkpoint import Pretrained
 from mmssl.data.eval_sets import EvaluationError, LabelledSet, load_eval_set
-from mmssl.evaluation import caption_partner, caption_retrieval, classify_embeddings, embed_items
-from mmssl.linear_probe import fewshot_probe_on_features, linear_probe_on_features, probe_split
-from mmssl.metrics import average_precision, chance_levels, retrieval_metrics, value_relevance
-from objectives.helpers.clustering import adjusted_mutual_info, cluster_entropy, kmeans
+from mmssl.eval.zero_shot import caption_partner, caption_retrieval, classify_embeddings, embed_items
+from mmssl.eval.probes import fewshot_probe_on_features, linear_probe_on_features, probe_split
+from mmssl.eval.metrics import average_precision, chance_levels, retrieval_metrics, value_relevance
+from mmssl.common.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 
 TASKS = ("classification", "retrieval", "linear_probe", "fewshot", "clustering", "cross_modal")
 HEADLINE = {"classification": "top1", "retrieval": "R@1", "linear_probe": "top1", "fewshot": "top1", "clustering": "AMI",

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmssl import distributed
-from mmssl.atomic import OutputError, check_writable, remove_dead_temporaries
-from mmssl.checkpoint import (
+from mmssl.train import distributed
+from mmssl.common.atomic import OutputError, check_writable, remove_dead_temporaries
+from mmssl.train.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
     check_complete,
@@ -39,14 +39,14 @@ from mmssl.checkpoint import (
     save_checkpoint,
 )
 from mmssl.config import RunConfig
-from mmssl.encoder_sharing import share_encoder_calls
+from mmssl.train.encoder_sharing import share_encoder_calls
 from mmssl.model import MultimodalModel, build_model, compile_encoders, enable_grad_checkpointing
-from mmssl.optim import build_optimizer, build_scheduler
-from mmssl.run_log import RunLog
-from mmssl.run_lock import RunLock, hold_run_directory
-from mmssl.schedule import ObjectiveSchedule
+from mmssl.train.optim import build_optimizer, build_scheduler
+from mmssl.train.run_log import RunLog
+from mmssl.train.run_lock import RunLock, hold_run_directory
+from mmssl.train.schedule import ObjectiveSchedule
 from mmssl.data import Stream, build_streams
-from mmssl.weighting import LossWeighting, build_weighting
+from mmssl.train.weighting import LossWeighting, build_weighting
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ class Pretrainer:
         """Train to ``train.steps`` (resuming first, as configured); returns the last logged
         record (metric means over the last logging interval, plus data stats).
 
-        The output directory is held for the run (``mmssl.run_lock``): a second run on it
+        The output directory is held for the run (``mmssl.train.run_lock``): a second run on it
         is refused before it trains, naming this one.
 
         Raises:

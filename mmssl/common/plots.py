@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmssl.atomic import write_bytes_atomic  # noqa: E402
+from mmssl.common.atomic import write_bytes_atomic  # noqa: E402
 
 
 def _save(fig: Any, path: str | Path) -> None:
@@ -120,18 +120,15 @@ def plot_seed_sweep(
     _save(fig, path)
 
 
-def plot_comparison(records: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Each task's headline figure (top-1, R@1) side by side per checkpoint: one group
-    of bars per task x modality, one bar per checkpoint."""
-    from mmssl.eval_tasks import headline
-
+def plot_comparison(rows: Sequence[tuple[str, str, float]], path: str | Path) -> None:
+    """Headline figures (top-1, R@1) side by side per checkpoint: ``rows`` of (task and
+    modality label, checkpoint, value); one group of bars a label, one bar a checkpoint."""
     values: dict[str, dict[str, float]] = defaultdict(dict)
     checkpoints: list[str] = []
-    for record in records:
-        label, value = headline(record)
-        values[label][record["checkpoint"]] = value
-        if record["checkpoint"] not in checkpoints:
-            checkpoints.append(record["checkpoint"])
+    for label, checkpoint, value in rows:
+        values[label][checkpoint] = value
+        if checkpoint not in checkpoints:
+            checkpoints.append(checkpoint)
     labels = list(values)
     width = 0.8 / max(len(checkpoints), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) * max(len(checkpoints), 1) + 2), 4.5))

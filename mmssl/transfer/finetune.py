@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
-from mmssl.atomic import write_text_atomic
-from mmssl.checkpoint import (
+from mmssl.common.atomic import write_text_atomic
+from mmssl.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -46,13 +46,13 @@ from mmssl.checkpoint import (
 from mmssl.config import RunConfig, TrainConfig
 from mmssl.data.bad_input import SkipLog
 from mmssl.data.eval_sets import EvaluationError, LabelledSet, load_eval_set
-from mmssl.linear_probe import probe_split, stratified_split
-from mmssl.metrics import classification_metrics
+from mmssl.eval.probes import probe_split, stratified_split
+from mmssl.eval.metrics import classification_metrics
 from mmssl.model import MultimodalModel, build_model
-from mmssl.optim import lr_factor
-from mmssl.run_log import RunLog, read_metrics
-from mmssl.run_lock import hold_run_directory
-from mmssl.seeding import sample_rng
+from mmssl.train.optim import lr_factor
+from mmssl.train.run_log import RunLog, read_metrics
+from mmssl.train.run_lock import hold_run_directory
+from mmssl.common.seeding import sample_rng
 from mmssl.world import world_for
 from modalities.base import Encoder, InvalidSample, Processor
 
@@ -610,7 +610,7 @@ def _finetune(checkpoint: str | Path, modality: str, output: Path, options: Fine
 
 def write_report(output: Path, report: dict[str, Any]) -> None:
     """finetune_report.json and, from metrics.jsonl, learning_curve.png."""
-    from mmssl.plots import plot_learning_curve
+    from mmssl.common.plots import plot_learning_curve
 
     write_text_atomic(output / REPORT, json.dumps(report, indent=2))
     metrics = output / "metrics.jsonl"

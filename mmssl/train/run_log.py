@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from mmssl.atomic import OutputError, reason, write_bytes_atomic
+from mmssl.common.atomic import OutputError, reason, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ power cut.
 
 Every small file the project writes (reports, summaries, plots) goes through
 ``write_bytes_atomic`` (``write_text_atomic`` for text). Checkpoint directories are made
-durable the same way, a directory at a time (``mmssl.checkpoint``), with ``fsync_file``
+durable the same way, a directory at a time (``mmssl.train.checkpoint``), with ``fsync_file``
 and ``fsync_dir``.
 """
 

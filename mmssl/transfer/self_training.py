@@ -23,10 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mmssl.atomic import write_text_atomic
-from mmssl.checkpoint import load_checkpoint
+from mmssl.common.atomic import write_text_atomic
+from mmssl.train.checkpoint import load_checkpoint
 from mmssl.data.eval_sets import EvaluationError, LabelledSet, load_eval_set
-from mmssl.finetune import (
+from mmssl.transfer.finetune import (
     Classifier,
     FinetuneError,
     FinetuneOptions,
@@ -41,7 +41,7 @@ from mmssl.finetune import (
     world_labelled_set,
     write_report,
 )
-from mmssl.run_lock import hold_run_directory
+from mmssl.train.run_lock import hold_run_directory
 
 REPORT = "self_training_report.json"
 SELECTION = "self_training_options.json"  # the options a resumed run must share
@@ -241,7 +241,7 @@ def _self_train(checkpoint: str | Path, modality: str, output: Path, options: Fi
         "options": dataclasses.asdict(options), "self_training": dataclasses.asdict(st),
     }
     write_text_atomic(output / REPORT, json.dumps(report, indent=2))
-    from mmssl.plots import plot_self_training
+    from mmssl.common.plots import plot_self_training
 
     plot_self_training(rounds, output / "self_training.png", f"self-training {modality} {options.mode}")
     return report

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mmssl.seeding import sample_rng
+from mmssl.common.seeding import sample_rng
 
 SCHEDULES = ("all", "round_robin", "weighted")
 

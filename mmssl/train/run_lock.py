@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmssl.atomic import OutputError
+from mmssl.common.atomic import OutputError
 
 LOCK_FILE = ".mmssl.lock"
 

@@ -1,7 +1,7 @@
 """k-means and the adjusted mutual information between two labellings.
 
 The ``cluster`` objective draws its pseudo-labels from ``kmeans``; the evaluation's
-``clustering`` task (``mmssl/eval_tasks.py``) clusters frozen features with the same
+``clustering`` task (``mmssl/eval/tasks.py``) clusters frozen features with the same
 function and scores clusters against true classes with ``adjusted_mutual_info``. Both
 are written here because neither torch nor the project's stack has them (scikit-learn
 is not a dependency); they are small and tested against brute force.
