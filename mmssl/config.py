@@ -16,12 +16,15 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
 from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES, RegistryError, closest
 from modalities.base import Encoder
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -549,13 +552,13 @@ def convert(value: Any, tp: Any, key: str, extra_valid: Sequence[str] = ()) -> A
         for k in value:
             if k not in dc_fields:
                 valid = list(dc_fields) + list(extra_valid)
-                raise ConfigError(f"'{key}.{k}': unknown key.{closest(str(k), valid)} Valid keys: {sorted(valid)}")
+                raise ConfigError(f"'{_join(key, k)}': unknown key.{closest(str(k), valid)} Valid keys: {sorted(valid)}")
         kwargs = {}
         for name, f in dc_fields.items():
             if name in value:
-                kwargs[name] = convert(value[name], hints[name], f"{key}.{name}")
+                kwargs[name] = convert(value[name], hints[name], _join(key, name))
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"'{key}.{name}': required value is missing")
+                raise ConfigError(f"'{_join(key, name)}': required value is missing")
         return tp(**kwargs)
 
     origin = typing.get_origin(tp)
@@ -618,6 +621,50 @@ def convert(value: Any, tp: Any, key: str, extra_valid: Sequence[str] = ()) -> A
             raise ConfigError(f"'{key}': expected a string, got {_type_name(value)} {value!r}")
         return str(value)
     raise ConfigError(f"'{key}': unsupported config type {tp}")
+
+
+def _join(key: str, name: Any) -> str:
+    return f"{key}.{name}" if key else str(name)
+
+
+def load_options(
+    cls: type[T], path: str | Path | None = None, values: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (), sections: Mapping[str, type] | None = None,
+) -> T:
+    """Options of a recipe (fine-tuning, self-training, evaluation) read as run configs
+    are: a YAML file (if any), then ``values`` (what command-line flags set), then
+    ``key=value`` overrides, checked against the dataclass ``cls`` by type, with errors
+    naming the key and the closest valid one. ``sections`` are nested dataclasses under
+    their own key (``self_training:``); with them the result is (options, {section: its
+    options, or None where the recipe has none})."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            raw = read_yaml(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for key, value in (values or {}).items():
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{part}': expected a section, got {node!r}")
+        node[last] = value
+    raw = apply_overrides(raw, overrides)
+    sections = dict(sections or {})
+    try:
+        found = {name: convert(raw.pop(name), tp, name) if raw.get(name) is not None else raw.pop(name, None)
+                 for name, tp in sections.items()}
+        options = convert(raw, cls, "", extra_valid=tuple(sections))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return (options, found) if sections else options
 
 
 def _plain(obj: Any) -> Any:

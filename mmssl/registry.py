@@ -1,4 +1,4 @@
-"""Name -> class tables for modalities, objectives and data sources, filled by decorators
+"""Name -> class tables for modalities, objectives, data sources and evaluation tasks, filled by decorators
 and entry points.
 
 Built-in modalities and objectives are declared as entry points in our own
@@ -193,6 +193,7 @@ def _check_modality(cls: Any, name: str, source: str) -> None:
 MODALITIES: Registry = Registry("modality", "mmssl.modalities", check=_check_modality)
 OBJECTIVES: Registry = Registry("objective", "mmssl.objectives")
 SOURCES: Registry = Registry("source", "mmssl.sources")
+EVAL_TASKS: Registry = Registry("evaluation task", "mmssl.eval_tasks")
 
 
 def register_modality(name: str) -> Callable[[T], T]:
@@ -208,6 +209,11 @@ def register_objective(name: str) -> Callable[[T], T]:
 def register_source(name: str) -> Callable[[T], T]:
     """Register a data source kind (a ``mmssl.data.SourceKind`` subclass) under ``name``."""
     return SOURCES.register(name)
+
+
+def register_eval_task(name: str) -> Callable[[T], T]:
+    """Register an evaluation task (a ``mmssl.eval.tasks.EvalTask`` subclass) under ``name``."""
+    return EVAL_TASKS.register(name)
 
 
 def get_modality(name: str) -> type:

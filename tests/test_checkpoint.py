@@ -34,6 +34,8 @@ from mmssl.train.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from mmssl.train.checkpoints import CheckpointManager, rng_state, set_rng_state
+from mmssl.train.run_lock import RunDirectoryInUse
 from mmssl.train.run_log import read_metrics
 from mmssl.train.trainer import Pretrainer
 from tests.test_atomic import spy_on_fsync_and_replace
@@ -279,7 +281,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint_for_the_previous_one(run, how,
     says = _damage(latest, how)
     config = mmssl.load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", STEPS)
     trainer = Pretrainer(config, run)
-    with caplog.at_level(logging.WARNING, logger="mmssl.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mmssl.train.checkpoints"):
         assert trainer.maybe_resume() == run / "checkpoints" / "step_00000001"
     assert trainer.step == 1
     assert f"skipping checkpoint {latest}: {says}" in caplog.text
@@ -316,7 +318,7 @@ def test_a_crafted_pickle_is_refused_without_running_it(run, tmp_path, caplog):
     config = mmssl.load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [*STEPS, f"train.resume={latest}"])
     with pytest.raises(CorruptCheckpointError, match="refused"):
         Pretrainer(config, run).maybe_resume()  # named explicitly: an error
-    with caplog.at_level(logging.WARNING, logger="mmssl.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="mmssl.train.checkpoints"):
         config = mmssl.load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", STEPS)
         assert Pretrainer(config, run).maybe_resume().name == "step_00000001"  # auto: skipped, with a warning
     assert f"skipping checkpoint {latest}: {latest / STATE} refused" in caplog.text
@@ -457,3 +459,35 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+# --- the checkpoint manager ------------------------------------------------------------
+
+
+def test_the_manager_holds_its_run_directory_until_released(tmp_path):
+    first = CheckpointManager(tmp_path / "run", keep=2)
+    first.hold()
+    with pytest.raises(RunDirectoryInUse, match="is in use by another run"):
+        CheckpointManager(tmp_path / "run", keep=2).hold()
+    first.release()
+    first.release()  # a second release is nothing
+    second = CheckpointManager(tmp_path / "run", keep=2)
+    second.hold()
+    second.release()
+
+
+def test_every_generator_is_captured_and_restored_through_a_checkpoint_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    def draws() -> tuple:
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(), [random.random() for _ in range(3)]
+
+    np.random.randn()  # numpy's state holds a cached Gaussian now
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = draws()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draws() == expected
+    set_rng_state({"torch": torch.load(tmp_path / "rng.pt", weights_only=True)["torch"]})  # only what a state holds
+    assert torch.rand(3).tolist() == expected[0]

@@ -90,10 +90,10 @@ def test_clear_errors_for_bad_arguments(tiny_run, tmp_path, capsys):
     code, err = run(zero_shot, "--checkpoint", str(tiny_run), "--modality", "audio")
     assert code == 2 and "has no modality 'audio'" in err
     code, err = run(zero_shot, "--checkpoint", str(tiny_run), "--samples-per-class", "0")
-    assert code == 2 and "--samples-per-class must be at least 1" in err
+    assert code == 2 and "'world_eval_per_class' (--world-eval-per-class): must be at least 1" in err
     code, err = run(zero_shot, "--checkpoint", str(tiny_run), "--modality", "image",
                     "--data", f"folder:{tmp_path}", "--samples-per-class", "3")
-    assert code == 2 and f"--data folder:{tmp_path} has its own" in err
+    assert code == 2 and f"data folder:{tmp_path} has its own" in err
     code, err = run(pretrain, "configs/tiny.yaml", "--output-dir", str(tmp_path), "train.stpes=3")
     assert code == 2 and "'train.stpes'" in err and "steps" in err
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from mmssl.train.checkpoint import load_checkpoint
-from mmssl.eval.tasks import Evaluator, TaskOptions
+import dataclasses
+
+from mmssl.eval.tasks import CrossModalTask, EvalOptions, Evaluator
 from tests.conftest import write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +79,8 @@ def test_task_all_runs_every_task_for_every_modality_and_cross_modal_pairs(hub_r
 
 
 def test_cross_modal_figures_match_a_direct_computation(hub_run):
-    evaluator = Evaluator(load_checkpoint(hub_run), TaskOptions(samples_per_class=3))
-    records = evaluator.cross_modal("audio", "image")
+    evaluator = Evaluator(load_checkpoint(hub_run), EvalOptions(world_eval_per_class=3))
+    records = CrossModalTask.pair(evaluator, "audio", "image")
     forward = next(r for r in records if r["query"] == "audio")
     space_objective = {m: evaluator.model.shared_space(m, space="hub") for m in ("audio", "image")}
     emb = {m: evaluator.embeddings(m, space_objective[m])[0].numpy() for m in ("audio", "image")}
@@ -98,8 +100,8 @@ def test_cross_modal_figures_match_a_direct_computation(hub_run):
     # embedded once: the second task reuses the cached embeddings
     assert evaluator.embeddings("audio", space_objective["audio"])[0] is evaluator._embeddings[("audio", space_objective["audio"])][0]
     # --center: each modality's mean embedding removed, then renormalised, before matching
-    evaluator.options.center = True
-    centered = next(r for r in evaluator.cross_modal("audio", "image") if r["query"] == "audio")
+    evaluator.options = dataclasses.replace(evaluator.options, center=True)
+    centered = next(r for r in CrossModalTask.pair(evaluator, "audio", "image") if r["query"] == "audio")
     unit = {m: (e - e.mean(0)) / np.linalg.norm(e - e.mean(0), axis=1, keepdims=True) for m, e in emb.items()}
     scores = unit["audio"] @ unit["image"].T
     ranked = [relevant[q][np.lexsort((relevant[q], -scores[q]))] for q in range(len(scores))]
@@ -155,7 +157,7 @@ def test_classification_reads_class_names_and_templates_for_a_folder(hub_run, tm
 
 @pytest.mark.parametrize("args, message", [
     (["--modality", "smell", "--task", "retrieval"], "checkpoint has no modality 'smell'"),
-    (["--modality", "image", "--task", "classification", "--class-names", "{names3}"], "--class-names has 3 names but world has 36 classes"),
+    (["--modality", "image", "--task", "classification", "--class-names", "{names3}"], "'class_names' (--class-names) has 3 names but world has 36 classes"),
     (["--modality", "image", "--task", "classification", "--data", "folder:{empty}"], "no class sub-folders"),
     (["--modality", "graph", "--task", "classification", "--data", "folder:{empty}"], "modality 'graph' reads no files"),
     (["--modality", "image", "--task", "classification", "--data", "graphs:{empty}/g.jsonl"], "does not read graph records"),

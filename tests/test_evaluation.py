@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from mmssl.data.eval_sets import EvaluationError, classification_csv_set
+from mmssl.data.eval_sets import EvaluationError
+from mmssl.data.files import esc50_set as classification_csv_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +107,7 @@ def _graph_records(path: Path, records) -> Path:
 
 
 def test_graph_file_set_reads_string_and_integer_labels(tmp_path):
-    from mmssl.data.eval_sets import graph_file_set
+    from mmssl.data.graphs import graph_file_set
 
     ring = {"edges": [[0, 1], [1, 2], [2, 0]], "num_nodes": 3}
     path = _graph_records(tmp_path / "g.jsonl", [{**ring, "label": "triangle", "text": "a triangle", "split": "train"},

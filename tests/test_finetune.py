@@ -133,11 +133,36 @@ def test_expected_errors_are_one_line(pretrained: Path, tmp_path: Path, capsys: 
     ]
     assert main([base[0], "image", *base[1:], "--class-names", "a,b"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--class-names has 2 names but world has 36 classes" in err[0]
+    assert len(err) == 1 and "'class_names' (--class-names) has 2 names but world has 36 classes" in err[0]
     assert main([base[0], "image", *base[1:], "--mode", "partial", "--unfreeze-blocks", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "mmssl-finetune: error: --unfreeze-blocks must be at least 1 in partial mode, got 0 (mode linear freezes all)"
+        "mmssl-finetune: error: 'unfreeze_blocks' (--unfreeze-blocks): must be at least 1 in partial mode, got 0 "
+        "(mode linear freezes all)"
     ]
+
+
+def test_a_recipe_file_sets_the_keys_and_a_misspelled_key_names_the_closest(
+    pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mmssl-finetune --config reads a YAML recipe with the run config's loader: a
+    misspelled key fails before any work, naming the key and the closest valid one; flags
+    and KEY=VALUE override the file (library errors name the key, the CLI its flag)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("mode: linear\nstesp: 5\n", encoding="utf-8")
+    out = tmp_path / "out"
+    base = [str(pretrained), "image", "--output-dir", str(out), "--no-progress", "--config", str(recipe)]
+    assert main(base) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"mmssl-finetune: error: {recipe}: 'stesp': unknown key. Did you mean 'steps' (--steps)?")
+    assert not out.exists()  # refused before any work
+    recipe.write_text("mode: linear\nsteps: 0\nself_training: {rounds: 1}\n", encoding="utf-8")
+    assert main([*base, "steps=3"]) == 2  # the override fixes steps; rounds without a pool is refused
+    assert "'self_training.unlabeled' (--unlabeled): required" in capsys.readouterr().err
+    assert main([*base, "--steps", "2"]) == 2  # a flag over the file, the override (none) over both
+    assert "'self_training.unlabeled' (--unlabeled): required" in capsys.readouterr().err
+    recipe.write_text("mode: staged\nsteps: 4\nhead_steps: 9\n", encoding="utf-8")
+    assert main(base) == 2
+    assert "'head_steps' (--head-steps): must be in [0, steps) in staged mode, got 9 with 4 steps" in capsys.readouterr().err
 
 
 def test_label_count_mismatch_between_train_and_eval_sets(pretrained: Path, tmp_path: Path, colour_folder: Path,
@@ -257,3 +282,78 @@ def test_a_sigkilled_command_resumes_to_the_same_weights(pretrained: Path, tmp_p
     lines = [[{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_metrics(run / "metrics.jsonl")]
              for run in (killed, tmp_path / "whole")]
     assert lines[0] == lines[1]
+
+
+def test_a_stopped_finetune_resumes_every_generator(pretrained: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fine-tune that draws from numpy's and Python's global generators as well as torch's
+    (a plugin's forward might) resumes exactly: its checkpoints hold every generator's
+    state and resume restores each."""
+    import random
+
+    from mmssl.transfer import finetune as finetune_module
+
+    forward = finetune_module.Classifier.forward
+
+    def noisy(self: finetune_module.Classifier, batch: object) -> torch.Tensor:
+        return forward(self, batch) * (1 + 0.5 * random.random() + 0.5 * float(np.random.rand()))
+
+    monkeypatch.setattr(finetune_module.Classifier, "forward", noisy)
+    options = FinetuneOptions(mode="linear", steps=5, **QUICK)
+    final = {}
+
+    def run(name: str, seed: int, after_step) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        finetune(pretrained, "image", tmp_path / name, options, after_step=after_step)
+
+    def stop_at_step_4(step: int, model: torch.nn.Module) -> None:
+        if step == 4:  # the last checkpoint is step 2
+            raise Killed
+
+    run("whole", 0, lambda step, model: final.update(whole=model))
+    with pytest.raises(Killed):
+        run("stopped", 0, stop_at_step_4)
+    state = torch.load(tmp_path / "stopped" / "checkpoints" / "step_00000002" / "finetune_state.pt", weights_only=True)
+    assert {"torch", "numpy", "python"} <= set(state["rng"])
+    run("stopped", 1, lambda step, model: final.update(resumed=model))  # seeded otherwise: the checkpoint's state wins
+    whole, resumed = final["whole"].state_dict(), final["resumed"].state_dict()
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+    lines = [[{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_metrics(tmp_path / run / "metrics.jsonl")]
+             for run in ("whole", "stopped")]
+    assert lines[0] == lines[1]
+
+
+def test_a_finetune_checkpoint_of_torch_rng_alone_still_resumes(pretrained: Path, tmp_path: Path) -> None:
+    """A checkpoint written before every generator was saved (its state holds
+    ``torch_rng``) resumes, restoring torch's generator, to the uninterrupted weights."""
+    options = FinetuneOptions(mode="staged", head_steps=1, steps=4, **QUICK)
+    final = {}
+    finetune(pretrained, "image", tmp_path / "whole", options, after_step=lambda step, model: final.update(whole=model))
+
+    def stop_at_step_3(step: int, model: torch.nn.Module) -> None:
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetune(pretrained, "image", tmp_path / "old", options, after_step=stop_at_step_3)
+    path = tmp_path / "old" / "checkpoints" / "step_00000002" / "finetune_state.pt"
+    state = torch.load(path, weights_only=True)
+    state["torch_rng"] = state.pop("rng")["torch"]
+    torch.save(state, path)
+    finetune(pretrained, "image", tmp_path / "old", options, after_step=lambda step, model: final.update(resumed=model))
+    whole, resumed = final["whole"].state_dict(), final["resumed"].state_dict()
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+
+
+def test_a_corrupt_finetune_checkpoint_is_skipped_with_a_warning(pretrained: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    options = FinetuneOptions(mode="linear", steps=4, **QUICK)
+    finetune(pretrained, "image", tmp_path / "run", options)
+    latest = tmp_path / "run" / "checkpoints" / "step_00000004"
+    (latest / "finetune_state.pt").write_bytes(b"\x00" * 64)
+    steps = []
+    with caplog.at_level("WARNING", logger="mmssl.train.checkpoints"):
+        finetune(pretrained, "image", tmp_path / "run", options, after_step=lambda step, model: steps.append(step))
+    assert f"skipping checkpoint {latest}: {latest / 'finetune_state.pt'} is unreadable" in caplog.text
+    assert steps == [3, 4]  # resumed from step 2

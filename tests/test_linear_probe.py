@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 import mmssl
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
-from mmssl.eval.probes import fit_logistic_regression, linear_probe, stratified_split
+from mmssl.eval.probes import fit_logistic_regression, stratified_split
+from mmssl.eval.tasks import EvalOptions, Evaluator, LinearProbeTask
+from mmssl.train.checkpoint import Pretrained
 from tests.data.test_graphs import CONFIGS
 
 
@@ -30,8 +34,17 @@ def test_logistic_regression_separates_separable_classes_and_not_noise():
     assert (noise_probe(features[30:]).argmax(1) == shuffled[30:]).float().mean() < 0.7
 
 
+def linear_probe(model, modality, data, config):
+    """The linear-probe task's record on ``data``, and how many items could not be embedded."""
+    evaluator = Evaluator(Pretrained(model, config, Path("in-memory")), EvalOptions(modality=modality))
+    evaluator._sets[modality] = data
+    (record,) = LinearProbeTask.run(evaluator, modality)
+    return {**record, "skipped": evaluator.embeddings(modality, None)[2]}
+
+
 def test_linear_probe_on_frozen_graph_features_uses_the_given_split():
-    model = mmssl.build_model(mmssl.load_config(CONFIGS / "tiny_graph.yaml"))
+    config = mmssl.load_config(CONFIGS / "tiny_graph.yaml")
+    model = mmssl.build_model(config)
     # stars vs paths: their degree features differ, so even a random encoder separates them
     items, labels, splits = [], [], []
     for n in range(4, 16):
@@ -43,10 +56,10 @@ def test_linear_probe_on_frozen_graph_features_uses_the_given_split():
     labels.append(0)
     splits.append("train")
     data = LabelledSet(items, labels, ["star", "path"], [f"item {i}" for i in range(len(items))], splits=splits)
-    result = linear_probe(model, "graph", data)
+    result = linear_probe(model, "graph", data, config)
     assert result["num_test"] == 8 and result["num_train"] == 16 and result["skipped"] == 1
     assert result["split"] == "given by the dataset" and result["top1"] == 1.0
-    stratified = linear_probe(model, "graph", LabelledSet(items[:-1], labels[:-1], ["star", "path"], ["x"] * 24))
+    stratified = linear_probe(model, "graph", LabelledSet(items[:-1], labels[:-1], ["star", "path"], ["x"] * 24), config)
     assert stratified["num_test"] == 8 and "stratified" in stratified["split"]
 
 

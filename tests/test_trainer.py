@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,17 @@ def test_resume_none_starts_over(tiny_config, tmp_path):
     again = Pretrainer(tiny_config("train.steps=2", "train.resume=none"), tmp_path)
     again.fit()
     assert again.step == 2 and len(read_metrics(tmp_path / "metrics.jsonl")) == 4
+
+
+def test_an_api_run_writes_its_summary_and_loss_plot(tiny_config, tmp_path):
+    """train_summary.json and losses.png come from fit itself, not only from mmssl-pretrain."""
+    trainer = mmssl.Pretrainer(tiny_config("train.steps=3", "train.log_every=1"), tmp_path)
+    last = trainer.fit()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary == trainer.summary
+    assert list(summary) == ["steps", "seconds", *[k for k in last if "/" in k or k == "loss"],
+                             "nonfinite_steps", "world_size", "per_rank_batch"]
+    assert summary["steps"] == 3 and summary["loss"] == last["loss"] and summary["nonfinite_steps"] == 0
+    assert summary["world_size"] == 1 and summary["per_rank_batch"] == {"image_text": 16}
+    assert 0 < summary["seconds"]
+    assert (tmp_path / "losses.png").read_bytes()[:4] == b"\x89PNG"

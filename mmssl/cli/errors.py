@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+from mmssl.cli.options import name_flags
 from mmssl.common.atomic import OutputError
 from mmssl.train.checkpoint import CheckpointError
 from mmssl.config import ConfigError
@@ -69,9 +70,11 @@ def print_error(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
 
 
-def reports_errors(prog: str) -> Callable[[Main], Main]:
+def reports_errors(prog: str, flags: Mapping[str, str] | None = None) -> Callable[[Main], Main]:
     """Decorate a command's ``main(argv) -> int``: an ``EXPECTED_ERRORS`` error becomes one
-    line on stderr and exit status 2; any other exception propagates with its traceback."""
+    line on stderr and exit status 2; any other exception propagates with its traceback.
+    ``flags`` (option key -> the command's flag): a key the message names gets its flag
+    beside it (library errors name keys, the command line knows its flags)."""
 
     def decorate(main: Main) -> Main:
         @functools.wraps(main)
@@ -79,7 +82,7 @@ def reports_errors(prog: str) -> Callable[[Main], Main]:
             try:
                 return main(argv)
             except EXPECTED_ERRORS as exc:
-                print_error(prog, one_line(exc))
+                print_error(prog, name_flags(one_line(exc), flags or {}))
                 return 2
 
         return run

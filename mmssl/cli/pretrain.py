@@ -9,22 +9,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from mmssl.train import distributed
-from mmssl.common.atomic import write_text_atomic
 from mmssl.cli.errors import reports_errors
 from mmssl.config import load_config
-from mmssl.common.plots import plot_losses
-from mmssl.train.run_log import read_metrics
-from mmssl.train.trainer import Pretrainer
+from mmssl.train.trainer import LOSS_PLOT, Pretrainer
 
 PROG = "mmssl-pretrain"
 
@@ -52,7 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"train.resume={args.resume}")
     config = load_config(args.config, overrides)
     output = Path(args.output_dir)
-    start = time.perf_counter()
     in_group = distributed.init_from_env()  # under torchrun: join its process group
     try:
         trainer = Pretrainer(config, output)
@@ -60,23 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if in_group:
             torch.distributed.destroy_process_group()
-    seconds = time.perf_counter() - start
     if not distributed.is_main_process_of_env():
         return 0
-    metrics_file = output / "metrics.jsonl"
-    if metrics_file.is_file():
-        plot_losses(read_metrics(metrics_file), output / "losses.png")
-    summary = {"steps": trainer.step, "seconds": round(seconds, 1), **{k: v for k, v in last.items() if "/" in k or k == "loss"}}
-    summary["nonfinite_steps"] = trainer.nonfinite_steps
-    summary["world_size"] = trainer.dist.world_size
-    summary["per_rank_batch"] = {name: s.local_batch_size for name, s in trainer.streams.items()}
-    write_text_atomic(output / "train_summary.json", json.dumps(summary, indent=2))
-    print(f"trained {trainer.step} steps in {seconds:.0f} s; final loss {last.get('loss', float('nan')):.4f}")
+    # fit wrote train_summary.json (trainer.summary) and losses.png; this prints them
+    print(f"trained {trainer.step} steps in {trainer.summary['seconds']:.0f} s; final loss {last.get('loss', float('nan')):.4f}")
     for name in trainer.model.objectives:  # means over the last logging interval
         values = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(f"{name}/")}
         if values:
             print(f"  {name}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
-    print(f"checkpoints: {output / 'checkpoints'}; loss curves: {output / 'losses.png'}")
+    print(f"checkpoints: {output / 'checkpoints'}; loss curves: {output / LOSS_PLOT}")
     return 0
 
 

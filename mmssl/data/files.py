@@ -1,9 +1,11 @@
-"""Sources on disk: a text corpus, a CSV of paired columns, a folder of files."""
+"""Sources on disk: a text corpus, a CSV of paired columns, a folder of files; and, for
+evaluation, a class folder, an open_clip pairs CSV and an ESC-50 style class CSV."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -12,9 +14,13 @@ import numpy as np
 
 from mmssl.config import ConfigError
 from mmssl.data.bad_input import TEXT_ENCODING, BadRecord, undecodable
+from mmssl.data.labelled import EvalSetContext, EvaluationError, LabelledSet, set_skips
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from mmssl.registry import closest
 from modalities.base import InvalidSample, Processor
+
+log = logging.getLogger(__name__)
+ESC50_COLUMNS = ("filename", "target", "category")
 
 
 def require_data_file(path: Path, what: str) -> None:
@@ -243,6 +249,23 @@ class CsvKind(SourceKind):
     def build(cls, options: CsvOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         return CsvSource(options.path, options.columns, modalities, separator=options.separator)
 
+    @classmethod
+    def labelled_set(cls, path: str, context: EvalSetContext) -> LabelledSet:
+        """open_clip's pairs CSV, for retrieval: file and caption columns
+        (``context.columns``). A CSV in ESC-50's layout (``filename,target,category``,
+        without the file column), which ``csv:`` named in evaluation before ``esc50``
+        did, is read as ``esc50:PATH``, saying so once."""
+        cls.require_files(context)
+        file_column = context.columns[0]
+        header = read_csv_header(Path(path))
+        if header is not None and file_column not in header and all(c in header for c in ESC50_COLUMNS):
+            if path not in _ESC50_ALIAS_WARNED:
+                _ESC50_ALIAS_WARNED.add(path)
+                log.warning("data 'csv:%s' has ESC-50's columns: read as 'esc50:%s'. 'csv' is the pairs CSV "
+                            "(file and caption columns) in evaluation as in training; write esc50:PATH", path, path)
+            return esc50_set(path, context.on_error)
+        return pairs_set(path, *context.columns, on_error=context.on_error)
+
 
 @dataclass(frozen=True)
 class FolderOptions:
@@ -263,6 +286,12 @@ class FolderKind(SourceKind):
     def build(cls, options: FolderOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         (modality,) = modalities.values()
         return FolderSource(options.path, modality)
+
+    @classmethod
+    def labelled_set(cls, path: str, context: EvalSetContext) -> LabelledSet:
+        """A class folder: ``path/<class name>/<files>``."""
+        cls.require_files(context)
+        return folder_set(path, context.processor.file_extensions)
 
 
 @dataclass(frozen=True)
@@ -289,3 +318,152 @@ class TextKind(SourceKind):
             raise DataError(f"objective '{objective}': data.source 'text' feeds text modalities; '{modality.key}' is not one")
         return TextCorpusSource(options.path, modality, field=options.text_field)
 
+
+# --------------------------------------------------------------------------------------
+# Labelled evaluation sets
+# --------------------------------------------------------------------------------------
+
+
+def read_eval_csv(path: Path, columns: Sequence[str], layout: str) -> tuple[list[dict[str, str] | BadRecord], list[str]]:
+    """Records and their names of an evaluation CSV that must have ``columns``."""
+    try:
+        rows = read_csv(path)
+    except DataError as exc:
+        raise EvaluationError(str(exc)) from None
+    missing = sorted(c for c in columns if c not in rows.header)
+    if missing:
+        raise EvaluationError(f"{path}: missing columns {missing} (columns: {rows.header}); {layout}")
+    if not rows.records:
+        raise EvaluationError(f"{path}: no data rows")
+    return rows.records, [rows.where(i) for i in range(len(rows.records))]
+
+
+def folder_set(root: str | Path, extensions: Sequence[str]) -> LabelledSet:
+    """A classification folder: ``root/<class name>/<files>`` (class name: folder name, '_' as space)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EvaluationError(f"data folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise EvaluationError(f"{root}: no class sub-folders (expected {root}/<class name>/<files>)")
+    items, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in extensions)
+        items += [str(f) for f in files]
+        labels += [index] * len(files)
+    if not items:
+        raise EvaluationError(f"{root}: no files ({', '.join(extensions)}) in the class folders")
+    names = [c.replace("_", " ") for c in classes]
+    return LabelledSet(items, labels, names, list(items), source=f"folder:{root}")
+
+
+def esc50_set(path: str | Path, on_error: str = "skip") -> LabelledSet:
+    """A classification CSV in ESC-50's layout: columns ``filename``, ``target`` (class
+    index), ``category`` (class name, '_' as space). Files are looked up beside the CSV,
+    then in ``../audio/`` (ESC-50 keeps meta/esc50.csv and audio/*.wav). A row that does
+    not parse, or whose target is not an integer, is a counted skip (or the error
+    under ``on_error: fail``); a target named by two categories is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise EvaluationError(f"classification CSV not found: {path}")
+    records, names_of = read_eval_csv(path, ESC50_COLUMNS, "ESC-50 layout: filename,target,category")
+    skips = set_skips(path, on_error)
+    rows: list[tuple[dict[str, str], int, str]] = []
+    names: dict[int, str] = {}
+    for record, name in zip(records, names_of):
+        if isinstance(record, BadRecord):
+            skips.add(name, record.reason)
+            continue
+        try:
+            target = int(record["target"])
+        except ValueError:
+            skips.add(name, f"target {record['target']!r} is not an integer")
+            continue
+        category = record["category"].replace("_", " ")
+        if names.setdefault(target, category) != category:
+            raise EvaluationError(f"{name}: target {target} is '{category}' here but '{names[target]}' before")
+        rows.append((record, target, name))
+    if not rows:
+        raise EvaluationError(f"{path}: no usable rows ({skips.count} skipped)")
+    index = {t: i for i, t in enumerate(sorted(names))}
+    roots = [path.parent, path.parent.parent / "audio"]
+    items, labels, where = [], [], []
+    for record, target, name in rows:
+        found = next((r / record["filename"] for r in roots if (r / record["filename"]).is_file()), path.parent / record["filename"])
+        items.append(str(found))
+        labels.append(index[target])
+        where.append(f"{name} ({found})")
+    return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"esc50:{path}", skipped=skips.count)
+
+
+def pairs_set(path: str | Path, file_column: str = "filepath", caption_column: str = "title", on_error: str = "skip") -> LabelledSet:
+    """Paired data for retrieval: a CSV of file and caption columns (open_clip's layout,
+    files relative to the CSV's folder). Rows naming the same file are several captions
+    of one item. No labels: classification and probes need a labelled set. A row that
+    does not parse or has an empty cell is a counted skip, as in training (or the error
+    under ``on_error: fail``)."""
+    path = Path(path)
+    if not path.exists():
+        raise EvaluationError(f"paired CSV not found: {path}")
+    records, names = read_eval_csv(
+        path, (file_column, caption_column), "name them with 'file_column' and 'caption_column'"
+    )
+    skips = set_skips(path, on_error)
+    items: list[str] = []
+    where: list[str] = []
+    index: dict[str, int] = {}
+    data = LabelledSet(items, [], [], where, source=f"csv:{path}")
+    for record, name in zip(records, names):
+        if isinstance(record, BadRecord):
+            skips.add(name, record.reason)
+            continue
+        file, caption = record[file_column].strip(), record[caption_column].strip()
+        if not file or not caption:
+            skips.add(name, f"empty '{file_column if not file else caption_column}' cell")
+            continue
+        if file not in index:
+            index[file] = len(items)
+            items.append(str(path.parent / file))
+            where.append(f"{name} ({path.parent / file})")
+        data.captions.append(caption)
+        data.caption_owners.append(index[file])
+    if not items:
+        raise EvaluationError(f"{path}: no usable rows ({skips.count} skipped)")
+    data.skipped = skips.count
+    return data
+
+
+_ESC50_ALIAS_WARNED: set[str] = set()  # paths whose 'csv:' alias was announced
+
+
+def read_csv_header(path: Path) -> list[str] | None:
+    """The column names of a CSV's first line, or None when it cannot be read (the
+    reader that follows says why)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            return next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
+class Esc50Kind(SourceKind):
+    """``esc50``: a classification CSV in ESC-50's layout (``filename``, ``target``,
+    ``category``; files beside the CSV or in ``../audio/``), for evaluation and
+    fine-tuning (``--data esc50:meta/esc50.csv``). It labels files; to pretrain on
+    them, use ``data.source: folder``."""
+
+    Config = FolderOptions
+
+    @classmethod
+    def check(cls, options: FolderOptions, key: str, modalities: Sequence[str]) -> None:
+        raise ConfigError(f"'{key}.source': 'esc50' gives labelled evaluation sets only (data esc50:PATH in evaluation and fine-tuning); "
+                          "train on the files with source: folder")
+
+    @classmethod
+    def build(cls, options: FolderOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
+        raise DataError(f"objective '{objective}': source 'esc50' gives labelled evaluation sets only")
+
+    @classmethod
+    def labelled_set(cls, path: str, context: EvalSetContext) -> LabelledSet:
+        cls.require_files(context)
+        return esc50_set(path, context.on_error)

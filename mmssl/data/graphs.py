@@ -28,6 +28,7 @@ from torch_geometric.data.storage import GlobalStorage
 
 from mmssl.data.bad_input import TEXT_ENCODING, BadRecord, undecodable
 from mmssl.data.files import require_data_file
+from mmssl.data.labelled import EvalSetContext, EvaluationError, LabelledSet, resolve_labels, set_skips
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from modalities.base import InvalidSample, Processor, modality_roles
 
@@ -146,3 +147,50 @@ class GraphsKind(SourceKind):
     def build(cls, options: GraphsOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         return GraphSource.from_file(options.path, modalities)
 
+    @classmethod
+    def labelled_set(cls, path: str, context: EvalSetContext) -> LabelledSet:
+        """A labelled graph file (JSONL or a saved list of Data)."""
+        processor = context.processor
+        if processor.file_extensions or processor.consumes_captions:
+            raise EvaluationError(f"modality '{context.modality}' does not read graph records: data 'graphs:PATH' cannot feed it")
+        return graph_file_set(path, context.class_names, context.on_error)
+
+
+def graph_file_set(path: str | Path, class_names: Sequence[str] | None = None, on_error: str = "skip") -> LabelledSet:
+    """A labelled graph file (JSONL or a saved list of Data, see ``mmssl.data.graphs``).
+
+    Labels are class names (strings) or indices into ``class_names`` (needed then);
+    ``y`` of a Data is an index. When every record has a ``text`` caption, retrieval
+    pairs each graph with its own caption; a ``split`` field fixes linear-probe splits.
+    A line that is not a JSON object, or a record without a usable label, is a counted
+    skip, as in training (or the error under ``on_error: fail``).
+    """
+    try:
+        all_records, all_where = read_graph_file(path)
+    except DataError as exc:
+        raise EvaluationError(str(exc)) from None
+    skips = set_skips(path, on_error)
+    records, where, raw_labels = [], [], []
+    for record, name in zip(all_records, all_where):
+        if isinstance(record, BadRecord):
+            skips.add(name, record.reason)
+            continue
+        label = record_field(record, "label")
+        if label is None or isinstance(label, bool) or not isinstance(label, (int, str)):
+            skips.add(name, f"no usable 'label' (got {label!r}); need a class name or index")
+            continue
+        records.append(record)
+        where.append(name)
+        raw_labels.append(label)
+    if not records:
+        raise EvaluationError(f"{path}: no graph with a readable label ({skips.count} skipped)")
+    names, labels = resolve_labels(raw_labels, where, class_names, path)
+    data = LabelledSet(records, labels, names, where, source=f"graphs:{path}", skipped=skips.count)
+    texts = [record_field(r, "text") for r in records]
+    if all(isinstance(t, str) and t.strip() for t in texts):
+        data.captions = list(texts)
+        data.caption_owners = list(range(len(records)))
+    splits = [record_field(r, "split") for r in records]
+    if all(split in ("train", "test") for split in splits):
+        data.splits = list(splits)
+    return data

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmssl.data.labelled import EvalSetContext, EvaluationError, LabelledSet, read_class_names, resolve_labels, set_skips
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from modalities.base import InvalidSample, Processor
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CAPTION_EXTENSIONS = (".txt", ".json")
 CAPTION_FIELDS = ("caption", "text")
+CLASS_NAMES_FILE = "classnames.txt"  # clip_benchmark's name, beside the shards or one folder up
 RECORD_EXTENSION = ".json"  # a modality that reads no files (graphs) takes a JSON record
 
 
@@ -253,3 +255,78 @@ class ShardsKind(SourceKind):
     @classmethod
     def build(cls, options: ShardsOptions, objective: str, modalities: Mapping[str, Processor], context: BuildContext) -> Source:
         return ShardSource(expand_shards(options.path), modalities)
+
+    @classmethod
+    def labelled_set(cls, path: str, context: EvalSetContext) -> LabelledSet:
+        """Labelled shards: a ``.cls`` member or a JSON ``label`` a sample."""
+        return shard_set(path, context.processor, context.class_names, context.on_error)
+
+
+class ShardItems(Sequence[Any]):
+    """Raw items of chosen shard samples, read when indexed: a shard set need not fit in memory."""
+
+    def __init__(self, source: ShardSource, indices: Sequence[int], modality: Processor) -> None:
+        self.source, self.indices, self.modality = source, list(indices), modality
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        return self.source.raw_item(self.indices[i], self.modality)
+
+
+def _shard_label(source: ShardSource, index: int) -> int | str:
+    cls = source.text_member(index, ".cls")
+    if cls is not None:
+        try:
+            return int(cls)
+        except ValueError:
+            raise InvalidSample(f".cls member {cls[:40]!r} is not a class index", source=source.where(index)) from None
+    record = source.record(index) or {}
+    label = record.get("label")
+    if label is None or isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise InvalidSample(f"no label: a .cls member or a 'label' in the .json member (got {label!r})", source=source.where(index))
+    return label
+
+
+def shard_set(path: str, modality: Processor, class_names: Sequence[str] | None = None, on_error: str = "skip") -> LabelledSet:
+    """Labelled WebDataset shards (``path``: a directory or a brace pattern, as in training).
+
+    A sample's label is its ``KEY.cls`` member (a class index: webdataset's and
+    clip_benchmark's convention) or the ``label`` of its ``KEY.json`` (a class name or
+    index). Class names: ``class_names``, else ``classnames.txt`` beside the shards or
+    one folder up (clip_benchmark's layout), else the sorted string labels. When every
+    sample has a caption (``KEY.txt``, or the caption/text of ``KEY.json``), retrieval
+    pairs each item with its own caption. A sample whose label cannot be read is a
+    counted, logged skip, or an error under ``on_error: fail``.
+    """
+    try:
+        shards = expand_shards(path)
+        source = ShardSource(shards, {modality.key: modality})
+    except DataError as exc:
+        raise EvaluationError(str(exc)) from None
+    kept, raw_labels, where, captions = [], [], [], []
+    skips = set_skips(path, on_error)
+    for index in range(len(source)):
+        try:
+            label, caption = _shard_label(source, index), source.caption(index)
+        except InvalidSample as exc:
+            skips.add(exc.source or source.where(index), exc.reason)
+            continue
+        kept.append(index)
+        raw_labels.append(label)
+        captions.append(caption)
+        where.append(source.where(index))
+    if not kept:
+        raise EvaluationError(f"shard set {path}: no sample with a readable label ({skips.count} skipped)")
+    if class_names is None:
+        folders = (shards[0].parent, shards[0].parent.parent)
+        found = next((f / CLASS_NAMES_FILE for f in folders if (f / CLASS_NAMES_FILE).is_file()), None)
+        if found is not None and not all(isinstance(label, str) for label in raw_labels):
+            class_names = read_class_names(found)
+    names, labels = resolve_labels(raw_labels, where, class_names, path)
+    data = LabelledSet(ShardItems(source, kept, modality), labels, names, where, source=f"shards:{path}", skipped=skips.count)
+    if all(captions):
+        data.captions = list(captions)
+        data.caption_owners = list(range(len(kept)))
+    return data

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmssl.config import ConfigError, RunConfig
 from mmssl.data.bad_input import SkipLog
+from mmssl.data.labelled import EvalSetContext, EvaluationError, LabelledSet
 from mmssl.common.seeding import sample_rng
 from modalities.base import InvalidSample, Processor, Renderer
 from objectives.base import EXTRAS_KEY, MATCH_KEY, stack_extras
@@ -61,7 +62,10 @@ class SourceKind:
 
     ``data.source: <name>`` in a config picks the kind; the other keys of the ``data``
     section, beside the stream's own (batch_size, num_workers, on_error,
-    max_skip_fraction), are the kind's options, checked against ``Config``.
+    max_skip_fraction), are the kind's options, checked against ``Config``. A kind that
+    can also give a labelled evaluation set (``--data <name>:PATH`` in
+    ``mmssl-zero-shot``, ``mmssl-finetune`` and self-training) implements
+    ``labelled_set``.
 
     Class attributes:
         name: the registry key; set by the registry.
@@ -95,6 +99,25 @@ class SourceKind:
         """The source of raw items for ``objective``'s stream; ``modalities`` are the
         processors of its modalities, by key."""
         raise NotImplementedError
+
+    @classmethod
+    def labelled_set(cls, path: str, context: EvalSetContext) -> LabelledSet:
+        """The labelled evaluation set at ``path`` for ``context.modality``: raw items the
+        processor's ``transform`` reads, their labels and class names, and captions
+        where the set pairs items with text. Raise ``EvaluationError`` saying what to
+        change when it cannot feed that modality."""
+        raise EvaluationError(f"source kind '{cls.name}' gives no evaluation sets")
+
+    @classmethod
+    def gives_labelled_sets(cls) -> bool:
+        """Whether the kind implements ``labelled_set`` (evaluation lists these kinds)."""
+        return cls.labelled_set.__func__ is not SourceKind.labelled_set.__func__
+
+    @classmethod
+    def require_files(cls, context: EvalSetContext) -> None:
+        """For ``labelled_set``: fail unless the modality reads files (no language modality)."""
+        if context.processor.consumes_captions or not context.processor.file_extensions:
+            raise EvaluationError(f"modality '{context.modality}' reads no files: data '{cls.name}:PATH' cannot feed it")
 
 
 class Source(Protocol):

@@ -8,7 +8,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from mmssl.config import ConfigError
+from mmssl.config import ConfigError, WorldConfig
+from mmssl.data.labelled import EvalSetContext, EvaluationError, LabelledSet
 from mmssl.data.stream import BuildContext, DataError, Source, SourceKind
 from mmssl.common.seeding import sample_rng
 from mmssl.world import World, world_for
@@ -167,3 +168,34 @@ class WorldKind(SourceKind):
         world = pool.world if pool is not None else world_for(renderer, world_config)
         return WorldSource(world, renderer, captioners[0] if captioners else None, size=options.epoch_size, pool=pool)
 
+    @classmethod
+    def labelled_set(cls, path: str, context: EvalSetContext) -> LabelledSet:
+        """The world's fresh evaluation samples (``world``, no path)."""
+        if path:
+            raise EvaluationError(f"data 'world' takes no path, got 'world:{path}'")
+        if context.renderer is None:
+            raise EvaluationError(f"modality '{context.modality}' has no embedded world; name a data set")
+        return world_eval_set(context.renderer, context.world)
+
+
+def world_eval_set(renderer: Renderer, world_config: WorldConfig) -> LabelledSet:
+    """Fresh samples of every world class (none drawn by any training stream)."""
+    world: World = world_for(renderer, world_config)
+    data = LabelledSet([], [], world.class_names, [], list(world.heldout_classes), source="world")
+    space = world.space
+    attributes = {**space.class_attributes, **space.nuisance_attributes, **space.shared_attributes}
+    data.attribute_values = {a: tuple(v) for a, v in attributes.items()}
+    for cls in world.classes:
+        for i in range(world_config.eval_samples_per_class):
+            # An "eval" key in the seed: training streams never draw these generators.
+            rng = sample_rng(world_config.seed, "eval", cls.index, i)
+            concept = world.concept(cls.index, rng)
+            data.items.append(renderer.render(concept, rng))
+            data.labels.append(cls.index)
+            data.where.append(f"world eval sample {cls.name} #{i}")
+            caption, codes = world.caption(concept, rng, single_attribute_prob=0.0)
+            data.captions.append(caption)
+            data.caption_codes.append(codes)
+            data.item_codes.append(world.match_codes(concept))
+            data.item_attributes.append(dict(concept))
+    return data

@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from mmssl.data.eval_sets import EvaluationError, LabelledSet
-from mmssl.eval.zero_shot import embed_items
-from mmssl.model import MultimodalModel
 
 
 def stratified_split(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -191,25 +189,3 @@ def fewshot_probe_on_features(
         "num_test": len(test),
         "num_classes": num_classes,
     }
-
-
-def linear_probe(
-    model: MultimodalModel,
-    modality: str,
-    data: LabelledSet,
-    batch_size: int = 256,
-    on_error: str = "skip",
-    test_fraction: float = 0.3,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Top-1 of a logistic regression on frozen pooled features of ``data``'s items.
-
-    The split is the dataset's (``data.splits``) when it has one, else stratified and
-    seeded. Returns a JSON-ready dict: top1, num_train, num_test, num_classes, split.
-    """
-    features, kept, skipped = embed_items(model, modality, data, None, batch_size, on_error)
-    labels = torch.tensor([data.labels[i] for i in kept])
-    train, test, split = probe_split(data, kept, test_fraction, seed)
-    result = linear_probe_on_features(features, labels, train, test, len(data.class_names), seed)
-    result.update(skipped=skipped, split=split, features=f"{modality} encoder pooled output (frozen)")
-    return result

@@ -39,10 +39,7 @@ class ZeroShotResult:
     composition_top1: float | None = None
     seen_top1: float | None = None
     heldout_classes: list[str] = field(default_factory=list)
-    retrieval: dict[str, dict[str, float]] = field(default_factory=dict)
-    linear_probe: dict[str, Any] = field(default_factory=dict)
     data: str = ""
-    checkpoint: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON report (the confusion matrix goes to the PNG, not here)."""
@@ -52,10 +49,6 @@ class ZeroShotResult:
             out.pop("composition_top1")
             out.pop("seen_top1")
             out.pop("heldout_classes")
-        if not self.retrieval:
-            out.pop("retrieval")
-        if not self.linear_probe:
-            out.pop("linear_probe")
         return out
 
 
@@ -173,25 +166,6 @@ def caption_retrieval(
         f"{modality}_to_{text_modality}": retrieval_metrics(emb, text, item_to_caption),
         f"{text_modality}_to_{modality}": retrieval_metrics(text, emb, caption_to_item),
     }
-
-
-def zero_shot_classify(
-    model: MultimodalModel,
-    modality: str,
-    data: LabelledSet,
-    templates: Sequence[str] | None = None,
-    objective: str | None = None,
-    batch_size: int = 256,
-    on_error: str = "skip",
-) -> ZeroShotResult:
-    """Classify ``data`` by cosine to class prompt embeddings; top-1/top-5/per-class
-    recall, and retrieval against the set's captions where it has them."""
-    objective, text_modality = caption_partner(model, modality, objective)
-    emb, kept, skipped = embed_items(model, modality, data, objective, batch_size, on_error)
-    result = classify_embeddings(model, modality, data, emb, kept, skipped, templates, objective)
-    if data.captions:
-        result.retrieval = caption_retrieval(model, modality, text_modality, data, emb, kept, objective, batch_size)
-    return result
 
 
 def classify_embeddings(

@@ -7,6 +7,7 @@
     encoder_sharing.py  several objectives' calls of one encoder as one batched call
     distributed.py      DDP: the process group, reductions, consistency checks
     checkpoint.py       atomic checkpoint directories, loading a pretrained checkpoint
+    checkpoints.py      CheckpointManager: the run directory, saves, resume, every generator
     run_log.py          metrics.jsonl (+ TensorBoard)
     run_lock.py         one run per output directory
 """

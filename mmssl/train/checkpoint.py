@@ -19,6 +19,9 @@ are fsynced before the rename, and the parent after it. Names that are not
                              the new one in place: put back if step_N is missing,
                              removed otherwise
     .trash-step_N-<pid>      a pruned checkpoint being removed: removed
+
+A run uses these through ``mmssl.train.checkpoints.CheckpointManager`` (the run lock,
+saves, resume, every generator's state), pretraining and fine-tuning alike.
 """
 
 from __future__ import annotations
@@ -72,6 +75,28 @@ def checkpoints_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` goes: ``checkpoints/step_00000100``."""
+    return checkpoints_root(output_dir) / f"step_{step:08d}"
+
+
+def checkpoint_writer(
+    step: int, model: MultimodalModel, trainer_state: dict[str, Any], config: RunConfig
+) -> Callable[[Path], None]:
+    """What writes a pretraining checkpoint's files (``FILES``) into a directory, for
+    ``write_checkpoint_dir``."""
+
+    def write(tmp: Path) -> None:
+        save_model(model, str(tmp / WEIGHTS))
+        _save_trainer_state(trainer_state, tmp / STATE)
+        (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
+        extras = {key: p.extra_state_dict() for key, p in model.processors.items() if p.extra_state_dict()}
+        (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
+        (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}), encoding="utf-8")
+
+    return write
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -85,16 +110,7 @@ def save_checkpoint(
         OutputError: the directory could not be written (disk full, no permission), in
             one line naming it; no temporary is left and earlier checkpoints are intact.
     """
-
-    def write(tmp: Path) -> None:
-        save_model(model, str(tmp / WEIGHTS))
-        _save_trainer_state(trainer_state, tmp / STATE)
-        (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
-        extras = {key: p.extra_state_dict() for key, p in model.processors.items() if p.extra_state_dict()}
-        (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
-        (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}), encoding="utf-8")
-
-    return write_checkpoint_dir(output_dir, step, write)
+    return write_checkpoint_dir(output_dir, step, checkpoint_writer(step, model, trainer_state, config))
 
 
 def write_checkpoint_dir(output_dir: str | Path, step: int, write: Callable[[Path], None]) -> Path:
@@ -108,7 +124,7 @@ def write_checkpoint_dir(output_dir: str | Path, step: int, write: Callable[[Pat
             one line naming it; no temporary is left and earlier checkpoints are intact.
     """
     root = checkpoints_root(output_dir)
-    final = root / f"step_{step:08d}"
+    final = checkpoint_dir(output_dir, step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -221,11 +237,12 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def check_complete(checkpoint: Path) -> None:
-    """Raise ``CorruptCheckpointError`` unless every file a save writes is there and
-    ``meta.json`` names this directory's step."""
+def check_complete(checkpoint: Path, files: Sequence[str] = FILES) -> None:
+    """Raise ``CorruptCheckpointError`` unless every file a save writes (``files``: a
+    pretraining checkpoint's by default) is there and ``meta.json`` names this
+    directory's step."""
     checkpoint = Path(checkpoint)
-    missing = [name for name in FILES if not (checkpoint / name).is_file()]
+    missing = [name for name in files if not (checkpoint / name).is_file()]
     if missing:
         raise CorruptCheckpointError(f"{checkpoint} is incomplete: {', '.join(missing)} missing")
     try:
@@ -238,15 +255,15 @@ def check_complete(checkpoint: Path) -> None:
         raise CorruptCheckpointError(f"{checkpoint / META} says step {step}, the directory step {int(named.group(1))}")
 
 
-def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """The trainer state of a checkpoint, read with ``torch.load(weights_only=True)``:
-    tensors and plain containers only, so a pickle that would run code or build other
-    objects is refused, never executed.
+def load_trainer_state(checkpoint: Path, name: str = STATE) -> dict[str, Any]:
+    """The trainer state of a checkpoint (its file ``name``), read with
+    ``torch.load(weights_only=True)``: tensors and plain containers only, so a pickle
+    that would run code or build other objects is refused, never executed.
 
     Raises:
         CorruptCheckpointError: naming the file: missing, truncated, unreadable or refused.
     """
-    path = Path(checkpoint) / STATE
+    path = Path(checkpoint) / name
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -291,22 +308,10 @@ def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "it
         CorruptCheckpointError: the weights file is missing, truncated or unreadable.
         CheckpointError: the weights or extra state do not fit ``model``.
     """
-    weights = checkpoint / WEIGHTS
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
-    differences = tensor_differences(shapes, model.state_dict())
-    if any(differences):
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another "
-            f"config?): {describe_differences(*differences)}"
-        )
-    try:
-        load_model(model, str(weights), strict=True)
-    except (SafetensorError, OSError) as exc:
-        raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
+    load_safetensors(
+        model, checkpoint / WEIGHTS,
+        f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another config?)",
+    )
     tokenizer_file = checkpoint / TOKENIZER
     try:
         extras = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
@@ -318,6 +323,29 @@ def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "it
                 model.processors[key].check_extra_state(state)
             except ValueError as exc:
                 raise CheckpointError(f"{tokenizer_file}: modality '{key}': {exc}") from None
+
+
+def load_safetensors(module: torch.nn.Module, weights: Path, mismatch: str) -> None:
+    """Load the safetensors file ``weights`` into ``module`` strictly. The file's tensor
+    names and shapes are compared with the module's before anything is loaded, so
+    weights of another model are one error, ``mismatch`` followed by what differs.
+
+    Raises:
+        CorruptCheckpointError: the file is missing, truncated or unreadable.
+        CheckpointError: its tensors do not fit ``module``.
+    """
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
+    differences = tensor_differences(shapes, module.state_dict())
+    if any(differences):
+        raise CheckpointError(f"{mismatch}: {describe_differences(*differences)}")
+    try:
+        load_model(module, str(weights), strict=True)
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
 
 
 Shape = tuple[int, ...]

@@ -9,41 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
-import random
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from mmssl.train import distributed
-from mmssl.common.atomic import OutputError, check_writable, remove_dead_temporaries
+from mmssl.common.atomic import OutputError, write_text_atomic
+from mmssl.common.plots import plot_losses
 from mmssl.train.checkpoint import (
     CheckpointError,
-    CorruptCheckpointError,
-    check_complete,
+    checkpoint_writer,
     describe_differences,
     load_trainer_state,
     load_weights,
-    prune_checkpoints,
-    checkpoints_root,
-    list_checkpoints,
-    remove_stale_temporaries,
-    resolve_checkpoint,
-    save_checkpoint,
 )
+from mmssl.train.checkpoints import CheckpointManager, rng_state, set_rng_state
 from mmssl.config import RunConfig
 from mmssl.train.encoder_sharing import share_encoder_calls
 from mmssl.model import MultimodalModel, build_model, compile_encoders, enable_grad_checkpointing
 from mmssl.train.optim import build_optimizer, build_scheduler
-from mmssl.train.run_log import RunLog
-from mmssl.train.run_lock import RunLock, hold_run_directory
+from mmssl.train.run_log import RunLog, read_metrics
 from mmssl.train.schedule import ObjectiveSchedule
 from mmssl.data import Stream, build_streams
 from mmssl.train.weighting import LossWeighting, build_weighting
@@ -51,6 +44,8 @@ from mmssl.train.weighting import LossWeighting, build_weighting
 log = logging.getLogger(__name__)
 
 Callback = Callable[["Pretrainer", dict[str, Any]], None]
+SUMMARY = "train_summary.json"
+LOSS_PLOT = "losses.png"
 
 
 class JointForward(torch.nn.Module):
@@ -91,31 +86,6 @@ class NonFiniteStepsError(FloatingPointError):
     run saved a checkpoint (of the weights before them) and stopped."""
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(_tuplify(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuplify(x: Any) -> Any:
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
 def move_to(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
     """``batch`` on ``device``, its floating-point tensors in ``dtype`` where given."""
     if torch.is_tensor(batch):
@@ -153,7 +123,8 @@ class Pretrainer:
 
     Args:
         config: the validated run config.
-        output_dir: where checkpoints, metrics.jsonl and TensorBoard events go.
+        output_dir: where checkpoints, metrics.jsonl, TensorBoard events, losses.png and
+            train_summary.json go.
         model: a prebuilt model (default: built from ``config``).
         streams: prebuilt data streams by objective name (default: from ``config``).
         callbacks: called after every optimizer step with the step's metrics.
@@ -217,9 +188,13 @@ class Pretrainer:
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
         self.callbacks = list(callbacks)
+        self.checkpoints = CheckpointManager(
+            self.output_dir, self.train_cfg.keep_checkpoints, start_over="move them away, or start over with train.resume=none"
+        )
         self.step = 0
         self._saved_step: int | None = None  # the step of the checkpoint last saved or loaded here
         self.run_log: RunLog | None = None  # metrics.jsonl, while fit() runs
+        self.summary: dict[str, Any] = {}  # train_summary.json, once fit() has run
         self.history: list[dict[str, Any]] = []
         # per-objective metric sums and counts since the last log line (saved with checkpoints)
         self._pending: dict[str, list[float]] = {}
@@ -239,7 +214,7 @@ class Pretrainer:
             "weighting": self.weighting.state_dict(),
             "pending_metrics": {k: list(v) for k, v in self._pending.items()},
             "nonfinite_steps": {"total": self.nonfinite_steps, "in_a_row": self.bad_steps_in_a_row},
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
 
     def _global_stream_state(self, stream: Stream) -> dict[str, int]:
@@ -284,7 +259,7 @@ class Pretrainer:
         nonfinite = state.get("nonfinite_steps", {})
         self.nonfinite_steps = int(nonfinite.get("total", 0))
         self.bad_steps_in_a_row = int(nonfinite.get("in_a_row", 0))
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def _optimizer_param_names(self) -> list[list[str]]:
         """The name of each parameter of each optimizer group, in the optimizer's order
@@ -331,13 +306,12 @@ class Pretrainer:
                 permission); the checkpoints saved before are intact.
         """
         state = self.state_dict()
-        path = checkpoints_root(self.output_dir) / f"step_{self.step:08d}"
+        path = self.checkpoints.path(self.step)
 
         def write() -> None:
             if self.run_log is not None:  # the log lines of the steps it holds are durable before it
                 self.run_log.sync()
-            save_checkpoint(self.output_dir, self.step, self.model, state, self.config)
-            prune_checkpoints(self.output_dir, self.train_cfg.keep_checkpoints)
+            self.checkpoints.save(self.step, checkpoint_writer(self.step, self.model, state, self.config))
 
         self._write_on_main(write, f"rank 0 could not save {path}")
         self._saved_step = self.step
@@ -370,35 +344,24 @@ class Pretrainer:
         resume = self.train_cfg.resume
         if resume == "none":
             return None
-        if resume == "auto":
-            candidates = list_checkpoints(self.output_dir)[::-1]  # newest first
-            if not candidates:
-                return None
-        else:
-            candidates = [resolve_checkpoint(resume)]
-        for checkpoint in candidates:
-            try:
-                check_complete(checkpoint)
-                state = load_trainer_state(checkpoint)
-                load_weights(self.model, checkpoint, built_from="this run's config")
-                break
-            except CorruptCheckpointError as exc:
-                if resume != "auto":
-                    raise
-                log.warning("skipping checkpoint %s: %s", checkpoint, exc)
-        else:
-            raise CheckpointError(
-                f"no readable checkpoint in {checkpoints_root(self.output_dir)}: all {len(candidates)} are corrupt "
-                "or incomplete (see the warnings); move them away, or start over with train.resume=none"
-            )
+        found = self.checkpoints.latest(self._load_checkpoint, named=None if resume == "auto" else resume)
+        if found is None:
+            return None
+        checkpoint, state = found
         try:
             self.load_state_dict(state)
         except ValueError as exc:  # the optimizer, schedule, streams or weighting of another config
             raise CheckpointError(f"{checkpoint}: {exc}") from None
-        if checkpoint.parent == checkpoints_root(self.output_dir):
+        if checkpoint.parent == self.checkpoints.root:
             self._saved_step = self.step
         log.info("resumed from %s at step %d", checkpoint, self.step)
         return checkpoint
+
+    def _load_checkpoint(self, checkpoint: Path) -> dict[str, Any]:
+        """A checkpoint's trainer state, its weights loaded into the model."""
+        state = load_trainer_state(checkpoint)
+        load_weights(self.model, checkpoint, built_from="this run's config")
+        return state
 
     # --- loop -------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -576,7 +539,8 @@ class Pretrainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` (resuming first, as configured); returns the last logged
-        record (metric means over the last logging interval, plus data stats).
+        record (metric means over the last logging interval, plus data stats). At the end
+        rank 0 writes ``train_summary.json`` (``self.summary``) and ``losses.png``.
 
         The output directory is held for the run (``mmssl.train.run_lock``): a second run on it
         is refused before it trains, naming this one.
@@ -586,29 +550,35 @@ class Pretrainer:
             NonFiniteStepsError: after more than ``train.max_bad_steps`` skipped steps in a
                 row, once the checkpoint of this step is saved.
         """
-        lock: RunLock | None = None
-
-        def take_directory() -> None:  # one run per output directory, held by rank 0
-            nonlocal lock
-            lock = hold_run_directory(self.output_dir)
-
-        self._write_on_main(take_directory, f"rank 0 could not take {self.output_dir}")
+        start = time.perf_counter()
+        # one run per output directory, held by rank 0
+        self._write_on_main(self.checkpoints.hold, f"rank 0 could not take {self.output_dir}")
         try:
-            return self._fit()
+            last = self._fit()
+            self.summary = {
+                "steps": self.step,
+                "seconds": round(time.perf_counter() - start, 1),
+                **{k: v for k, v in last.items() if "/" in k or k == "loss"},
+                "nonfinite_steps": self.nonfinite_steps,
+                "world_size": self.dist.world_size,
+                "per_rank_batch": {name: s.local_batch_size for name, s in self.streams.items()},
+            }
+            self._write_on_main(self._write_summary, f"rank 0 could not write {self.output_dir / SUMMARY}")
+            return last
         finally:
-            if lock is not None:
-                lock.release()
+            self.checkpoints.release()
+
+    def _write_summary(self) -> None:
+        """``train_summary.json`` and, from ``metrics.jsonl``, ``losses.png``."""
+        metrics = self.output_dir / "metrics.jsonl"
+        if metrics.is_file():
+            plot_losses(read_metrics(metrics), self.output_dir / LOSS_PLOT)
+        write_text_atomic(self.output_dir / SUMMARY, json.dumps(self.summary, indent=2))
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.train_cfg
         main = distributed.is_main()
-
-        def prepare_output() -> None:  # fail now, not at the first save, if it cannot be written
-            check_writable(self.output_dir)
-            remove_dead_temporaries(self.output_dir)  # of small files whose writer was killed
-            remove_stale_temporaries(checkpoints_root(self.output_dir))  # before resume looks
-
-        self._write_on_main(prepare_output, f"rank 0 could not write {self.output_dir}")
+        self._write_on_main(self.checkpoints.prepare, f"rank 0 could not write {self.output_dir}")
         resumed = self.maybe_resume()
         run_log = self.run_log = RunLog(self.output_dir, enabled=False)
 

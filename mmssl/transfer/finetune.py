@@ -32,17 +32,12 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
 from mmssl.common.atomic import write_text_atomic
-from mmssl.train.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    remove_stale_temporaries,
-    write_checkpoint_dir,
-)
+from mmssl.train.checkpoint import load_checkpoint, load_safetensors, load_trainer_state
+from mmssl.train.checkpoints import CheckpointManager, rng_state, set_rng_state
 from mmssl.config import RunConfig, TrainConfig
 from mmssl.data.bad_input import SkipLog
 from mmssl.data.eval_sets import EvaluationError, LabelledSet, load_eval_set
@@ -119,7 +114,7 @@ def world_labelled_set(model: MultimodalModel, modality: str, config: RunConfig,
         raise EvaluationError(f"checkpoint has no modality '{modality}'; it has {sorted(model.encoders)}")
     renderer = model.renderers[modality]
     if renderer is None:
-        raise EvaluationError(f"modality '{modality}' has no embedded world; pass --data")
+        raise EvaluationError(f"modality '{modality}' has no embedded world; name a labelled set ('data')")
     world = world_for(renderer, config.world)
     data = LabelledSet([], [], world.class_names, [], list(world.heldout_classes), source=f"world ({key})")
     for cls in world.classes:
@@ -144,17 +139,17 @@ def select_labelled(labels: Sequence[int], per_class: int | None, fraction: floa
     """Positions kept for label efficiency: ``per_class`` seeded items a class (all of a
     class with fewer), or a seeded stratified ``fraction``; every position when neither."""
     if per_class is not None and fraction is not None:
-        raise FinetuneError("give --per-class or --train-fraction, not both")
+        raise FinetuneError("give 'per_class' or 'train_fraction', not both")
     if per_class is not None:
         if per_class < 1:
-            raise FinetuneError(f"--per-class must be at least 1, got {per_class}")
+            raise FinetuneError(f"'per_class': must be at least 1, got {per_class}")
         rng = sample_rng(seed, "per-class")
         labels_array = np.asarray(labels)
         kept = [rng.permutation(np.flatnonzero(labels_array == c))[:per_class] for c in np.unique(labels_array)]
         return sorted(int(p) for k in kept for p in k)
     if fraction is not None:
         if not 0 < fraction <= 1:
-            raise FinetuneError(f"--train-fraction must be in (0, 1], got {fraction}")
+            raise FinetuneError(f"'train_fraction': must be in (0, 1], got {fraction}")
         if fraction == 1:
             return list(range(len(labels)))
         _, kept = stratified_split(labels, fraction, seed)
@@ -333,6 +328,7 @@ def set_trainable(model: Classifier, blocks: Sequence[torch.nn.Module], n: int) 
 
 
 RESUME_NEUTRAL = ("progress", "device", "checkpoint_every", "keep_checkpoints")  # options a resume may change
+CHECKPOINT_FILES = (HEAD_WEIGHTS, STATE, META)  # every file a fine-tune checkpoint holds
 
 
 def recipe(options: FinetuneOptions) -> dict[str, Any]:
@@ -340,47 +336,44 @@ def recipe(options: FinetuneOptions) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(options).items() if k not in RESUME_NEUTRAL}
 
 
-def save_finetune_checkpoint(output: Path, step: int, model: Classifier, state: dict[str, Any], keep: int,
+def save_finetune_checkpoint(checkpoints: CheckpointManager, step: int, model: Classifier, state: dict[str, Any],
                              options: FinetuneOptions) -> Path:
-    """``checkpoints/step_N`` with the classifier's weights and the loop state, written
-    under a temporary name, fsynced and renamed into place (``write_checkpoint_dir``)."""
+    """``checkpoints/step_N`` with the classifier's weights, the loop state and the recipe,
+    whole or not at all, the old ones pruned (``CheckpointManager.save``)."""
     def write(tmp: Path) -> None:
         save_model(model, str(tmp / HEAD_WEIGHTS))
         torch.save(state, tmp / STATE)
         (tmp / META).write_text(json.dumps({"step": step, "options": recipe(options)}), encoding="utf-8")
 
-    final = write_checkpoint_dir(output, step, write)
-    prune_checkpoints(output, keep)
-    return final
+    return checkpoints.save(step, write)
 
 
-def load_latest(output: Path, model: Classifier, options: FinetuneOptions) -> dict[str, Any] | None:
-    """Load the newest complete fine-tune checkpoint of ``output`` into ``model``; its loop
-    state, or None when there is none. A checkpoint saved with another recipe is an
-    error naming the options that differ (a resume continues the same run)."""
-    remove_stale_temporaries(output / "checkpoints")
-    for checkpoint in reversed(list_checkpoints(output)):
-        try:
-            saved = json.loads((checkpoint / META).read_text(encoding="utf-8")).get("options", {})
-        except (OSError, ValueError) as exc:
-            log.warning("skipping fine-tune checkpoint %s: %s", checkpoint, exc)
-            continue
+def load_latest(checkpoints: CheckpointManager, model: Classifier, options: FinetuneOptions) -> dict[str, Any] | None:
+    """Load the newest usable fine-tune checkpoint into ``model``; its loop state, or None
+    when there is none. A corrupt or incomplete one is skipped for the one before it,
+    with a warning (``CheckpointManager.latest``). A checkpoint saved with another recipe
+    is an error naming the options that differ (a resume continues the same run), as are
+    weights that do not fit ``model``."""
+
+    def load(checkpoint: Path) -> dict[str, Any]:
+        saved = json.loads((checkpoint / META).read_text(encoding="utf-8")).get("options", {})
         ours = json.loads(json.dumps(recipe(options)))  # tuples as lists, as saved
         differ = sorted(k for k in ours.keys() | saved.keys() if ours.get(k) != saved.get(k))
         if differ:
             raise FinetuneError(
-                f"{output} holds a fine-tune with other options ({', '.join(f'{k}: {saved.get(k)!r} there, {ours.get(k)!r} now' for k in differ)}); "
-                "give the same options to resume it, or another --output-dir"
+                f"{checkpoints.output_dir} holds a fine-tune with other options ({', '.join(f'{k}: {saved.get(k)!r} there, {ours.get(k)!r} now' for k in differ)}); "
+                "give the same options to resume it, or another output directory"
             )
-        try:
-            load_model(model, str(checkpoint / HEAD_WEIGHTS))
-            state = torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a damaged checkpoint: the previous one
-            log.warning("skipping fine-tune checkpoint %s: %s", checkpoint, exc)
-            continue
-        log.info("resuming fine-tune from %s", checkpoint)
+        state = load_trainer_state(checkpoint, STATE)
+        load_safetensors(model, checkpoint / HEAD_WEIGHTS,
+                         f"fine-tune checkpoint {checkpoint} does not fit this classifier (another pretrained checkpoint?)")
         return state
-    return None
+
+    found = checkpoints.latest(load)
+    if found is None:
+        return None
+    log.info("resuming fine-tune from %s", found[0])
+    return found[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -468,13 +461,17 @@ def train_classifier(
     )
     schedule = TrainConfig(steps=options.steps, warmup_steps=options.warmup_steps, min_lr_ratio=options.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule))
+    checkpoints = CheckpointManager(output, options.keep_checkpoints, CHECKPOINT_FILES,
+                                    start_over="move them away, or give another --output-dir")
+    checkpoints.prepare()
     step = 0
-    state = load_latest(output, model, options)
+    state = load_latest(checkpoints, model, options)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
+        # every generator; a checkpoint saved before they all were holds torch's alone
+        set_rng_state(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
     run_log = RunLog(output, tensorboard=False, resume_step=step)
     bar = tqdm(total=options.steps, initial=step, desc=f"fine-tune {options.mode}", unit="step", disable=not options.progress)
     n = len(train.samples)
@@ -521,10 +518,10 @@ def train_classifier(
                 run_log.log(step, record)
             if step % options.checkpoint_every == 0 or step == options.steps:
                 run_log.sync()
-                save_finetune_checkpoint(output, step, model, {
+                save_finetune_checkpoint(checkpoints, step, model, {
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "torch_rng": torch.get_rng_state(),
-                }, options.keep_checkpoints, options)
+                    "rng": rng_state(),
+                }, options)
     finally:
         bar.close()
         run_log.close()
@@ -545,19 +542,19 @@ def build_classifier(loaded_model: MultimodalModel, config: RunConfig, modality:
 def check_options(options: FinetuneOptions) -> FinetuneOptions:
     """``options`` if they can run; else a FinetuneError naming the option and its range."""
     if options.mode not in MODES:
-        raise FinetuneError(f"unknown mode '{options.mode}': use one of {', '.join(MODES)}")
+        raise FinetuneError(f"'mode': unknown mode '{options.mode}': use one of {', '.join(MODES)}")
     problems = [
-        (options.steps >= 1, f"--steps must be at least 1, got {options.steps}"),
-        (options.batch_size >= 1, f"--batch-size must be at least 1, got {options.batch_size}"),
-        (options.lr > 0 and options.encoder_lr_scale > 0, f"--lr and --encoder-lr-scale must be positive, got "
+        (options.steps >= 1, f"'steps': must be at least 1, got {options.steps}"),
+        (options.batch_size >= 1, f"'batch_size': must be at least 1, got {options.batch_size}"),
+        (options.lr > 0 and options.encoder_lr_scale > 0, f"'lr' and 'encoder_lr_scale' must be positive, got "
                                                           f"{options.lr} and {options.encoder_lr_scale}"),
         (options.mode != "partial" or options.unfreeze_blocks >= 1,
-         f"--unfreeze-blocks must be at least 1 in partial mode, got {options.unfreeze_blocks} (mode linear freezes all)"),
+         f"'unfreeze_blocks': must be at least 1 in partial mode, got {options.unfreeze_blocks} (mode linear freezes all)"),
         (options.mode != "staged" or 0 <= options.head_steps < options.steps,
-         f"--head-steps must be in [0, --steps) in staged mode, got {options.head_steps} with {options.steps} steps"),
-        (options.layer_decay is None or 0 < options.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {options.layer_decay}"),
+         f"'head_steps': must be in [0, steps) in staged mode, got {options.head_steps} with {options.steps} steps"),
+        (options.layer_decay is None or 0 < options.layer_decay <= 1, f"'layer_decay': must be in (0, 1], got {options.layer_decay}"),
         (min(options.checkpoint_every, options.eval_every, options.log_every) >= 1,
-         "--checkpoint-every, --eval-every and --log-every must be at least 1"),
+         "'checkpoint_every', 'eval_every' and 'log_every' must be at least 1"),
     ]
     for ok, message in problems:
         if not ok:

@@ -74,7 +74,7 @@ def select_pseudo_labels(
         probabilities: [N, C] (rows sum to 1).
     """
     if (threshold is None) == (top_k is None):
-        raise FinetuneError("self-training needs exactly one of --threshold and --top-k")
+        raise FinetuneError("self-training needs exactly one of 'self_training.threshold' and 'self_training.top_k'")
     confidence, predicted = probabilities.max(1)
     confidence, predicted = confidence.numpy(), predicted.numpy()
     num_classes = probabilities.shape[1]
@@ -83,7 +83,7 @@ def select_pseudo_labels(
         cap = int(np.ceil(len(taken) / num_classes)) if balanced else None
     else:
         if top_k < 1:
-            raise FinetuneError(f"--top-k must be at least 1, got {top_k}")
+            raise FinetuneError(f"'self_training.top_k': must be at least 1, got {top_k}")
         taken, cap = np.arange(len(predicted)), top_k
     if cap is not None:
         kept = []
@@ -157,7 +157,7 @@ def check_same_selection(output: Path, st: SelfTrainingOptions) -> None:
             raise FinetuneError(
                 f"{output} holds a self-training run with other options "
                 f"({', '.join(f'{k}: {saved.get(k)!r} there, {ours.get(k)!r} now' for k in differ)}); "
-                "give the same options to resume it, or another --output-dir"
+                "give the same options to resume it, or another output directory"
             )
         return
     output.mkdir(parents=True, exist_ok=True)
@@ -178,9 +178,9 @@ def self_train(
     returns the report, whose top-level figures are the last round's."""
     options, st = check_options(options or FinetuneOptions()), st or SelfTrainingOptions()
     if st.rounds < 0:
-        raise FinetuneError(f"--rounds must be at least 0, got {st.rounds}")
+        raise FinetuneError(f"'self_training.rounds': must be at least 0, got {st.rounds}")
     if not 0 < st.pseudo_weight <= 1:
-        raise FinetuneError(f"--pseudo-weight must be in (0, 1], got {st.pseudo_weight}")
+        raise FinetuneError(f"'self_training.pseudo_weight': must be in (0, 1], got {st.pseudo_weight}")
     select_pseudo_labels(torch.full((1, 2), 0.5), st.threshold, st.top_k, st.balanced)  # the choice is valid
     output = Path(output)
     with hold_run_directory(output):  # one run per output directory

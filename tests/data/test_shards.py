@@ -181,7 +181,8 @@ def test_shard_fed_run_resumes_mid_epoch_exactly(image_text_csv, tmp_path, worke
 
 
 def test_labelled_image_shards_as_an_evaluation_set(tmp_path):
-    from mmssl.data.eval_sets import EvaluationError, shard_set
+    from mmssl.data.eval_sets import EvaluationError
+    from mmssl.data.shards import shard_set
 
     (tmp_path / "test").mkdir()
     (tmp_path / "classnames.txt").write_text("red circle\nblue square\n")  # clip_benchmark: names one folder up
