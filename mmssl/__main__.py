@@ -1,5 +1,5 @@
-"""``python -m mmssl list``: the registered modalities, objectives and data sources, with
-where each comes from; ``python -m mmssl new-plugin NAME``: a plugin package skeleton."""
+"""``python -m mmssl list``: the registered modalities, objectives, data sources (those
+that also give evaluation sets marked) and evaluation tasks, with where each comes from; ``python -m mmssl new-plugin NAME``: a plugin package skeleton."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 from typing import Sequence
 
 from mmssl.cli.errors import reports_errors
-from mmssl.registry import MODALITIES, OBJECTIVES, SOURCES
+from mmssl.data.eval_sets import eval_kinds
+from mmssl.registry import EVAL_TASKS, MODALITIES, OBJECTIVES, SOURCES
 from mmssl.scaffold import write_plugin
 
 PROG = "python -m mmssl"
@@ -19,7 +20,7 @@ PROG = "python -m mmssl"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG)
     sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="registered modalities, objectives and data sources")
+    listing = sub.add_parser("list", help="registered modalities, objectives, data sources and evaluation tasks")
     listing.add_argument("pattern", nargs="?", default="*", help="fnmatch filter on names")
     new = sub.add_parser("new-plugin", help="write a plugin package skeleton (a modality, an objective, a config, tests)")
     new.add_argument("name", help="the modality's name, a lower-case identifier (e.g. lidar)")
@@ -30,11 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {root}: pip install -e {root} && pytest {root / 'tests'}")
         return 0
     if args.command == "list":
-        for title, registry in (("modalities", MODALITIES), ("objectives", OBJECTIVES), ("sources", SOURCES)):
+        registries = (("modalities", MODALITIES), ("objectives", OBJECTIVES), ("sources", SOURCES),
+                      ("evaluation tasks", EVAL_TASKS))
+        for title, registry in registries:
             print(f"{title}:")
             for entry in registry.entries():
                 if entry.name in registry.list(args.pattern):
-                    print(f"  {entry.name:<20} {entry.source}")
+                    # a source kind that also reads labelled sets for --data KIND:PATH
+                    evaluates = "  [--data]" if registry is SOURCES and entry.name in eval_kinds() else ""
+                    print(f"  {entry.name:<20} {entry.source}{evaluates}")
             for name, why in registry.problems().items():
                 if fnmatch.fnmatch(name, args.pattern):
                     print(f"  {name:<20} BROKEN: {why}")

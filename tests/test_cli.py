@@ -107,3 +107,34 @@ def test_console_scripts_start_without_library_warnings():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and "usage: mmssl-pretrain" in proc.stdout, proc.stderr[-2000:]
     assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_every_flag_sets_its_recipe_key(tmp_path):
+    """The commands' flags are ways of setting option keys: each flag of mmssl-finetune
+    and mmssl-zero-shot lands on the key its table names, over a --config file."""
+    import dataclasses
+
+    from mmssl.cli import finetune as ft
+    from mmssl.cli import zero_shot as zs
+    from mmssl.eval.tasks import EvalOptions
+    from mmssl.transfer.finetune import FinetuneOptions
+    from mmssl.transfer.self_training import SelfTrainingOptions
+
+    fields = {f.name for f in dataclasses.fields(FinetuneOptions)} | {
+        f"self_training.{f.name}" for f in dataclasses.fields(SelfTrainingOptions)}
+    assert set(ft.FLAGS) <= fields and set(zs.FLAGS) <= {f.name for f in dataclasses.fields(EvalOptions)}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("steps: 7\nlr: 0.5\nself_training: {unlabeled: world, rounds: 4}\n", encoding="utf-8")
+    args = ft.parse_args(["ckpt", "image", "--output-dir", "out", "--config", str(recipe), "--lr", "0.25",
+                          "--class-names", "a,b", "--mode", "staged", "--head-steps", "3", "--augment",
+                          "--top-k", "2", "--samples-per-class", "9", "self_training.rounds=5"])
+    options, st = ft.recipe_from(args)
+    assert (options.steps, options.lr, options.class_names, options.mode, options.head_steps, options.augment) == (
+        7, 0.25, ("a", "b"), "staged", 3, True)
+    assert options.world_eval_per_class == 9  # the old spelling of --world-eval-per-class
+    assert (st.unlabeled, st.rounds, st.top_k) == ("world", 5, 2)
+    args = zs.parse_args(["--checkpoint", "ck", "--task", "fewshot", "--fewshot-k", "2", "3", "--probe-test-fraction",
+                          "0.4", "--class-names", "x,y,z", "--no-progress", "fewshot_trials=9"])
+    options = zs.options_from(args)
+    assert (options.task, options.fewshot_k, options.test_fraction, options.class_names, options.progress,
+            options.fewshot_trials) == ("fewshot", (2, 3), 0.4, ["x", "y", "z"], False, 9)

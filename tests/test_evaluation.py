@@ -175,7 +175,7 @@ def test_graph_zero_shot_on_labelled_shards(tiny_graph_run, tmp_path):
         records.append({"edges": [[i, (i + 1) % n] for i in range(n)], "num_nodes": n, "label": "small cycle", "text": f"a ring of {n}"})
         records.append({"edges": [[0, i] for i in range(1, n)], "num_nodes": n, "label": "small star", "text": f"a star of {n}"})
     records.append({"edges": [[0, 1]], "num_nodes": 2, "text": "no label"})
-    assert make_shards([str(_graph_records(tmp_path / "g.jsonl", records)), "--output", str(tmp_path / "shards"), "--shard-size", "5"]) == 0
+    assert make_shards([str(_graph_records(tmp_path / "g.jsonl", records)), "--output-dir", str(tmp_path / "shards"), "--shard-size", "5"]) == 0
     output = tmp_path / "shards.json"
     proc = _zero_shot("--checkpoint", str(tiny_graph_run), "--modality", "graph", "--data", f"shards:{tmp_path / 'shards'}",
                       "--linear-probe", "--output", str(output))

@@ -125,7 +125,8 @@ def test_listing_marks_a_broken_plugin(tmp_path):
 
 def test_cli_list_prints_sources():
     out = subprocess.run([sys.executable, "-m", "mmssl", "list"], capture_output=True, text=True, check=True).stdout
-    assert "modalities:" in out and "objectives:" in out and "sources:" in out
+    assert "modalities:" in out and "objectives:" in out and "sources:" in out and "evaluation tasks:" in out
+    assert "mmssl.eval.tasks:ClusteringTask" in out and "mmssl.data.files:Esc50Kind (entry point in mmssl)  [--data]" in out
     assert "image" in out and "modalities.image:ImageModality" in out
     assert "contrastive" in out
     assert "mmssl.data.files:CsvKind" in out and "mmssl.data.world:WorldKind" in out

@@ -36,11 +36,11 @@ def test_a_held_directory_refuses_a_second_trainer_and_frees_on_release(tiny_con
         assert lock.held
 
 
-@pytest.mark.slow
-def test_a_second_command_on_a_busy_directory_exits_2_and_a_killed_holder_frees_it(tmp_path):
-    run = tmp_path / "run"
-    args = [sys.executable, str(REPO / "tools" / "pretrain.py"), TINY, "--output-dir", str(run),
-            "train.steps=400", "train.checkpoint_every=2", "train.log_every=1", "train.threads=1"]
+def _refuse_then_resume(run: Path, args: list[str], longer: list[str], resumed_line: str) -> None:
+    """Start ``args`` (a long run saving every 2 steps); once it has saved, the same
+    command exits 2 with one line naming the holder, which runs on untouched; after a
+    SIGKILL of the holder, ``longer`` resumes at once from its last save (it is stopped
+    once its log says so)."""
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         deadline = time.monotonic() + 120
@@ -54,12 +54,42 @@ def test_a_second_command_on_a_busy_directory_exits_2_and_a_killed_holder_frees_
         assert first.poll() is None  # the holder runs on, untouched
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-        saved = list_checkpoints(run)[-1].name
-        resumed = subprocess.run([*args[:-4], f"train.steps={int(saved.split('_')[-1]) + 2}", *args[-3:]],
-                                 capture_output=True, text=True, cwd=REPO, timeout=300)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        step = int(saved.split("_")[-1])
-        assert f"resumed from {run / 'checkpoints' / saved} at step {step}" in resumed.stderr, resumed.stderr[-2000:]
+        saved = list_checkpoints(run)[-1]
+        step = int(saved.name.split("_")[-1])
+        expected = resumed_line.format(checkpoint=saved, step=step)
+        log = run.parent / "resumed.log"
+        with open(log, "w") as sink:
+            resumed = subprocess.Popen([a.replace("{STEPS}", str(step + 2)) for a in longer], stdout=subprocess.DEVNULL,
+                                       stderr=sink, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 120
+            while expected not in log.read_text() and resumed.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert expected in log.read_text(), log.read_text()[-2000:]
+        finally:
+            resumed.kill()
+            resumed.wait()
     finally:
         if first.poll() is None:
             first.kill()
+
+
+@pytest.mark.slow
+def test_a_second_pretrain_on_a_busy_directory_exits_2_and_a_killed_holder_frees_it(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, str(REPO / "tools" / "pretrain.py"), TINY, "--output-dir", str(run),
+            "train.checkpoint_every=2", "train.log_every=1", "train.threads=1"]
+    _refuse_then_resume(run, [*args, "train.steps=400"], [*args, "train.steps={STEPS}"],
+                        "resumed from {checkpoint} at step {step}")
+
+
+@pytest.mark.slow
+def test_a_second_finetune_on_a_busy_directory_exits_2_and_a_killed_holder_frees_it(tiny_config, tmp_path):
+    pretrained = tmp_path / "pretrained"
+    mmssl.Pretrainer(tiny_config("train.steps=2", "train.progress=false"), pretrained).fit()
+    run = tmp_path / "run"
+    args = [sys.executable, str(REPO / "tools" / "finetune.py"), str(pretrained), "image", "--output-dir", str(run),
+            "--per-class", "2", "--world-eval-per-class", "1", "--checkpoint-every", "2", "--eval-every", "1000",
+            "--no-progress"]
+    _refuse_then_resume(run, [*args, "--steps", "2000"], [*args, "--steps", "2000"],
+                        "resuming fine-tune from {checkpoint}")

@@ -35,7 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("input", help="a .csv of pairs, a folder of files, or a .jsonl graph file")
-    parser.add_argument("--output", required=True, help="folder for shard-000000.tar ...")
+    parser.add_argument("--output-dir", "--output", dest="output", required=True,
+                        help="folder for shard-000000.tar ... (--output is its old spelling)")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     parser.add_argument("--file-column", action="append", default=None, help="CSV column of file paths (default: filepath)")
     parser.add_argument("--caption-column", default="title", help="CSV column of captions; '' for none (default: title)")

@@ -44,7 +44,12 @@ ALIASES = {"pairs": "csv"}  # evaluation's name of the pairs CSV before 'csv' me
 
 def eval_kinds() -> list[str]:
     """The registered source kinds that give labelled evaluation sets."""
-    return [name for name in SOURCES.list() if SOURCES.get(name).gives_labelled_sets()]
+    return [name for name in SOURCES.list() if _gives_labelled_sets(SOURCES.get(name))]
+
+
+def _gives_labelled_sets(kind: type) -> bool:
+    check = getattr(kind, "gives_labelled_sets", None)  # a kind need not subclass SourceKind
+    return bool(check()) if callable(check) else False
 
 
 def parse_data_spec(spec: str | None) -> tuple[str, str]:
@@ -52,7 +57,7 @@ def parse_data_spec(spec: str | None) -> tuple[str, str]:
     the embedded world. An unknown kind names the closest one and lists them all."""
     kind, _, path = (spec or "world").partition(":")
     kind = ALIASES.get(kind, kind)
-    if kind not in SOURCES or not SOURCES.get(kind).gives_labelled_sets():
+    if kind not in SOURCES or not _gives_labelled_sets(SOURCES.get(kind)):
         known = eval_kinds()
         raise EvaluationError(
             f"'data': unknown evaluation data kind '{kind}' in {spec!r}.{closest(kind, known)} Kinds that give labelled "

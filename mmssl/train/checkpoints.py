@@ -14,10 +14,11 @@ its writing methods on rank 0 only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -80,6 +81,15 @@ class CheckpointManager:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator["CheckpointManager"]:
+        """``with manager.holding():`` the run lock for the block (``hold``, ``release``)."""
+        self.hold()
+        try:
+            yield self
+        finally:
+            self.release()
 
     def prepare(self) -> None:
         """Fail now, not at the first save, if the directory cannot be written; clear what

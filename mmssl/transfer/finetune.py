@@ -46,7 +46,6 @@ from mmssl.eval.metrics import classification_metrics
 from mmssl.model import MultimodalModel, build_model
 from mmssl.train.optim import lr_factor
 from mmssl.train.run_log import RunLog, read_metrics
-from mmssl.train.run_lock import hold_run_directory
 from mmssl.common.seeding import sample_rng
 from mmssl.world import world_for
 from modalities.base import Encoder, InvalidSample, Processor
@@ -444,12 +443,13 @@ def train_classifier(
     eval_labels: Sequence[int],
     eval_data: LabelledSet,
     options: FinetuneOptions,
-    output: Path,
+    checkpoints: CheckpointManager,
     after_step: StepCallback | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``train`` as ``options.mode`` says, resuming from ``output``'s
-    latest checkpoint; returns the final evaluation. ``after_step(step, model)`` runs
-    after each optimizer update (tests kill or inspect the run there)."""
+    """Train ``model`` on ``train`` as ``options.mode`` says, resuming from the latest
+    checkpoint of ``checkpoints`` (``finetune_checkpoints``: its directory is the run's);
+    returns the final evaluation. ``after_step(step, model)`` runs after each optimizer
+    update (tests kill or inspect the run there)."""
     device = torch.device(options.device)
     model.to(device)
     processor = model.processor
@@ -461,8 +461,7 @@ def train_classifier(
     )
     schedule = TrainConfig(steps=options.steps, warmup_steps=options.warmup_steps, min_lr_ratio=options.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule))
-    checkpoints = CheckpointManager(output, options.keep_checkpoints, CHECKPOINT_FILES,
-                                    start_over="move them away, or give another --output-dir")
+    output = checkpoints.output_dir
     checkpoints.prepare()
     step = 0
     state = load_latest(checkpoints, model, options)
@@ -578,13 +577,20 @@ def finetune(
                        FinetuneOptions(mode="staged", per_class=10, steps=300))
     """
     options = check_options(options or FinetuneOptions())
-    output = Path(output)
-    with hold_run_directory(output):  # one run per output directory
-        return _finetune(checkpoint, modality, output, options, after_step)
+    checkpoints = finetune_checkpoints(output, options)
+    with checkpoints.holding():  # one run per output directory
+        return _finetune(checkpoint, modality, checkpoints, options, after_step)
 
 
-def _finetune(checkpoint: str | Path, modality: str, output: Path, options: FinetuneOptions,
+def finetune_checkpoints(output: str | Path, options: FinetuneOptions) -> CheckpointManager:
+    """The checkpoint manager of a fine-tune run directory."""
+    return CheckpointManager(output, options.keep_checkpoints, CHECKPOINT_FILES,
+                             start_over="move them away, or fine-tune into another output directory")
+
+
+def _finetune(checkpoint: str | Path, modality: str, checkpoints: CheckpointManager, options: FinetuneOptions,
               after_step: StepCallback | None) -> dict[str, Any]:
+    output = checkpoints.output_dir
     loaded = load_checkpoint(checkpoint)
     train_set, eval_set, split = labelled_splits(loaded.model, modality, loaded.config, options)
     processor = loaded.model.processors[modality]
@@ -593,7 +599,7 @@ def _finetune(checkpoint: str | Path, modality: str, output: Path, options: Fine
     model = build_classifier(loaded.model, loaded.config, modality, len(train_set.class_names), options.from_scratch, options.seed)
     train = TrainingSet(train_samples, [train_set.labels[i] for i in kept], [train_set.items[i] for i in kept])
     figures = train_classifier(model, train, eval_samples, [eval_set.labels[i] for i in eval_kept], eval_set, options,
-                               output, after_step)
+                               checkpoints, after_step)
     report = {
         "modality": modality, "mode": options.mode, "from_scratch": options.from_scratch,
         "checkpoint": str(loaded.checkpoint), "data": options.data or "world", "split": split,

@@ -34,6 +34,7 @@ from mmssl.transfer.finetune import (
     TrainingSet,
     build_classifier,
     check_options,
+    finetune_checkpoints,
     labelled_splits,
     predict,
     train_classifier,
@@ -41,7 +42,7 @@ from mmssl.transfer.finetune import (
     world_labelled_set,
     write_report,
 )
-from mmssl.train.run_lock import hold_run_directory
+from mmssl.train.checkpoints import CheckpointManager
 
 REPORT = "self_training_report.json"
 SELECTION = "self_training_options.json"  # the options a resumed run must share
@@ -183,7 +184,8 @@ def self_train(
         raise FinetuneError(f"'self_training.pseudo_weight': must be in (0, 1], got {st.pseudo_weight}")
     select_pseudo_labels(torch.full((1, 2), 0.5), st.threshold, st.top_k, st.balanced)  # the choice is valid
     output = Path(output)
-    with hold_run_directory(output):  # one run per output directory
+    # one run per output directory; each round's checkpoints are under it (round_<r>/)
+    with CheckpointManager(output, options.keep_checkpoints).holding():
         return _self_train(checkpoint, modality, output, options, st, after_step)
 
 
@@ -222,7 +224,8 @@ def _self_train(checkpoint: str | Path, modality: str, output: Path, options: Fi
                 train.weights = [1.0] * len(labels) + [st.pseudo_weight] * len(taken)
         model = build_classifier(copy.deepcopy(pretrained), loaded.config, modality, num_classes, options.from_scratch,
                                  options.seed)
-        figures = train_classifier(model, train, eval_samples, eval_labels, eval_set, options, output / f"round_{r}",
+        figures = train_classifier(model, train, eval_samples, eval_labels, eval_set, options,
+                                   finetune_checkpoints(output / f"round_{r}", options),
                                    after_step)
         record.update({f"eval/{k}": v for k, v in figures.items()})
         rounds.append(record)
