@@ -144,8 +144,22 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ModalitySpec:
+    """One modality: its registered type, its class's options, and the core's keys every
+    modality has (plugins too): where its encoder's weights start and whether they train."""
+
     type: str
     options: Any  # the modality class's Config
+    # a local file or folder of pretrained encoder weights (mmssl.interop.pretrained);
+    # relative paths are relative to the working directory. None: the model's own init
+    pretrained: str | None = None
+    # false: load the tensors that fit and log what did not (true: one error listing them)
+    pretrained_strict: bool = True
+    # true: the encoder is locked (no gradient, not optimised, BatchNorm and dropout in
+    # eval mode: LiT); "all": its projection heads in every objective too
+    freeze: bool | Literal["all"] = False
+
+
+MODALITY_KEYS = ("type", "pretrained", "pretrained_strict", "freeze")  # the core's keys of a modality section
 
 
 @dataclass(frozen=True)
@@ -174,7 +188,7 @@ class RunConfig:
             "name": self.name,
             "seed": self.seed,
             "modalities": {
-                k: {"type": m.type, **_plain(m.options)} for k, m in self.modalities.items()
+                k: {"type": m.type, **_modality_core_keys(m), **_plain(m.options)} for k, m in self.modalities.items()
             },
             "objectives": {
                 k: {
@@ -471,7 +485,24 @@ def _modality_spec(name: str, section: Any) -> ModalitySpec:
     key = f"modalities.{name}"
     section = dict(_mapping(section or {}, key))
     type_name, cls = _registry_class(MODALITIES, section.pop("type", name), f"{key}.type")
-    return ModalitySpec(type=type_name, options=convert(section, cls.Config, key))
+    core = {k: section.pop(k) for k in MODALITY_KEYS[1:] if k in section}
+    options = convert(section, cls.Config, key, extra_valid=MODALITY_KEYS)
+    hints = typing.get_type_hints(ModalitySpec)
+    values = {}
+    for k, v in core.items():
+        if k == "freeze" and str(v).lower() not in ("true", "false", "all"):
+            raise ConfigError(f"'{key}.freeze': true (the encoder), all (its heads too) or false; got {v!r}")
+        values[k] = convert(v, hints[k], f"{key}.{k}")
+    if values.get("pretrained") == "":
+        raise ConfigError(f"'{key}.pretrained': an empty path (null: the model's own initialisation)")
+    return ModalitySpec(type=type_name, options=options, **values)
+
+
+def _modality_core_keys(spec: ModalitySpec) -> dict[str, Any]:
+    """The core's keys of a modality section that differ from their defaults (a config
+    without them reads back the same)."""
+    defaults = ModalitySpec(spec.type, None)
+    return {k: getattr(spec, k) for k in MODALITY_KEYS[1:] if getattr(spec, k) != getattr(defaults, k)}
 
 
 def _objective_spec(name: str, section: Any, modalities: Mapping[str, ModalitySpec]) -> ObjectiveSpec:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.config import ConfigError, RunConfig
+from mmssl.interop.pretrained import load_pretrained_encoder
 from mmssl.registry import get_modality, get_objective
 from modalities.base import (
     Encoder,
@@ -60,6 +61,28 @@ class MultimodalModel(nn.Module):
             if missing:
                 raise ValueError(f"objective '{name}' needs modalities {missing}; the model has {list(self.encoders)}")
         tie_spaces(self.objectives)
+        self.frozen: dict[str, list[nn.Module]] = {}  # modality -> its locked modules (``freeze``)
+
+    def freeze(self, modality: str, heads: bool = False) -> None:
+        """Lock ``modality``'s encoder (LiT): no gradient, so no optimizer entry, weight
+        decay or clipping; kept in eval mode (BatchNorm statistics and dropout) whatever
+        ``train()`` is asked. ``heads``: its projection heads in every objective too (the
+        ``heads`` of objectives that keep one per modality)."""
+        locked: list[nn.Module] = [self.encoders[modality]]
+        if heads:
+            locked += [o.heads[modality] for o in self.objectives.values()
+                       if isinstance(getattr(o, "heads", None), nn.ModuleDict) and modality in o.heads]
+        for module in locked:
+            module.requires_grad_(False)
+            module.eval()
+        self.frozen[modality] = locked
+
+    def train(self, mode: bool = True) -> MultimodalModel:
+        super().train(mode)
+        for modules in getattr(self, "frozen", {}).values():
+            for module in modules:
+                module.eval()
+        return self
 
     def forward(self, objective: str, batch: Mapping[str, Any]) -> ObjectiveOutput:
         return self.objectives[objective](self, batch)
@@ -175,14 +198,16 @@ def tie_spaces(objectives: Mapping[str, Objective]) -> None:
             heads[modality] = first[1]
 
 
-def build_model(config: RunConfig, dist: DistContext | None = None) -> MultimodalModel:
+def build_model(config: RunConfig, dist: DistContext | None = None, pretrained: bool = True) -> MultimodalModel:
     """Encoders and objectives from a validated config, through the registry.
 
-    Initial weights depend only on ``config.seed`` (the global torch RNG is seeded here).
+    Initial weights depend only on ``config.seed`` (the global torch RNG is seeded here);
+    then each modality's ``pretrained`` file is read into its encoder (``pretrained``
+    false: not read, as when a checkpoint's own weights follow), and ``freeze`` locks it.
 
     Raises:
         ConfigError: a modality or objective refused its options (a ValueError from its
-            constructor), naming its config key.
+            constructor), naming its config key; a ``pretrained`` file that cannot load.
     """
     torch.manual_seed(config.seed)
     encoders: dict[str, Encoder] = {}
@@ -196,7 +221,13 @@ def build_model(config: RunConfig, dist: DistContext | None = None) -> Multimoda
     for name, spec in config.objectives.items():
         with _names_the_key(f"objectives.{name}"):
             objectives[name] = build_objective(get_objective(spec.type), spec.options, encoders, processors, renderers, dist)
-    return MultimodalModel(encoders, objectives, processors, renderers)
+    model = MultimodalModel(encoders, objectives, processors, renderers)
+    for key, spec in config.modalities.items():
+        if pretrained and spec.pretrained:
+            load_pretrained_encoder(model.encoders[key], key, spec)
+        if spec.freeze:
+            model.freeze(key, heads=spec.freeze == "all")
+    return model
 
 
 def build_objective(

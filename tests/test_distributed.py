@@ -87,8 +87,9 @@ def assert_same_tensors(a: Path, b: Path, tol: float) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, two_only",
-    [((), ("train.grad_checkpointing=true",)), (("train.schedule=round_robin", "train.accum_steps=2"), ())],
-    ids=["all_two_with_checkpointing", "round_robin_accum2"],
+    [((), ("train.grad_checkpointing=true",)), (("train.schedule=round_robin", "train.accum_steps=2"), ()),
+     (("modalities.image.freeze=true", "modalities.audio.freeze=all"), ())],
+    ids=["all_two_with_checkpointing", "round_robin_accum2", "locked_towers"],
 )
 def test_two_processes_train_as_one(tmp_path, overrides, two_only):
     """The same losses and final weights on 2 processes as on 1, in float64 so that what
@@ -108,6 +109,13 @@ def test_two_processes_train_as_one(tmp_path, overrides, two_only):
     assert summary["world_size"] == 2 and summary["per_rank_batch"]["image_text"] == 8
     assert done.stdout.count("trained 6 steps") == 1  # rank 0 alone reports and writes
     assert len(losses(tmp_path / "two")) == 6
+    if any("freeze" in o for o in overrides):  # the locked towers (and audio's heads) end as they started
+        import mmssl
+
+        start = mmssl.build_model(mmssl.load_config(TINY_JOINT, list(overrides))).state_dict()
+        weights = final_weights(tmp_path / "two")
+        locked = [k for k in start if k.startswith(("encoders.image.", "encoders.audio.")) or ".heads.audio." in k]
+        assert locked and [k for k in locked if not torch.equal(weights[k], start[k].to(weights[k].dtype))] == []
     # sample counts are summed over ranks: the same as one process's
     last = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("one", "two")]
     counts = [{k: v for k, v in r.items() if k.endswith("/samples")} for r in last]

@@ -35,7 +35,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -43,6 +43,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from mmssl.common.atomic import OutputError, fsync_dir, fsync_file
+from mmssl.common.weights import describe_differences, tensor_differences
 from mmssl.config import ConfigError, RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
 from modalities.base import Processor, Renderer
@@ -348,40 +349,6 @@ def load_safetensors(module: torch.nn.Module, weights: Path, mismatch: str) -> N
         raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
 
 
-Shape = tuple[int, ...]
-
-
-def tensor_differences(
-    saved: Mapping[str, Shape], state: Mapping[str, torch.Tensor]
-) -> tuple[list[tuple[str, Shape, Shape]], list[str], list[str]]:
-    """(shape mismatches as (name, saved shape, model shape), names the model has and
-    the file lacks, names the file has and the model lacks), each sorted; all empty when
-    ``saved`` fits ``state``. safetensors stores one name of tensors sharing memory (tied
-    weights): a model name is not missing when a name sharing its memory is saved."""
-    shapes = [(n, tuple(s), tuple(state[n].shape)) for n, s in sorted(saved.items()) if n in state and tuple(state[n].shape) != tuple(s)]
-
-    def memory(t: torch.Tensor) -> tuple[int, str] | None:
-        return (t.untyped_storage().data_ptr(), str(t.device)) if t.numel() else None
-
-    saved_memory = {memory(state[n]) for n in saved if n in state} - {None}
-    missing = sorted(n for n, t in state.items() if n not in saved and memory(t) not in saved_memory)
-    unexpected = sorted(n for n in saved if n not in state)
-    return shapes, missing, unexpected
-
-
-def describe_differences(
-    shapes: Sequence[tuple[str, Shape, Shape]], missing: Sequence[str], unexpected: Sequence[str], limit: int = 8
-) -> str:
-    """One line: the counts, then the first ``limit`` differences and how many more
-    (``tensors differ: 2 of another shape, 1 missing; a.weight: checkpoint [4, 8], model
-    [4, 16]; ...; missing b.bias``)."""
-    counts = [f"{len(items)} {what}" for items, what in ((shapes, "of another shape"), (missing, "missing"), (unexpected, "unexpected")) if items]
-    items = [f"{n}: checkpoint {list(a)}, model {list(b)}" for n, a, b in shapes]
-    items += [f"missing {n}" for n in missing] + [f"unexpected {n}" for n in unexpected]
-    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
-    return f"tensors differ: {', '.join(counts)}; " + "; ".join(items[:limit]) + more
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -428,7 +395,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Pre
     """
     checkpoint = resolve_checkpoint(path)
     config = load_run_config(checkpoint)
-    model = build_model(config)
+    model = build_model(config, pretrained=False)  # the checkpoint holds the weights it trained
     load_weights(model, checkpoint)
     return Pretrained(model=model.to(device).eval(), config=config, checkpoint=checkpoint)
 

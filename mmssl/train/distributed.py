@@ -206,7 +206,8 @@ class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm layers replaced by synchronised ones: torch's ``SyncBatchNorm`` on
-    CUDA, ``DistributedBatchNorm`` elsewhere. Weights, buffers and names are kept."""
+    CUDA, ``DistributedBatchNorm`` elsewhere. Weights, buffers, names, training mode and
+    which parameters take gradients (a locked tower's) are kept."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _convert(module)
@@ -227,6 +228,8 @@ def _convert(module: nn.Module) -> nn.Module:
         )
         new.load_state_dict(module.state_dict())
         new.train(module.training)
+        for name, param in new.named_parameters():  # a locked tower's norms stay locked
+            param.requires_grad_(getattr(module, name).requires_grad)
         return new
     for name, child in module.named_children():
         converted = _convert(child)

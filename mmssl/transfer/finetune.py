@@ -533,7 +533,8 @@ def build_classifier(loaded_model: MultimodalModel, config: RunConfig, modality:
     the same config) with a new linear head, initialised from ``seed``."""
     if modality not in loaded_model.encoders:
         raise EvaluationError(f"checkpoint has no modality '{modality}'; it has {sorted(loaded_model.encoders)}")
-    encoder = build_model(config).encoders[modality] if from_scratch else loaded_model.encoders[modality]
+    fresh = build_model(config, pretrained=False) if from_scratch else None  # fresh: not from any pretrained file
+    encoder = fresh.encoders[modality] if fresh is not None else loaded_model.encoders[modality]
     torch.manual_seed(seed)
     return Classifier(encoder, loaded_model.processors[modality], num_classes)
 

@@ -1,0 +1,47 @@
+"""Export a run's encoders (docs/interop.md).
+
+    mmssl-export runs/default --format state_dict --output-dir exports/default
+    mmssl-export runs/default --format state_dict --output-dir exports/audio --modalities audio
+
+Each encoder goes to DIR/<modality>/ (model.safetensors, mmssl_encoder.json), with a
+model card DIR/README.md; `modalities.<key>.pretrained: DIR` loads it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from mmssl.cli.errors import CommandError, reports_errors
+from mmssl.interop.export import FORMATS, export
+from mmssl.train.checkpoint import load_checkpoint
+
+PROG = "mmssl-export"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a run directory (its latest checkpoint) or a checkpoint directory")
+    parser.add_argument("--format", choices=FORMATS, default="state_dict")
+    parser.add_argument("--output-dir", "--output", dest="output", required=True, help="a new (or empty) directory")
+    parser.add_argument("--modalities", nargs="+", default=None, help="the encoders to export (default: all)")
+    return parser.parse_args(argv)
+
+
+@reports_errors(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = load_checkpoint(args.run)
+    try:
+        output = export(loaded, args.output, args.format, args.modalities)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"exported {', '.join(args.modalities or loaded.model.encoders)} of {loaded.checkpoint} to {output} ({args.format})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
