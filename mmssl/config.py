@@ -486,6 +486,7 @@ def _modality_spec(name: str, section: Any) -> ModalitySpec:
     section = dict(_mapping(section or {}, key))
     type_name, cls = _registry_class(MODALITIES, section.pop("type", name), f"{key}.type")
     core = {k: section.pop(k) for k in MODALITY_KEYS[1:] if k in section}
+    section.update(_pretrained_options(cls, core.get("pretrained"), section, key))
     options = convert(section, cls.Config, key, extra_valid=MODALITY_KEYS)
     hints = typing.get_type_hints(ModalitySpec)
     values = {}
@@ -496,6 +497,21 @@ def _modality_spec(name: str, section: Any) -> ModalitySpec:
     if values.get("pretrained") == "":
         raise ConfigError(f"'{key}.pretrained': an empty path (null: the model's own initialisation)")
     return ModalitySpec(type=type_name, options=options, **values)
+
+
+def _pretrained_options(cls: Any, pretrained: Any, section: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The options a modality's pretrained folder decides (an open_clip model_cfg's tower
+    shapes) that ``section`` leaves out; the config's own values win. Read from the
+    folder's configuration only, and only while an option is missing: a resolved config
+    (a checkpoint's) has them all and reads nothing."""
+    wanted = [k for k in cls.pretrained_options if k not in section]
+    if not pretrained or not wanted or not Path(str(pretrained)).expanduser().exists():
+        return {}
+    try:
+        found = cls.options_from_pretrained(Path(str(pretrained)).expanduser())
+    except ValueError as exc:
+        raise ConfigError(f"'{key}.pretrained': {exc}") from None
+    return {k: found[k] for k in wanted if k in found}
 
 
 def _modality_core_keys(spec: ModalitySpec) -> dict[str, Any]:

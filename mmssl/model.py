@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.config import ConfigError, RunConfig
-from mmssl.interop.pretrained import load_pretrained_encoder
+from mmssl.interop.pretrained import load_pretrained
 from mmssl.registry import get_modality, get_objective
 from modalities.base import (
     Encoder,
@@ -224,7 +224,7 @@ def build_model(config: RunConfig, dist: DistContext | None = None, pretrained: 
     model = MultimodalModel(encoders, objectives, processors, renderers)
     for key, spec in config.modalities.items():
         if pretrained and spec.pretrained:
-            load_pretrained_encoder(model.encoders[key], key, spec)
+            load_pretrained(model, key, config.modalities)
         if spec.freeze:
             model.freeze(key, heads=spec.freeze == "all")
     return model

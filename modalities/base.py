@@ -21,6 +21,7 @@ import inspect
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -128,6 +129,23 @@ class ConceptSpace:
         return " ".join(concept[a] for a in self.class_attributes)
 
 
+@dataclass
+class PretrainedWeights:
+    """What an encoder takes from a peer's pretrained file: its own tensors (by its
+    ``state_dict`` names), and what the file holds for the objective that pairs it
+    (open_clip's projection into the shared space, its logit scale and bias).
+
+    Shapes:
+        projection: [embed_dim, encoder.embed_dim], a bias-free linear head's weight.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    source: str
+    projection: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
+    logit_bias: torch.Tensor | None = None
+
+
 class Encoder(nn.Module):
     """Base class of a modality's encoder: parameters and the forward pass.
 
@@ -178,6 +196,17 @@ class Encoder(nn.Module):
     def checkpoint_now(self) -> bool:
         """Whether this call should checkpoint: switched on, training mode, grad enabled."""
         return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+    # --- pretrained weights ---------------------------------------------------------------
+    def pretrained_weights(self, path: Path) -> PretrainedWeights | None:
+        """This encoder's weights from a peer's file or folder at ``path`` in a layout the
+        encoder knows (an open_clip model, a timm model), or None when ``path`` is none
+        of them (the core then reads mmssl's own layouts and plain state dicts).
+
+        Raises:
+            ValueError: the file is of a layout it knows but cannot map, saying why.
+        """
+        return None
 
 
 class Processor:
@@ -285,6 +314,16 @@ class Modality:
     Renderer: ClassVar[type[Renderer] | None] = None
     encoders: ClassVar[Mapping[str, type[Encoder]]] = {}
     encoder_option: ClassVar[str] = "encoder"
+    # options a pretrained folder may decide (an open_clip model_cfg's text_cfg): those a
+    # config leaves out are taken from ``options_from_pretrained``
+    pretrained_options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def options_from_pretrained(cls, path: Path) -> dict[str, Any]:
+        """Options (of ``pretrained_options``) that the pretrained file or folder at
+        ``path`` decides, read from its configuration only (no weights); {} when it
+        decides none. Raises ValueError when it describes what this modality cannot be."""
+        return {}
 
     @classmethod
     def encoder_class(cls, config: Any) -> type[Encoder]:

@@ -17,7 +17,7 @@ CORE_LAYERS = {
     "mmssl.config": 1, "mmssl.registry": 1, "mmssl.world": 1, "mmssl.import_warnings": 1,
     "mmssl.data": 2, "mmssl.model": 2, "mmssl.interop": 2,
     "mmssl.train": 3,
-    "mmssl.eval": 4, "mmssl.interop.export": 4,
+    "mmssl.eval": 4, "mmssl.interop.export": 4, "mmssl.interop.open_clip_format": 4, "mmssl.interop.timm_format": 4,
     "mmssl.transfer": 5,
     "mmssl.testing": 6, "mmssl.scaffold": 6,
     "mmssl.cli": 7, "mmssl.__main__": 7, "mmssl": 7,

@@ -120,3 +120,146 @@ def test_export_refuses_a_used_directory_and_an_unknown_modality(trained, capsys
     assert "exists and is not an empty directory" in capsys.readouterr().err
     assert export_main([str(trained / "run"), "--output-dir", str(tmp_path / "e"), "--modalities", "audio"]) == 2
     assert "has no modality ['audio']" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+# --------------------------------------------------------------------------------------
+# open_clip
+# --------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CLIP = REPO / "configs" / "tiny_clip.yaml"
+# the architecture of configs/tiny_clip.yaml, as open_clip's model_cfg
+CLIP_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+PREPROCESS = {"size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bicubic", "resize_mode": "shortest"}
+TEXTS = ["a red circle", "three blue squares on a grey field", "a photo of a dog"]
+
+
+@pytest.fixture(scope="module")
+def open_clip_dir(tmp_path_factory) -> Path:
+    """A "downloaded" open_clip model: seeded random weights (moved off their init so every
+    tensor matters) saved in open_clip's local-dir layout."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("open_clip")
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**CLIP_CFG)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CFG, "preprocess_cfg": PREPROCESS}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
+
+
+def images() -> list:
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    shapes = ((40, 50), (32, 32), (64, 48), (33, 70))
+    return [Image.fromarray(torch.randint(0, 255, (h, w, 3), generator=rng, dtype=torch.uint8).numpy()) for h, w in shapes]
+
+
+def open_clip_embeddings(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text, image) embeddings of open_clip's own model, tokenizer and preprocessing."""
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    with torch.no_grad():
+        return (model.eval().encode_text(tokenizer(TEXTS), normalize=True),
+                model.encode_image(torch.stack([preprocess(i) for i in images()]), normalize=True))
+
+
+def mmssl_embeddings(model) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    return model.encode("text", TEXTS, objective="image_text"), model.encode("image", images(), objective="image_text")
+
+
+def clip_config(pretrained: Path | str, *overrides: str) -> mmssl.RunConfig:
+    """A config that names no architecture: the open_clip folder decides it."""
+    raw = {"modalities": {"image": {"pretrained": str(pretrained)}, "text": {"pretrained": str(pretrained)}},
+           "objectives": {"image_text": {"type": "contrastive", "modalities": ["image", "text"], "embed_dim": 32,
+                                         "data": {"batch_size": 8}}},
+           "train": {"steps": 2, "progress": False, "warmup_steps": 0}}
+    return mmssl.config_from_dict(mmssl.config.apply_overrides(raw, overrides))
+
+
+def test_an_open_clip_folder_gives_open_clips_embeddings_and_predictions(open_clip_dir):
+    config = clip_config(open_clip_dir)
+    image, text = config.modalities["image"].options, config.modalities["text"].options
+    assert (image.tower, image.interpolation, image.mean, image.vision_cfg["width"]) == ("open_clip", "bicubic", (0.5, 0.4, 0.3), 64)
+    assert (text.context_length, text.width, text.layers, text.heads) == (32, 64, 2, 2)
+    model = mmssl.build_model(config)
+    theirs, ours = open_clip_embeddings(open_clip_dir), mmssl_embeddings(model)
+    for a, b in zip(theirs, ours):
+        assert (a - b).abs().max() < 1e-5
+    assert torch.equal((theirs[1] @ theirs[0].T).argmax(1), (ours[1] @ ours[0].T).argmax(1))  # zero-shot predictions
+    state = load_open_clip_state(open_clip_dir)
+    assert torch.equal(model.objectives["image_text"].logit_scale, state["logit_scale"])
+    # the <mask> and <pad> rows mmssl adds keep the model's own initialisation
+    rows = model.encoders["text"].tower.token_embedding.weight
+    assert rows.shape[0] == 49410 and torch.equal(rows[:49408], state["token_embedding.weight"])
+
+
+def test_an_open_clip_trainer_checkpoint_loads_with_the_configs_architecture(open_clip_dir, tmp_path):
+    state = load_open_clip_state(open_clip_dir)
+    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "epoch_3.pt")
+    config = mmssl.load_config(TINY_CLIP, [f"modalities.image.pretrained={tmp_path / 'epoch_3.pt'}",
+                                           f"modalities.text.pretrained={tmp_path / 'epoch_3.pt'}",
+                                           "modalities.image.mean=[0.5, 0.4, 0.3]", "modalities.image.std=[0.2, 0.25, 0.3]"])
+    theirs, ours = open_clip_embeddings(open_clip_dir), mmssl_embeddings(mmssl.build_model(config))
+    assert max(float((a - b).abs().max()) for a, b in zip(theirs, ours)) < 1e-5
+
+
+def test_a_trained_clip_exports_to_open_clip_and_loads_back_locked(tmp_path):
+    """The commands of docs/interop.md: train tiny_clip, export it as open_clip's folder
+    (open_clip loads it strictly and embeds as mmssl does), then train again from it with
+    the image tower locked: the tower stays as the export gave it."""
+    run = tmp_path / "run"
+    Pretrainer(mmssl.load_config(TINY_CLIP, ["train.steps=2", "train.progress=false"]), run).fit()
+    export = tmp_path / "export"
+    assert export_main([str(run), "--format", "open_clip", "--output-dir", str(export)]) == 0
+    assert {p.name for p in export.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors", "README.md"}
+    theirs, ours = open_clip_embeddings(export), mmssl_embeddings(mmssl.load_pretrained(run))
+    assert max(float((a - b).abs().max()) for a, b in zip(theirs, ours)) < 1e-5
+    again = Pretrainer(mmssl.load_config(TINY_CLIP, [f"modalities.image.pretrained={export}", f"modalities.text.pretrained={export}",
+                                                     "modalities.image.freeze=true", "train.steps=2", "train.progress=false"]),
+                       tmp_path / "again")
+    image_before, text_before = snapshot(again.model.encoders["image"]), snapshot(again.model.encoders["text"])
+    again.fit()
+    assert same(image_before, snapshot(again.model.encoders["image"])) == []
+    assert same(text_before, snapshot(again.model.encoders["text"]))
+
+
+@pytest.mark.parametrize("override, named", [
+    ("modalities.text.attention=bidirectional", "'modalities.text.attention' is 'bidirectional'"),
+    ("modalities.text.pool=mean", "'modalities.text.pool' is 'mean'"),
+    ("objectives.image_text.head=mlp", "'objectives.image_text.head' is 'mlp'"),
+    ("modalities.image.tower=timm", "'modalities.image.tower' is 'timm'"),
+])
+def test_export_refuses_what_open_clip_cannot_express(override, named, tmp_path, capsys):
+    overrides = [override, "train.steps=1", "train.progress=false"]
+    if override.endswith("tower=timm"):
+        overrides += ["modalities.image.backbone=test_resnet", "modalities.image.backbone_args={}"]
+    Pretrainer(mmssl.load_config(TINY_CLIP, overrides), tmp_path / "run").fit()
+    assert export_main([str(tmp_path / "run"), "--format", "open_clip", "--output-dir", str(tmp_path / "e")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert named in line and not (tmp_path / "e").exists()
+
+
+def test_an_open_clip_folder_mmssl_cannot_map_is_one_line(open_clip_dir, tmp_path):
+    folder = tmp_path / "quirky"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").symlink_to(open_clip_dir / "open_clip_model.safetensors")
+    quirky = {**CLIP_CFG, "text_cfg": {**CLIP_CFG["text_cfg"], "ls_init_value": 1e-4}}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": quirky, "preprocess_cfg": PREPROCESS}))
+    with pytest.raises(mmssl.ConfigError, match=r"'modalities.text.pretrained': .*ls_init_value=0.0001.* does not map"):
+        clip_config(folder)
+
+
+def load_open_clip_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "open_clip_model.safetensors"))

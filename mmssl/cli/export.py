@@ -2,9 +2,12 @@
 
     mmssl-export runs/default --format state_dict --output-dir exports/default
     mmssl-export runs/default --format state_dict --output-dir exports/audio --modalities audio
+    mmssl-export runs/clip --format open_clip --output-dir exports/clip      # open_clip's local-dir layout
 
-Each encoder goes to DIR/<modality>/ (model.safetensors, mmssl_encoder.json), with a
-model card DIR/README.md; `modalities.<key>.pretrained: DIR` loads it back.
+state_dict: each encoder goes to DIR/<modality>/ (model.safetensors, mmssl_encoder.json);
+open_clip: an image-text pair as DIR/open_clip_config.json + open_clip_model.safetensors,
+which open_clip.create_model_and_transforms("local-dir:DIR") loads. Every export writes a
+model card DIR/README.md; `modalities.<key>.pretrained: DIR` loads either back.
 """
 
 from __future__ import annotations

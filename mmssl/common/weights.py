@@ -1,11 +1,51 @@
-"""Comparing a file's tensors with a model's: which names differ in shape, which are
-missing on either side, said in one line (checkpoints and pretrained weights alike)."""
+"""Weights files: reading a state dict from safetensors or torch files, and comparing a
+file's tensors with a model's (which names differ in shape, which are missing on either
+side, said in one line), for checkpoints and pretrained weights alike."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, or of a torch file read with
+    ``torch.load(weights_only=True)``: a trainer's ``{"state_dict": ...}`` is opened and
+    DDP's ``module.`` prefixes are taken off.
+
+    Raises:
+        ValueError: the file is unreadable, refused, or no weights file, saying why.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        if path.suffix in TORCH_SUFFIXES:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, Mapping):
+                raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+            return unwrap_state(state)
+    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path} is unreadable: {' '.join(str(exc).split())[:300]}") from None
+    except Exception as exc:  # torch's weights-only unpickler refuses objects with its own error types
+        raise ValueError(f"{path} is unreadable: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+    raise ValueError(f"{path} is no weights file (.safetensors, {', '.join(TORCH_SUFFIXES)})")
+
+
+def unwrap_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a trainer's checkpoint dict: its ``state_dict`` entry if it has one,
+    with DDP's ``module.`` prefixes taken off."""
+    if isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    tensors = {n: t for n, t in state.items() if torch.is_tensor(t)}
+    if tensors and all(n.startswith("module.") for n in tensors):
+        tensors = {n[len("module."):]: t for n, t in tensors.items()}
+    return tensors
 
 Shape = tuple[int, ...]
 

@@ -3,7 +3,8 @@
 ``state_dict``: each encoder as ``<output>/<modality>/model.safetensors`` beside
 ``mmssl_encoder.json`` (its modality type and options, the run it came from), which
 ``modalities.<key>.pretrained`` reads back into an encoder of the same options — any
-modality, plugins too. Every export writes ``<output>/README.md``, a model card: each
+modality, plugins too. ``open_clip``: an image–text pair as open_clip's local-dir
+folder (``mmssl.interop.open_clip_format``). Every export writes ``<output>/README.md``, a model card: each
 encoder's architecture and size, the training config's objectives and data sources, the
 steps trained, and the run's evaluation figures where a report exists. The output
 directory is written whole or not at all (a temporary folder renamed into place).
@@ -21,10 +22,11 @@ from typing import Any, Sequence
 from safetensors.torch import save_model
 
 from mmssl.common.atomic import OutputError, fsync_dir
+from mmssl.interop.open_clip_format import image_text_pair, write_open_clip
 from mmssl.interop.pretrained import EXPORT_FORMAT, EXPORT_META, WEIGHTS
 from mmssl.train.checkpoint import Pretrained
 
-FORMATS = ("state_dict",)
+FORMATS = ("state_dict", "open_clip")
 
 
 def export(loaded: Pretrained, output: str | Path, fmt: str = "state_dict", modalities: Sequence[str] | None = None) -> Path:
@@ -46,8 +48,13 @@ def export(loaded: Pretrained, output: str | Path, fmt: str = "state_dict", moda
     tmp = output.with_name(f".tmp-{output.name}-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
-        for key in keys:
-            write_encoder(loaded, key, tmp / key)
+        if fmt == "open_clip":
+            write_open_clip(loaded, tmp, modalities)
+            _, image, text = image_text_pair(loaded, modalities)
+            keys = [image, text]
+        else:
+            for key in keys:
+                write_encoder(loaded, key, tmp / key)
         (tmp / "README.md").write_text(model_card(loaded, keys, fmt), encoding="utf-8")
         if output.exists():
             output.rmdir()
@@ -90,7 +97,10 @@ def model_card(loaded: Pretrained, keys: Sequence[str], fmt: str) -> str:
         size = sum(p.numel() for p in loaded.model.encoders[key].parameters())
         options = ", ".join(f"{k}: {v}" for k, v in dataclasses.asdict(spec.options).items() if not isinstance(v, dict))
         lines.append(f"| {key} | {spec.type} | {size:,} | {options} |")
-    lines += ["", "Load one into a run: `modalities.<key>.pretrained: <this folder>/<modality>` (or this folder).",
+    usage = ("Load it with `open_clip.create_model_and_transforms(\"local-dir:<this folder>\")`, or into a run with "
+             "`modalities.<key>.pretrained: <this folder>` for the image and the text modality." if fmt == "open_clip" else
+             "Load one into a run: `modalities.<key>.pretrained: <this folder>/<modality>` (or this folder).")
+    lines += ["", usage,
               "", "## Training", "", f"{config.train.steps} steps configured, seed {config.seed}.", "",
               "| objective | type | modalities | weight | data |", "| --- | --- | --- | --- | --- |"]
     for name, objective in config.objectives.items():

@@ -1,6 +1,8 @@
 """Pretrained encoder weights from local files: ``modalities.<key>.pretrained: PATH``.
 
-Read here, for any modality (plugins too):
+The encoder reads the layouts of its peers first (``Encoder.pretrained_weights``: open_clip
+for the image and text towers, timm for timm image towers); then, for any modality
+(plugins too):
 
 - an encoder export of ``mmssl-export --format state_dict`` (a folder with
   ``mmssl_encoder.json`` and ``model.safetensors``, or the export's root folder holding
@@ -27,11 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from torch import nn
 
-from mmssl.common.weights import describe_differences, tensor_differences
+from mmssl.common.weights import describe_differences, read_weights, tensor_differences
 from mmssl.config import ConfigError, ModalitySpec
+from modalities.base import PretrainedWeights
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +41,64 @@ EXPORT_META = "mmssl_encoder.json"  # beside the weights of an encoder export
 WEIGHTS = "model.safetensors"
 EXPORT_FORMAT = "mmssl-encoder"
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "http://", "https://", "s3://", "gs://")
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 class PretrainedError(ConfigError):
     """A ``pretrained`` file that cannot be read into its encoder; names the key and the file."""
 
 
-def load_pretrained_encoder(encoder: torch.nn.Module, key: str, spec: ModalitySpec) -> dict[str, int]:
-    """Load ``spec.pretrained`` into ``encoder`` (the modality ``key``'s); returns the counts
-    of tensors loaded, left at their initialisation, and in the file but unused.
+def load_pretrained(model: Any, key: str, specs: Mapping[str, ModalitySpec]) -> dict[str, int]:
+    """Load ``spec.pretrained`` into ``model.encoders[key]``; a projection into a shared
+    space and a logit scale the file holds go to the objective that pairs the modality
+    (``pairing_objective``). Returns the counts of tensors loaded, left at their
+    initialisation, and in the file but unused.
 
     Raises:
         PretrainedError: naming ``modalities.<key>.pretrained``: no such file, a hub name,
             a file of another modality, or (``pretrained_strict``) tensors that do not fit.
     """
+    spec = specs[key]
     where = f"'modalities.{key}.pretrained'"
     path = local_path(spec.pretrained, where)
-    state, source = read_state(path, key, spec, where)
+    weights = read_pretrained(model.encoders[key], path, key, spec, where)
+    counts = load_tensors(model.encoders[key], weights, key, spec, path, where)
+    if weights.projection is not None or weights.logit_scale is not None:
+        give_to_objective(model, key, specs, weights, where)
+    return counts
+
+
+def read_pretrained(encoder: nn.Module, path: Path, key: str, spec: ModalitySpec, where: str) -> PretrainedWeights:
+    """The encoder's weights at ``path``: mmssl's own layouts, a peer's layout the encoder
+    knows, or a plain state-dict file."""
+    if path.is_dir():
+        export = find_export(path, key, spec, where)
+        if export is not None:
+            return PretrainedWeights(read_file(export / WEIGHTS, where), f"the {spec.type} encoder export {export}")
+        if (path / WEIGHTS).is_file() and (path / "config.yaml").is_file():
+            prefix = f"encoders.{key}."
+            state = {n[len(prefix):]: t for n, t in read_file(path / WEIGHTS, where).items() if n.startswith(prefix)}
+            if not state:
+                raise PretrainedError(f"{where}: the checkpoint {path} has no encoder '{key}'")
+            return PretrainedWeights(state, f"encoder '{key}' of the checkpoint {path}")
+    try:
+        weights = encoder.pretrained_weights(path)
+    except ValueError as exc:
+        raise PretrainedError(f"{where}: {exc}") from None
+    if weights is not None:
+        return weights
+    if path.is_dir():
+        raise PretrainedError(
+            f"{where}: {path} is a folder mmssl cannot read weights from: expected an mmssl-export folder "
+            f"({EXPORT_META} + {WEIGHTS}), an mmssl checkpoint directory, or a layout the {spec.type} encoder "
+            "reads (open_clip's local-dir folder for image and text towers, a timm folder for timm towers)"
+        )
+    return PretrainedWeights(read_file(path, where), str(path))
+
+
+def load_tensors(encoder: nn.Module, weights: PretrainedWeights, key: str, spec: ModalitySpec, path: Path,
+                 where: str) -> dict[str, int]:
+    """Load ``weights.tensors`` after comparing them with the encoder's by name and shape."""
+    state, source = weights.tensors, weights.source
     own = encoder.state_dict()
     shapes, missing, unexpected = tensor_differences({n: tuple(t.shape) for n, t in state.items()}, own)
     if spec.pretrained_strict and (shapes or missing or unexpected):
@@ -75,6 +117,48 @@ def load_pretrained_encoder(encoder: torch.nn.Module, key: str, spec: ModalitySp
     else:
         log.info("modality '%s': all %d tensors from %s", key, len(fitting), source)
     return counts
+
+
+def pairing_objective(model: Any, key: str, specs: Mapping[str, ModalitySpec]) -> str | None:
+    """The objective that takes a pretrained file's projection of modality ``key``: the
+    first (in config order) with a head for ``key`` whose other modality starts from the
+    same file, else the first with a head for ``key``; None when no objective has one."""
+    with_head = [name for name, o in model.objectives.items()
+                 if isinstance(getattr(o, "heads", None), nn.ModuleDict) and key in o.heads]
+    same_file = [name for name in with_head if any(
+        m != key and m in specs and specs[m].pretrained == specs[key].pretrained
+        for m in model.objectives[name].modalities)]
+    return (same_file or with_head or [None])[0]
+
+
+def give_to_objective(model: Any, key: str, specs: Mapping[str, ModalitySpec], weights: PretrainedWeights, where: str) -> None:
+    """The file's projection becomes the pairing objective's linear head for ``key``; its
+    logit scale (and SigLIP's bias) that objective's."""
+    name = pairing_objective(model, key, specs)
+    if name is None:
+        log.info("modality '%s': no objective projects it; the file's projection and logit scale are not used", key)
+        return
+    objective = model.objectives[name]
+    if weights.projection is not None:
+        head = objective.heads[key]
+        if not isinstance(head, nn.Linear) or head.bias is not None:
+            raise PretrainedError(
+                f"{where}: {weights.source} holds a linear projection for '{key}', but 'objectives.{name}.head' is not a "
+                "bias-free linear head (head: linear)"
+            )
+        if tuple(head.weight.shape) != tuple(weights.projection.shape):
+            raise PretrainedError(
+                f"{where}: {weights.source} projects '{key}' to {weights.projection.shape[0]} dimensions, "
+                f"'objectives.{name}.embed_dim' is {head.weight.shape[0]}"
+            )
+        with torch.no_grad():
+            head.weight.copy_(weights.projection)
+    with torch.no_grad():
+        for attribute in ("logit_scale", "logit_bias"):
+            value, mine = getattr(weights, attribute), getattr(objective, attribute, None)
+            if value is not None and isinstance(mine, torch.Tensor):
+                mine.copy_(value.reshape(mine.shape))
+    log.info("modality '%s': the projection and logit scale of %s went to objective '%s'", key, weights.source, name)
 
 
 def option_differences(path: Path, key: str, spec: ModalitySpec) -> str:
@@ -112,25 +196,6 @@ def local_path(value: str | None, where: str) -> Path:
     return path
 
 
-def read_state(path: Path, key: str, spec: ModalitySpec, where: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(the encoder's tensors by name, a description of where they came from)."""
-    if path.is_dir():
-        export = find_export(path, key, spec, where)
-        if export is not None:
-            return read_file(export / WEIGHTS, where), f"the {spec.type} encoder export {export}"
-        if (path / WEIGHTS).is_file() and (path / "config.yaml").is_file():
-            prefix = f"encoders.{key}."
-            state = {n[len(prefix):]: t for n, t in read_file(path / WEIGHTS, where).items() if n.startswith(prefix)}
-            if not state:
-                raise PretrainedError(f"{where}: the checkpoint {path} has no encoder '{key}'")
-            return state, f"encoder '{key}' of the checkpoint {path}"
-        raise PretrainedError(
-            f"{where}: {path} is a folder mmssl cannot read weights from: expected an mmssl-export folder "
-            f"({EXPORT_META} + {WEIGHTS}) or an mmssl checkpoint directory"
-        )
-    return unwrap(read_file(path, where)), str(path)
-
-
 def find_export(root: Path, key: str, spec: ModalitySpec, where: str) -> Path | None:
     """The encoder export for this modality in ``root``: ``root`` itself, ``root/<key>``,
     or the one export of the modality's type among ``root``'s folders."""
@@ -164,28 +229,8 @@ def read_meta(folder: Path, where: str) -> dict[str, Any]:
 
 
 def read_file(path: Path, where: str) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors or torch file (torch's read with weights_only)."""
+    """The tensors of a safetensors or torch file (``mmssl.common.weights.read_weights``)."""
     try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        if path.suffix in TORCH_SUFFIXES:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, Mapping):
-                raise ValueError(f"holds a {type(state).__name__}, not a state dict")
-            return dict(state)
-    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise PretrainedError(f"{where}: {path} is unreadable: {' '.join(str(exc).split())[:300]}") from None
-    except Exception as exc:  # torch's weights-only unpickler refuses objects with its own error types
-        raise PretrainedError(f"{where}: {path} is unreadable: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
-    raise PretrainedError(f"{where}: {path} is no weights file mmssl reads (.safetensors, {', '.join(TORCH_SUFFIXES)})")
-
-
-def unwrap(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a trainer's checkpoint dict: its ``state_dict`` entry if it has one,
-    with DDP's ``module.`` prefixes taken off."""
-    if isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    tensors = {n: t for n, t in state.items() if torch.is_tensor(t)}
-    if tensors and all(n.startswith("module.") for n in tensors):
-        tensors = {n[len("module."):]: t for n, t in tensors.items()}
-    return tensors
+        return read_weights(path)
+    except ValueError as exc:
+        raise PretrainedError(f"{where}: {exc}") from None

@@ -2,6 +2,10 @@
 (``timm_tower``, ``open_clip_tower``, over the shared parts in ``encoder``), processor
 (decoding, transforms, views, collation) and renderer (shapes for the embedded world)."""
 
+from pathlib import Path
+from typing import Any
+
+from mmssl.common.open_clip_files import read_open_clip_config
 from modalities.base import Modality
 from modalities.image.config import OPENAI_MEAN, OPENAI_STD, ImageConfig, ImageViews
 from modalities.image.encoder import ImageEncoder, PatchLayout
@@ -20,6 +24,34 @@ class ImageModality(Modality):
     encoder_option = "tower"
     Processor = ImageProcessor
     Renderer = ImageRenderer
+    pretrained_options = ("tower", "vision_cfg", "quick_gelu", "image_size", "mean", "std", "interpolation")
+
+    @classmethod
+    def options_from_pretrained(cls, path: Path) -> dict[str, Any]:
+        """An open_clip local-dir folder decides the tower (its model_cfg's vision_cfg,
+        quick_gelu) and the preprocessing (its preprocess_cfg: size, mean, std, bicubic
+        or bilinear resize of the shortest side)."""
+        found = read_open_clip_config(path)
+        if found is None:
+            return {}
+        model_cfg, preprocess = found
+        vision = dict(model_cfg.get("vision_cfg", {}))
+        if vision.get("timm_model_name"):
+            raise ValueError(f"{path}: its vision tower is timm's {vision['timm_model_name']!r} inside open_clip; the "
+                             "open_clip import maps open_clip's own ViT towers")
+        size = preprocess.get("size", vision.get("image_size", 224))
+        size = size if isinstance(size, int) else size[0] if len(set(size)) == 1 else None
+        if size is None or preprocess.get("resize_mode", "shortest") != "shortest":
+            raise ValueError(f"{path}: preprocess_cfg size {preprocess.get('size')!r}, resize_mode "
+                             f"{preprocess.get('resize_mode')!r}: mmssl resizes the shortest side to a square crop")
+        interpolation = preprocess.get("interpolation", "bicubic")
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"{path}: preprocess_cfg interpolation {interpolation!r}: mmssl resizes bicubic or bilinear")
+        return {
+            "tower": "open_clip", "vision_cfg": vision, "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
+            "image_size": size, "mean": tuple(preprocess.get("mean", OPENAI_MEAN)),
+            "std": tuple(preprocess.get("std", OPENAI_STD)), "interpolation": interpolation,
+        }
 
 
 __all__ = ["IMAGE_EXTENSIONS", "OPENAI_MEAN", "OPENAI_STD", "SHAPES_SPACE", "ChannelShift", "ImageConfig", "ImageEncoder",

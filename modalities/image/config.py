@@ -43,9 +43,17 @@ class ImageConfig:
     backbone: str = "resnet10t"
     # Extra keyword arguments: timm.create_model kwargs, or open_clip vision_cfg fields.
     backbone_args: dict[str, Any] = field(default_factory=dict)
+    # tower open_clip: the vision_cfg itself, instead of the one of the model config
+    # ``backbone`` names (a pretrained open_clip folder's, written into the resolved config)
+    vision_cfg: dict[str, Any] | None = None
+    # QuickGELU activations (open_clip's model_cfg quick_gelu, as OpenAI's CLIP weights)
+    quick_gelu: bool = False
     image_size: int = 32
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
+    # resampling of the resize to image_size (shortest side) and of training crops;
+    # open_clip's preprocessing is bicubic (a pretrained open_clip folder sets it)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     # RandomResizedCrop scale for training on files; (1.0, 1.0) turns cropping off.
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
     # view-contrastive augmentations (``augment``)

@@ -6,21 +6,27 @@ and timm wrappers hide none."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from modalities.base import ModalityOutput
+from mmssl.common.open_clip_files import read_open_clip_config, read_open_clip_state
+from modalities.base import ModalityOutput, PretrainedWeights
 from modalities.image.config import ImageConfig
 from modalities.image.encoder import ImageEncoder, PatchLayout
 
 
 def open_clip_model_config(name: str) -> dict[str, Any]:
     """open_clip's model config by name, or read from a JSON file in open_clip's format
-    (a custom architecture that open_clip's own trainer can also take)."""
+    (a custom architecture that open_clip's own trainer can also take), or the
+    ``model_cfg`` of a local-dir folder (or its ``open_clip_config.json``)."""
     import open_clip
 
+    local = read_open_clip_config(Path(name)) if Path(name).exists() else None
+    if local is not None:
+        return local[0]
     if name.endswith(".json"):
         try:
             with open(name, encoding="utf-8") as f:
@@ -43,11 +49,35 @@ class OpenClipImageEncoder(ImageEncoder):
     def build_backbone(self, config: ImageConfig) -> tuple[nn.Module, int]:
         from open_clip.model import _build_vision_tower
 
-        model_cfg = open_clip_model_config(config.backbone)
-        vision_cfg = {**model_cfg["vision_cfg"], "image_size": config.image_size, **config.backbone_args}
+        base = config.vision_cfg if config.vision_cfg is not None else open_clip_model_config(config.backbone)["vision_cfg"]
+        vision_cfg = {**base, "image_size": config.image_size, **config.backbone_args}
+        self.vision_cfg = dict(vision_cfg)  # what an open_clip export writes as its model_cfg's vision_cfg
         vision_cfg["output_tokens"] = True
-        width = int(vision_cfg.get("width", model_cfg["embed_dim"]))
-        return _build_vision_tower(embed_dim=width, vision_cfg=vision_cfg), width
+        width = int(vision_cfg.get("width", 768))
+        # the tower's own projection is width x width; the objectives' heads project
+        # into their spaces (pretrained_weights: how open_clip's projection maps onto both)
+        return _build_vision_tower(embed_dim=width, vision_cfg=vision_cfg, quick_gelu=config.quick_gelu), width
+
+    def pretrained_weights(self, path: Path) -> PretrainedWeights | None:
+        """The vision tower of an open_clip model (local-dir folder, state dict, trainer
+        checkpoint) as ``backbone.*``. open_clip's ``visual.proj`` P [width, E] maps onto
+        two parts: the tower's own width x width projection starts as the identity, and
+        the pairing objective's linear head gets P.T, so the image embedding is x @ P as
+        in open_clip (export composes them back)."""
+        state = read_open_clip_state(path)
+        if state is None:
+            return None
+        tensors = {f"backbone.{n[len('visual.'):]}": t for n, t in state.items() if n.startswith("visual.")}
+        if not tensors:
+            raise ValueError(f"{path} holds an open_clip model without a vision tower")
+        own_proj = getattr(self.backbone, "proj", None)
+        projection = state.get("visual.proj")
+        if not isinstance(own_proj, torch.Tensor) or projection is None or projection.ndim != 2:
+            raise ValueError(f"{path}: its vision tower is no ViT with a linear projection; the open_clip import maps "
+                             "ViT towers (tower: open_clip with a ViT vision_cfg)")
+        tensors["backbone.proj"] = torch.eye(own_proj.shape[0], own_proj.shape[1], dtype=projection.dtype)
+        return PretrainedWeights(tensors, f"the open_clip vision tower of {path}", projection=projection.T.contiguous(),
+                                 logit_scale=state.get("logit_scale"), logit_bias=state.get("logit_bias"))
 
     def encode(self, pixels: torch.Tensor) -> ModalityOutput:
         pooled, tokens = self.backbone(pixels)

@@ -49,13 +49,15 @@ class ImageProcessor(Processor):
     def __init__(self, config: ImageConfig) -> None:
         super().__init__(config)
         size = config.image_size
+        resample = v2.InterpolationMode.BICUBIC if config.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
         normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
-        self.eval_transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *normalize])
+        self.eval_transform = v2.Compose([v2.Resize(size, interpolation=resample, antialias=True), v2.CenterCrop(size), *normalize])
         if tuple(config.train_crop_scale) == (1.0, 1.0):
             self.train_transform = self.eval_transform
         else:
             self.train_transform = v2.Compose(
-                [v2.RandomResizedCrop(size, scale=tuple(config.train_crop_scale), antialias=True), *normalize]
+                [v2.RandomResizedCrop(size, scale=tuple(config.train_crop_scale), interpolation=resample, antialias=True),
+                 *normalize]
             )
         views = config.views
         self.view_transform = v2.Compose([

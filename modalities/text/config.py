@@ -25,6 +25,9 @@ class TextConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
+    # QuickGELU activations, as OpenAI's CLIP weights were trained with (open_clip's
+    # model_cfg quick_gelu; a pretrained open_clip folder sets it)
+    quick_gelu: bool = False
     # Attention of ordinary calls (embeddings for contrastive objectives and zero-shot):
     # causal is CLIP-style. A call may ask for the other kind (``attention=``); masked
     # language modeling always runs bidirectionally, on the same weights (as UniLM does).

@@ -3,12 +3,15 @@ with the hooks of masked language modeling."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Mapping
 
 import torch
+from open_clip.model import QuickGELU
 from open_clip.transformer import TextTransformer, text_global_pool
 
-from modalities.base import Encoder, ModalityOutput
+from mmssl.common.open_clip_files import BPE_VOCAB, read_open_clip_state, text_tensors
+from modalities.base import Encoder, ModalityOutput, PretrainedWeights
 from modalities.text.config import TextConfig, text_vocabulary
 
 
@@ -54,6 +57,7 @@ class TextEncoder(Encoder):
             eos_id=self.eot_id,
             pool_type="eos" if config.pool == "eos" else "none",
             output_tokens=True,
+            act_layer=QuickGELU if config.quick_gelu else torch.nn.GELU,
         )
         self.embed_dim = config.width
 
@@ -99,6 +103,30 @@ class TextEncoder(Encoder):
         tokens = tower.ln_final(tower.transformer(x, attn_mask=mask))
         pooled = text_global_pool(tokens, ids, pool_type=tower.pool_type, eos_token_id=tower.eos_id)
         return pooled, tokens
+
+    # --- pretrained weights ----------------------------------------------------------------
+    def pretrained_weights(self, path: Path) -> PretrainedWeights | None:
+        """The text tower of an open_clip model (local-dir folder, state dict, trainer
+        checkpoint): the file's tensors under ``tower.``; its BPE token rows fill the
+        embedding's first rows, the added ``<mask>`` and ``<pad>`` rows keep this
+        encoder's initialisation; ``text_projection`` (x @ P) becomes the pairing
+        objective's linear head (weight P.T), with the logit scale."""
+        state = read_open_clip_state(path)
+        if state is None:
+            return None
+        tensors = {f"tower.{n}": t for n, t in text_tensors(state).items()}
+        rows = tensors.get("tower.token_embedding.weight")
+        if rows is not None and rows.shape[0] == BPE_VOCAB and self.vocab_size > BPE_VOCAB:
+            full = self.tower.token_embedding.weight.detach().clone()
+            if full.shape[1] == rows.shape[1]:
+                full[:BPE_VOCAB] = rows
+                tensors["tower.token_embedding.weight"] = full
+        projection = state.get("text_projection")
+        return PretrainedWeights(
+            tensors, f"the open_clip text tower of {path}",
+            projection=projection.T.contiguous() if projection is not None and projection.ndim == 2 else None,
+            logit_scale=state.get("logit_scale"), logit_bias=state.get("logit_bias"),
+        )
 
     # --- training options ----------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
