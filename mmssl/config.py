@@ -504,7 +504,8 @@ def _pretrained_options(cls: Any, pretrained: Any, section: Mapping[str, Any], k
     shapes) that ``section`` leaves out; the config's own values win. Read from the
     folder's configuration only, and only while an option is missing: a resolved config
     (a checkpoint's) has them all and reads nothing."""
-    wanted = [k for k in cls.pretrained_options if k not in section]
+    held = {k for group in cls.pretrained_option_groups if any(g in section for g in group) for k in group}
+    wanted = [k for k in cls.pretrained_options if k not in section and k not in held]
     if not pretrained or not wanted or not Path(str(pretrained)).expanduser().exists():
         return {}
     try:

@@ -317,6 +317,10 @@ class Modality:
     # options a pretrained folder may decide (an open_clip model_cfg's text_cfg): those a
     # config leaves out are taken from ``options_from_pretrained``
     pretrained_options: ClassVar[tuple[str, ...]] = ()
+    # options a folder decides together: where the config sets one of a group, none of it
+    # comes from the folder (a config's own backbone with the folder's model_args would
+    # mix two architectures)
+    pretrained_option_groups: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     @classmethod
     def options_from_pretrained(cls, path: Path) -> dict[str, Any]:

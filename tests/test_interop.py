@@ -263,3 +263,34 @@ def load_open_clip_state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "open_clip_model.safetensors"))
+
+
+def test_bind_trains_audio_and_graphs_into_a_locked_clip(tmp_path):
+    """configs/bind.yaml on an export of configs/clip.yaml (untrained here): image and
+    text come from the export, locked with their heads; audio and graphs train into the
+    hub; after two steps the CLIP is as exported."""
+    clip = mmssl.load_config(REPO / "configs" / "clip.yaml", ["train.steps=1", "train.progress=false"])
+    Pretrainer(clip, tmp_path / "clip").fit()
+    assert export_main([str(tmp_path / "clip"), "--format", "open_clip", "--output-dir", str(tmp_path / "export")]) == 0
+    bind = mmssl.load_config(REPO / "configs" / "bind.yaml", [
+        f"modalities.image.pretrained={tmp_path / 'export'}", f"modalities.text.pretrained={tmp_path / 'export'}",
+        "train.steps=2", "train.progress=false", "objectives.audio_text.data.num_workers=0",
+        "objectives.audio_text.data.batch_size=8", "objectives.graph_text.data.batch_size=8",
+        "objectives.masked_audio.data.batch_size=4", "objectives.graph_contrastive.data.batch_size=4"])
+    assert bind.modalities["image"].options.tower == "open_clip" and bind.modalities["text"].options.attention == "causal"
+    trainer = Pretrainer(bind, tmp_path / "bind")
+    model = trainer.model
+    locked = clip_snapshot(model)
+    audio = snapshot(model.encoders["audio"])
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for m in ("image", "text") for p in model.encoders[m].parameters())
+    trainer.fit()
+    assert same(locked, clip_snapshot(model)) == []
+    assert same(audio, snapshot(model.encoders["audio"]))  # the new modalities train
+
+
+def clip_snapshot(model) -> dict[str, torch.Tensor]:
+    """The locked CLIP of a bind model: both towers and the hub's image and text heads."""
+    parts = {"image": model.encoders["image"], "text": model.encoders["text"],
+             "image_head": model.objectives["image_text"].heads["image"], "text_head": model.objectives["image_text"].heads["text"]}
+    return {f"{name}.{k}": v for name, module in parts.items() for k, v in snapshot(module).items()}

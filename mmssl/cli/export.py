@@ -3,11 +3,14 @@
     mmssl-export runs/default --format state_dict --output-dir exports/default
     mmssl-export runs/default --format state_dict --output-dir exports/audio --modalities audio
     mmssl-export runs/clip --format open_clip --output-dir exports/clip      # open_clip's local-dir layout
+    mmssl-export runs/default --format timm --output-dir exports/resnet      # timm.create_model("local-dir:...")
 
 state_dict: each encoder goes to DIR/<modality>/ (model.safetensors, mmssl_encoder.json);
 open_clip: an image-text pair as DIR/open_clip_config.json + open_clip_model.safetensors,
-which open_clip.create_model_and_transforms("local-dir:DIR") loads. Every export writes a
-model card DIR/README.md; `modalities.<key>.pretrained: DIR` loads either back.
+which open_clip.create_model_and_transforms("local-dir:DIR") loads; timm: a timm image
+tower as DIR/config.json + model.safetensors, which timm.create_model("local-dir:DIR",
+pretrained=True) loads. Every export writes a model card DIR/README.md;
+`modalities.<key>.pretrained: DIR` loads any of them back.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loaded = load_checkpoint(args.run)
     try:
-        output = export(loaded, args.output, args.format, args.modalities)
+        written = export(loaded, args.output, args.format, args.modalities)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    print(f"exported {', '.join(args.modalities or loaded.model.encoders)} of {loaded.checkpoint} to {output} ({args.format})")
+    print(f"exported {', '.join(written)} of {loaded.checkpoint} to {args.output} ({args.format})")
     return 0
 
 

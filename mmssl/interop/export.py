@@ -4,7 +4,8 @@
 ``mmssl_encoder.json`` (its modality type and options, the run it came from), which
 ``modalities.<key>.pretrained`` reads back into an encoder of the same options — any
 modality, plugins too. ``open_clip``: an image–text pair as open_clip's local-dir
-folder (``mmssl.interop.open_clip_format``). Every export writes ``<output>/README.md``, a model card: each
+folder (``mmssl.interop.open_clip_format``). ``timm``: an image encoder on a timm tower as
+timm's local-dir folder (``mmssl.interop.timm_format``). Every export writes ``<output>/README.md``, a model card: each
 encoder's architecture and size, the training config's objectives and data sources, the
 steps trained, and the run's evaluation figures where a report exists. The output
 directory is written whole or not at all (a temporary folder renamed into place).
@@ -24,13 +25,15 @@ from safetensors.torch import save_model
 from mmssl.common.atomic import OutputError, fsync_dir
 from mmssl.interop.open_clip_format import image_text_pair, write_open_clip
 from mmssl.interop.pretrained import EXPORT_FORMAT, EXPORT_META, WEIGHTS
+from mmssl.interop.timm_format import write_timm
 from mmssl.train.checkpoint import Pretrained
 
-FORMATS = ("state_dict", "open_clip")
+FORMATS = ("state_dict", "open_clip", "timm")
 
 
-def export(loaded: Pretrained, output: str | Path, fmt: str = "state_dict", modalities: Sequence[str] | None = None) -> Path:
-    """Write ``loaded``'s encoders (all, or ``modalities``) to ``output`` in ``fmt``; returns it.
+def export(loaded: Pretrained, output: str | Path, fmt: str = "state_dict", modalities: Sequence[str] | None = None) -> list[str]:
+    """Write ``loaded``'s encoders (all, or ``modalities``) to ``output`` in ``fmt``; returns
+    the modalities written (open_clip: the image-text pair; timm: the image tower).
 
     Raises:
         ValueError: an unknown format or modality.
@@ -52,6 +55,8 @@ def export(loaded: Pretrained, output: str | Path, fmt: str = "state_dict", moda
             write_open_clip(loaded, tmp, modalities)
             _, image, text = image_text_pair(loaded, modalities)
             keys = [image, text]
+        elif fmt == "timm":
+            keys = [write_timm(loaded, tmp, modalities)]
         else:
             for key in keys:
                 write_encoder(loaded, key, tmp / key)
@@ -64,7 +69,7 @@ def export(loaded: Pretrained, output: str | Path, fmt: str = "state_dict", moda
         raise OutputError(f"cannot write the export {output}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return output
+    return keys
 
 
 def write_encoder(loaded: Pretrained, key: str, folder: Path) -> None:
@@ -99,6 +104,9 @@ def model_card(loaded: Pretrained, keys: Sequence[str], fmt: str) -> str:
         lines.append(f"| {key} | {spec.type} | {size:,} | {options} |")
     usage = ("Load it with `open_clip.create_model_and_transforms(\"local-dir:<this folder>\")`, or into a run with "
              "`modalities.<key>.pretrained: <this folder>` for the image and the text modality." if fmt == "open_clip" else
+             "Load it with `timm.create_model(\"local-dir:<this folder>\", pretrained=True)` (pooled features; pass "
+             "num_classes for a new classifier), or into a run with `modalities.<key>.pretrained: <this folder>` for an "
+             "image modality." if fmt == "timm" else
              "Load one into a run: `modalities.<key>.pretrained: <this folder>/<modality>` (or this folder).")
     lines += ["", usage,
               "", "## Training", "", f"{config.train.steps} steps configured, seed {config.seed}.", "",

@@ -12,7 +12,7 @@ from modalities.image.encoder import ImageEncoder, PatchLayout
 from modalities.image.open_clip_tower import OpenClipImageEncoder, open_clip_model_config
 from modalities.image.processor import IMAGE_EXTENSIONS, ChannelShift, ImageProcessor
 from modalities.image.renderer import SHAPES_SPACE, ImageRenderer, render_shape
-from modalities.image.timm_tower import TimmImageEncoder
+from modalities.image.timm_tower import TimmImageEncoder, timm_folder_options
 
 
 class ImageModality(Modality):
@@ -24,16 +24,22 @@ class ImageModality(Modality):
     encoder_option = "tower"
     Processor = ImageProcessor
     Renderer = ImageRenderer
-    pretrained_options = ("tower", "vision_cfg", "quick_gelu", "image_size", "mean", "std", "interpolation")
+    pretrained_options = ("tower", "vision_cfg", "quick_gelu", "backbone", "backbone_args", "image_size", "mean", "std",
+                          "interpolation")
+    pretrained_option_groups = (("backbone", "backbone_args"),)
 
     @classmethod
     def options_from_pretrained(cls, path: Path) -> dict[str, Any]:
         """An open_clip local-dir folder decides the tower (its model_cfg's vision_cfg,
         quick_gelu) and the preprocessing (its preprocess_cfg: size, mean, std, bicubic
-        or bilinear resize of the shortest side)."""
+        or bilinear resize of the shortest side); a timm local-dir folder decides
+        ``tower: timm``, ``backbone``, ``backbone_args``, ``image_size``, ``mean``,
+        ``std`` and ``interpolation``."""
         found = read_open_clip_config(path)
         if found is None:
-            return {}
+            # timm's local-dir folder (config.json): tower timm, its architecture and
+            # model_args, and its pretrained_cfg's preprocessing (timm_folder_options)
+            return timm_folder_options(path) or {}
         model_cfg, preprocess = found
         vision = dict(model_cfg.get("vision_cfg", {}))
         if vision.get("timm_model_name"):
