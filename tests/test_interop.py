@@ -103,7 +103,7 @@ def test_files_that_do_not_fit_name_the_tensors_or_load_what_fits(trained, tiny_
         mmssl.build_model(tiny_config(f"modalities.text.pretrained={trained / 'export'}", "modalities.text.width=64"))
     with pytest.raises(PretrainedError, match="holds a 'image' encoder; modality 'text' is of type 'text'"):
         mmssl.build_model(tiny_config(f"modalities.text.pretrained={trained / 'export' / 'image'}"))
-    with pytest.raises(PretrainedError, match="'hf-hub:laion/CLIP' is a hub or web name, and this machine does not download"):
+    with pytest.raises(PretrainedError, match="'hf-hub:laion/CLIP' names a download .*this machine does not download"):
         mmssl.build_model(tiny_config("modalities.text.pretrained=hf-hub:laion/CLIP"))
     with pytest.raises(PretrainedError, match="does not exist"):
         mmssl.build_model(tiny_config(f"modalities.text.pretrained={tmp_path / 'nothing.pt'}"))
@@ -294,3 +294,24 @@ def clip_snapshot(model) -> dict[str, torch.Tensor]:
     parts = {"image": model.encoders["image"], "text": model.encoders["text"],
              "image_head": model.objectives["image_text"].heads["image"], "text_head": model.objectives["image_text"].heads["text"]}
     return {f"{name}.{k}": v for name, module in parts.items() for k, v in snapshot(module).items()}
+
+
+def test_a_resumed_run_does_not_read_its_pretrained_file_again(trained, tiny_config, tmp_path):
+    """The checkpoint holds the weights: a run whose pretrained folder is gone resumes."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "image").symlink_to(trained / "export" / "image")
+    overrides = [f"modalities.image.pretrained={export}", "train.steps=4", "train.checkpoint_every=2", "train.progress=false"]
+    whole = Pretrainer(tiny_config(*overrides), tmp_path / "whole")
+    whole.fit()
+
+    def stop_at_3(trainer, metrics):
+        if trainer.step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Pretrainer(tiny_config(*overrides), tmp_path / "stopped", callbacks=[stop_at_3]).fit()
+    (export / "image").unlink()
+    resumed = Pretrainer(tiny_config(*overrides), tmp_path / "stopped")
+    resumed.fit()
+    assert same(snapshot(whole.model), snapshot(resumed.model)) == []

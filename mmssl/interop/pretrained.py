@@ -181,19 +181,31 @@ def option_differences(path: Path, key: str, spec: ModalitySpec) -> str:
 
 
 def local_path(value: str | None, where: str) -> Path:
-    """The file or folder ``value`` names, which must exist here."""
+    """The file or folder ``value`` names, which must exist here; a name that only a hub
+    resolves (``hf-hub:...``, a URL, ``timm/<model>``, an open_clip pretrained tag such as
+    ``openai`` or ``ViT-B-32:laion2b_s34b_b79k``) is refused saying how to point at files."""
     if not value:
         raise PretrainedError(f"{where}: no path given")
-    if value.startswith(HUB_PREFIXES):
-        raise PretrainedError(
-            f"{where}: '{value}' is a hub or web name, and this machine does not download: download the files "
-            "elsewhere and point at the local file or folder (a state-dict file, an mmssl-export folder or an mmssl "
-            "checkpoint directory)"
-        )
     path = Path(value).expanduser()
-    if not path.exists():
-        raise PretrainedError(f"{where}: {path} does not exist (a relative path is read from {Path.cwd()})")
-    return path
+    if path.exists() and not value.startswith(HUB_PREFIXES):
+        return path
+    if value.startswith(HUB_PREFIXES) or value.startswith("timm/") or is_open_clip_tag(value):
+        raise PretrainedError(
+            f"{where}: '{value}' names a download (a hub, a URL or a pretrained tag), and this machine does not "
+            "download: fetch the files elsewhere and point at the local file or folder (open_clip's local-dir folder "
+            "or checkpoint, a timm folder or checkpoint, a state-dict file, an mmssl export or checkpoint)"
+        )
+    raise PretrainedError(f"{where}: {path} does not exist (a relative path is read from {Path.cwd()})")
+
+
+def is_open_clip_tag(value: str) -> bool:
+    """Whether ``value`` is one of open_clip's pretrained tags (``openai``), a model name,
+    or ``MODEL:TAG`` (open_clip's table of pretrained weights, known offline)."""
+    import open_clip
+
+    model, _, tag = value.partition(":")
+    known = open_clip.list_pretrained()
+    return (model, tag) in {(m, t) for m, t in known} or value in {t for _, t in known} or value in open_clip.list_models()
 
 
 def find_export(root: Path, key: str, spec: ModalitySpec, where: str) -> Path | None:

@@ -28,6 +28,7 @@ from mmssl.train.checkpoint import (
     CheckpointError,
     checkpoint_writer,
     describe_differences,
+    list_checkpoints,
     load_trainer_state,
     load_weights,
 )
@@ -151,7 +152,11 @@ class Pretrainer:
         self.dist = distributed.context()
         # fp64 keeps every parameter and buffer in float64 (batches follow in move_to)
         self.dtype = torch.float64 if self.train_cfg.precision == "fp64" else None
-        self.model = (model if model is not None else build_model(config, self.dist)).to(self.device, self.dtype)
+        # a run that resumes takes its weights from the checkpoint: pretrained files are not
+        # read again (they may be gone); a resume that fails says so before any training
+        if model is None:
+            model = build_model(config, self.dist, pretrained=not self._has_checkpoint_to_resume())
+        self.model = model.to(self.device, self.dtype)
         if self.dist.world_size > 1 and self.train_cfg.sync_batchnorm:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         # after the BatchNorm conversion, which replaces layers; before DDP wraps the model
@@ -332,6 +337,13 @@ class Pretrainer:
             raise error
         if int(failed):
             raise OutputError(f"{failed_elsewhere}; see its error")
+
+    def _has_checkpoint_to_resume(self) -> bool:
+        """Whether ``train.resume`` will load a checkpoint: one named, or (auto) one here."""
+        resume = self.train_cfg.resume
+        if resume == "none":
+            return False
+        return resume != "auto" or bool(list_checkpoints(self.output_dir))
 
     def maybe_resume(self) -> Path | None:
         """Load the checkpoint that ``train.resume`` names ("auto": latest here, if any).
