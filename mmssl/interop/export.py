@@ -100,7 +100,10 @@ def model_card(loaded: Pretrained, keys: Sequence[str], fmt: str) -> str:
     for key in keys:
         spec = config.modalities[key]
         size = sum(p.numel() for p in loaded.model.encoders[key].parameters())
-        options = ", ".join(f"{k}: {v}" for k, v in dataclasses.asdict(spec.options).items() if not isinstance(v, dict))
+        values = dataclasses.asdict(spec.options)
+        if values.get("vision_cfg"):  # an open_clip tower built from its own vision_cfg: backbone is not read
+            values = {k: v for k, v in values.items() if k != "backbone"}
+        options = ", ".join(f"{k}: {v}" for k, v in values.items() if v not in (None, {}) and k != "views")
         lines.append(f"| {key} | {spec.type} | {size:,} | {options} |")
     usage = ("Load it with `open_clip.create_model_and_transforms(\"local-dir:<this folder>\")`, or into a run with "
              "`modalities.<key>.pretrained: <this folder>` for the image and the text modality." if fmt == "open_clip" else
