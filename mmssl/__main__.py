@@ -33,13 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         registries = (("modalities", MODALITIES), ("objectives", OBJECTIVES), ("sources", SOURCES),
                       ("evaluation tasks", EVAL_TASKS))
+        evaluates = set(eval_kinds())  # source kinds that also read labelled sets for --data KIND:PATH
         for title, registry in registries:
             print(f"{title}:")
             for entry in registry.entries():
                 if entry.name in registry.list(args.pattern):
-                    # a source kind that also reads labelled sets for --data KIND:PATH
-                    evaluates = "  [--data]" if registry is SOURCES and entry.name in eval_kinds() else ""
-                    print(f"  {entry.name:<20} {entry.source}{evaluates}")
+                    mark = "  [--data]" if registry is SOURCES and entry.name in evaluates else ""
+                    print(f"  {entry.name:<20} {entry.source}{mark}")
             for name, why in registry.problems().items():
                 if fnmatch.fnmatch(name, args.pattern):
                     print(f"  {name:<20} BROKEN: {why}")

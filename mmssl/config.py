@@ -707,8 +707,10 @@ def load_options(
     raw = apply_overrides(raw, overrides)
     sections = dict(sections or {})
     try:
-        found = {name: convert(raw.pop(name), tp, name) if raw.get(name) is not None else raw.pop(name, None)
-                 for name, tp in sections.items()}
+        found = {}
+        for name, tp in sections.items():
+            section = raw.pop(name, None)
+            found[name] = None if section is None else convert(section, tp, name)
         options = convert(raw, cls, "", extra_valid=tuple(sections))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.common.weights import shared_reads
 from mmssl.config import ConfigError, RunConfig
 from mmssl.interop.pretrained import load_pretrained
 from mmssl.registry import get_modality, get_objective
@@ -222,9 +223,11 @@ def build_model(config: RunConfig, dist: DistContext | None = None, pretrained: 
         with _names_the_key(f"objectives.{name}"):
             objectives[name] = build_objective(get_objective(spec.type), spec.options, encoders, processors, renderers, dist)
     model = MultimodalModel(encoders, objectives, processors, renderers)
+    with shared_reads():  # a file two modalities start from (an open_clip CLIP) is read once
+        for key, spec in config.modalities.items():
+            if pretrained and spec.pretrained:
+                load_pretrained(model, key, config.modalities)
     for key, spec in config.modalities.items():
-        if pretrained and spec.pretrained:
-            load_pretrained(model, key, config.modalities)
         if spec.freeze:
             model.freeze(key, heads=spec.freeze == "all")
     return model

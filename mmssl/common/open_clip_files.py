@@ -23,7 +23,6 @@ WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetens
                 "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 BPE_VOCAB = 49408  # open_clip's SimpleTokenizer
 TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection", "attn_mask")
-_last: tuple[tuple[str, int, int], dict[str, torch.Tensor]] | None = None  # the last file read (image and text share it)
 
 
 def read_open_clip_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -56,26 +55,21 @@ def weights_file(folder: Path) -> Path:
 def read_open_clip_state(path: Path) -> dict[str, torch.Tensor] | None:
     """An open_clip model's tensors in CLIP's layout from a local-dir folder or a file;
     None when ``path`` holds no open_clip model (a folder of another layout, a file whose
-    tensors are not a CLIP model's).
+    tensors are not a CLIP model's). The image and text towers each ask for it: build the
+    model inside ``mmssl.common.weights.shared_reads()`` to read the file once.
 
     Raises:
         ValueError: an open_clip folder or a file that cannot be read.
     """
-    global _last
     if path.is_dir():
         if read_open_clip_config(path) is None:
             return None
         path = weights_file(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if _last is not None and _last[0] == key:
-        return _last[1]
     state = read_weights(path)
     if any(n.startswith("text.") for n in state) and not any(n.startswith("token_embedding.") for n in state):
         state = {(n[len("text."):] if n.startswith("text.") else n): t for n, t in state.items()}  # CustomTextCLIP
     if not any(n.startswith("visual.") for n in state) and "token_embedding.weight" not in state:
         return None
-    _last = (key, state)
     return state
 
 

@@ -4,28 +4,53 @@ side, said in one line), for checkpoints and pretrained weights alike."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pth.tar")  # .pth.tar: timm's trainer
+_shared: dict[tuple[str, int, int], dict[str, torch.Tensor]] | None = None  # reads of one shared_reads() block
+
+
+@contextlib.contextmanager
+def shared_reads() -> Iterator[None]:
+    """Within the block, a weights file is read once however many callers ask for it
+    (an open_clip file holds both the image and the text tower); the tensors are
+    released when it ends. Callers must not change the dict they get."""
+    global _shared
+    outer, _shared = _shared, {} if _shared is None else _shared
+    try:
+        yield
+    finally:
+        _shared = outer
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file, or of a torch file read with
     ``torch.load(weights_only=True)``: a trainer's ``{"state_dict": ...}`` is opened and
-    DDP's ``module.`` prefixes are taken off.
+    DDP's ``module.`` prefixes are taken off. Inside ``shared_reads()`` a file is read once.
 
     Raises:
         ValueError: the file is unreadable, refused, or no weights file, saying why.
     """
+    if _shared is None:
+        return _read_weights(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _shared:
+        _shared[key] = _read_weights(path)
+    return _shared[key]
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        if path.suffix in TORCH_SUFFIXES:
+        if path.name.endswith(TORCH_SUFFIXES):
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, Mapping):
                 raise ValueError(f"holds a {type(state).__name__}, not a state dict")
@@ -46,6 +71,7 @@ def unwrap_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if tensors and all(n.startswith("module.") for n in tensors):
         tensors = {n[len("module."):]: t for n, t in tensors.items()}
     return tensors
+
 
 Shape = tuple[int, ...]
 

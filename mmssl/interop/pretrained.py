@@ -47,11 +47,10 @@ class PretrainedError(ConfigError):
     """A ``pretrained`` file that cannot be read into its encoder; names the key and the file."""
 
 
-def load_pretrained(model: Any, key: str, specs: Mapping[str, ModalitySpec]) -> dict[str, int]:
+def load_pretrained(model: Any, key: str, specs: Mapping[str, ModalitySpec]) -> None:
     """Load ``spec.pretrained`` into ``model.encoders[key]``; a projection into a shared
     space and a logit scale the file holds go to the objective that pairs the modality
-    (``pairing_objective``). Returns the counts of tensors loaded, left at their
-    initialisation, and in the file but unused.
+    (``pairing_objective``). What did not fit is logged (``pretrained_strict: false``).
 
     Raises:
         PretrainedError: naming ``modalities.<key>.pretrained``: no such file, a hub name,
@@ -61,10 +60,9 @@ def load_pretrained(model: Any, key: str, specs: Mapping[str, ModalitySpec]) -> 
     where = f"'modalities.{key}.pretrained'"
     path = local_path(spec.pretrained, where)
     weights = read_pretrained(model.encoders[key], path, key, spec, where)
-    counts = load_tensors(model.encoders[key], weights, key, spec, path, where)
+    load_tensors(model.encoders[key], weights, key, spec, path, where)
     if weights.projection is not None or weights.logit_scale is not None:
         give_to_objective(model, key, specs, weights, where)
-    return counts
 
 
 def read_pretrained(encoder: nn.Module, path: Path, key: str, spec: ModalitySpec, where: str) -> PretrainedWeights:
@@ -96,7 +94,7 @@ def read_pretrained(encoder: nn.Module, path: Path, key: str, spec: ModalitySpec
 
 
 def load_tensors(encoder: nn.Module, weights: PretrainedWeights, key: str, spec: ModalitySpec, path: Path,
-                 where: str) -> dict[str, int]:
+                 where: str) -> None:
     """Load ``weights.tensors`` after comparing them with the encoder's by name and shape."""
     state, source = weights.tensors, weights.source
     own = encoder.state_dict()
@@ -110,13 +108,11 @@ def load_tensors(encoder: nn.Module, weights: PretrainedWeights, key: str, spec:
     mismatched = {name for name, _, _ in shapes}
     fitting = {n: t for n, t in state.items() if n in own and n not in mismatched}
     encoder.load_state_dict(fitting, strict=False)
-    counts = {"loaded": len(fitting), "initialised": len(missing) + len(shapes), "unused": len(unexpected) + len(shapes)}
     if shapes or missing or unexpected:
         log.warning("modality '%s': %d tensors from %s; %s (pretrained_strict: false)", key, len(fitting), source,
                     describe_differences(shapes, missing, unexpected, saved="file"))
     else:
         log.info("modality '%s': all %d tensors from %s", key, len(fitting), source)
-    return counts
 
 
 def pairing_objective(model: Any, key: str, specs: Mapping[str, ModalitySpec]) -> str | None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.common.weights import read_weights, unwrap_state
+from mmssl.common.weights import read_weights
 from modalities.base import ModalityOutput, PretrainedWeights
 from modalities.image.config import ImageConfig
 from modalities.image.encoder import ImageEncoder, PatchLayout
@@ -88,16 +88,7 @@ def read_timm_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         ValueError: an unreadable file, saying why.
     """
     with torch.serialization.safe_globals([argparse.Namespace]):
-        if not path.name.endswith(".pth.tar"):
-            state = read_weights(path)
-        else:
-            try:
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch's unpickler raises several types
-                raise ValueError(f"{path} is unreadable: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
-            if not isinstance(loaded, Mapping):
-                raise ValueError(f"{path} is unreadable: holds a {type(loaded).__name__}, not a state dict")
-            state = unwrap_state(loaded)
+        state = read_weights(path)
     for prefix in ("_orig_mod.", "module."):  # torch.compile around DDP, or DDP around it
         if state and all(n.startswith(prefix) for n in state):
             state = {n[len(prefix):]: t for n, t in state.items()}
