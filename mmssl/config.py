@@ -134,6 +134,12 @@ class TrainConfig:
     # under data parallelism, BatchNorm statistics over the global batch (SyncBatchNorm on
     # GPU, an all-reduced BatchNorm on CPU), so a BN model trains as on one process
     sync_batchnorm: bool = True
+    # how processes under torchrun share the model: ddp (each rank holds all of the weights,
+    # gradients and optimizer state) | fsdp (FSDP2: each holds 1/N of them; sharded
+    # checkpoints). A plain run has nothing to share and trains alike (docs/distributed.md)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # fsdp: checkpoints written by torch.distributed.checkpoint.async_save while training goes on
+    async_checkpoint: bool = False
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
@@ -368,6 +374,22 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 _TOP_KEYS = ("name", "seed", "modalities", "objectives", "world", "train", "eval")
 
 
+def _check_parallel(train: TrainConfig) -> None:
+    """What ``train.parallel: fsdp`` does not combine with, and what only it enables."""
+    if train.parallel == "fsdp" and train.precision == "fp16":
+        raise ConfigError(
+            "'train.precision': fp16 is not supported under train.parallel=fsdp (its gradient scaler does not run "
+            "over sharded gradients); use bf16, which needs no scaler"
+        )
+    if train.parallel == "fsdp" and train.grad_diagnostics_every:
+        raise ConfigError(
+            "'train.grad_diagnostics_every': gradient diagnostics need each encoder's whole parameters, which "
+            "train.parallel=fsdp shards; set it to 0 or train under ddp"
+        )
+    if train.async_checkpoint and train.parallel != "fsdp":
+        raise ConfigError("'train.async_checkpoint': only sharded checkpoints save asynchronously (train.parallel=fsdp)")
+
+
 def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
     """Validate a plain dict (the YAML layout) into a RunConfig."""
     _check_keys(raw, _TOP_KEYS, "")
@@ -393,6 +415,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(
             f"'train.max_bad_steps': must be >= 0 (0 stops at the first non-finite step), got {train.max_bad_steps}"
         )
+    _check_parallel(train)
     _check_encoder_selection(train.grad_checkpointing, "train.grad_checkpointing", modalities)
     _check_encoder_selection(train.compile, "train.compile", modalities)
     for owner, scale in train.lr_scale.items():

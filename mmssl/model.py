@@ -258,6 +258,39 @@ def _names_the_key(key: str) -> Iterator[None]:
         raise ConfigError(f"'{key}': {exc}") from exc
 
 
+def block_modules(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """An encoder's blocks, unordered: what fine-tuning decays layer by layer and FSDP
+    shards one at a time. A modality may define ``finetune_blocks()`` (a list of
+    modules); else they are its parameter-holding children, a lone wrapper child opened
+    up and a ``ModuleList`` or ``Sequential`` standing for its elements (a timm ResNet
+    gives its stem layers, norm and each residual block; a transformer its patch
+    embedding, each block and the final norm; a GNN its input layer, each convolution
+    and each norm)."""
+    hook = getattr(encoder, "finetune_blocks", None)
+    if callable(hook):
+        return list(hook())
+    return _expand(encoder)
+
+
+def _holds_parameters(module: torch.nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _expand(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The parameter-holding children of ``module``; a lone wrapper child is opened up,
+    and a ModuleList/Sequential child stands for its elements."""
+    children = [c for c in module.children() if _holds_parameters(c)]
+    if len(children) == 1 and not isinstance(children[0], (torch.nn.ModuleList, torch.nn.Sequential)):
+        return _expand(children[0]) or children
+    out: list[torch.nn.Module] = []
+    for child in children:
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            out += [c for c in child.children() if _holds_parameters(c)]
+        else:
+            out.append(child)
+    return out
+
+
 def enable_grad_checkpointing(model: MultimodalModel, selection: bool | Sequence[str]) -> list[str]:
     """Activation checkpointing (``train.grad_checkpointing``) on the selected encoders:
     ``True`` every encoder that has it, a list those keys. Returns the keys switched on.

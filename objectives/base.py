@@ -192,6 +192,15 @@ class Objective(nn.Module):
         (whole augmented graphs) collates them itself. The default asks ``self.prep``."""
         return self.prep.collate_extras(extras) if self.prep is not None else stack_extras(extras)
 
+    def before_optimizer_step(self, model: EncoderHost) -> None:
+        """Called by the trainer on every rank after the backward passes of each step
+        (skipped steps too), before gradients are checked and the optimizer updates: for
+        parameters an objective resets in its forward (the cluster objective's prototypes,
+        set to new centroids). A forward must not write parameters itself: under
+        ``train.parallel: fsdp`` what it sees are gathered copies, which are dropped after
+        the step; here they are the parameters themselves (``mmssl.common.tensors.assign``
+        writes sharded ones). The default does nothing."""
+
     def after_optimizer_step(self, model: EncoderHost, step: int, total_steps: int) -> None:
         """Called by the trainer on every rank after each optimizer update, whether this
         objective ran in the step or not, and not after a step skipped as non-finite:

@@ -54,6 +54,7 @@ from objectives.base import (
     mean_over_global_count,
 )
 from mmssl.common.clustering import adjusted_mutual_info, cluster_entropy, kmeans
+from mmssl.common.tensors import assign, replaced
 from objectives.helpers.heads import HeadKind, projection_head
 from objectives.helpers.views import VIEWS, view_prep
 
@@ -113,6 +114,7 @@ class ClusterObjective(Objective):
         self.register_buffer("figures", torch.zeros(4))
         # k-means' seed, drawn from the model's seeded initialisation
         self.register_buffer("seed", torch.randint(2**31 - 1, (), dtype=torch.long))
+        self._new_classifier: torch.Tensor | None = None  # centroids the prototypes become at this step's update
 
     # --- model ----------------------------------------------------------------------
     def encoder_calls(self, batch: Mapping[str, Any]) -> dict[str, EncoderCall]:
@@ -133,7 +135,10 @@ class ClusterObjective(Objective):
             targets = (z.detach() @ self.centroids.T).argmax(dim=1)
             if self.config.views:  # each view learns the other's cluster
                 targets = torch.cat(targets.chunk(2)[::-1])
-        logits = z @ F.normalize(self.classifier, dim=-1).T / self.config.temperature
+        # after a clustering the prototypes are the new centroids: this step computes with
+        # them, and they become the parameter's value before the update (before_optimizer_step)
+        classifier = self.classifier if self._new_classifier is None else replaced(self.classifier, self._new_classifier)
+        logits = z @ F.normalize(classifier, dim=-1).T / self.config.temperature
         # the weighted mean over the global batch: per-item weights summed over ranks
         weights = self.cluster_weights[targets] if self.config.balance else torch.ones_like(targets, dtype=z.dtype)
         per_item = F.cross_entropy(logits, targets, reduction="none")
@@ -144,6 +149,13 @@ class ClusterObjective(Objective):
         if has_classes:
             metrics.update(ami=ami, ami_random=ami_random)
         return ObjectiveOutput(loss, metrics)
+
+    def before_optimizer_step(self, model: EncoderHost) -> None:
+        """A clustering in this step's forward set new prototypes: they become the
+        parameter's value now, which the update then moves."""
+        if self._new_classifier is not None:
+            assign(self.classifier, self._new_classifier)
+            self._new_classifier = None
 
     # --- the bank ------------------------------------------------------------------
     def _classes(self, batch: Mapping[str, Any], n: int) -> torch.Tensor:
@@ -188,7 +200,7 @@ class ClusterObjective(Objective):
         generator = torch.Generator().manual_seed(int(self.seed) + int(self.calls))
         centroids, assign = kmeans(bank, k, generator, self.config.kmeans_iters)
         self.centroids.copy_(centroids)
-        self.classifier.data.copy_(centroids)  # cluster ids change at every clustering
+        self._new_classifier = centroids.to(self.classifier.dtype)  # cluster ids change at every clustering
         counts = torch.bincount(assign, minlength=k).to(self.cluster_weights.dtype)
         self.cluster_weights.copy_(counts.sum() / (k * counts.clamp_min(1)))
         entropy = cluster_entropy(assign, k)

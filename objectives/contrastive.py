@@ -180,9 +180,10 @@ class ContrastiveObjective(Objective):
         else:
             init_scale, init_bias = math.log(10.0), -10.0  # SigLIP paper's initialisation
             self.loss_fn = MultiPositiveSigLipLoss(rank=dist.rank, world_size=dist.world_size, dist_impl=config.dist_impl)
-        self.logit_scale = nn.Parameter(torch.tensor(init_scale), requires_grad=config.learn_temperature)
+        # [1], not 0-d: FSDP2 shards no 0-d parameter (as open_clip's nonscalar_logit_scale)
+        self.logit_scale = nn.Parameter(torch.tensor([init_scale]), requires_grad=config.learn_temperature)
         self.logit_bias = (
-            nn.Parameter(torch.tensor(init_bias), requires_grad=config.learn_temperature) if init_bias is not None else None
+            nn.Parameter(torch.tensor([init_bias]), requires_grad=config.learn_temperature) if init_bias is not None else None
         )
 
     def embed(self, modality: str, output: ModalityOutput) -> torch.Tensor | None:
@@ -197,7 +198,9 @@ class ContrastiveObjective(Objective):
         a, b = self.modalities
         fa = F.normalize(self.embed(a, self.encode(model, batch, a)), dim=-1)
         fb = F.normalize(self.embed(b, self.encode(model, batch, b)), dim=-1)
-        scale = self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        # 0-d views of the [1] parameters: a 0-d tensor promotes as a scalar (a float32 scale
+        # times bf16 features stays bf16 under autocast), so the losses compute as 0-d ones did
+        scale = self.logit_scale.reshape(()).exp().clamp(max=self.config.max_logit_scale)
         codes = batch.get(MATCH_KEY) if self.config.same_concept_positives else None
         codes_a = codes.get(a) if codes else None
         codes_b = codes.get(b) if codes else None
@@ -205,7 +208,7 @@ class ContrastiveObjective(Objective):
         if self.logit_bias is None:
             loss = self.loss_fn(fa, fb, scale, codes_a, codes_b)
         else:
-            loss = self.loss_fn(fa, fb, scale, self.logit_bias, codes_a, codes_b)
+            loss = self.loss_fn(fa, fb, scale, self.logit_bias.reshape(()), codes_a, codes_b)
         with torch.no_grad():
             sim = fa.float() @ fb.float().T
             n = sim.shape[0]

@@ -21,6 +21,13 @@ The points, in the order a step meets them:
 | ``checkpoint_file`` | with every file of a checkpoint written into its temporary directory, before the HIT-th is fsynced |
 | ``checkpoint_rename`` | with every file and the temporary directory fsynced, before the rename |
 | ``checkpoint_dir_fsync`` | at a directory fsync of a save or a prune (after the rename, after moving an old checkpoint to the trash) |
+
+Runs under ``train.parallel=fsdp`` (sharded checkpoints) have one more, not in
+``POINTS`` (a run that writes no shards never meets it):
+
+| point | dies |
+| --- | --- |
+| ``shard_write`` | before DCP writes the HIT-th tensor of a rank's shard file: a shard half written, no metadata; under ``train.async_checkpoint`` in the background thread while training goes on |
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import sys
 from typing import Any, Callable
 
 import torch
+import torch.distributed.checkpoint.filesystem
 
 import mmssl.train.checkpoint
 import mmssl.data.stream
@@ -78,13 +86,17 @@ PATCHES: dict[str, tuple[Any, str, bool, Callable[[], bool]]] = {
     "checkpoint_dir_fsync": (mmssl.train.checkpoint, "fsync_dir", True, lambda: True),
 }
 POINTS = tuple(PATCHES)
+SHARDED_PATCHES: dict[str, tuple[Any, str, bool, Callable[[], bool]]] = {
+    "shard_write": (torch.distributed.checkpoint.filesystem, "_write_item", True, lambda: True),
+}
 
 
 def arm(point: str, hit: int) -> None:
     """Patch ``point`` so that its ``hit``-th counted call in this process kills the run."""
-    if point not in PATCHES:
-        raise SystemExit(f"unknown kill point {point!r}; known: {', '.join(POINTS)}")
-    owner, name, before, only = PATCHES[point]
+    patches = {**PATCHES, **SHARDED_PATCHES}
+    if point not in patches:
+        raise SystemExit(f"unknown kill point {point!r}; known: {', '.join(patches)}")
+    owner, name, before, only = patches[point]
     setattr(owner, name, _counted(getattr(owner, name), hit, before, only))
 
 

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from mmssl.train.checkpoint import resolve_checkpoint
+from mmssl.train.checkpoint import read_checkpoint_weights, resolve_checkpoint
 from mmssl.train.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +39,8 @@ def pretrain(
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(resolve_checkpoint(run) / "model.safetensors")
+    """The weights of ``run``'s latest checkpoint, whole (sharded or not)."""
+    return read_checkpoint_weights(resolve_checkpoint(run))
 
 
 def losses(run: Path) -> list[dict[str, float]]:

@@ -22,9 +22,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from mmssl.train.checkpoint import check_complete, list_checkpoints, load_trainer_state, resolve_checkpoint
+from mmssl.train.checkpoint import (
+    check_complete,
+    list_checkpoints,
+    load_trainer_state,
+    read_checkpoint_weights,
+    resolve_checkpoint,
+)
 from mmssl.train.distributed import free_port
 from tests.kill_points import POINTS
 from tests.killing import metric_lines, run_and_kill
@@ -59,6 +64,7 @@ class Kill:
     point: str
     hit: int = 0  # the point's hit-th call; for the timer, seconds after the first new line
     delay: float = 0.0
+    overrides: tuple[str, ...] = ()  # config overrides of this run only (how it saves, not what it trains)
 
     def __str__(self) -> str:
         return f"{self.point}@{self.delay:.2f}s" if self.point == TIMER else f"{self.point}#{self.hit}"
@@ -73,8 +79,10 @@ def kill_plan(seed: int, n: int) -> list[Kill]:
     return [Kill(TIMER, delay=rng.uniform(0.0, 0.6)) if k == TIMER else Kill(k, rng.randint(1, HITS[k])) for k in chosen]
 
 
-def command(kill: Kill | None, output: Path, steps: int, nproc: int, config: str = TINY_JOINT) -> list[str]:
-    args = [config, *RUN, f"train.steps={steps}", "--output-dir", str(output)]
+def command(
+    kill: Kill | None, output: Path, steps: int, nproc: int, config: str = TINY_JOINT, extra: tuple[str, ...] = ()
+) -> list[str]:
+    args = [config, *RUN, f"train.steps={steps}", *extra, *(kill.overrides if kill else ()), "--output-dir", str(output)]
     # the runner runs as a module: as a script, tests/ would come first on sys.path and its
     # test packages tests/modalities and tests/objectives would shadow the real ones
     killer = kill is not None and kill.point != TIMER
@@ -90,9 +98,9 @@ def command(kill: Kill | None, output: Path, steps: int, nproc: int, config: str
     ]
 
 
-def run_killed(kill: Kill, output: Path, steps: int, nproc: int, log: Path, config: str) -> None:
+def run_killed(kill: Kill, output: Path, steps: int, nproc: int, log: Path, config: str, extra: tuple[str, ...] = ()) -> None:
     """Run until ``kill`` strikes; fail if the run finishes first."""
-    cmd = command(kill, output, steps, nproc, config)
+    cmd = command(kill, output, steps, nproc, config, extra)
     if kill.point == TIMER:
         before, since = metric_lines(output), None
 
@@ -129,7 +137,7 @@ def assert_checkpoints_sound(output: Path, kill: Kill) -> None:
         check_complete(checkpoint)
     if found:
         load_trainer_state(found[-1])
-        load_file(found[-1] / "model.safetensors")
+        read_checkpoint_weights(found[-1])
     names = {p.name for p in (output / "checkpoints").iterdir()} if (output / "checkpoints").is_dir() else set()
     debris = {n for n in names if not n.startswith("step_")}
     assert all(n.startswith((".tmp-", ".trash-", ".replaced-")) for n in debris), (kill, debris)
@@ -142,29 +150,32 @@ def comparable(output: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in r.items() if k == "step" or k.endswith(keep)} for r in records]
 
 
-def kill_chain(tmp_path: Path, kills: list[Kill], steps: int, nproc: int, config: str = TINY_JOINT) -> list[str]:
+def kill_chain(
+    tmp_path: Path, kills: list[Kill], steps: int, nproc: int, config: str = TINY_JOINT, extra: tuple[str, ...] = ()
+) -> list[str]:
     """Run ``kills`` one after another in one output directory, then to the end; compare
-    with an uninterrupted run. Returns what happened at each kill, for the failure message."""
+    with an uninterrupted run (each with the overrides ``extra``). Returns what happened
+    at each kill, for the failure message."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(
-        command(None, whole, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
+        command(None, whole, steps, nproc, config, extra), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
     assert done.returncode == 0, done.stderr[-3000:]
     story = []
     for i, kill in enumerate(kills):
         start = latest_step(killed)
         assert start < steps, f"the plan outran the run: {story}"
-        run_killed(kill, killed, steps, nproc, tmp_path / f"kill_{i}.log", config)
+        run_killed(kill, killed, steps, nproc, tmp_path / f"kill_{i}.log", config, extra)
         assert_checkpoints_sound(killed, kill)
         assert latest_step(killed) >= start, f"{kill} lost checkpoint step {start}"
         story.append(f"{kill}: step {start} -> {latest_step(killed)}")
     done = subprocess.run(
-        command(None, killed, steps, nproc, config), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
+        command(None, killed, steps, nproc, config, extra), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert latest_step(killed) == steps, f"the resumed run did not reach step {steps}: {story}"
-    a = load_file(resolve_checkpoint(whole) / "model.safetensors")
-    b = load_file(resolve_checkpoint(killed) / "model.safetensors")
+    a = read_checkpoint_weights(resolve_checkpoint(whole))
+    b = read_checkpoint_weights(resolve_checkpoint(killed))
     assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"seed {SEED}, {story}: {len(differ)} tensors differ, e.g. {differ[:3]}"

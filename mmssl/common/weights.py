@@ -1,6 +1,11 @@
 """Weights files: reading a state dict from safetensors or torch files, and comparing a
 file's tensors with a model's (which names differ in shape, which are missing on either
-side, said in one line), for checkpoints and pretrained weights alike."""
+side, said in one line), for checkpoints and pretrained weights alike.
+
+A parameter of one value (a logit scale or bias, an audio mask value) has shape [1]:
+FSDP2 (``fully_shard``) shards no 0-d parameter. Files written before, and open_clip's,
+hold such values 0-d; ``fit_scalar_shapes`` and ``fit_optimizer_state_shapes`` reshape
+them on load."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+from torch.distributed.tensor import DTensor
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -86,12 +92,54 @@ def tensor_differences(
     shapes = [(n, tuple(s), tuple(state[n].shape)) for n, s in sorted(saved.items()) if n in state and tuple(state[n].shape) != tuple(s)]
 
     def memory(t: torch.Tensor) -> tuple[int, str] | None:
+        t = t.to_local() if isinstance(t, DTensor) else t  # a sharded parameter: its shard's memory
         return (t.untyped_storage().data_ptr(), str(t.device)) if t.numel() else None
 
     saved_memory = {memory(state[n]) for n in saved if n in state} - {None}
     missing = sorted(n for n, t in state.items() if n not in saved and memory(t) not in saved_memory)
     unexpected = sorted(n for n in saved if n not in state)
     return shapes, missing, unexpected
+
+
+def fits_as_scalar(saved: Sequence[int], wanted: Sequence[int]) -> bool:
+    """Whether a tensor of shape ``saved`` is one value the model holds in the other of
+    the shapes ``()`` and ``(1,)`` (``wanted``): reshaping it loses nothing."""
+    saved, wanted = tuple(saved), tuple(wanted)
+    return saved != wanted and {saved, wanted} <= {(), (1,)}
+
+
+def fit_scalar_shapes(state: Mapping[str, torch.Tensor], shapes: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """``state`` with each tensor saved 0-d where ``shapes`` (the model's, by name) wants
+    ``(1,)``, or ``(1,)`` where it wants ``()``, reshaped to that shape; every other
+    tensor as it is, so a real mismatch still shows in ``tensor_differences``."""
+    return {n: t.reshape(shapes[n]) if n in shapes and fits_as_scalar(t.shape, shapes[n]) else t for n, t in state.items()}
+
+
+def fit_optimizer_state_shapes(state: Mapping[str, Any], params: Sequence[Sequence[torch.Tensor]]) -> dict[str, Any]:
+    """A torch optimizer's ``state_dict()`` whose per-parameter state tensors (Adam's
+    ``exp_avg``, ``exp_avg_sq``) of one value saved 0-d for a ``(1,)`` parameter, or the
+    other way round, are reshaped to their parameter's shape, so an optimizer state saved
+    before those parameters became [1] loads and steps. ``step`` (a 0-d count) and every
+    other entry stay as they are; ``state`` itself is not changed.
+
+    Args:
+        params: the parameters of each of the optimizer's ``param_groups``, in order
+            (``[g["params"] for g in optimizer.param_groups]``); the saved groups' ``params``
+            name them by position.
+    """
+    shapes = {
+        index: tuple(p.shape)
+        for group, saved in zip(params, state["param_groups"])
+        for index, p in zip(saved["params"], group)
+    }
+
+    def fit(index: Any, key: str, value: Any) -> Any:
+        if key == "step" or not torch.is_tensor(value) or index not in shapes or not fits_as_scalar(value.shape, shapes[index]):
+            return value
+        return value.reshape(shapes[index])
+
+    fitted = {index: {key: fit(index, key, value) for key, value in entries.items()} for index, entries in state["state"].items()}
+    return {**state, "state": fitted}
 
 
 def describe_differences(

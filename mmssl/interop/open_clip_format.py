@@ -11,7 +11,7 @@ The mapping (the inverse of the towers' ``pretrained_weights``):
                              <mask> and <pad> rows are left out)
     positional_embedding, transformer.*, ln_final.*   the text tower as it is
     text_projection [w, E]   the objective's linear text head, transposed
-    logit_scale (logit_bias) the objective's
+    logit_scale (logit_bias) the objective's, in open_clip's shape (0-d; mmssl's is [1])
     model_cfg                embed_dim, quick_gelu, the tower's vision_cfg, text_cfg
     preprocess_cfg           size, mean, std, interpolation, resize_mode shortest
 
@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mmssl.common.open_clip_files import BPE_VOCAB, CONFIG_FILE
+from mmssl.common.weights import fit_scalar_shapes
 from mmssl.train.checkpoint import Pretrained
 
 WEIGHTS = "open_clip_model.safetensors"
@@ -56,6 +57,19 @@ def image_text_pair(loaded: Pretrained, modalities: list[str] | None) -> tuple[s
             return name, image, types["text"]
     raise ExportError("no contrastive objective pairs an image modality with a text modality"
                       + (f" among {modalities}" if modalities else "") + ": nothing to write as an open_clip model")
+
+
+def open_clip_scalar_shape() -> tuple[int, ...]:
+    """The shape of ``logit_scale`` and ``logit_bias`` in the CLIP that open_clip builds
+    from the model_cfg an export writes (no ``nonscalar_logit_scale``): 0-d in open_clip
+    3.3, [1] in one whose default is nonscalar. mmssl holds them as [1] (FSDP2 shards no
+    0-d parameter); open_clip loads the file strictly, so it gets its own shape."""
+    import inspect
+
+    from open_clip.model import CLIP
+
+    option = inspect.signature(CLIP.__init__).parameters.get("nonscalar_logit_scale")
+    return (1,) if option is not None and option.default is True else ()
 
 
 def write_open_clip(loaded: Pretrained, folder: Path, modalities: list[str] | None = None) -> dict[str, Any]:
@@ -86,16 +100,17 @@ def write_open_clip(loaded: Pretrained, folder: Path, modalities: list[str] | No
         state[key[len("tower."):]] = tensor
     state["token_embedding.weight"] = state["token_embedding.weight"][:BPE_VOCAB]
     state["text_projection"] = heads[text].weight.detach().T
-    state["logit_scale"] = objective.logit_scale.detach().reshape([])
     model_cfg: dict[str, Any] = {
         "embed_dim": int(heads[image].weight.shape[0]), "quick_gelu": bool(text_cfg.quick_gelu),
         "vision_cfg": dict(model.encoders[image].vision_cfg),
         "text_cfg": {"context_length": text_cfg.context_length, "vocab_size": BPE_VOCAB, "width": text_cfg.width,
                      "heads": text_cfg.heads, "layers": text_cfg.layers, "mlp_ratio": text_cfg.mlp_ratio},
     }
+    scalars = {"logit_scale": objective.logit_scale.detach()}
     if getattr(objective, "logit_bias", None) is not None:
-        state["logit_bias"] = objective.logit_bias.detach().reshape([])
+        scalars["logit_bias"] = objective.logit_bias.detach()
         model_cfg["init_logit_bias"] = float(objective.logit_bias)
+    state.update(fit_scalar_shapes(scalars, dict.fromkeys(scalars, open_clip_scalar_shape())))
     preprocess = {"size": image_cfg.image_size, "mean": list(image_cfg.mean), "std": list(image_cfg.std),
                   "interpolation": image_cfg.interpolation, "resize_mode": "shortest"}
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(folder / WEIGHTS))

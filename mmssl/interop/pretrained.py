@@ -8,8 +8,8 @@ for the image and text towers, timm for timm image towers); then, for any modali
   ``mmssl_encoder.json`` and ``model.safetensors``, or the export's root folder holding
   one such folder per modality: the one named like this modality, else the only one of
   its type);
-- an mmssl checkpoint directory (``model.safetensors`` beside ``config.yaml``): the
-  tensors of ``encoders.<key>``;
+- an mmssl checkpoint directory (``model.safetensors``, or a sharded run's
+  ``sharded/``, beside ``config.yaml``): the tensors of ``encoders.<key>``;
 - a state-dict file (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with
   ``torch.load(weights_only=True)``; a ``state_dict`` entry and ``module.`` prefixes, as
   trainers write them, are taken apart).
@@ -31,7 +31,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mmssl.common.weights import describe_differences, read_weights, tensor_differences
+from mmssl.common.sharded_files import full_weights, is_sharded
+from mmssl.common.weights import describe_differences, fit_scalar_shapes, read_weights, tensor_differences
 from mmssl.config import ConfigError, ModalitySpec
 from modalities.base import PretrainedWeights
 
@@ -72,9 +73,10 @@ def read_pretrained(encoder: nn.Module, path: Path, key: str, spec: ModalitySpec
         export = find_export(path, key, spec, where)
         if export is not None:
             return PretrainedWeights(read_file(export / WEIGHTS, where), f"the {spec.type} encoder export {export}")
-        if (path / WEIGHTS).is_file() and (path / "config.yaml").is_file():
+        if ((path / WEIGHTS).is_file() or is_sharded(path)) and (path / "config.yaml").is_file():
             prefix = f"encoders.{key}."
-            state = {n[len(prefix):]: t for n, t in read_file(path / WEIGHTS, where).items() if n.startswith(prefix)}
+            saved = read_sharded(path, where) if is_sharded(path) else read_file(path / WEIGHTS, where)
+            state = {n[len(prefix):]: t for n, t in saved.items() if n.startswith(prefix)}
             if not state:
                 raise PretrainedError(f"{where}: the checkpoint {path} has no encoder '{key}'")
             return PretrainedWeights(state, f"encoder '{key}' of the checkpoint {path}")
@@ -95,9 +97,11 @@ def read_pretrained(encoder: nn.Module, path: Path, key: str, spec: ModalitySpec
 
 def load_tensors(encoder: nn.Module, weights: PretrainedWeights, key: str, spec: ModalitySpec, path: Path,
                  where: str) -> None:
-    """Load ``weights.tensors`` after comparing them with the encoder's by name and shape."""
-    state, source = weights.tensors, weights.source
+    """Load ``weights.tensors`` after comparing them with the encoder's by name and shape
+    (a value saved 0-d where the encoder holds it as [1], or the other way round, fits:
+    ``fit_scalar_shapes``)."""
     own = encoder.state_dict()
+    state, source = fit_scalar_shapes(weights.tensors, {n: tuple(t.shape) for n, t in own.items()}), weights.source
     shapes, missing, unexpected = tensor_differences({n: tuple(t.shape) for n, t in state.items()}, own)
     if spec.pretrained_strict and (shapes or missing or unexpected):
         raise PretrainedError(
@@ -129,7 +133,7 @@ def pairing_objective(model: Any, key: str, specs: Mapping[str, ModalitySpec]) -
 
 def give_to_objective(model: Any, key: str, specs: Mapping[str, ModalitySpec], weights: PretrainedWeights, where: str) -> None:
     """The file's projection becomes the pairing objective's linear head for ``key``; its
-    logit scale (and SigLIP's bias) that objective's."""
+    logit scale (and SigLIP's bias; 0-d in open_clip's files, [1] here) that objective's."""
     name = pairing_objective(model, key, specs)
     if name is None:
         log.info("modality '%s': no objective projects it; the file's projection and logit scale are not used", key)
@@ -153,7 +157,7 @@ def give_to_objective(model: Any, key: str, specs: Mapping[str, ModalitySpec], w
         for attribute in ("logit_scale", "logit_bias"):
             value, mine = getattr(weights, attribute), getattr(objective, attribute, None)
             if value is not None and isinstance(mine, torch.Tensor):
-                mine.copy_(value.reshape(mine.shape))
+                mine.copy_(fit_scalar_shapes({attribute: value}, {attribute: tuple(mine.shape)})[attribute])
     log.info("modality '%s': the projection and logit scale of %s went to objective '%s'", key, weights.source, name)
 
 
@@ -234,6 +238,14 @@ def read_meta(folder: Path, where: str) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise PretrainedError(f"{where}: {folder / EXPORT_META} is not an mmssl encoder export")
     return meta
+
+
+def read_sharded(checkpoint: Path, where: str) -> dict[str, torch.Tensor]:
+    """The whole weights of a sharded (``train.parallel: fsdp``) checkpoint."""
+    try:
+        return full_weights(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - DCP reports unreadable shards in many types
+        raise PretrainedError(f"{where}: the sharded checkpoint {checkpoint} is unreadable: {exc}") from None
 
 
 def read_file(path: Path, where: str) -> dict[str, torch.Tensor]:

@@ -9,6 +9,10 @@ Layout of ``<output>/checkpoints/step_00000100/``:
     tokenizer.json      per-modality extra state (tokenizer settings)
     meta.json           step and format version
 
+A run under ``train.parallel: fsdp`` writes its weights and optimizer state as the
+ranks' shards instead (``sharded/``, ``mmssl.train.sharded_checkpoint``); every reader
+here reads both layouts.
+
 A directory named ``step_*`` is complete by construction: its files and the directory
 are fsynced before the rename, and the parent after it. Names that are not
 ``step_*`` are never read as checkpoints; a kill can leave these, which
@@ -40,12 +44,14 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
 from mmssl.common.atomic import OutputError, fsync_dir, fsync_file
-from mmssl.common.weights import describe_differences, tensor_differences
+from mmssl.common.weights import describe_differences, fit_scalar_shapes, fits_as_scalar, tensor_differences
 from mmssl.config import ConfigError, RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
+from mmssl.common.sharded_files import SHARDED, full_weights, is_sharded, missing_shard_files, saved_shapes
+from mmssl.train.sharded_checkpoint import write_layout
 from modalities.base import Processor, Renderer
 
 log = logging.getLogger(__name__)
@@ -124,17 +130,50 @@ def write_checkpoint_dir(output_dir: str | Path, step: int, write: Callable[[Pat
         OutputError: the directory could not be written (disk full, no permission), in
             one line naming it; no temporary is left and earlier checkpoints are intact.
     """
+    return finish_checkpoint_dir(output_dir, step, begin_checkpoint_dir(output_dir, step), write)
+
+
+def begin_checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    """A new, empty temporary directory for ``step``'s checkpoint (what earlier killed
+    saves left is cleared first), for ``finish_checkpoint_dir``. A sharded save's ranks
+    write their shards into it before rank 0 finishes it.
+
+    Raises:
+        OutputError: it could not be made, in one line naming it.
+    """
     root = checkpoints_root(output_dir)
-    final = checkpoint_dir(output_dir, step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp = root / f".tmp-{checkpoint_dir(output_dir, step).name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(root)
         tmp.mkdir()
+    except OSError as exc:
+        raise OutputError(f"cannot save checkpoint {checkpoint_dir(output_dir, step)}: {exc.strerror or exc}") from exc
+    return tmp
+
+
+def discard_checkpoint_dir(tmp: Path) -> None:
+    """Remove the temporary directory of a save that failed."""
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish_checkpoint_dir(output_dir: str | Path, step: int, tmp: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` adds its files to the temporary ``tmp`` (of ``begin_checkpoint_dir``);
+    then every file and directory in it is fsynced, it is renamed to ``checkpoints/step_N``
+    (``_put_in_place``) and the parent fsynced. On any failure ``tmp`` is removed.
+
+    Raises:
+        OutputError: the directory could not be written (disk full, no permission), in
+            one line naming it; no temporary is left and earlier checkpoints are intact.
+    """
+    root = checkpoints_root(output_dir)
+    final = checkpoint_dir(output_dir, step)
+    try:
         write(tmp)
-        for f in tmp.iterdir():
-            fsync_file(f)
-        fsync_dir(tmp)
+        for directory in sorted({tmp, *(p for p in tmp.rglob("*") if p.is_dir())}, reverse=True):
+            for f in sorted(p for p in directory.iterdir() if p.is_file()):
+                fsync_file(f)
+            fsync_dir(directory)
         _put_in_place(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,6 +187,23 @@ def write_checkpoint_dir(output_dir: str | Path, step: int, write: Callable[[Pat
             + (f"the checkpoints saved before are intact ({', '.join(kept)})" if kept else "no checkpoint was saved")
         ) from exc
     return final
+
+
+def sharded_checkpoint_writer(
+    step: int, model: MultimodalModel, trainer_state: dict[str, Any], config: RunConfig, world_size: int
+) -> Callable[[Path], None]:
+    """What rank 0 adds to a sharded checkpoint beside the ranks' shards
+    (``mmssl.train.sharded_checkpoint``): the trainer state, config, extra state and a
+    ``meta.json`` that says the layout, for ``finish_checkpoint_dir``."""
+
+    def write(tmp: Path) -> None:
+        _save_trainer_state(trainer_state, tmp / STATE)
+        (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
+        extras = {key: p.extra_state_dict() for key, p in model.processors.items() if p.extra_state_dict()}
+        (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
+        write_layout(tmp / META, step, FORMAT_VERSION, world_size)
+
+    return write
 
 
 def _save_trainer_state(state: dict[str, Any], path: Path) -> None:
@@ -204,7 +260,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / WEIGHTS).is_file() and (Path(path) / CONFIG).is_file()
+    return ((Path(path) / WEIGHTS).is_file() or is_sharded(path)) and (Path(path) / CONFIG).is_file()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -243,6 +299,11 @@ def check_complete(checkpoint: Path, files: Sequence[str] = FILES) -> None:
     pretraining checkpoint's by default) is there and ``meta.json`` names this
     directory's step."""
     checkpoint = Path(checkpoint)
+    if (checkpoint / SHARDED).is_dir():  # the ranks' shards stand for the weights file
+        files = [name for name in files if name != WEIGHTS]
+        missing_shards = missing_shard_files(checkpoint)
+        if missing_shards:
+            raise CorruptCheckpointError(f"{checkpoint} is incomplete: {', '.join(missing_shards)} missing")
     missing = [name for name in files if not (checkpoint / name).is_file()]
     if missing:
         raise CorruptCheckpointError(f"{checkpoint} is incomplete: {', '.join(missing)} missing")
@@ -309,10 +370,22 @@ def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "it
         CorruptCheckpointError: the weights file is missing, truncated or unreadable.
         CheckpointError: the weights or extra state do not fit ``model``.
     """
-    load_safetensors(
-        model, checkpoint / WEIGHTS,
-        f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another config?)",
-    )
+    mismatch = f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another config?)"
+    if is_sharded(checkpoint):
+        load_checked(model, read_checkpoint_weights(checkpoint), mismatch)
+    else:
+        load_safetensors(model, checkpoint / WEIGHTS, mismatch)
+    check_extra_state(model, checkpoint)
+
+
+def check_extra_state(model: MultimodalModel, checkpoint: Path) -> None:
+    """Check each modality's extra state (tokenizer settings) saved with a checkpoint
+    against the model's processors.
+
+    Raises:
+        CorruptCheckpointError: ``tokenizer.json`` is unreadable.
+        CheckpointError: a modality's extra state does not fit.
+    """
     tokenizer_file = checkpoint / TOKENIZER
     try:
         extras = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
@@ -329,24 +402,72 @@ def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "it
 def load_safetensors(module: torch.nn.Module, weights: Path, mismatch: str) -> None:
     """Load the safetensors file ``weights`` into ``module`` strictly. The file's tensor
     names and shapes are compared with the module's before anything is loaded, so
-    weights of another model are one error, ``mismatch`` followed by what differs.
+    weights of another model are one error, ``mismatch`` followed by what differs. A
+    value saved 0-d where the module holds it as [1] (files from before the logit scales
+    and mask values became [1]), or the other way round, is reshaped (``fit_scalar_shapes``).
 
     Raises:
         CorruptCheckpointError: the file is missing, truncated or unreadable.
         CheckpointError: its tensors do not fit ``module``.
     """
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+        saved = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
-    differences = tensor_differences(shapes, module.state_dict())
+    load_checked(module, saved, mismatch)
+
+
+def load_checked(module: torch.nn.Module, saved: dict[str, torch.Tensor], mismatch: str) -> None:
+    """Load the tensors ``saved`` into ``module`` as ``load_safetensors`` does: one
+    ``CheckpointError`` (``mismatch`` and what differs) when they do not fit."""
+    own = module.state_dict()
+    state = fit_scalar_shapes(saved, {name: tuple(t.shape) for name, t in own.items()})
+    differences = tensor_differences({name: tuple(t.shape) for name, t in state.items()}, own)
     if any(differences):
         raise CheckpointError(f"{mismatch}: {describe_differences(*differences)}")
+    # Not strict: every name the file lacks shares memory with one it holds (safetensors
+    # saves one name of tied weights), as tensor_differences checked; loading that one fills both.
+    module.load_state_dict(state, strict=False)
+
+
+def read_checkpoint_weights(checkpoint: Path, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, whole, from either layout (a sharded one's shards put
+    together in this process); where ``model`` is given, values saved 0-d for its [1]
+    tensors (or the other way round) are reshaped to its shapes.
+
+    Raises:
+        CorruptCheckpointError: the weights are missing, truncated or unreadable.
+    """
     try:
-        load_model(module, str(weights), strict=True)
-    except (SafetensorError, OSError) as exc:
-        raise CorruptCheckpointError(f"{weights} is unreadable: {_first_line(exc)}") from None
+        weights = full_weights(checkpoint) if is_sharded(checkpoint) else load_file(str(checkpoint / WEIGHTS))
+    except Exception as exc:  # safetensors and DCP report unreadable files in many types
+        raise CorruptCheckpointError(f"the weights of {checkpoint} are unreadable: {_first_line(exc)}") from None
+    if model is None:
+        return weights
+    return fit_scalar_shapes(weights, {name: tuple(t.shape) for name, t in model.state_dict().items()})
+
+
+def check_weights_fit(model: torch.nn.Module, checkpoint: Path, built_from: str) -> None:
+    """Raise ``CheckpointError`` naming what differs when a checkpoint's weight names and
+    shapes (read from its header or DCP metadata, not its data) do not fit ``model``
+    (sharded parameters count by their whole shapes)."""
+    try:
+        if is_sharded(checkpoint):
+            shapes = saved_shapes(checkpoint)
+        else:
+            with safe_open(str(checkpoint / WEIGHTS), framework="pt") as f:
+                shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - an unreadable header or metadata, in whatever type
+        raise CorruptCheckpointError(f"the weights of {checkpoint} are unreadable: {_first_line(exc)}") from None
+    own = model.state_dict()
+    wanted = {name: tuple(t.shape) for name, t in own.items()}
+    fitted = {n: wanted[n] if n in wanted and fits_as_scalar(shape, wanted[n]) else shape for n, shape in shapes.items()}
+    differences = tensor_differences(fitted, own)
+    if any(differences):
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another config?): "
+            + describe_differences(*differences)
+        )
 
 
 def _first_line(exc: BaseException) -> str:

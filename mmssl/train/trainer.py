@@ -14,6 +14,8 @@ import logging
 import math
 import sys
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -21,16 +23,26 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mmssl.train import distributed
+from mmssl.train import distributed, sharded_checkpoint, sharding
+from mmssl.common.sharded_files import SHARDED, is_sharded
 from mmssl.common.atomic import OutputError, write_text_atomic
 from mmssl.common.plots import plot_losses
+from mmssl.common.weights import fit_optimizer_state_shapes
 from mmssl.train.checkpoint import (
     CheckpointError,
+    begin_checkpoint_dir,
     checkpoint_writer,
+    discard_checkpoint_dir,
+    finish_checkpoint_dir,
+    prune_checkpoints,
+    sharded_checkpoint_writer,
     describe_differences,
+    check_extra_state,
+    check_weights_fit,
     list_checkpoints,
     load_trainer_state,
     load_weights,
+    read_checkpoint_weights,
 )
 from mmssl.train.checkpoints import CheckpointManager, rng_state, set_rng_state
 from mmssl.config import RunConfig
@@ -80,6 +92,18 @@ class JointForward(torch.nn.Module):
         observed = {n: float(v) / distributed.context().world_size for n, v in zip(losses, means)}
         total, weights = self.weighting.combine(losses, observed)
         return total, losses, observed, metrics, weights
+
+
+@dataclass
+class PendingSave:
+    """A sharded save whose shards are written (or being written, ``future``) into
+    ``tmp``; ``state`` is the trainer state of ``step`` that rank 0 adds."""
+
+    step: int
+    path: Path
+    tmp: Path
+    future: Future | None
+    state: dict[str, Any]
 
 
 class NonFiniteStepsError(FloatingPointError):
@@ -178,11 +202,15 @@ class Pretrainer:
         probabilities = {n: config.objectives[n].probability for n in self.model.objectives if n in config.objectives}
         every = {n: config.objectives[n].every for n in self.model.objectives if n in config.objectives}
         self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed, every)
-        joint = JointForward(self.model, self.weighting)
+        joint = self.joint = JointForward(self.model, self.weighting)
         self.forward_module: torch.nn.Module = joint
         # restored when a step is skipped: BatchNorm statistics, the weighting's loss means
         self._buffers = list(joint.buffers())
-        if self.dist.world_size > 1:
+        # fsdp shards over the process group, whatever its size; a plain run has none
+        self.sharded = self.train_cfg.parallel == "fsdp" and torch.distributed.is_initialized()
+        if self.sharded:
+            sharding.shard(joint, self.train_cfg.precision)
+        elif self.dist.world_size > 1:
             # objectives that sit a step out leave parameters without gradients
             self.forward_module = torch.nn.parallel.DistributedDataParallel(
                 joint,
@@ -192,6 +220,9 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, self.train_cfg, extra=list(self.weighting.parameters()))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
+        # background saves (train.async_checkpoint) run their collectives in a group of their own
+        self._checkpoint_group = sharded_checkpoint.new_checkpoint_group() if self.sharded and self.train_cfg.async_checkpoint else None
+        self._pending_save: PendingSave | None = None
         self.callbacks = list(callbacks)
         self.checkpoints = CheckpointManager(
             self.output_dir, self.train_cfg.keep_checkpoints, start_over="move them away, or start over with train.resume=none"
@@ -209,14 +240,20 @@ class Pretrainer:
 
     # --- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The trainer's state for a checkpoint. A sharded run's optimizer and weighting
+        state go into the DCP shards instead (``sharded_checkpoint.training_state``); the
+        optimizer's parameter names and initial learning rates stay here, to check a
+        resume against."""
+        sharded = {
+            "optimizer_initial_lrs": [g["initial_lr"] for g in self.optimizer.param_groups],
+        } if self.sharded else {"optimizer": self.optimizer.state_dict(), "weighting": self.weighting.state_dict()}
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            **sharded,
             "optimizer_param_names": self._optimizer_param_names(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
             "streams": {name: self._global_stream_state(s) for name, s in self.streams.items()},
-            "weighting": self.weighting.state_dict(),
             "pending_metrics": {k: list(v) for k, v in self._pending.items()},
             "nonfinite_steps": {"total": self.nonfinite_steps, "in_a_row": self.bad_steps_in_a_row},
             "rng": rng_state(),
@@ -235,16 +272,11 @@ class Pretrainer:
                 "LambdaLR); its weights load for evaluation, but training cannot resume from it (train.resume=none "
                 "starts over)"
             )
-        saved_lrs = [g.get("initial_lr") for g in state["optimizer"]["param_groups"]]
-        run_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
-        if saved_lrs != run_lrs:
-            raise ValueError(
-                f"the checkpoint's optimizer groups start at lr {saved_lrs}, this run's at {run_lrs}: "
-                "resume with the train.lr and train.lr_scale it was saved with"
-            )
-        self._check_optimizer_fits(state["optimizer"], state.get("optimizer_param_names"))
+        self._check_optimizer_groups(state)
+        if "optimizer" in state:  # else loaded with the weights (a sharded checkpoint, or a sharded run)
+            self._check_optimizer_fits(state["optimizer"], state.get("optimizer_param_names"))
+            self.optimizer.load_state_dict(self._fit_optimizer_state(state["optimizer"]))
         self.step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
@@ -266,12 +298,50 @@ class Pretrainer:
         self.bad_steps_in_a_row = int(nonfinite.get("in_a_row", 0))
         set_rng_state(state["rng"])
 
+    def _fit_optimizer_state(self, saved: Mapping[str, Any]) -> dict[str, Any]:
+        """A saved optimizer state with moments of parameters saved 0-d (before those
+        became [1]) reshaped to this run's parameters."""
+        return fit_optimizer_state_shapes(saved, [g["params"] for g in self.optimizer.param_groups])
+
+    def _check_optimizer_groups(self, state: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` when a checkpoint's optimizer groups start at other learning
+        rates than this run's."""
+        if "optimizer" in state:
+            saved_lrs = [g.get("initial_lr") for g in state["optimizer"]["param_groups"]]
+        else:
+            saved_lrs = list(state.get("optimizer_initial_lrs", []))
+        run_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        if saved_lrs != run_lrs:
+            raise ValueError(
+                f"the checkpoint's optimizer groups start at lr {saved_lrs}, this run's at {run_lrs}: "
+                "resume with the train.lr and train.lr_scale it was saved with"
+            )
+
     def _optimizer_param_names(self) -> list[list[str]]:
         """The name of each parameter of each optimizer group, in the optimizer's order
         (its state refers to parameters by position only)."""
         names = {id(p): n for n, p in self.model.named_parameters()}
         names |= {id(p): f"weighting.{n}" for n, p in self.weighting.named_parameters()}
         return [[names.get(id(p), "?") for p in group["params"]] for group in self.optimizer.param_groups]
+
+    def _check_optimizer_names(self, saved_names: list[list[str]] | None) -> None:
+        """Raise ``ValueError`` when a checkpoint's optimizer held other parameters, or in
+        another order, than this run's."""
+        names = self._optimizer_param_names()
+        if saved_names is None or saved_names == names:
+            return
+        sizes, saved_sizes = [len(g) for g in names], [len(g) for g in saved_names]
+        if sizes != saved_sizes:
+            raise ValueError(
+                f"the optimizer state does not fit this run's optimizer: parameters per group {saved_sizes} in the "
+                f"checkpoint, {sizes} here (train.weighting, train.lr_scale or the trainable parameters differ)"
+            )
+        moved = [(a, b) for group, saved_group in zip(names, saved_names) for a, b in zip(saved_group, group) if a != b]
+        raise ValueError(
+            f"the optimizer state does not fit this run's optimizer: {len(moved)} parameters in another place "
+            f"(another config, or its modalities or objectives in another order): "
+            + "; ".join(f"checkpoint {a}, here {b}" for a, b in moved[:4]) + (f"; and {len(moved) - 4} more" if len(moved) > 4 else "")
+        )
 
     def _check_optimizer_fits(self, saved: Mapping[str, Any], saved_names: list[list[str]] | None) -> None:
         """Raise ``ValueError`` saying how a saved optimizer state differs from this run's
@@ -285,13 +355,7 @@ class Pretrainer:
                 f"the optimizer state does not fit this run's optimizer: parameters per group {saved_sizes} in the "
                 f"checkpoint, {sizes} here (train.weighting, train.lr_scale or the trainable parameters differ)"
             )
-        if saved_names is not None and saved_names != names:
-            moved = [(a, b) for group, saved_group in zip(names, saved_names) for a, b in zip(saved_group, group) if a != b]
-            raise ValueError(
-                f"the optimizer state does not fit this run's optimizer: {len(moved)} parameters in another place "
-                f"(another config, or its modalities or objectives in another order): "
-                + "; ".join(f"checkpoint {a}, here {b}" for a, b in moved[:4]) + (f"; and {len(moved) - 4} more" if len(moved) > 4 else "")
-            )
+        self._check_optimizer_names(saved_names)
         shapes = [
             (f"{name} ({key})", tuple(value.shape), tuple(param.shape))
             for group, group_names, saved_group in zip(self.optimizer.param_groups, names, saved["param_groups"])
@@ -302,14 +366,19 @@ class Pretrainer:
         if shapes:
             raise ValueError(f"the optimizer state does not fit this run's parameters: {describe_differences(shapes, [], [])}")
 
-    def save(self) -> Path:
+    def save(self, background: bool = False) -> Path:
         """Save a checkpoint of this step (called on every rank: rank 0 writes, the others
-        wait for it, so no rank reads or resumes from a half-written directory).
+        wait for it, so no rank reads or resumes from a half-written directory). A sharded
+        run's ranks each write their shards; ``background`` (sharded runs) writes them
+        while training goes on, and the checkpoint is put in place at the next save or
+        the end of the run (``finish_pending_save``).
 
         Raises:
-            OutputError: on every rank, when rank 0 could not write it (disk full, no
+            OutputError: on every rank, when it could not be written (disk full, no
                 permission); the checkpoints saved before are intact.
         """
+        if self.sharded:
+            return self._save_sharded(background)
         state = self.state_dict()
         path = self.checkpoints.path(self.step)
 
@@ -321,6 +390,65 @@ class Pretrainer:
         self._write_on_main(write, f"rank 0 could not save {path}")
         self._saved_step = self.step
         return path
+
+    def _save_sharded(self, background: bool) -> Path:
+        """Every rank writes its shards into a temporary directory rank 0 names; then rank
+        0 adds the trainer state, config and meta, fsyncs and renames it into place
+        (``checkpoint.finish_checkpoint_dir``) and prunes."""
+        self.finish_pending_save()  # one save at a time: its temporary is not debris
+        state = self.state_dict()
+        step, path = self.step, self.checkpoints.path(self.step)
+        box: list[Any] = [None]
+
+        def begin() -> None:
+            box[0] = str(begin_checkpoint_dir(self.output_dir, step))
+
+        self._write_on_main(begin, f"rank 0 could not save {path}")
+        torch.distributed.broadcast_object_list(box, src=0)
+        tmp = Path(box[0])
+        shards = sharded_checkpoint.training_state(self.model, self.weighting, self.joint, self.optimizer)
+        try:
+            future = sharded_checkpoint.save_shards(
+                shards, tmp / SHARDED, self._checkpoint_group, background=background
+            )
+        except OSError as exc:
+            self._write_on_main(functools.partial(discard_checkpoint_dir, tmp), f"rank 0 could not remove {tmp}")
+            raise OutputError(f"cannot save checkpoint {path}: {exc}") from exc
+        pending = PendingSave(step, path, tmp, future, state)
+        if background:
+            self._pending_save = pending
+        else:
+            self._finish(pending)
+        self._saved_step = step
+        return path
+
+    def finish_pending_save(self) -> None:
+        """Wait for a background save to end on every rank, then put it in place (every
+        rank: a collective). Nothing when none is pending."""
+        pending, self._pending_save = self._pending_save, None
+        if pending is not None:
+            self._finish(pending)
+
+    def _finish(self, pending: PendingSave) -> None:
+        error: BaseException | None = None
+        if pending.future is not None:
+            try:
+                pending.future.result()
+            except Exception as exc:  # noqa: BLE001 - every rank must learn of any rank's failure
+                error = exc
+        failed = int(distributed.all_reduce_sum(torch.tensor([int(error is not None)])))
+        if failed:
+            self._write_on_main(functools.partial(discard_checkpoint_dir, pending.tmp), f"rank 0 could not remove {pending.tmp}")
+            raise OutputError(f"cannot save checkpoint {pending.path}: " + (str(error) if error else "a rank failed; see its error"))
+        write = sharded_checkpoint_writer(pending.step, self.model, pending.state, self.config, self.dist.world_size)
+
+        def put_in_place() -> None:
+            if self.run_log is not None:  # the log lines of the steps it holds are durable before it
+                self.run_log.sync()
+            finish_checkpoint_dir(self.output_dir, pending.step, pending.tmp, write)
+            prune_checkpoints(self.output_dir, self.checkpoints.keep)
+
+        self._write_on_main(put_in_place, f"rank 0 could not save {pending.path}")
 
     def _write_on_main(self, write: Callable[[], None], failed_elsewhere: str) -> None:
         """Run ``write`` on rank 0; if it raises (an ``OutputError``, or anything else) every
@@ -370,10 +498,35 @@ class Pretrainer:
         return checkpoint
 
     def _load_checkpoint(self, checkpoint: Path) -> dict[str, Any]:
-        """A checkpoint's trainer state, its weights loaded into the model."""
+        """A checkpoint's trainer state, its weights loaded into the model. Sharded and
+        unsharded checkpoints load under either strategy; what is loaded with the weights
+        here (the optimizer and weighting state, where a strategy changes) is left out of
+        the state returned."""
         state = load_trainer_state(checkpoint)
-        load_weights(self.model, checkpoint, built_from="this run's config")
-        return state
+        if not self.sharded and not is_sharded(checkpoint):
+            load_weights(self.model, checkpoint, built_from="this run's config")
+            return state
+        check_weights_fit(self.model, checkpoint, built_from="this run's config")
+        try:
+            self._check_optimizer_groups(state)
+            if "optimizer" in state:
+                self._check_optimizer_fits(state["optimizer"], state.get("optimizer_param_names"))
+            else:
+                self._check_optimizer_names(state.get("optimizer_param_names"))
+        except ValueError as exc:
+            raise CheckpointError(f"{checkpoint}: {exc}") from None
+        if is_sharded(checkpoint):
+            sharded_checkpoint.load_shards(checkpoint, self.model, self.weighting, self.joint, self.optimizer)
+        else:  # an unsharded checkpoint into a sharded run: whole tensors, sharded as they load
+            sharded_checkpoint.load_full_into_sharded(
+                self.joint, self.model, self.optimizer, read_checkpoint_weights(checkpoint, self.model),
+                self._fit_optimizer_state(state["optimizer"]), state.get("optimizer_param_names") or self._optimizer_param_names(), prefix="model.",
+            )
+            if state.get("weighting"):
+                sharded_checkpoint.set_full_state(self.weighting, state["weighting"])
+        check_extra_state(self.model, checkpoint)
+        state = {k: v for k, v in state.items() if k not in ("optimizer", "weighting")}
+        return {**state, "optimizer_initial_lrs": [g["initial_lr"] for g in self.optimizer.param_groups]}
 
     # --- loop -------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -415,7 +568,12 @@ class Pretrainer:
             samples += sum(batch_size_of(b, self.model.objectives[n].modalities[0]) for n, b in batches.items())
             last_micro = micro == cfg.accum_steps - 1
             # gradients are averaged over ranks once, on the last micro-step
-            sync = contextlib.nullcontext() if last_micro or self.dist.world_size == 1 else self.forward_module.no_sync()
+            if self.sharded:
+                if cfg.accum_steps > 1:
+                    sharding.set_gradient_sync(self.joint, last_micro)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last_micro or self.dist.world_size == 1 else self.forward_module.no_sync()
             with sync:
                 with self._autocast():
                     total, losses, observed, metrics, weights = self.forward_module(batches, cfg.share_encoder_calls)
@@ -428,12 +586,14 @@ class Pretrainer:
                 # backward even with a non-finite loss: DDP expects one after each forward
                 self.scaler.scale(total / cfg.accum_steps).backward()
             total_value += float(distributed.all_reduce_sum(total.detach().double())) / self.dist.world_size / cfg.accum_steps
+        for objective in self.model.objectives.values():  # parameters an objective resets in its forward
+            objective.before_optimizer_step(self.model)
         self.scaler.unscale_(self.optimizer)
         # the norm before clipping, non-finite if any element is (the weighting's few
         # parameters are checked beside it, as they are not clipped)
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-        grad_finite = bool(torch.isfinite(grad_norm)) and all(
-            bool(torch.isfinite(p.grad).all()) for p in self.weighting.parameters() if p.grad is not None
+        grad_norm = sharding.total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        grad_finite = bool(torch.isfinite(grad_norm)) and sharding.all_finite(
+            p.grad for p in self.weighting.parameters() if p.grad is not None
         )
         # every rank decides alike (DDP averaged the gradients, the losses are means over ranks)
         flags = distributed.all_reduce_sum(
@@ -461,7 +621,7 @@ class Pretrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step += 1
-        if cfg.distributed.check_every and self.step % cfg.distributed.check_every == 0:
+        if cfg.distributed.check_every and self.step % cfg.distributed.check_every == 0 and not self.sharded:
             distributed.check_consistency(self.model, self.step)
         seconds = time.perf_counter() - start
         metrics = {
@@ -501,7 +661,7 @@ class Pretrainer:
     def _first_nonfinite_gradient(self) -> str | None:
         named = [*self.model.named_parameters(), *(("weighting." + n, p) for n, p in self.weighting.named_parameters())]
         for name, param in named:
-            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+            if param.grad is not None and not sharding.all_finite([param.grad]):
                 return name
         return None
 
@@ -632,11 +792,12 @@ class Pretrainer:
                 if stop:
                     self._stop_on_bad_steps()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                    self.save()
+                    self.save(background=cfg.async_checkpoint)
                 for callback in self.callbacks:
                     callback(self, metrics)
             if self._saved_step != self.step:
                 self.save()
+            self.finish_pending_save()
         finally:
             bar.close()
             self.run_log = None

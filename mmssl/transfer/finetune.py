@@ -36,6 +36,7 @@ from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
 from mmssl.common.atomic import write_text_atomic
+from mmssl.common.weights import fit_optimizer_state_shapes
 from mmssl.train.checkpoint import load_checkpoint, load_safetensors, load_trainer_state
 from mmssl.train.checkpoints import CheckpointManager, rng_state, set_rng_state
 from mmssl.config import RunConfig, TrainConfig
@@ -43,7 +44,7 @@ from mmssl.data.bad_input import SkipLog
 from mmssl.data.eval_sets import EvaluationError, LabelledSet, load_eval_set
 from mmssl.eval.probes import probe_split, stratified_split
 from mmssl.eval.metrics import classification_metrics
-from mmssl.model import MultimodalModel, build_model
+from mmssl.model import MultimodalModel, block_modules, build_model
 from mmssl.train.optim import lr_factor
 from mmssl.train.run_log import RunLog, read_metrics
 from mmssl.common.seeding import sample_rng
@@ -229,41 +230,17 @@ class Classifier(torch.nn.Module):
         return self.head(self.encoder(batch).pooled.float())
 
 
-def _holds_parameters(module: torch.nn.Module) -> bool:
-    return any(True for _ in module.parameters())
-
-
-def _expand(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The parameter-holding children of ``module``; a lone wrapper child is opened up,
-    and a ModuleList/Sequential child stands for its elements."""
-    children = [c for c in module.children() if _holds_parameters(c)]
-    if len(children) == 1 and not isinstance(children[0], (torch.nn.ModuleList, torch.nn.Sequential)):
-        return _expand(children[0]) or children
-    out: list[torch.nn.Module] = []
-    for child in children:
-        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
-            out += [c for c in child.children() if _holds_parameters(c)]
-        else:
-            out.append(child)
-    return out
-
-
 def encoder_blocks(encoder: Encoder, batch: Any) -> list[torch.nn.Module]:
-    """The encoder's blocks in the order its forward pass first runs them.
-
-    A modality may define ``finetune_blocks()`` (a list of modules, input first). Else the
-    blocks are its parameter-holding child modules, a lone wrapper child opened up and
-    a ``ModuleList`` or ``Sequential`` standing for its elements (a timm ResNet gives its
-    stem layers, norm and each residual block; a transformer its patch embedding, each
-    block and the final norm; a GNN its input layer, each convolution and each norm),
-    ordered by one forward pass on ``batch``.
-    Parameters outside every block (none, for the built-ins) count as the first block.
+    """The encoder's blocks (``mmssl.model.block_modules``) in the order its forward pass
+    first runs them: a modality's ``finetune_blocks()`` as given (input first), the
+    others ordered by one forward pass on ``batch``. Parameters outside every block
+    (none, for the built-ins) count as the first block.
     """
-    hook = getattr(encoder, "finetune_blocks", None)
-    if callable(hook):
-        return list(hook())
-    blocks = _expand(encoder)
+    blocks = block_modules(encoder)
+    if callable(getattr(encoder, "finetune_blocks", None)):
+        return blocks
     order: dict[int, int] = {}
+
     def first_call(i: int) -> Callable[..., None]:
         def hook(_module: torch.nn.Module, _args: Any) -> None:
             order.setdefault(i, len(order))
@@ -466,7 +443,7 @@ def train_classifier(
     step = 0
     state = load_latest(checkpoints, model, options)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(fit_optimizer_state_shapes(state["optimizer"], [g["params"] for g in optimizer.param_groups]))
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         # every generator; a checkpoint saved before they all were holds torch's alone

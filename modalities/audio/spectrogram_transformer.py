@@ -39,7 +39,7 @@ class SpectrogramTransformer(PatchAudioEncoder):
             self.local_embed = nn.Linear(config.local_patch_freq * config.local_patch_time, config.width)
             n_local = self.local_grid[0] * self.local_grid[1]
             self.local_pos_embed = nn.Parameter(torch.randn(1, n_local, config.width) * 0.02)
-            self.local_mask_value = nn.Parameter(torch.zeros(()))  # what masked input reads as
+            self.local_mask_value = nn.Parameter(torch.zeros(1))  # what masked input reads as; [1]: FSDP2 shards no 0-d parameter
         self.blocks = nn.ModuleList(
             [Block(config.width, config.heads, config.mlp_ratio, qkv_bias=True) for _ in range(config.depth)]
         )

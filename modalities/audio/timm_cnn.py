@@ -27,7 +27,7 @@ class TimmAudioEncoder(PatchAudioEncoder):
 
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, in_chans=1, **config.backbone_args)
         self.embed_dim = int(self.backbone.num_features)
-        self.mask_value = nn.Parameter(torch.zeros(()))  # what masked input patches read as
+        self.mask_value = nn.Parameter(torch.zeros(1))  # what masked input patches read as; [1]: FSDP2 shards no 0-d parameter
 
     def forward(self, batch: Mapping[str, torch.Tensor], patch_mask: torch.Tensor | None = None) -> ModalityOutput:
         """Encode a batch; ``patch_mask`` [B, N] (True = masked) sets those patches of the
