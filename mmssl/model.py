@@ -282,13 +282,19 @@ def _expand(module: torch.nn.Module) -> list[torch.nn.Module]:
     children = [c for c in module.children() if _holds_parameters(c)]
     if len(children) == 1 and not isinstance(children[0], (torch.nn.ModuleList, torch.nn.Sequential)):
         return _expand(children[0]) or children
-    out: list[torch.nn.Module] = []
-    for child in children:
-        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
-            out += [c for c in child.children() if _holds_parameters(c)]
-        else:
-            out.append(child)
-    return out
+    return [block for child in children for block in _elements(child)]
+
+
+def _elements(child: torch.nn.Module) -> list[torch.nn.Module]:
+    """A ModuleList/Sequential's elements; a wrapper that holds nothing but such a list
+    (open_clip's ``Transformer`` and its ``resblocks``) its elements; else the child."""
+    if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+        return [c for c in child.children() if _holds_parameters(c)]
+    inner = [c for c in child.children() if _holds_parameters(c)]
+    own = any(True for _ in child.parameters(recurse=False))
+    if len(inner) == 1 and isinstance(inner[0], (torch.nn.ModuleList, torch.nn.Sequential)) and not own:
+        return _elements(inner[0])
+    return [child]
 
 
 def enable_grad_checkpointing(model: MultimodalModel, selection: bool | Sequence[str]) -> list[str]:

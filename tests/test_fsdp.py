@@ -51,6 +51,41 @@ def one_process(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """``two_nodes(strategy)``: tiny_joint in fp64 trained by two torchrun launchers as two
+    nodes of one process each (c10d rendezvous on localhost), once per strategy for the
+    tests of this module; returns the run directory and the two launchers' logs."""
+    root = tmp_path_factory.mktemp("two_nodes")
+    done: dict[str, tuple[Path, list[str]]] = {}
+
+    def run(strategy: str) -> tuple[Path, list[str]]:
+        if strategy not in done:
+            out = root / strategy
+            port = free_port()
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=two-nodes-{port}",
+                str(REPO / "tools" / "pretrain.py"), TINY_JOINT, "--output-dir", str(out), *COMMON, *FP64,
+                f"train.parallel={strategy}",
+            ]
+            logs = [open(root / f"{strategy}_node{i}.log", "w") for i in range(2)]
+            nodes = [subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+            try:
+                codes = [node.wait(timeout=300) for node in nodes]
+            finally:
+                for node, log in zip(nodes, logs):
+                    if node.poll() is None:
+                        node.kill()
+                    log.close()
+            texts = [(root / f"{strategy}_node{i}.log").read_text() for i in range(2)]
+            assert codes == [0, 0], "\n".join(t[-2000:] for t in texts)
+            done[strategy] = (out, texts)
+        return done[strategy]
+
+    return run
+
+
 def assert_trains_as_one(one: Path, two: Path) -> None:
     assert_same_run(one, two, loss_tol=1e-10, weight_tol=1e-10)
     assert_same_tensors(one, two, tol=1e-8)
@@ -89,16 +124,14 @@ def test_two_sharded_processes_train_as_one(tmp_path, one_process, config, overr
 
 
 @pytest.mark.slow
-def test_sharded_checkpoints_resume_across_strategies_and_world_sizes(tmp_path, one_process):
+def test_sharded_checkpoints_resume_across_strategies_and_world_sizes(tmp_path, one_process, two_nodes):
     """tiny_joint saves at step 3 of 6. A 2-process FSDP checkpoint resumes in a plain
     process, under 2-process DDP and on 1 FSDP process (DCP reshards the DTensors); a
     2-process DDP checkpoint resumes under 2-process FSDP. Each ends where the run that
     never changed ends (fp64, 1e-8 per tensor)."""
     one = one_process(TINY_JOINT)
-    pretrain(tmp_path / "fsdp", *FP64, *FSDP, nproc=2)
-    pretrain(tmp_path / "ddp", *FP64, nproc=2)
-    sharded = tmp_path / "fsdp" / "checkpoints" / "step_00000003"
-    unsharded = tmp_path / "ddp" / "checkpoints" / "step_00000003"
+    sharded = two_nodes("fsdp")[0] / "checkpoints" / "step_00000003"  # 2 processes (as two nodes)
+    unsharded = two_nodes("ddp")[0] / "checkpoints" / "step_00000003"
     assert is_sharded(sharded) and not is_sharded(unsharded)
     resumes = {
         "fsdp_in_plain": (sharded, (), 1),
@@ -146,33 +179,14 @@ def test_kills_inside_sharded_and_background_saves_resume_exactly(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_nodes_train_as_one_process(tmp_path, one_process, strategy):
+def test_two_nodes_train_as_one_process(one_process, two_nodes, strategy):
     """Two torchrun launchers on this machine as two nodes (--nnodes=2, one process each,
     c10d rendezvous on localhost) train as 1 process does (fp64, 1e-8)."""
-    one = one_process(TINY_JOINT)
-    run = tmp_path / "two_nodes"
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=two-nodes-{port}",
-        str(REPO / "tools" / "pretrain.py"), TINY_JOINT, "--output-dir", str(run), *COMMON, *FP64,
-        f"train.parallel={strategy}",
-    ]
-    logs = [open(tmp_path / f"node{i}.log", "w") for i in range(2)]
-    nodes = [subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT) for log in logs]
-    try:
-        codes = [node.wait(timeout=300) for node in nodes]
-    finally:
-        for node, log in zip(nodes, logs):
-            if node.poll() is None:
-                node.kill()
-            log.close()
-    texts = [(tmp_path / f"node{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], "\n".join(t[-2000:] for t in texts)
+    run, texts = two_nodes(strategy)
     assert sum(t.count("trained 6 steps") for t in texts) == 1  # one node holds rank 0
     assert json.loads((run / "train_summary.json").read_text())["world_size"] == 2
     assert is_sharded(resolve_checkpoint(run)) == (strategy == "fsdp")
-    assert_trains_as_one(one, run)
+    assert_trains_as_one(one_process(TINY_JOINT), run)
 
 
 @pytest.mark.slow
