@@ -11,7 +11,9 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from mmssl.train import flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,56 +116,7 @@ def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
 
 
 # --- FLOPs ---------------------------------------------------------------------------
-_CPU_SDPA_REGISTERED = False
-
-
-def register_cpu_attention_flops() -> None:
-    """Give torch's FlopCounterMode a formula for the CPU flash-attention kernels, which it
-    counts as 0 FLOPs (the CUDA kernels have one): the same count as those, from the
-    query/key/value shapes (2 matmuls forward, 5 backward, no causal discount)."""
-    global _CPU_SDPA_REGISTERED
-    if _CPU_SDPA_REGISTERED:
-        return
-    import torch
-    from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
-    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
-    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-    _CPU_SDPA_REGISTERED = True
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs torch counts while ``fn`` runs (matmuls, convolutions, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    register_cpu_attention_flops()
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def matmul_flops_per_s(dtype: str = "float32", size: int = 1024, repeats: int = 20) -> float:
-    """The machine's dense matmul FLOP/s at torch's current thread count: the median of
-    ``repeats`` timed [size x size] @ [size x size] products."""
-    import time
-
-    import torch
-
-    a = torch.randn(size, size, dtype=getattr(torch, dtype))
-    b = torch.randn(size, size, dtype=getattr(torch, dtype))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
+# the library's (mmssl/train/flops.py), which the trainer counts every run's FLOPs with
+register_cpu_attention_flops = flops.register_cpu_attention_flops
+count_flops = flops.count_flops
+matmul_flops_per_s = flops.matmul_flops_per_s

@@ -27,7 +27,8 @@ from open_clip.loss import ClipLoss
 
 import mmssl
 from mmssl.train.optim import build_optimizer
-from mmssl.train.trainer import Pretrainer, move_to
+from mmssl.train.device import move_to
+from mmssl.train.trainer import Pretrainer
 
 from common import RepeatStream
 

@@ -82,6 +82,11 @@ class DistributedConfig:
     check_every: int = 100
 
 
+# the names train.loggers takes: jsonl (metrics.jsonl, always written) and the trackers
+# of mmssl.train.trackers.TRACKERS
+LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
@@ -100,9 +105,17 @@ class TrainConfig:
     # multi-tensor kernel's in the last bits (false: torch's multi-tensor AdamW)
     fused_optimizer: bool = True
     accum_steps: int = 1
-    # bf16/fp16: autocast; fp64: weights, batches and losses in float64, several times
-    # slower, for numerical checks (two runs that should agree differ only by rounding)
-    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
+    # auto: bf16 autocast on a GPU that has bf16, else fp32 (the CPU); bf16/fp16: autocast;
+    # fp64: weights, batches and losses in float64, several times slower, for numerical
+    # checks (two runs that should agree differ only by rounding)
+    precision: Literal["auto", "fp32", "bf16", "fp16", "fp64"] = "auto"
+    # CUDA only: TF32 tensor cores for float32 matmuls and convolutions (10-bit mantissa
+    # products, float32 accumulation), and cuDNN picking the fastest convolution kernels
+    tf32: bool = True
+    cudnn_benchmark: bool = True
+    # channels-last memory for the convolutional encoders and their 4-D inputs: auto (on
+    # CUDA, where tensor-core convolutions want it), true, false
+    channels_last: bool | Literal["auto"] = "auto"
     # which objectives run at a step: all | round_robin | weighted (objectives.<name>.probability)
     schedule: Literal["all", "round_robin", "weighted"] = "all"
     # how their losses combine: static | uncertainty (Kendall et al. 2018) | initial_loss
@@ -131,6 +144,15 @@ class TrainConfig:
     max_bad_steps: int = 10
     resume: str = "auto"  # "auto" (latest in output dir, if any), "none", or a checkpoint dir
     progress: bool = True
+    # training FLOPs of a step (torch's FlopCounterMode, once per active objectives and batch
+    # shapes): tflops and mfu in the metrics and train_summary.json (docs/training.md)
+    count_flops: bool = True
+    # the peak TFLOP/s of one device for mfu; None: a known GPU's datasheet figure for the
+    # precision, else (the CPU) a timed matmul
+    peak_tflops: float | None = None
+    # where the logged metrics go: metrics.jsonl always (jsonl), and the experiment
+    # trackers listed (tensorboard, wandb, mlflow; mmssl/train/trackers.py)
+    loggers: list[Literal[LOGGERS]] = field(default_factory=lambda: ["jsonl", "tensorboard"])
     # under data parallelism, BatchNorm statistics over the global batch (SyncBatchNorm on
     # GPU, an all-reduced BatchNorm on CPU), so a BN model trains as on one process
     sync_batchnorm: bool = True
@@ -376,7 +398,7 @@ _TOP_KEYS = ("name", "seed", "modalities", "objectives", "world", "train", "eval
 
 def _check_parallel(train: TrainConfig) -> None:
     """What ``train.parallel: fsdp`` does not combine with, and what only it enables."""
-    if train.parallel == "fsdp" and train.precision == "fp16":
+    if train.parallel == "fsdp" and train.precision == "fp16":  # auto never means fp16
         raise ConfigError(
             "'train.precision': fp16 is not supported under train.parallel=fsdp (its gradient scaler does not run "
             "over sharded gradients); use bf16, which needs no scaler"
@@ -415,6 +437,8 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(
             f"'train.max_bad_steps': must be >= 0 (0 stops at the first non-finite step), got {train.max_bad_steps}"
         )
+    if train.peak_tflops is not None and not train.peak_tflops > 0:
+        raise ConfigError(f"'train.peak_tflops': must be > 0 (TFLOP/s of one device), got {train.peak_tflops}")
     _check_parallel(train)
     _check_encoder_selection(train.grad_checkpointing, "train.grad_checkpointing", modalities)
     _check_encoder_selection(train.compile, "train.compile", modalities)

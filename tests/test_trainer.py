@@ -138,7 +138,8 @@ def test_an_api_run_writes_its_summary_and_loss_plot(tiny_config, tmp_path):
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary == trainer.summary
     assert list(summary) == ["steps", "seconds", *[k for k in last if "/" in k or k == "loss"],
-                             "nonfinite_steps", "world_size", "per_rank_batch"]
+                             "nonfinite_steps", "world_size", "per_rank_batch",
+                             "samples_per_s", "tflops", "mfu", "peak_tflops", "peak_tflops_source", "flop_count"]
     assert summary["steps"] == 3 and summary["loss"] == last["loss"] and summary["nonfinite_steps"] == 0
     assert summary["world_size"] == 1 and summary["per_rank_batch"] == {"image_text": 16}
     assert 0 < summary["seconds"]

@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # fit wrote train_summary.json (trainer.summary) and losses.png; this prints them
     print(f"trained {trainer.step} steps in {trainer.summary['seconds']:.0f} s; final loss {last.get('loss', float('nan')):.4f}")
+    summary = trainer.summary  # run means (docs/training.md#throughput-and-mfu)
+    if summary.get("mfu") is not None:
+        print(f"  {summary['samples_per_s']:.1f} samples/s, {summary['tflops']:.3g} TFLOP/s, mfu {summary['mfu']:.3f} "
+              f"(peak {summary['peak_tflops']:.3g} TFLOP/s a device: {summary['peak_tflops_source']})")
     for name in trainer.model.objectives:  # means over the last logging interval
         values = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(f"{name}/")}
         if values:

@@ -6,6 +6,8 @@
     mmssl-zero-shot --checkpoint runs/default --modality image --data folder:data/pets
     mmssl-zero-shot --checkpoint runs/default --modality audio --data esc50:ESC-50/meta/esc50.csv
     mmssl-zero-shot --checkpoint runs/default --modality image --data csv:pairs.csv --task retrieval
+    mmssl-zero-shot --checkpoint runs/default --modality image --data coco:annotations/captions_val2017.json --task retrieval
+    mmssl-zero-shot --checkpoint runs/default --modality audio --data esc50:ESC-50/meta/esc50.csv --task linear_probe --folds 5
     mmssl-zero-shot --checkpoint runs/default --config eval.yaml fewshot_trials=10
 
 Without --task: per modality, zero-shot top-1/top-5 and per-class recall (on the world
@@ -23,7 +25,8 @@ task, direction or k) to --output:
 
 --data KIND:PATH is read by the source kind KIND (python -m mmssl list; plugins too):
 world (default), folder:DIR, csv:FILE (pairs of file,caption; pairs:FILE is the same),
-esc50:FILE, graphs:FILE, shards:SPEC. Every flag sets an evaluation key
+esc50:FILE, graphs:FILE, shards:SPEC, coco:FILE, clotho:FILE, audiocaps:FILE,
+tudataset:DIR/NAME, molecules:FILE. Every flag sets an evaluation key
 (docs/evaluation.md); --config FILE reads them from YAML, and KEY=VALUE arguments
 override both.
 """
@@ -61,7 +64,7 @@ PROG = "mmssl-zero-shot"
 FLAGS = {
     "task": "--task", "modality": "--modality", "modalities": "--modalities", "data": "--data",
     "class_names": "--class-names", "templates": "--templates", "fewshot_k": "--fewshot-k",
-    "fewshot_trials": "--fewshot-trials", "test_fraction": "--test-fraction", "linear_probe": "--linear-probe",
+    "fewshot_trials": "--fewshot-trials", "test_fraction": "--test-fraction", "folds": "--folds", "linear_probe": "--linear-probe",
     "batch_size": "--batch-size", "on_error": "--on-error", "objective": "--objective", "space": "--space",
     "center": "--center", "world_eval_per_class": "--world-eval-per-class", "file_column": "--file-column",
     "caption_column": "--caption-column", "seed": "--seed", "device": "--device", "progress": "--no-progress",
@@ -79,13 +82,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", default=None, help="a registered task or all (default: the zero-shot report)")
     parser.add_argument("--modality", default=None, help="the modality to evaluate, e.g. image; 'all' (default): every modality of the embedded world")
     parser.add_argument("--modalities", nargs=2, default=None, metavar=("QUERY", "GALLERY"), help="cross_modal: the two modalities")
-    parser.add_argument("--data", default=None, help="KIND:PATH: world (default), folder:DIR, csv:FILE (pairs), esc50:FILE, graphs:FILE, shards:SPEC, or a plugin's kind")
+    parser.add_argument("--data", default=None, help="KIND:PATH: world (default), folder:DIR, csv:FILE (pairs), esc50:FILE, graphs:FILE, shards:SPEC, coco:FILE, clotho:FILE, audiocaps:FILE, tudataset:DIR/NAME, molecules:FILE (docs/data.md#public-datasets), or a plugin's kind")
     parser.add_argument("--class-names", default=None, help="a file of class names, one a line (line i names label i), or a comma-separated list")
     parser.add_argument("--templates", default=None, help="text file of prompt templates, one a line, each with one {}")
     parser.add_argument("--fewshot-k", type=int, nargs="+", default=None, help="fewshot: items a class (default 1 5 10)")
     parser.add_argument("--fewshot-trials", type=int, default=None, help="fewshot: seeded draws per k (default 5)")
     parser.add_argument("--test-fraction", "--probe-test-fraction", dest="test_fraction", type=float, default=None,
                         help="test share of the stratified probe split (default 0.3)")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="linear_probe: cross-validate over K folds, stratified, or the set's own (ESC-50: --folds 5); "
+                        "records the mean (top1_mean) and standard deviation (top1_sd) over folds")
     parser.add_argument("--linear-probe", action="store_true", default=None, help="the report: also a logistic regression on frozen features")
     parser.add_argument("--space", default=None, help="a named space of the checkpoint (space: hub) to embed in")
     parser.add_argument("--center", action="store_true", default=None,
@@ -145,7 +151,10 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  retrieval {direction}: " + "  ".join(f"{k} {v:.4f}" for k, v in recalls.items()))
     if "linear_probe" in report:
         probe = report["linear_probe"]
-        print(f"  linear probe top1 {probe['top1']:.4f} ({probe['num_train']} train, {probe['num_test']} test, {probe['split']})")
+        if "top1_sd" in probe:
+            print(f"  linear probe top1 {probe['top1_mean']:.4f} (sd {probe['top1_sd']:.4f} over {probe['folds']} folds, {probe['split']})")
+        else:
+            print(f"  linear probe top1 {probe['top1']:.4f} ({probe['num_train']} train, {probe['num_test']} test, {probe['split']})")
     if report["skipped"]:
         print(f"  skipped {report['skipped']} bad samples")
 

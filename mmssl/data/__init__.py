@@ -6,6 +6,9 @@ builder that makes one stream per objective from a run config, and evaluation se
     world.py      WorldSource, CaptionSource, RenderPool: the embedded world
     files.py      CsvSource, FolderSource, TextCorpusSource: files on disk
     graphs.py     GraphSource and the graph file formats (JSONL, saved PyG Data)
+    tudataset.py  TUDatasetKind: a TUDataset folder as published (or PyG's raw/), read with PyG's reader
+    molecules.py  MoleculesKind: SMILES with text (CSV, ChEBI-20) as RDKit graphs (the molecules extra)
+    captions.py   COCO, Clotho and AudioCaps caption sets as published (several captions an item)
     shards.py     ShardSource: WebDataset tar shards, map-style through a member index
     make_shards.py  CSV / folder / graph JSONL to shards (mmssl-make-shards)
     mix.py        MixSource: several sources for one objective, drawn with weights

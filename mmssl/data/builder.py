@@ -18,9 +18,12 @@ class ModelParts(ModalityData, Protocol):
     objectives: Mapping[str, Any]
 
 
-def build_streams(config: RunConfig, model: ModelParts, rank: int = 0, world_size: int = 1) -> dict[str, Stream]:
+def build_streams(
+    config: RunConfig, model: ModelParts, rank: int = 0, world_size: int = 1, pin_memory: bool = False
+) -> dict[str, Stream]:
     """One data stream per objective, as its ``data`` section says; under data
-    parallelism this process's share (``rank`` of ``world_size``) of every global batch."""
+    parallelism this process's share (``rank`` of ``world_size``) of every global batch.
+    ``pin_memory``: batches in pinned host memory (bound for a GPU)."""
     streams = {}
     # shared by every objective's source: render pools
     context = BuildContext(config, model.processors, model.renderers)
@@ -43,5 +46,6 @@ def build_streams(config: RunConfig, model: ModelParts, rank: int = 0, world_siz
             collate_extras=prep.collate_extras,
             rank=rank,
             world_size=world_size,
+            pin_memory=pin_memory,
         )
     return streams

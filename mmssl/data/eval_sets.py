@@ -9,6 +9,11 @@ kinds that feed training. Each kind reads its own layout (``SourceKind.labelled_
     esc50:FILE     ESC-50's class CSV (filename, target, category)
     graphs:FILE    a labelled graph file (JSONL or a saved list of Data)
     shards:SPEC    labelled WebDataset shards (``.cls`` or a JSON ``label``)
+    tudataset:DIR/NAME  a TUDataset folder (published, or PyG's raw/): graph labels as classes
+    molecules:FILE a SMILES-text file: descriptions as captions, a ``label`` column as classes
+    coco:FILE      COCO's caption JSON (or Karpathy's split file), for retrieval
+    clotho:FILE    Clotho's caption CSV, for retrieval
+    audiocaps:FILE AudioCaps' caption CSV, for retrieval
 """
 
 from __future__ import annotations

@@ -359,7 +359,8 @@ def folder_set(root: str | Path, extensions: Sequence[str]) -> LabelledSet:
 
 def esc50_set(path: str | Path, on_error: str = "skip") -> LabelledSet:
     """A classification CSV in ESC-50's layout: columns ``filename``, ``target`` (class
-    index), ``category`` (class name, '_' as space). Files are looked up beside the CSV,
+    index), ``category`` (class name, '_' as space), and ``fold`` where it has one (kept
+    as the set's ``folds``). Files are looked up beside the CSV,
     then in ``../audio/`` (ESC-50 keeps meta/esc50.csv and audio/*.wav). A row that does
     not parse, or whose target is not an integer, is a counted skip (or the error
     under ``on_error: fail``); a target named by two categories is an error."""
@@ -393,7 +394,11 @@ def esc50_set(path: str | Path, on_error: str = "skip") -> LabelledSet:
         items.append(str(found))
         labels.append(index[target])
         where.append(f"{name} ({found})")
-    return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"esc50:{path}", skipped=skips.count)
+    # ESC-50's five folds (clips of one recording share a fold): the published protocol
+    # trains on four and tests on the fifth (--folds 5, mmssl.eval.folds)
+    folds = [record["fold"].strip() for record, _, _ in rows] if "fold" in rows[0][0] else []
+    return LabelledSet(items, labels, [names[t] for t in sorted(names)], where, source=f"esc50:{path}", skipped=skips.count,
+                       folds=folds)
 
 
 def pairs_set(path: str | Path, file_column: str = "filepath", caption_column: str = "title", on_error: str = "skip") -> LabelledSet:

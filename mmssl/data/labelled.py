@@ -42,6 +42,9 @@ class LabelledSet:
     attribute_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # "train" / "test" per item where the dataset fixes a split (for linear probes).
     splits: list[str] = field(default_factory=list)
+    # The set's own cross-validation fold of each item where it fixes folds (ESC-50's
+    # fold column): ``--folds`` probes test on each in turn (mmssl.eval.folds).
+    folds: list[str] = field(default_factory=list)
     skipped: int = 0  # samples left out while reading the set (their row or label could not be read)
 
 

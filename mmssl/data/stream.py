@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
@@ -140,6 +141,25 @@ class BuiltBatch:
     epoch: int = 0
     index: int = 0  # of the batch within its epoch
 
+    def pin_memory(self) -> "BuiltBatch":
+        """This batch with its tensors in pinned memory (the DataLoader calls it when
+        asked to pin: it pins containers and objects with this method, not dataclasses)."""
+        return dataclasses.replace(self, data=pin_memory(self.data)) if self.data is not None else self
+
+
+def pin_memory(data: Any) -> Any:
+    """``data`` with every tensor in pinned host memory: tensors, mappings, lists and
+    tuples, and objects that pin themselves (PyG's ``Batch.pin_memory``)."""
+    if torch.is_tensor(data):
+        return data.pin_memory()
+    if isinstance(data, Mapping):
+        return {k: pin_memory(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(pin_memory(v) for v in data)
+    if callable(getattr(data, "pin_memory", None)):
+        return data.pin_memory()
+    return data
+
 
 def batch_positions(epoch: int, position: int, num_batches: int) -> Iterator[tuple[int, int]]:
     """(epoch, batch) from a stream position on, without end: one loader spans epochs,
@@ -261,6 +281,8 @@ class Stream:
         shuffle: new order every epoch.
         prepare: per-sample random choices of the objective (``Objective.prepare_sample``).
         collate_extras: batches those choices (``Objective.collate_extras``; default: stack).
+        pin_memory: build batches in pinned (page-locked) host memory, so that copies to
+            a GPU run asynchronously (the DataLoader's pin thread; a worker's batches too).
     """
 
     def __init__(
@@ -280,6 +302,7 @@ class Stream:
         collate_extras: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        pin_memory: bool = False,
     ) -> None:
         if len(source) < batch_size and drop_last:
             raise DataError(f"stream '{name}': {len(source)} samples is fewer than one batch of {batch_size}")
@@ -306,6 +329,7 @@ class Stream:
         self.drop_last = drop_last
         self.prepare = prepare or _no_extras
         self.collate_extras = collate_extras or stack_extras
+        self.pin_memory = pin_memory
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
         self.samples = 0
@@ -334,6 +358,7 @@ class Stream:
             num_workers=self.num_workers,
             collate_fn=_identity,
             prefetch_factor=2 if self.num_workers else None,
+            pin_memory=self.pin_memory,
         )
         return iter(loader)
 

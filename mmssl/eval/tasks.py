@@ -24,6 +24,7 @@ import torch
 
 from mmssl.common.clustering import adjusted_mutual_info, cluster_entropy, kmeans
 from mmssl.data.eval_sets import EvaluationError, LabelledSet, load_eval_set
+from mmssl.eval.folds import cross_validated_probe, probe_folds
 from mmssl.eval.metrics import average_precision, chance_levels, retrieval_metrics, value_relevance
 from mmssl.eval.probes import fewshot_probe_on_features, linear_probe_on_features, probe_split
 from mmssl.eval.zero_shot import caption_partner, caption_retrieval, classify_embeddings, embed_items
@@ -48,6 +49,9 @@ class EvalOptions:
     fewshot_k: tuple[int, ...] = (1, 5, 10)
     fewshot_trials: int = 5
     test_fraction: float = 0.3
+    # linear_probe: cross-validate over this many folds (stratified, or the set's own, as
+    # ESC-50's five) instead of one split; None: one split (mmssl.eval.folds)
+    folds: int | None = None
     linear_probe: bool = False  # the default report: also a linear probe on frozen features
     batch_size: int | None = None  # None: the checkpoint's eval.batch_size
     on_error: Literal["skip", "fail"] = "skip"
@@ -253,18 +257,34 @@ class RetrievalTask(EvalTask):
 
 
 class LinearProbeTask(EvalTask):
-    """A logistic regression on frozen pooled features (the set's split, else stratified)."""
+    """A logistic regression on frozen pooled features (the set's split, else stratified);
+    with ``folds``, cross-validated: one probe per fold, the mean and SD over folds."""
 
     headline = "top1"
 
     @classmethod
     def run(cls, ev: Evaluator, modality: str) -> list[dict[str, Any]]:
+        if ev.options.folds is not None:
+            return [cls.cross_validated(ev, modality, ev.options.folds)]
         features, labels, train, test, split, data = ev.probe_inputs(modality)
         figures = linear_probe_on_features(features, labels, train, test, len(data.class_names), ev.seed)
         return [ev.record("linear_probe", modality=modality, **figures, split=split)]
 
     @classmethod
+    def cross_validated(cls, ev: Evaluator, modality: str, k: int) -> dict[str, Any]:
+        data = ev.data(modality)
+        if not data.labels:
+            raise EvaluationError(f"{data.source} has no labels: probes need a labelled set")
+        features, kept, _ = ev.embeddings(modality, None)
+        labels = torch.tensor([data.labels[i] for i in kept])
+        folds, split = probe_folds(data, kept, k, ev.seed)
+        figures = cross_validated_probe(features, labels, folds, len(data.class_names), ev.seed)
+        return ev.record("linear_probe", modality=modality, **figures, split=split)
+
+    @classmethod
     def details(cls, record: dict[str, Any]) -> str:
+        if "top1_sd" in record:
+            return f"sd {record['top1_sd']:.4f} over {record['folds']} folds ({record['split']})"
         return f"weight decay {record['weight_decay']:.0e}, {record['num_train']} train / {record['num_test']} test"
 
 
@@ -496,6 +516,12 @@ def check_eval_options(options: EvalOptions) -> EvalOptions:
             raise ConfigError(f"'world_eval_per_class': sets the embedded world's evaluation samples; data {options.data} has its own")
     if not 0 < options.test_fraction < 1:
         raise ConfigError(f"'test_fraction': must be in (0, 1), got {options.test_fraction}")
+    if options.folds is not None:
+        if options.folds < 2:
+            raise ConfigError(f"'folds': cross-validation needs at least 2 folds, got {options.folds}")
+        if options.task not in ("linear_probe", "all") and not (options.task is None and options.linear_probe):
+            raise ConfigError("'folds': cross-validates the linear probe: use it with task linear_probe (or all), "
+                              "or with linear_probe in the default report")
     return options
 
 

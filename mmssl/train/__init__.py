@@ -8,6 +8,8 @@
     distributed.py      DDP: the process group, reductions, consistency checks
     checkpoint.py       atomic checkpoint directories, loading a pretrained checkpoint
     checkpoints.py      CheckpointManager: the run directory, saves, resume, every generator
-    run_log.py          metrics.jsonl (+ TensorBoard)
+    run_log.py          metrics.jsonl, fanned out to the trackers
+    trackers.py         train.loggers: TensorBoard, wandb, MLflow
     run_lock.py         one run per output directory
+    flops.py            training FLOPs of a step (counted once per shape), TFLOP/s, MFU
 """

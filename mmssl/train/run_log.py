@@ -1,4 +1,5 @@
-"""Metric sinks: a JSONL file (one object per logged step) and TensorBoard events."""
+"""Metric sinks: a JSONL file (one object per logged step) and the experiment trackers
+``train.loggers`` lists (TensorBoard events by default; mmssl/train/trackers.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from mmssl.common.atomic import OutputError, reason, write_bytes_atomic
+from mmssl.train.trackers import RunInfo, Trackers
 
 log = logging.getLogger(__name__)
 
@@ -20,18 +22,29 @@ class MetricsFileError(ValueError):
 
 
 class RunLog:
-    """Writes ``metrics.jsonl`` and TensorBoard events under ``output_dir``.
+    """Writes ``metrics.jsonl`` under ``output_dir`` and fans each record out to the
+    experiment trackers (``mmssl.train.trackers``).
 
-    Only the process that should write (rank 0) passes ``enabled=True``.
+    Only the process that should write (rank 0) passes ``enabled=True``. ``loggers`` is
+    ``train.loggers`` (``jsonl`` is always written); None: TensorBoard if ``tensorboard``.
+    ``run_info`` is what the trackers record when they start (the config, git revision,
+    environment). A tracker that cannot start raises ``TrackerError`` here, with
+    ``metrics.jsonl`` closed again; one that fails later is dropped with a warning.
     """
 
     def __init__(
-        self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None
+        self,
+        output_dir: str | Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        loggers: Sequence[str] | None = None,
+        run_info: RunInfo | None = None,
     ) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._file = None
-        self._tb = None
+        self.trackers = Trackers()
         self._failed = False  # a write failed (and raised); close() does not raise again
         if not enabled:
             return
@@ -42,10 +55,14 @@ class RunLog:
             self._file = open(self.path, "a", encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+        if loggers is None:
+            loggers = ["tensorboard"] if tensorboard else []
+        try:
+            self.trackers = Trackers.start(loggers, run_info or RunInfo(Path(output_dir)))
+        except BaseException:
+            self._file.close()
+            self._file = None
+            raise
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -57,10 +74,7 @@ class RunLog:
         except OSError as exc:  # a full disk: the line may be cut off, which the next run repairs
             self._failed = True
             raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
-        if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+        self.trackers.log(step, metrics)
 
     def sync(self) -> None:
         """Flush the lines logged so far to the disk: called before a checkpoint is saved,
@@ -74,7 +88,10 @@ class RunLog:
             self._failed = True
             raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Close ``metrics.jsonl`` and finish the trackers (``ok`` false: the run stopped
+        on an error, which the trackers record as failed)."""
+        self.trackers.finish(ok=ok and not self._failed)
         if self._file is not None:
             file, self._file = self._file, None
             try:
@@ -82,9 +99,6 @@ class RunLog:
             except OSError as exc:
                 if not self._failed:  # else the error of the write that failed was raised already
                     raise OutputError(f"cannot write {self.path}: {reason(exc)}") from exc
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
 
 
 def _jsonable(value: Any) -> Any:

@@ -24,6 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from mmssl.train import distributed, sharded_checkpoint, sharding
+from mmssl.train.device import (
+    configure_backends,
+    move_to,
+    pins_memory,
+    resolve_device,
+    resolve_precision,
+    to_channels_last,
+    uses_channels_last,
+)
 from mmssl.common.sharded_files import SHARDED, is_sharded
 from mmssl.common.atomic import OutputError, write_text_atomic
 from mmssl.common.plots import plot_losses
@@ -47,9 +56,11 @@ from mmssl.train.checkpoint import (
 from mmssl.train.checkpoints import CheckpointManager, rng_state, set_rng_state
 from mmssl.config import RunConfig
 from mmssl.train.encoder_sharing import share_encoder_calls
+from mmssl.train.flops import Throughput
 from mmssl.model import MultimodalModel, build_model, compile_encoders, enable_grad_checkpointing
 from mmssl.train.optim import build_optimizer, build_scheduler
 from mmssl.train.run_log import RunLog, read_metrics
+from mmssl.train.trackers import RunInfo, environment, git_revision
 from mmssl.train.schedule import ObjectiveSchedule
 from mmssl.data import Stream, build_streams
 from mmssl.train.weighting import LossWeighting, build_weighting
@@ -111,36 +122,12 @@ class NonFiniteStepsError(FloatingPointError):
     run saved a checkpoint (of the weights before them) and stopped."""
 
 
-def move_to(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-    """``batch`` on ``device``, its floating-point tensors in ``dtype`` where given."""
-    if torch.is_tensor(batch):
-        if dtype is not None and batch.is_floating_point():
-            return batch.to(device, dtype, non_blocking=True)
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: move_to(v, device, dtype) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device, dtype) for v in batch)
-    if hasattr(batch, "apply"):  # PyG Batch and friends
-        return batch.apply(lambda t: move_to(t, device, dtype))
-    if hasattr(batch, "to"):
-        return batch.to(device)
-    return batch
-
-
 def batch_size_of(batch: Mapping[str, Any], modality: str) -> int:
     first = batch[modality]
     if hasattr(first, "num_graphs"):
         return int(first.num_graphs)
     tensor = next(v for v in first.values() if torch.is_tensor(v)) if isinstance(first, Mapping) else first
     return int(tensor.shape[0])
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: this rank's GPU (``LOCAL_RANK``) if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Pretrainer:
@@ -171,16 +158,21 @@ class Pretrainer:
         self.train_cfg = config.train
         self.output_dir = Path(output_dir)
         self.device = resolve_device(self.train_cfg.device)
+        self.precision = resolve_precision(self.train_cfg.precision, self.device)  # auto: bf16 on a GPU, fp32 here
+        configure_backends(self.device, self.train_cfg.tf32, self.train_cfg.cudnn_benchmark)
         if self.train_cfg.threads:
             torch.set_num_threads(self.train_cfg.threads)
         self.dist = distributed.context()
         # fp64 keeps every parameter and buffer in float64 (batches follow in move_to)
-        self.dtype = torch.float64 if self.train_cfg.precision == "fp64" else None
+        self.dtype = torch.float64 if self.precision == "fp64" else None
         # a run that resumes takes its weights from the checkpoint: pretrained files are not
         # read again (they may be gone); a resume that fails says so before any training
         if model is None:
             model = build_model(config, self.dist, pretrained=not self._has_checkpoint_to_resume())
         self.model = model.to(self.device, self.dtype)
+        self.channels_last = uses_channels_last(self.train_cfg.channels_last, self.device)
+        if self.channels_last:
+            log.info("channels-last memory format: %s", to_channels_last(self.model) or "no convolutional encoder")
         if self.dist.world_size > 1 and self.train_cfg.sync_batchnorm:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         # after the BatchNorm conversion, which replaces layers; before DDP wraps the model
@@ -190,7 +182,7 @@ class Pretrainer:
             log.info("activation checkpointing: %s; torch.compile: %s", self.checkpointed or "none", self.compiled or "none")
         self.streams = (
             dict(streams) if streams is not None
-            else build_streams(config, self.model, self.dist.rank, self.dist.world_size)
+            else build_streams(config, self.model, self.dist.rank, self.dist.world_size, pin_memory=pins_memory(self.device))
         )
         missing = [n for n in self.model.objectives if n not in self.streams]
         if missing:
@@ -202,6 +194,12 @@ class Pretrainer:
         probabilities = {n: config.objectives[n].probability for n in self.model.objectives if n in config.objectives}
         every = {n: config.objectives[n].every for n in self.model.objectives if n in config.objectives}
         self.schedule = ObjectiveSchedule(self.train_cfg.schedule, list(self.model.objectives), probabilities, config.seed, every)
+        # step FLOPs (counted once per active objectives and batch shapes), tflops and mfu;
+        # per objective where the schedule runs objectives apart
+        self.throughput = Throughput(
+            self.train_cfg.count_flops, self.compiled, self.device, self.precision, self.train_cfg.peak_tflops,
+            per_objective=self.train_cfg.schedule != "all" or any(e > 1 for e in every.values()), main=distributed.is_main(),
+        )
         joint = self.joint = JointForward(self.model, self.weighting)
         self.forward_module: torch.nn.Module = joint
         # restored when a step is skipped: BatchNorm statistics, the weighting's loss means
@@ -209,7 +207,7 @@ class Pretrainer:
         # fsdp shards over the process group, whatever its size; a plain run has none
         self.sharded = self.train_cfg.parallel == "fsdp" and torch.distributed.is_initialized()
         if self.sharded:
-            sharding.shard(joint, self.train_cfg.precision)
+            sharding.shard(joint, self.precision)
         elif self.dist.world_size > 1:
             # objectives that sit a step out leave parameters without gradients
             self.forward_module = torch.nn.parallel.DistributedDataParallel(
@@ -219,7 +217,7 @@ class Pretrainer:
             )
         self.optimizer = build_optimizer(self.model, self.train_cfg, extra=list(self.weighting.parameters()))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         # background saves (train.async_checkpoint) run their collectives in a group of their own
         self._checkpoint_group = sharded_checkpoint.new_checkpoint_group() if self.sharded and self.train_cfg.async_checkpoint else None
         self._pending_save: PendingSave | None = None
@@ -530,7 +528,7 @@ class Pretrainer:
 
     # --- loop -------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        precision = self.train_cfg.precision
+        precision = self.precision
         if precision in ("fp32", "fp64"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -552,6 +550,7 @@ class Pretrainer:
         """
         cfg = self.train_cfg
         self.model.train()
+        self.throughput.prepare()  # the peak FLOP/s, once, before the clock starts
         start = time.perf_counter()
         waited = {n: s.wait_seconds for n, s in self.streams.items()}
         active = self.active_objectives(self.step)
@@ -564,7 +563,7 @@ class Pretrainer:
         samples = 0
         total_value = 0.0
         for micro in range(cfg.accum_steps):
-            batches = {name: move_to(next(self.streams[name]), self.device, self.dtype) for name in active}
+            batches = {name: move_to(next(self.streams[name]), self.device, self.dtype, self.channels_last) for name in active}
             samples += sum(batch_size_of(b, self.model.objectives[n].modalities[0]) for n, b in batches.items())
             last_micro = micro == cfg.accum_steps - 1
             # gradients are averaged over ranks once, on the last micro-step
@@ -574,7 +573,9 @@ class Pretrainer:
                 sync = contextlib.nullcontext()
             else:
                 sync = contextlib.nullcontext() if last_micro or self.dist.world_size == 1 else self.forward_module.no_sync()
-            with sync:
+            # the step's FLOPs: under torch's counter the first time its key is seen (same values)
+            counting = self.throughput.count(active, batches, ("diagnostics",) if diagnose and micro == 0 else ())
+            with sync, counting:
                 with self._autocast():
                     total, losses, observed, metrics, weights = self.forward_module(batches, cfg.share_encoder_calls)
                 for name, values in metrics.items():
@@ -630,6 +631,7 @@ class Pretrainer:
             "grad_norm": float(grad_norm),
             "samples_per_s": samples / seconds,
             "step_s": seconds,
+            **self.throughput.step_metrics(active, seconds),
             **sums,
             **{f"weight/{name}": w for name, w in weights.items()},
             **diagnostics,
@@ -638,7 +640,8 @@ class Pretrainer:
             metrics["grad_scale"] = float(self.scaler.get_scale())
         for name, stream in self.streams.items():
             metrics[f"data/{name}/wait_s"] = stream.wait_seconds - waited[name]
-        return {**distributed.reduce_metrics(metrics, weight=samples, sums=("samples_per_s",)), "skipped": skipped}
+        reduced = distributed.reduce_metrics(metrics, weight=samples, sums=("samples_per_s", *self.throughput.reduce_sums(metrics)))
+        return {**self.throughput.finish(reduced), "skipped": skipped}
 
     def _count_bad_step(self, nonfinite_losses: Mapping[str, float]) -> None:
         """Count a skipped step and say why: the objectives whose loss was not finite, or
@@ -734,6 +737,8 @@ class Pretrainer:
                 "nonfinite_steps": self.nonfinite_steps,
                 "world_size": self.dist.world_size,
                 "per_rank_batch": {name: s.local_batch_size for name, s in self.streams.items()},
+                # run means of samples_per_s, tflops, mfu (<objective>/tflops), the peak and its source
+                **self.throughput.summary(),
             }
             self._write_on_main(self._write_summary, f"rank 0 could not write {self.output_dir / SUMMARY}")
             return last
@@ -759,7 +764,13 @@ class Pretrainer:
             # resume=auto with no checkpoint: lines already in the log are of a run killed
             # before its first save; this run logs those steps again, so they go
             fresh = 0 if self.train_cfg.resume == "auto" else None  # resume=none keeps them
-            run_log = self.run_log = RunLog(self.output_dir, resume_step=self.step if resumed else fresh)
+            info = RunInfo(  # what the trackers of train.loggers record when they start
+                self.output_dir, self.config.name, self.config.to_dict(), self.config.to_yaml(), git_revision(),
+                environment(self.device, self.dist.world_size), start_step=self.step,
+            )
+            run_log = self.run_log = RunLog(
+                self.output_dir, resume_step=self.step if resumed else fresh, loggers=cfg.loggers, run_info=info
+            )
 
         self._write_on_main(open_log, f"rank 0 could not open {run_log.path}")
         interactive = sys.stderr.isatty()
@@ -772,13 +783,15 @@ class Pretrainer:
             mininterval=0.5 if interactive else 30.0,  # a log file gets a line every 30 s, not every step
         )
         last: dict[str, Any] = {}
+        finished = False
         try:
             while self.step < cfg.steps:
                 metrics = self.train_step()
                 if not metrics["skipped"]:  # a skipped step's losses are in its warning, not the means
                     self._accumulate(metrics)
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}", refresh=False)
+                mfu = {"mfu": f"{metrics['mfu']:.3f}"} if "mfu" in metrics else {}
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}", **mfu, refresh=False)
                 stop = self.bad_steps_in_a_row > cfg.max_bad_steps
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or stop:
                     record = {**self._flush(), "lr": metrics["lr"], "nonfinite_steps": self.nonfinite_steps}
@@ -798,10 +811,11 @@ class Pretrainer:
             if self._saved_step != self.step:
                 self.save()
             self.finish_pending_save()
+            finished = True
         finally:
             bar.close()
             self.run_log = None
-            run_log.close()
+            run_log.close(ok=finished)  # the trackers record a run stopped by an error as failed
             for stream in self.streams.values():
                 stream.close()
         return last

@@ -1,5 +1,6 @@
 """The graph modality's options (``modalities.<key>.*``), read by its encoder, processor
-and renderer alike, and the node feature width they share."""
+and renderer alike, the node feature width they share and the vocabularies of
+categorical feature columns."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ class GraphConfig:
     # that does not depend on the family (mean readouts otherwise lose it)
     size_feature: bool = False
     edge_features: int = 0  # edge_attr columns (gine, gat and gps use them)
+    # Categorical columns, embedded rather than read as numbers: the vocabulary size of
+    # each of the first columns of x (edge_attr), one nn.Embedding a column, the
+    # embeddings summed (OGB's AtomEncoder / BondEncoder). ``smiles``: the columns of
+    # PyG's ``from_smiles`` (``x_map``: 9 atom columns, ``e_map``: 3 bond columns). The
+    # other columns, and the structural features, go through the linear input as before.
+    categorical_node_features: list[int] | Literal["smiles"] = field(default_factory=list)
+    categorical_edge_features: list[int] | Literal["smiles"] = field(default_factory=list)
     undirected: bool = True  # add reverse edges (PyG to_undirected)
     # input limits: bigger graphs are refused rather than encoded
     max_nodes: int = 2000
@@ -46,3 +54,36 @@ def structural_dim(config: GraphConfig) -> int:
 def node_dim(config: GraphConfig) -> int:
     """Columns of a collated batch's node features: ``in_features`` plus the structural ones."""
     return config.in_features + structural_dim(config)
+
+
+def _vocabulary(value: list[int] | str, table: str) -> list[int]:
+    if value == "smiles":
+        from torch_geometric.utils import smiles
+
+        return [len(values) for values in getattr(smiles, table).values()]
+    return list(value)
+
+
+def node_vocabulary(config: GraphConfig) -> list[int]:
+    """Vocabulary sizes of the categorical columns of x (the first ones), in order."""
+    return _vocabulary(config.categorical_node_features, "x_map")
+
+
+def edge_vocabulary(config: GraphConfig) -> list[int]:
+    """Vocabulary sizes of the categorical columns of edge_attr (the first ones), in order."""
+    return _vocabulary(config.categorical_edge_features, "e_map")
+
+
+def check_categorical(config: GraphConfig) -> None:
+    """Raise a ValueError naming the option when the categorical columns do not fit."""
+    for key, sizes, columns, width in (
+        ("categorical_node_features", node_vocabulary(config), "x", ("in_features", config.in_features)),
+        ("categorical_edge_features", edge_vocabulary(config), "edge_attr", ("edge_features", config.edge_features)),
+    ):
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"graph {key}: every vocabulary size must be at least 1, got {sizes}")
+        if len(sizes) > width[1]:
+            raise ValueError(
+                f"graph {key} names {len(sizes)} categorical columns of {columns} but {width[0]} is {width[1]}: "
+                f"they are the first columns of {columns} (set {width[0]}: {len(sizes)} or more)"
+            )

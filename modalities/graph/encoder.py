@@ -14,7 +14,8 @@ from torch_geometric.nn import AttentionalAggregation, global_add_pool, global_m
 from torch_geometric.utils import to_dense_batch
 
 from modalities.base import Encoder, ModalityOutput
-from modalities.graph.config import GraphConfig, node_dim, structural_dim
+from modalities.graph.config import GraphConfig, check_categorical, edge_vocabulary, node_dim, node_vocabulary, structural_dim
+from modalities.graph.views import KEEP_KEY
 
 
 class GraphEncoder(Encoder):
@@ -42,10 +43,21 @@ class GraphEncoder(Encoder):
         self.node_dim = node_dim(c)
         if self.node_dim == 0:
             raise ValueError("graph nodes have no input features: set in_features, max_degree or walk_length above 0")
+        check_categorical(c)
         self.check_options(c)
         self.embed_dim = c.width
-        self.input = nn.Linear(self.node_dim, c.width)
+        # Categorical columns (the first of x and of edge_attr): one embedding a column,
+        # summed, with one row more than the vocabulary, the mask token of feature masking
+        node_vocab, edge_vocab = node_vocabulary(c), edge_vocabulary(c)
+        self.node_embeddings = nn.ModuleList([nn.Embedding(size + 1, c.width) for size in node_vocab])
+        self.edge_embeddings = nn.ModuleList([nn.Embedding(size + 1, c.width) for size in edge_vocab])
+        if node_vocab:  # each column's mask token: its vocabulary size
+            self.register_buffer("node_mask_codes", torch.tensor(node_vocab, dtype=torch.long), persistent=False)
+        continuous = self.node_dim - len(node_vocab)
+        self.input = nn.Linear(continuous, c.width) if continuous else None
         edge_dim = c.edge_features or None
+        if edge_vocab:  # the summed embeddings, then the other columns as they are
+            edge_dim = c.width + c.edge_features - len(edge_vocab)
         self.convs = nn.ModuleList([self.make_layer(edge_dim) for _ in range(c.depth)])
         self.norms = nn.ModuleList([nn.LayerNorm(c.width) for _ in range(c.depth if self.layer_norms else 0)])
         self.out_norm = nn.LayerNorm(c.width)
@@ -66,10 +78,36 @@ class GraphEncoder(Encoder):
         return nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w))
 
     # --- model --------------------------------------------------------------------------
+    def embed_nodes(self, batch: Batch) -> torch.Tensor:
+        """The first node states: the categorical columns' embeddings summed, plus the
+        linear input of the other columns. A node whose features a view masked
+        (``keep_features`` False) reads each categorical column's mask token.
+        Shapes: batch.x [sum N, node_dim] -> [sum N, width]."""
+        x = batch.x
+        columns = len(self.node_embeddings)
+        h = self.input(x[:, columns:]) if self.input is not None else None
+        if columns:
+            codes = x[:, :columns].long()
+            if KEEP_KEY in batch:
+                codes = torch.where(batch[KEEP_KEY], codes, self.node_mask_codes)
+            for i, embedding in enumerate(self.node_embeddings):
+                h = embedding(codes[:, i]) if h is None else h + embedding(codes[:, i])
+        return h
+
+    def embed_edges(self, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Edge features as the layers read them: the categorical columns' embeddings
+        summed, then the other columns. Shapes: [E, edge_features] -> [E, edge_dim]."""
+        columns = len(self.edge_embeddings)
+        if not columns:
+            return edge_attr
+        codes = edge_attr[:, :columns].long()
+        embedded = sum(embedding(codes[:, i]) for i, embedding in enumerate(self.edge_embeddings))
+        return torch.cat([embedded, edge_attr[:, columns:].to(embedded.dtype)], dim=1)
+
     def forward_features(self, batch: Batch) -> torch.Tensor:
         """Node embeddings. Shapes: batch.x [sum N, node_dim] -> [sum N, width]."""
-        h = self.input(batch.x)
-        edge_attr = batch.edge_attr if self.config.edge_features else None
+        h = self.embed_nodes(batch)
+        edge_attr = self.embed_edges(batch.edge_attr) if self.config.edge_features else None
         checkpoint = self.checkpoint_now()
         for i in range(len(self.convs)):
             if checkpoint:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import logging
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,8 +20,10 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_batch, to_undirected
 
 from modalities.base import InvalidSample, Processor
-from modalities.graph.config import GraphConfig
+from modalities.graph.config import GraphConfig, check_categorical, edge_vocabulary, node_vocabulary
 from modalities.graph.views import GraphViews, apply_feature_mask, check_views, graph_view
+
+log = logging.getLogger(__name__)
 
 
 class GraphProcessor(Processor):
@@ -29,6 +32,13 @@ class GraphProcessor(Processor):
     Structural features are computed for the whole batch in ``collate`` (one batched
     pass is much cheaper than one per tiny graph), from each graph's own edges, so an
     augmented view describes its own structure.
+
+    With ``in_features: 0`` a graph's x is dropped, not refused: a structure-only
+    encoder reads any graph (a TUDataset's one-hot node labels included); the first
+    such graph is logged and ``ignored_x`` counts them. Edge attributes beyond
+    ``edge_features: 0`` are dropped alike. Categorical columns
+    (``categorical_node_features`` / ``categorical_edge_features``) must hold whole
+    numbers within their vocabulary.
 
     Shapes:
         sample: ``Data`` with edge_index [2, E], num_nodes N, x [N, in_features] and
@@ -41,7 +51,21 @@ class GraphProcessor(Processor):
 
     def __init__(self, config: GraphConfig) -> None:
         check_views(config.views)
+        check_categorical(config)
         super().__init__(config)
+        self.node_vocabulary = node_vocabulary(config)
+        self.edge_vocabulary = edge_vocabulary(config)
+        self.ignored_x = 0  # graphs whose x this process dropped (in_features 0)
+
+    def _say_x_ignored(self, x: torch.Tensor) -> None:
+        """Count a graph whose x is dropped; the first one in this process is logged."""
+        self.ignored_x += 1
+        if self.ignored_x == 1:
+            columns = x.shape[-1] if x.ndim == 2 else 1
+            log.warning(
+                "graph node features x (%d columns) are ignored: in_features is 0, so the encoder reads the structure "
+                "alone (set in_features: %d to use them). Said once; every graph's x is dropped alike", columns, columns,
+            )
 
     def transform(self, raw: Any, rng: np.random.Generator | None = None) -> Data:
         """A clean ``Data`` (x float or absent, edge_index long, edge_attr, num_nodes) from
@@ -141,7 +165,9 @@ class GraphProcessor(Processor):
             if high >= num_nodes:
                 raise InvalidSample(f"edge endpoint {high} out of range for {num_nodes} nodes (indices are 0 to {num_nodes - 1})")
         if c.in_features == 0 and x is not None:
-            raise InvalidSample(f"graph has node features x with {x.shape[-1]} columns but in_features is 0 (set in_features)")
+            # a structure-only encoder reads any graph (every TUDataset): x is dropped, said once
+            self._say_x_ignored(x)
+            x = None
         if c.in_features > 0:
             if x is None:
                 raise InvalidSample(f"graph has no node features x; in_features is {c.in_features}")
@@ -152,6 +178,7 @@ class GraphProcessor(Processor):
                 raise InvalidSample(f"x has {x.shape[1]} features per node; in_features is {c.in_features}")
             if not torch.isfinite(x).all():
                 raise InvalidSample("x contains NaN or infinite values")
+            _check_codes(x, self.node_vocabulary, "x", "node")
         if c.edge_features == 0 and edge_attr is not None:
             edge_attr = None  # e.g. from_networkx weights; the encoder reads none
         if c.edge_features > 0:
@@ -166,9 +193,12 @@ class GraphProcessor(Processor):
                 )
             if not torch.isfinite(edge_attr).all():
                 raise InvalidSample("edge_attr contains NaN or infinite values")
+            _check_codes(edge_attr, self.edge_vocabulary, "edge_attr", "edge")
         if c.undirected and edge_index.numel():
             if edge_attr is not None:
-                edge_index, edge_attr = to_undirected(edge_index, edge_attr, num_nodes=num_nodes)
+                # an edge listed both ways (PyG's datasets, from_smiles) is one edge: its two
+                # attribute rows are averaged, not added (to_undirected's default doubled them)
+                edge_index, edge_attr = to_undirected(edge_index, edge_attr, num_nodes=num_nodes, reduce="mean")
             else:
                 edge_index = to_undirected(edge_index, num_nodes=num_nodes)
         data = Data(edge_index=edge_index, num_nodes=num_nodes)
@@ -219,6 +249,20 @@ class GraphProcessor(Processor):
 
     def move_batch(self, batch: Batch, device: torch.device) -> Batch:
         return batch.to(device)
+
+
+def _check_codes(values: torch.Tensor, vocabulary: Sequence[int], name: str, what: str) -> None:
+    """Raise InvalidSample unless the categorical columns of ``values`` (the first
+    ``len(vocabulary)``) hold whole numbers from 0 to their vocabulary size - 1."""
+    for column, size in enumerate(vocabulary):
+        codes = values[:, column]
+        bad = (codes != codes.round()) | (codes < 0) | (codes >= size)
+        if bad.any():
+            row = int(bad.nonzero()[0])
+            raise InvalidSample(
+                f"{name} column {column} is categorical with {size} values (0 to {size - 1}) but {what} {row} holds "
+                f"{codes[row].item():g}"
+            )
 
 
 def _view_with(sample: Data, rng: np.random.Generator, views: GraphViews) -> Data:

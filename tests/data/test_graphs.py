@@ -35,7 +35,7 @@ def processors():
 BAD_RECORDS = [
     ({"edges": [[0, 9]], "num_nodes": 3}, "edge endpoint 9 out of range"),
     ({"edges": [[0, -2]], "num_nodes": 3}, "negative node index"),
-    ({"edges": [[0, 1]], "num_nodes": 2, "x": [[1.0], [2.0]]}, "in_features is 0"),
+    ({"edges": [[0.5, 1]], "num_nodes": 2}, "edge endpoints must be integers"),  # (x under in_features 0: dropped, not bad)
     ({"edges": [], "num_nodes": 0}, "empty graph"),
     ({"edges": [[0, 1]], "num_nodes": 5000}, "over max_nodes"),
     ('{"edges": [[0, 1]], "num_nodes": ', "not valid JSON"),

@@ -134,6 +134,47 @@ def test_bad_encoder_settings_fail_at_construction():
         _graph(encoder="gat", width=30, heads=4)
 
 
+def test_a_structure_only_encoder_ignores_x_and_says_so_once(caplog):
+    """in_features 0: x is dropped, not refused (any TUDataset evaluates), logged once, counted."""
+    graph = _graph()
+    record = {"edges": [[0, 1], [1, 2]], "num_nodes": 3, "x": [[1.0, 0.0]] * 3}
+    with caplog.at_level("WARNING", logger="modalities.graph.processor"):
+        samples = [graph.processor.transform(record) for _ in range(3)]
+    assert all(s.x is None for s in samples) and graph.processor.ignored_x == 3
+    said = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(said) == 1 and "in_features is 0" in said[0] and "set in_features: 2" in said[0]
+    assert torch.equal(graph.processor.collate(samples).x, graph.processor.collate([graph.processor.transform(record | {"x": None})] * 3).x)
+
+
+def test_categorical_columns_are_embedded_and_masked_rows_read_the_mask_token():
+    """x's first columns (and edge_attr's) as codes: one embedding a column, summed;
+    ``smiles`` names from_smiles' vocabularies; the other columns stay linear."""
+    from torch_geometric.utils.smiles import e_map, x_map
+
+    graph = _graph(encoder="gine", in_features=3, edge_features=2, categorical_node_features=[5, 3],
+                   categorical_edge_features=[4])
+    encoder = graph.encoder
+    assert [e.num_embeddings for e in encoder.node_embeddings] == [6, 4] and encoder.input.in_features == 1 + 7 + 6
+    assert [e.num_embeddings for e in encoder.edge_embeddings] == [5]
+    record = {"edges": [[0, 1], [1, 2]], "num_nodes": 3, "x": [[4, 0, 0.5], [1, 2, 0.5], [0, 1, 0.5]],
+              "edge_attr": [[3, 0.1], [1, 0.2]]}
+    batch = graph.processor.collate([graph.processor.transform(record)])
+    changed = graph.processor.collate([graph.processor.transform({**record, "x": [[3, 0, 0.5], [1, 2, 0.5], [0, 1, 0.5]]})])
+    with torch.no_grad():
+        assert not torch.allclose(encoder(batch).pooled, encoder(changed).pooled, atol=1e-5)
+        masked = batch.clone()
+        masked["keep_features"] = torch.tensor([[False], [True], [True]])
+        h = encoder.embed_nodes(masked)
+        mask_token = sum(e.weight[size] for e, size in zip(encoder.node_embeddings, (5, 3)))
+        assert torch.allclose(h[0], encoder.input(batch.x[0:1, 2:])[0] + mask_token)
+    smiles = _graph(encoder="gine", in_features=9, edge_features=3, categorical_node_features="smiles",
+                    categorical_edge_features="smiles").encoder
+    assert [e.num_embeddings - 1 for e in smiles.node_embeddings] == [len(v) for v in x_map.values()]
+    assert [e.num_embeddings - 1 for e in smiles.edge_embeddings] == [len(v) for v in e_map.values()]
+    with pytest.raises(ValueError, match="names 2 categorical columns of x but in_features is 1"):
+        _graph(in_features=1, categorical_node_features=[3, 3])
+
+
 # --- raw forms and validation -------------------------------------------------------------
 
 
@@ -167,7 +208,11 @@ BAD_GRAPHS = [
     (nx.Graph(), {}, "empty graph"),
     ({"edges": [[0, 1]], "num_nodes": 3, "x": [[1.0], [2.0]]}, {"in_features": 1}, "expected 3 rows"),
     ({"edges": [[0, 1]], "num_nodes": 2, "x": [[1.0, 2.0], [3.0, 4.0]]}, {"in_features": 3}, "2 features per node; in_features is 3"),
-    ({"edges": [[0, 1]], "num_nodes": 2, "x": [[1.0], [2.0]]}, {}, "in_features is 0"),
+    ({"edges": [[0, 1]], "num_nodes": 2, "x": [[1.0], [2.5]]}, {"in_features": 1, "categorical_node_features": [4]},
+     "x column 0 is categorical with 4 values \\(0 to 3\\) but node 1 holds 2.5"),
+    ({"edges": [[0, 1]], "num_nodes": 2, "x": [[1.0], [4.0]]}, {"in_features": 1, "categorical_node_features": [4]}, "node 1 holds 4"),
+    ({"edges": [[0, 1]], "num_nodes": 2, "edge_attr": [[3.0, 0.5]]},
+     {"encoder": "gine", "edge_features": 2, "categorical_edge_features": [3]}, "edge_attr column 0 is categorical with 3 values"),
     ({"edges": [[0, 1]], "num_nodes": 2}, {"in_features": 2}, "no node features x"),
     ({"edges": [[0, 1]], "num_nodes": 50}, {"max_nodes": 40}, "50 nodes, over max_nodes=40"),
     ({"edges": [[0, 1]] * 30, "num_nodes": 2}, {"max_edges": 20}, "30 edges, over max_edges=20"),
