@@ -16,17 +16,17 @@ KINDS = ("params", "grads", "optimizer")
 
 @pytest.mark.slow
 def test_fsdp_halves_the_bytes_of_two_ranks(tmp_path: Path) -> None:
-    """``--quick --procs 1 2`` (4 torchrun runs, about 35 s on 2 cores): at 2 processes
+    """``--quick --procs 2`` (2 torchrun runs, about 20 s on 2 cores): at 2 processes
     fsdp's largest rank holds 1/2 of DDP's bytes of each kind within 10 %, and the
     printed table marks that row ok."""
     out = tmp_path / "fsdp_memory.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "fsdp_memory.py"), "--quick", "--procs", "1", "2", "--json", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "fsdp_memory.py"), "--quick", "--procs", "2", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert sorted(rows) == ["1", "2"]
+    assert sorted(rows) == ["2"]
     ddp, fsdp = rows["2"]["ddp"], rows["2"]["fsdp"]
     assert fsdp["sharded"] and not ddp["sharded"]
     assert len(fsdp["ranks"]) == len(ddp["ranks"]) == 2
