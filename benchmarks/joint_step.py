@@ -3,6 +3,7 @@
     python benchmarks/joint_step.py                                  # configs/default.yaml
     python benchmarks/joint_step.py benchmarks/configs/clip.yaml     # one objective: its FLOP/s
     python benchmarks/joint_step.py configs/default.yaml --json runs/benchmarks/joint.json
+    python benchmarks/joint_step.py configs/default.yaml --device cuda --rounds 2   # bf16 autocast (precision auto)
 
 Rows: the config's joint step, then each objective alone (the same config with only that
 objective, at its batch size, running every step). Every row is its own Pretrainer in
@@ -16,7 +17,9 @@ this process, timed in turns over ``--rounds`` rounds:
   which torch does not register for them), on the cached batches;
 - GFLOP/s and "of peak": FLOPs over the compute time, and that over the machine's dense
   matmul FLOP/s (1024 x 1024 products at the same thread count and precision), measured
-  in every round beside the rows, median over rounds.
+  in every round beside the rows, median over rounds. On CUDA (``--device cuda``, the
+  run's precision: ``auto`` is bf16 autocast there) the product is 8192 x 8192 and every
+  timed stretch ends with a device synchronisation.
 
 An objective that runs ``every: k`` steps in the joint config counts 1/k of its alone
 step in the sum of separate steps, and the joint step is averaged over a multiple of
@@ -65,11 +68,38 @@ class Row:
         torch.set_num_threads(self.threads)  # process-wide; each Pretrainer set its own
         steps = math.ceil(steps / self.period) * self.period
         for trainer, seconds in ((self.trainer, self.data_s), (self.cached, self.compute_s)):
+            synchronize(trainer.device)
             start = time.perf_counter()
             for _ in range(steps):
                 trainer.train_step()
+            synchronize(trainer.device)
             if record:
                 seconds.append((time.perf_counter() - start) / steps)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_flops_per_s(dtype: str, device: torch.device) -> float:
+    """Dense matmul FLOP/s: on the CPU common's 1024 x 1024 product at the current
+    threads; on CUDA the median of 10 timed 8192 x 8192 products."""
+    if device.type != "cuda":
+        return matmul_flops_per_s(dtype)
+    size = 8192
+    a = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
 
 
 def main() -> None:
@@ -79,25 +109,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps per row per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default=None, help="train.device of every row (cpu, cuda; default: the config's)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
-    config = load_config(args.config, [*args.overrides, "train.progress=false"])
+    device = [f"train.device={args.device}"] if args.device else []
+    config = load_config(args.config, [*args.overrides, *device, "train.progress=false"])
     every = {name: spec.every if config.train.schedule == "all" else 1 for name, spec in config.objectives.items()}
     period = math.lcm(*every.values())
     with tempfile.TemporaryDirectory() as tmp:
         rows = [Row("joint", config, tmp, period)]
         if len(config.objectives) > 1:
             rows += [Row(name, alone(config, name), tmp, 1) for name in config.objectives]
-        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(config.train.precision, "float32")
+        # the precision as the trainer resolved it (auto: bf16 on CUDA, fp32 on the CPU)
+        precision, where = rows[0].trainer.precision, rows[0].trainer.device
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}.get(precision, "float32")
         for row in rows:
             row.time(args.warmup, record=False)
         peaks = []
         for _ in range(args.rounds):
-            peaks.append(matmul_flops_per_s(dtype))  # in turn with the rows: it drifts as they do
+            peaks.append(peak_flops_per_s(dtype, where))  # in turn with the rows: it drifts as they do
             for row in rows:
                 row.time(args.steps)
         peak = statistics.median(peaks)
-    print(f"{args.config}: median of {args.rounds} rounds of {args.steps} steps, {torch.get_num_threads()} threads, "
+    print(f"{args.config}: {where}, {precision}, median of {args.rounds} rounds of {args.steps} steps, {torch.get_num_threads()} threads, "
           f"matmul peak {peak / 1e9:.0f} GFLOP/s ({dtype}, rounds {min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f})")
     print(f"{'row':24s} {'s/step':>8s} {'compute':>8s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
     table: dict[str, dict[str, Any]] = {}
@@ -116,6 +150,7 @@ def main() -> None:
         show("sum of separate", *separate)
     show("joint", *medians["joint"])
     result: dict[str, Any] = {"benchmark": "joint_step", "config": args.config, "overrides": args.overrides,
+                              "device": str(where), "precision": precision,
                               "rounds": args.rounds, "steps": args.steps, "matmul_peak_gflop_per_s": Spread.of([p / 1e9 for p in peaks]),
                               "rows": table}
     if len(rows) > 1:
