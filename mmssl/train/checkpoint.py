@@ -51,7 +51,6 @@ from mmssl.common.weights import describe_differences, fit_scalar_shapes, fits_a
 from mmssl.config import ConfigError, RunConfig, config_from_dict, read_yaml
 from mmssl.model import MultimodalModel, build_model
 from mmssl.common.sharded_files import SHARDED, full_weights, is_sharded, missing_shard_files, saved_shapes
-from mmssl.train.sharded_checkpoint import write_layout
 from modalities.base import Processor, Renderer
 
 log = logging.getLogger(__name__)
@@ -88,18 +87,25 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def checkpoint_writer(
-    step: int, model: MultimodalModel, trainer_state: dict[str, Any], config: RunConfig
+    step: int, model: MultimodalModel, trainer_state: dict[str, Any], config: RunConfig,
+    sharded_by: int | None = None,
 ) -> Callable[[Path], None]:
     """What writes a pretraining checkpoint's files (``FILES``) into a directory, for
-    ``write_checkpoint_dir``."""
+    ``write_checkpoint_dir``. ``sharded_by``: the number of ranks whose shards
+    (``mmssl.train.sharded_checkpoint``) stand for the weights file, which rank 0 then
+    leaves out, and which ``meta.json`` records with the layout."""
 
     def write(tmp: Path) -> None:
-        save_model(model, str(tmp / WEIGHTS))
+        if sharded_by is None:
+            save_model(model, str(tmp / WEIGHTS))
         _save_trainer_state(trainer_state, tmp / STATE)
         (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
         extras = {key: p.extra_state_dict() for key, p in model.processors.items() if p.extra_state_dict()}
         (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
-        (tmp / META).write_text(json.dumps({"step": step, "format": FORMAT_VERSION}), encoding="utf-8")
+        meta = {"step": step, "format": FORMAT_VERSION}
+        if sharded_by is not None:
+            meta |= {"layout": "sharded", "world_size": sharded_by}
+        (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
 
     return write
 
@@ -187,23 +193,6 @@ def finish_checkpoint_dir(output_dir: str | Path, step: int, tmp: Path, write: C
             + (f"the checkpoints saved before are intact ({', '.join(kept)})" if kept else "no checkpoint was saved")
         ) from exc
     return final
-
-
-def sharded_checkpoint_writer(
-    step: int, model: MultimodalModel, trainer_state: dict[str, Any], config: RunConfig, world_size: int
-) -> Callable[[Path], None]:
-    """What rank 0 adds to a sharded checkpoint beside the ranks' shards
-    (``mmssl.train.sharded_checkpoint``): the trainer state, config, extra state and a
-    ``meta.json`` that says the layout, for ``finish_checkpoint_dir``."""
-
-    def write(tmp: Path) -> None:
-        _save_trainer_state(trainer_state, tmp / STATE)
-        (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
-        extras = {key: p.extra_state_dict() for key, p in model.processors.items() if p.extra_state_dict()}
-        (tmp / TOKENIZER).write_text(json.dumps(extras, indent=2), encoding="utf-8")
-        write_layout(tmp / META, step, FORMAT_VERSION, world_size)
-
-    return write
 
 
 def _save_trainer_state(state: dict[str, Any], path: Path) -> None:
@@ -370,7 +359,7 @@ def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "it
         CorruptCheckpointError: the weights file is missing, truncated or unreadable.
         CheckpointError: the weights or extra state do not fit ``model``.
     """
-    mismatch = f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another config?)"
+    mismatch = _mismatch(checkpoint, built_from)
     if is_sharded(checkpoint):
         load_checked(model, read_checkpoint_weights(checkpoint), mismatch)
     else:
@@ -422,9 +411,7 @@ def load_checked(module: torch.nn.Module, saved: dict[str, torch.Tensor], mismat
     ``CheckpointError`` (``mismatch`` and what differs) when they do not fit."""
     own = module.state_dict()
     state = fit_scalar_shapes(saved, {name: tuple(t.shape) for name, t in own.items()})
-    differences = tensor_differences({name: tuple(t.shape) for name, t in state.items()}, own)
-    if any(differences):
-        raise CheckpointError(f"{mismatch}: {describe_differences(*differences)}")
+    _check_fit({name: tuple(t.shape) for name, t in state.items()}, own, mismatch)
     # Not strict: every name the file lacks shares memory with one it holds (safetensors
     # saves one name of tied weights), as tensor_differences checked; loading that one fills both.
     module.load_state_dict(state, strict=False)
@@ -462,12 +449,19 @@ def check_weights_fit(model: torch.nn.Module, checkpoint: Path, built_from: str)
     own = model.state_dict()
     wanted = {name: tuple(t.shape) for name, t in own.items()}
     fitted = {n: wanted[n] if n in wanted and fits_as_scalar(shape, wanted[n]) else shape for n, shape in shapes.items()}
-    differences = tensor_differences(fitted, own)
+    _check_fit(fitted, own, _mismatch(checkpoint, built_from))
+
+
+def _mismatch(checkpoint: Path, built_from: str) -> str:
+    return f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another config?)"
+
+
+def _check_fit(shapes: dict[str, tuple[int, ...]], own: dict[str, torch.Tensor], mismatch: str) -> None:
+    """Raise ``CheckpointError`` (``mismatch`` and what differs) unless the saved
+    ``shapes`` fit the state dict ``own``."""
+    differences = tensor_differences(shapes, own)
     if any(differences):
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit the model built from {built_from} (saved with another config?): "
-            + describe_differences(*differences)
-        )
+        raise CheckpointError(f"{mismatch}: {describe_differences(*differences)}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,6 @@ and in one process (``full_weights``: evaluation, export, ``mmssl.load_checkpoin
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping
@@ -147,13 +146,6 @@ def load_full_into_sharded(
 def set_full_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Whole tensors loaded into ``module``, whose sharded parameters keep their shards."""
     set_model_state_dict(module, dict(state), options=StateDictOptions(full_state_dict=True))
-
-
-def write_layout(meta_path: Path, step: int, fmt: int, world_size: int) -> None:
-    """``meta.json`` of a sharded checkpoint: its step, format, layout and how many ranks wrote it."""
-    meta_path.write_text(
-        json.dumps({"step": step, "format": fmt, "layout": "sharded", "world_size": world_size}), encoding="utf-8"
-    )
 
 
 def new_checkpoint_group() -> Any:

@@ -44,7 +44,6 @@ from mmssl.train.checkpoint import (
     discard_checkpoint_dir,
     finish_checkpoint_dir,
     prune_checkpoints,
-    sharded_checkpoint_writer,
     describe_differences,
     check_extra_state,
     check_weights_fit,
@@ -438,7 +437,7 @@ class Pretrainer:
         if failed:
             self._write_on_main(functools.partial(discard_checkpoint_dir, pending.tmp), f"rank 0 could not remove {pending.tmp}")
             raise OutputError(f"cannot save checkpoint {pending.path}: " + (str(error) if error else "a rank failed; see its error"))
-        write = sharded_checkpoint_writer(pending.step, self.model, pending.state, self.config, self.dist.world_size)
+        write = checkpoint_writer(pending.step, self.model, pending.state, self.config, sharded_by=self.dist.world_size)
 
         def put_in_place() -> None:
             if self.run_log is not None:  # the log lines of the steps it holds are durable before it
