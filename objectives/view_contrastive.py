@@ -31,7 +31,6 @@ statistics, synchronised over ranks like every other BatchNorm of the model unde
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.common.ema import cosine_momentum, ema_update
 from modalities.base import Encoder, ModalityOutput, Processor, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.helpers.heads import HeadKind, projection_head
@@ -81,16 +81,7 @@ class GraphContrastiveConfig:
 def byol_momentum(base: float, step: int, total_steps: int) -> float:
     """BYOL's target momentum after ``step`` of ``total_steps`` optimizer steps:
     1 - (1 - base) (cos(pi step / total) + 1) / 2, from ``base`` to 1."""
-    progress = min(step, total_steps) / max(total_steps, 1)
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameter by parameter
-    (the two modules have the same structure)."""
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.lerp_(o, 1.0 - momentum)
+    return cosine_momentum(base, step, total_steps)
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
