@@ -82,6 +82,20 @@ class DistributedConfig:
     check_every: int = 100
 
 
+@dataclass(frozen=True)
+class EmaConfig:
+    """A moving average of the whole model's weights beside training (``train.ema``;
+    ``mmssl.train.ema``), saved with every checkpoint for evaluation and export (``--ema``)."""
+
+    # the weight the average keeps at each update: ema <- decay * ema + (1 - decay) * weights
+    decay: float = 0.999
+    # the decay ramps linearly from 0 (the average is the weights) after the first optimizer
+    # step to ``decay`` after this many: decay * min(1, s / warmup_steps), s = steps before
+    warmup_steps: int = 100
+    # update after every N-th optimizer step (the decay is per update)
+    every: int = 1
+
+
 # the names train.loggers takes: jsonl (metrics.jsonl, always written) and the trackers
 # of mmssl.train.trackers.TRACKERS
 LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")
@@ -163,6 +177,8 @@ class TrainConfig:
     # fsdp: checkpoints written by torch.distributed.checkpoint.async_save while training goes on
     async_checkpoint: bool = False
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # a moving average of the model's weights, in every checkpoint (None: off)
+    ema: EmaConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -410,6 +426,22 @@ def _check_parallel(train: TrainConfig) -> None:
         )
     if train.async_checkpoint and train.parallel != "fsdp":
         raise ConfigError("'train.async_checkpoint': only sharded checkpoints save asynchronously (train.parallel=fsdp)")
+    if train.ema is not None and train.parallel == "fsdp":
+        raise ConfigError(
+            "'train.ema': train.ema is not supported with train.parallel: fsdp yet (its average would need the "
+            "parameters' shards and a place in the sharded checkpoint); train under ddp, or set train.ema=null"
+        )
+
+
+def _check_ema(ema: EmaConfig | None) -> None:
+    if ema is None:
+        return
+    if not 0.0 < ema.decay < 1.0:
+        raise ConfigError(f"'train.ema.decay': must be in (0, 1) (e.g. 0.999), got {ema.decay}")
+    if ema.warmup_steps < 0:
+        raise ConfigError(f"'train.ema.warmup_steps': must be >= 0 (0: the full decay from the first update), got {ema.warmup_steps}")
+    if ema.every < 1:
+        raise ConfigError(f"'train.ema.every': must be >= 1 (optimizer steps between updates), got {ema.every}")
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
@@ -440,6 +472,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
     if train.peak_tflops is not None and not train.peak_tflops > 0:
         raise ConfigError(f"'train.peak_tflops': must be > 0 (TFLOP/s of one device), got {train.peak_tflops}")
     _check_parallel(train)
+    _check_ema(train.ema)
     _check_encoder_selection(train.grad_checkpointing, "train.grad_checkpointing", modalities)
     _check_encoder_selection(train.compile, "train.compile", modalities)
     for owner, scale in train.lr_scale.items():

@@ -4,6 +4,7 @@
     mmssl-export runs/default --format state_dict --output-dir exports/audio --modalities audio
     mmssl-export runs/clip --format open_clip --output-dir exports/clip      # open_clip's local-dir layout
     mmssl-export runs/default --format timm --output-dir exports/resnet      # timm.create_model("local-dir:...")
+    mmssl-export runs/default --ema --output-dir exports/default_ema         # the moving average of the weights (train.ema)
 
 state_dict: each encoder goes to DIR/<modality>/ (model.safetensors, mmssl_encoder.json);
 open_clip: an image-text pair as DIR/open_clip_config.json + open_clip_model.safetensors,
@@ -33,6 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default="state_dict")
     parser.add_argument("--output-dir", "--output", dest="output", required=True, help="a new (or empty) directory")
     parser.add_argument("--modalities", nargs="+", default=None, help="the encoders to export (default: all)")
+    parser.add_argument("--ema", action="store_true",
+                        help="export the moving average of the weights (train.ema) the checkpoint holds, not its weights")
     return parser.parse_args(argv)
 
 
@@ -40,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loaded = load_checkpoint(args.run)
+    loaded = load_checkpoint(args.run, ema=args.ema)
     try:
         written = export(loaded, args.output, args.format, args.modalities)
     except ValueError as exc:

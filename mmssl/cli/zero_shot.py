@@ -9,10 +9,13 @@
     mmssl-zero-shot --checkpoint runs/default --modality image --data coco:annotations/captions_val2017.json --task retrieval
     mmssl-zero-shot --checkpoint runs/default --modality audio --data esc50:ESC-50/meta/esc50.csv --task linear_probe --folds 5
     mmssl-zero-shot --checkpoint runs/default --config eval.yaml fewshot_trials=10
+    mmssl-zero-shot --checkpoint runs/default --ema   # the moving average of the weights (train.ema)
 
 Without --task: per modality, zero-shot top-1/top-5 and per-class recall (on the world
 also the held-out combinations' top-1), retrieval where the set has captions, and with
 --linear-probe a probe on frozen features; a JSON report and a confusion-matrix PNG.
+--ema evaluates the moving average of the weights a run with train.ema kept
+(ema.safetensors) instead of its weights; its reports go to zero_shot_<modality>_ema.json.
 
 --task classification|retrieval|linear_probe|fewshot|clustering|cross_modal|all (or a
 plugin's registered task) runs tasks instead, for one modality (--modality M) or every
@@ -77,8 +80,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--checkpoint", required=True, nargs="+",
         help="a run directory (its latest checkpoint) or a checkpoint directory; several (with --task) are compared",
     )
+    parser.add_argument("--ema", action="store_true",
+                        help="evaluate the moving average of the weights (train.ema) the checkpoint holds, not its weights")
     parser.add_argument("--config", default=None, help="YAML file of evaluation keys (flags and KEY=VALUE override it)")
-    parser.add_argument("--output", default=None, help="JSON report path (default: <run dir>/zero_shot_<modality>.json)")
+    parser.add_argument("--output", default=None, help="JSON report path (default: <run dir>/zero_shot_<modality>.json; _ema.json with --ema)")
     parser.add_argument("--task", default=None, help="a registered task or all (default: the zero-shot report)")
     parser.add_argument("--modality", default=None, help="the modality to evaluate, e.g. image; 'all' (default): every modality of the embedded world")
     parser.add_argument("--modalities", nargs=2, default=None, metavar=("QUERY", "GALLERY"), help="cross_modal: the two modalities")
@@ -142,7 +147,8 @@ def write_report(report: dict[str, Any], output: Path) -> Path:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"zero-shot {report['modality']} on {report['data']}: {report['num_samples']} samples, {report['num_classes']} classes")
+    weights = ", the EMA weights" if report.get("weights") == "ema" else ""
+    print(f"zero-shot {report['modality']} on {report['data']}{weights}: {report['num_samples']} samples, {report['num_classes']} classes")
     print(f"  top1 {report['top1']:.4f}  top5 {report['top5']:.4f}  mean per-class recall {report['mean_per_class_recall']:.4f}")
     if "composition_top1" in report:
         print(f"  composition_top1 (held-out combinations {', '.join(report['heldout_classes'])}): {report['composition_top1']:.4f}")
@@ -163,7 +169,7 @@ def zero_shot(args: argparse.Namespace, options: EvalOptions) -> None:
     """The default report of every asked modality, from the tasks' records."""
     if len(args.checkpoint) > 1:
         raise EvaluationError("several --checkpoint values compare runs: name the tasks with --task (e.g. --task all)")
-    loaded = load_checkpoint(args.checkpoint[0], device=options.device)
+    loaded = load_checkpoint(args.checkpoint[0], device=options.device, ema=args.ema)
     if options.modality == "all" and args.output:
         raise EvaluationError("'modality' all writes one report per modality beside the checkpoint; name one modality to use --output")
     modalities = evaluated_modalities(loaded.model, options)
@@ -175,7 +181,7 @@ def zero_shot(args: argparse.Namespace, options: EvalOptions) -> None:
     reports = []
     for modality in modalities:
         report = zero_shot_report(evaluator, modality)
-        output = Path(args.output) if args.output else run_dir / f"zero_shot_{modality}.json"
+        output = Path(args.output) if args.output else run_dir / f"zero_shot_{modality}{'_ema' if args.ema else ''}.json"
         png = write_report(report, output)
         print_report(report)
         print(f"report: {output}; confusion matrix: {png}")
@@ -194,7 +200,7 @@ def tasks(args: argparse.Namespace, options: EvalOptions) -> None:
     and (several checkpoints) a comparison plot beside --output."""
     records: list[dict] = []
     for path in args.checkpoint:
-        loaded = load_checkpoint(path, device=options.device)
+        loaded = load_checkpoint(path, device=options.device, ema=args.ema)
         records += run_tasks(loaded, options, skipped=lambda why: print(why, file=sys.stderr))
     print(f"\n{'task':<38s} {'figure':>10s}  details")
     for record in records:

@@ -90,7 +90,8 @@ class Evaluator:
         return self.options.batch_size or self.loaded.config.eval.batch_size
 
     def record(self, task: str, **fields: Any) -> dict[str, Any]:
-        return {"task": task, **fields, "checkpoint": str(self.loaded.checkpoint), "data": self.options.data or "world"}
+        ema = {"weights": "ema"} if self.loaded.ema else {}  # the checkpoint's moving average (--ema)
+        return {"task": task, **fields, "checkpoint": str(self.loaded.checkpoint), **ema, "data": self.options.data or "world"}
 
     # --- cached inputs --------------------------------------------------------------
     def data(self, modality: str) -> LabelledSet:
@@ -231,7 +232,7 @@ class RetrievalTask(EvalTask):
     """Item-to-caption and caption-to-item retrieval against the set's captions."""
 
     headline = "R@1"
-    RECORD_KEYS = ("task", "modality", "direction", "space", "num_items", "num_captions", "skipped", "checkpoint", "data")
+    RECORD_KEYS = ("task", "modality", "direction", "space", "num_items", "num_captions", "skipped", "checkpoint", "weights", "data")
 
     @classmethod
     def run(cls, ev: Evaluator, modality: str) -> list[dict[str, Any]]:
@@ -467,7 +468,7 @@ def zero_shot_report(ev: Evaluator, modality: str) -> dict[str, Any]:
         modality, top1, top5, mean_per_class_recall, num_samples, num_classes,
         per_class_recall, class_names, skipped, [composition_top1, seen_top1,
         heldout_classes], [retrieval: {direction: figures}], [linear_probe: {...}],
-        data, checkpoint
+        data, checkpoint, [weights: "ema" for the checkpoint's moving average]
 
     plus ``confusion`` for the plot (not JSON)."""
     (found,) = ClassificationTask.run(ev, modality)
@@ -489,12 +490,14 @@ def zero_shot_report(ev: Evaluator, modality: str) -> dict[str, Any]:
     if ev.options.linear_probe:
         (probe,) = LinearProbeTask.run(ev, modality)
         report["linear_probe"] = {
-            **{k: v for k, v in probe.items() if k not in ("task", "modality", "split", "checkpoint", "data")},
+            **{k: v for k, v in probe.items() if k not in ("task", "modality", "split", "checkpoint", "weights", "data")},
             "skipped": ev.embeddings(modality, None)[2], "split": probe["split"],
             "features": f"{modality} encoder pooled output (frozen)",
         }
     report["data"] = data.source
     report["checkpoint"] = str(ev.loaded.checkpoint)
+    if ev.loaded.ema:
+        report["weights"] = "ema"
     report["confusion"] = found["confusion"]
     return report
 

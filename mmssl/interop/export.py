@@ -79,7 +79,7 @@ def write_encoder(loaded: Pretrained, key: str, folder: Path) -> None:
     save_model(loaded.model.encoders[key], str(folder / WEIGHTS))
     meta = {
         "format": EXPORT_FORMAT, "version": 1, "modality": key, "type": spec.type, "options": dataclasses.asdict(spec.options),
-        "checkpoint": str(loaded.checkpoint), "step": _step(loaded),
+        "checkpoint": str(loaded.checkpoint), "step": _step(loaded), **({"weights": "ema"} if loaded.ema else {}),
     }
     (folder / EXPORT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
@@ -95,7 +95,8 @@ def model_card(loaded: Pretrained, keys: Sequence[str], fmt: str) -> str:
     """The export's README.md: what each encoder is, how it was trained, how it scored."""
     config = loaded.config
     lines = [f"# {config.name}: mmssl encoders ({fmt})", "",
-             f"Exported from `{loaded.checkpoint}` (step {_step(loaded)}) by `mmssl-export`.", "", "## Encoders", "",
+             f"Exported from `{loaded.checkpoint}` (step {_step(loaded)}"
+             f"{', the moving average of its weights (train.ema)' if loaded.ema else ''}) by `mmssl-export`.", "", "## Encoders", "",
              "| modality | type | parameters | options |", "| --- | --- | --- | --- |"]
     for key in keys:
         spec = config.modalities[key]
@@ -126,13 +127,14 @@ def model_card(loaded: Pretrained, keys: Sequence[str], fmt: str) -> str:
 
 
 def _figures(loaded: Pretrained, keys: Sequence[str]) -> list[str]:
-    """The run's zero-shot reports (``zero_shot_<modality>.json`` beside its checkpoints)."""
+    """The run's zero-shot reports (``zero_shot_<modality>.json`` beside its checkpoints;
+    ``zero_shot_<modality>_ema.json`` for the moving average of the weights)."""
     checkpoint = loaded.checkpoint
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
     rows = []
     for key in keys:
         try:
-            report: dict[str, Any] = json.loads((run / f"zero_shot_{key}.json").read_text(encoding="utf-8"))
+            report: dict[str, Any] = json.loads((run / f"zero_shot_{key}{'_ema' if loaded.ema else ''}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         held = report.get("composition_top1")

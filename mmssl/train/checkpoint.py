@@ -7,7 +7,9 @@ Layout of ``<output>/checkpoints/step_00000100/``:
                         (plain tensors and containers: loads with weights_only=True)
     config.yaml         the resolved run config
     tokenizer.json      per-modality extra state (tokenizer settings)
-    meta.json           step and format version
+    meta.json           step and format version ("ema": true with ema.safetensors)
+    ema.safetensors     a run with train.ema: the moving average of the weights
+                        (mmssl.train.ema), named as model.safetensors names them
 
 A run under ``train.parallel: fsdp`` writes its weights and optimizer state as the
 ranks' shards instead (``sharded/``, ``mmssl.train.sharded_checkpoint``); every reader
@@ -39,12 +41,12 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from mmssl.common.atomic import OutputError, fsync_dir, fsync_file
 from mmssl.common.weights import describe_differences, fit_scalar_shapes, fits_as_scalar, tensor_differences
@@ -62,6 +64,7 @@ CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
 META = "meta.json"
 FILES = (WEIGHTS, STATE, CONFIG, TOKENIZER, META)  # every file a save writes
+EMA_WEIGHTS = "ema.safetensors"  # and a save of a run with train.ema (meta.json says so)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _REPLACED = re.compile(r"^\.replaced-(step_\d+)-\d+$")
 _DEBRIS_PREFIXES = (".tmp-step_", ".replaced-step_", ".trash-step_")
@@ -88,16 +91,19 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 def checkpoint_writer(
     step: int, model: MultimodalModel, trainer_state: dict[str, Any], config: RunConfig,
-    sharded_by: int | None = None,
+    sharded_by: int | None = None, ema: Mapping[str, torch.Tensor] | None = None,
 ) -> Callable[[Path], None]:
     """What writes a pretraining checkpoint's files (``FILES``) into a directory, for
     ``write_checkpoint_dir``. ``sharded_by``: the number of ranks whose shards
     (``mmssl.train.sharded_checkpoint``) stand for the weights file, which rank 0 then
-    leaves out, and which ``meta.json`` records with the layout."""
+    leaves out, and which ``meta.json`` records with the layout. ``ema``: the moving
+    average of the weights (``train.ema``), written as ``ema.safetensors``."""
 
     def write(tmp: Path) -> None:
         if sharded_by is None:
             save_model(model, str(tmp / WEIGHTS))
+        if ema is not None:
+            save_file({name: t.contiguous() for name, t in ema.items()}, str(tmp / EMA_WEIGHTS))  # channels-last too
         _save_trainer_state(trainer_state, tmp / STATE)
         (tmp / CONFIG).write_text(config.to_yaml(), encoding="utf-8")
         extras = {key: p.extra_state_dict() for key, p in model.processors.items() if p.extra_state_dict()}
@@ -105,6 +111,8 @@ def checkpoint_writer(
         meta = {"step": step, "format": FORMAT_VERSION}
         if sharded_by is not None:
             meta |= {"layout": "sharded", "world_size": sharded_by}
+        if ema is not None:
+            meta["ema"] = True
         (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
 
     return write
@@ -285,8 +293,8 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
 
 def check_complete(checkpoint: Path, files: Sequence[str] = FILES) -> None:
     """Raise ``CorruptCheckpointError`` unless every file a save writes (``files``: a
-    pretraining checkpoint's by default) is there and ``meta.json`` names this
-    directory's step."""
+    pretraining checkpoint's by default; ``ema.safetensors`` too where ``meta.json`` says
+    the run kept one) is there and ``meta.json`` names this directory's step."""
     checkpoint = Path(checkpoint)
     if (checkpoint / SHARDED).is_dir():  # the ranks' shards stand for the weights file
         files = [name for name in files if name != WEIGHTS]
@@ -304,6 +312,8 @@ def check_complete(checkpoint: Path, files: Sequence[str] = FILES) -> None:
     named = _STEP_DIR.match(checkpoint.name)
     if named and int(named.group(1)) != step:
         raise CorruptCheckpointError(f"{checkpoint / META} says step {step}, the directory step {int(named.group(1))}")
+    if meta.get("ema") and not (checkpoint / EMA_WEIGHTS).is_file():
+        raise CorruptCheckpointError(f"{checkpoint} is incomplete: {EMA_WEIGHTS} missing")
 
 
 def load_trainer_state(checkpoint: Path, name: str = STATE) -> dict[str, Any]:
@@ -346,7 +356,7 @@ def load_run_config(checkpoint: Path) -> RunConfig:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "its config.yaml") -> None:
+def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "its config.yaml", ema: bool = False) -> None:
     """Load weights strictly and check each modality's extra state (tokenizer).
 
     The file's tensor names and shapes are compared with the model's before anything is
@@ -354,13 +364,17 @@ def load_weights(model: MultimodalModel, checkpoint: Path, built_from: str = "it
 
     Args:
         built_from: what ``model`` was built from, for the error message.
+        ema: load the moving average of the weights (``train.ema``) instead.
 
     Raises:
         CorruptCheckpointError: the weights file is missing, truncated or unreadable.
-        CheckpointError: the weights or extra state do not fit ``model``.
+        CheckpointError: the weights or extra state do not fit ``model``; ``ema`` of a
+            checkpoint trained without ``train.ema``.
     """
     mismatch = _mismatch(checkpoint, built_from)
-    if is_sharded(checkpoint):
+    if ema:
+        load_checked(model, read_ema_weights(checkpoint), mismatch)
+    elif is_sharded(checkpoint):
         load_checked(model, read_checkpoint_weights(checkpoint), mismatch)
     else:
         load_safetensors(model, checkpoint / WEIGHTS, mismatch)
@@ -434,6 +448,23 @@ def read_checkpoint_weights(checkpoint: Path, model: torch.nn.Module | None = No
     return fit_scalar_shapes(weights, {name: tuple(t.shape) for name, t in model.state_dict().items()})
 
 
+def read_ema_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The moving average of the weights a checkpoint of a run with ``train.ema`` holds
+    (``ema.safetensors``), by state dict name.
+
+    Raises:
+        CheckpointError: the checkpoint has none (its run had no ``train.ema``).
+        CorruptCheckpointError: the file is truncated or unreadable.
+    """
+    path = Path(checkpoint) / EMA_WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} has no EMA weights ({EMA_WEIGHTS}): it was trained without train.ema")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCheckpointError(f"{path} is unreadable: {_first_line(exc)}") from None
+
+
 def check_weights_fit(model: torch.nn.Module, checkpoint: Path, built_from: str) -> None:
     """Raise ``CheckpointError`` naming what differs when a checkpoint's weight names and
     shapes (read from its header or DCP metadata, not its data) do not fit ``model``
@@ -487,6 +518,7 @@ class Pretrained:
     model: MultimodalModel
     config: RunConfig
     checkpoint: Path
+    ema: bool = False  # the model holds the checkpoint's moving average of the weights (train.ema)
 
     @property
     def processors(self) -> dict[str, Processor]:
@@ -499,28 +531,34 @@ class Pretrained:
         return self.model.renderers
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: bool = False) -> Pretrained:
     """The model of a checkpoint (or of a run directory's latest), its run config, the
     checkpoint directory it came from, and the processors and renderers its config builds.
+    ``ema``: the model with the moving average of its weights (``train.ema``) instead.
 
     Example:
         loaded = mmssl.load_checkpoint("runs/default")
         loaded.config.world.eval_samples_per_class, loaded.checkpoint.name
         batch = loaded.processors["image"].collate([loaded.processors["image"].transform("cat.png")])
+
+    Raises:
+        CheckpointError: no checkpoint there, or one that does not fit its config; with
+            ``ema``, one trained without ``train.ema``.
     """
     checkpoint = resolve_checkpoint(path)
     config = load_run_config(checkpoint)
     model = build_model(config, pretrained=False)  # the checkpoint holds the weights it trained
-    load_weights(model, checkpoint)
-    return Pretrained(model=model.to(device).eval(), config=config, checkpoint=checkpoint)
+    load_weights(model, checkpoint, ema=ema)
+    return Pretrained(model=model.to(device).eval(), config=config, checkpoint=checkpoint, ema=ema)
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> MultimodalModel:
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu", ema: bool = False) -> MultimodalModel:
     """The model of a checkpoint (or of a run directory's latest), in eval mode
-    (``load_checkpoint`` also gives its config).
+    (``load_checkpoint`` also gives its config); ``ema``: with the moving average of its
+    weights (``train.ema``).
 
     Example:
         model = mmssl.load_pretrained("runs/default")
         emb = model.encode("text", ["a red circle"])
     """
-    return load_checkpoint(path, device).model
+    return load_checkpoint(path, device, ema=ema).model

@@ -53,6 +53,7 @@ from mmssl.train.checkpoint import (
     read_checkpoint_weights,
 )
 from mmssl.train.checkpoints import CheckpointManager, rng_state, set_rng_state
+from mmssl.train.ema import ModelEma
 from mmssl.config import RunConfig
 from mmssl.train.encoder_sharing import share_encoder_calls
 from mmssl.train.flops import Throughput
@@ -217,6 +218,8 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, self.train_cfg, extra=list(self.weighting.parameters()))
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        # train.ema: a moving average of the weights, in every checkpoint (mmssl.train.ema)
+        self.ema = ModelEma(self.model, self.train_cfg.ema) if self.train_cfg.ema is not None else None
         # background saves (train.async_checkpoint) run their collectives in a group of their own
         self._checkpoint_group = sharded_checkpoint.new_checkpoint_group() if self.sharded and self.train_cfg.async_checkpoint else None
         self._pending_save: PendingSave | None = None
@@ -382,7 +385,8 @@ class Pretrainer:
         def write() -> None:
             if self.run_log is not None:  # the log lines of the steps it holds are durable before it
                 self.run_log.sync()
-            self.checkpoints.save(self.step, checkpoint_writer(self.step, self.model, state, self.config))
+            ema = self.ema.state_dict() if self.ema is not None else None
+            self.checkpoints.save(self.step, checkpoint_writer(self.step, self.model, state, self.config, ema=ema))
 
         self._write_on_main(write, f"rank 0 could not save {path}")
         self._saved_step = self.step
@@ -500,6 +504,8 @@ class Pretrainer:
         here (the optimizer and weighting state, where a strategy changes) is left out of
         the state returned."""
         state = load_trainer_state(checkpoint)
+        if self.ema is not None:
+            self.ema.load(checkpoint)
         if not self.sharded and not is_sharded(checkpoint):
             load_weights(self.model, checkpoint, built_from="this run's config")
             return state
@@ -616,6 +622,8 @@ class Pretrainer:
             if not fp16_overflow:  # the weights moved: so does state that follows them (BYOL's target)
                 for objective in self.model.objectives.values():
                     objective.after_optimizer_step(self.model, self.step + 1, cfg.steps)
+                if self.ema is not None:
+                    self.ema.update(self.model, self.step)
         self.scaler.update()  # fp16: a non-finite gradient lowers the scale, skipped or not
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
