@@ -217,7 +217,8 @@ class {title}ReconstructObjective(Objective):
     def forward(self, model: EncoderHost, batch: Mapping[str, Any]) -> ObjectiveOutput:
         values = batch[self.key]["values"]
         loss = F.mse_loss(self.head(model.encoders[self.key](batch[self.key]).pooled), values)
-        return ObjectiveOutput(loss=loss, metrics={{"loss": loss.item(), "variance": values.var().item()}})
+        # metrics as detached tensors: the trainer reads them with the step's others
+        return ObjectiveOutput(loss=loss, metrics={{"loss": loss.detach(), "variance": values.var().detach()}})
 '''
 
 CONFIG = '''# {name} with text in the shared space, plus its own objective, on the embedded world.

@@ -32,6 +32,7 @@ from modalities.base import (
     ModalityOutput,
     ModalityParts,
     PatchEncoder,
+    LocalViewAugmenter,
     Processor,
     Renderer,
     ViewAugmenter,
@@ -141,7 +142,7 @@ def check_modality(
     sample; eval-mode forward is deterministic; ``independent_samples`` holds if
     declared; a state-dict round trip into a fresh encoder gives the same outputs; the
     extra state is JSON and accepted back; each capability the parts declare
-    (PatchEncoder, MaskableTokenEncoder, ViewAugmenter) keeps its promises.
+    (PatchEncoder, MaskableTokenEncoder, ViewAugmenter, LocalViewAugmenter) keeps its promises.
     """
     import pickle
 
@@ -235,6 +236,15 @@ def check_modality(
             viewed = encoder(processor.collate(views))
         _require(tuple(viewed.pooled.shape) == tuple(out.pooled.shape),
                  f"{name} (ViewAugmenter): views must batch and encode as samples do")
+    if isinstance(processor, LocalViewAugmenter):  # whether the encoder takes them is the dino objective's to check
+        local = processor.local_augment(samples[0], sample_rng(0, "local view"))
+        again = processor.local_augment(samples[0], sample_rng(0, "local view"))
+        _require(_same(_fingerprint(local), _fingerprint(again)),
+                 f"{name} (LocalViewAugmenter): local_augment must be a function of its generator")
+        try:
+            processor.collate([processor.local_augment(sample, sample_rng(0, "local view", i)) for i, sample in enumerate(samples)])
+        except (RuntimeError, ValueError) as exc:
+            raise ContractError(f"{name} (LocalViewAugmenter): local views must batch (one shape among them): {exc}") from None
     return parts
 
 
@@ -275,13 +285,21 @@ def _check_capabilities(modality: Encoder, name: str, collated: Any, out: Modali
                  f"{name} (MaskableTokenEncoder): token_embedding must be [vocab_size, embed_dim]")
 
 
+def _is_metric(value: Any) -> bool:
+    """A float, or a detached 0-d tensor (``ObjectiveOutput``)."""
+    if torch.is_tensor(value):
+        return value.dim() == 0 and not value.requires_grad
+    return isinstance(value, float)
+
+
 def check_objective(config: RunConfig | str | Path, objective: str, overrides: Sequence[str] = ()) -> ObjectiveOutput:
     """Run the objective contract on ``objective`` of a run config (a path or a
     RunConfig): build the model and the objective's stream, take one batch, and check
     that ``forward`` gives a finite scalar loss whose gradient reaches the objective's
-    own parameters and its encoders, metrics that are floats (``loss`` among them), the
-    same loss in eval mode twice, and that ``prepare_sample`` (drawn in the stream) and
-    the batch do not depend on the number of workers. Returns the training output."""
+    own parameters and its encoders, metrics that are floats or detached 0-d tensors
+    (``loss`` among them), the same loss in eval mode twice, and that ``prepare_sample``
+    (drawn in the stream) and the batch do not depend on the number of workers. Returns
+    the training output."""
     from mmssl.data import build_streams
     from mmssl.model import build_model
 
@@ -297,8 +315,9 @@ def check_objective(config: RunConfig | str | Path, objective: str, overrides: S
     _require(isinstance(out, ObjectiveOutput), f"{name}: forward must return an ObjectiveOutput", type(out).__name__)
     _require(out.loss.ndim == 0 and bool(torch.isfinite(out.loss)), f"{name}: loss must be a finite scalar", str(out.loss))
     _require(out.loss.requires_grad, f"{name}: loss must carry a gradient")
-    _require("loss" in out.metrics and all(isinstance(v, float) for v in out.metrics.values()),
-             f"{name}: metrics must be floats and include 'loss'", str({k: type(v).__name__ for k, v in out.metrics.items()}))
+    _require("loss" in out.metrics and all(_is_metric(v) for v in out.metrics.values()),
+             f"{name}: metrics must be floats or detached 0-d tensors and include 'loss'",
+             str({k: type(v).__name__ if not torch.is_tensor(v) else f"tensor{list(v.shape)}" for k, v in out.metrics.items()}))
     model.zero_grad()
     out.loss.backward()
     own = [p for p in model.objectives[objective].parameters() if p.requires_grad]

@@ -69,7 +69,10 @@ def mean_over_global_count(summed: torch.Tensor, count: torch.Tensor | float, di
     over ranks, so the mean of the ranks' losses (and gradients) is then the
     one-process loss over the global count.
     """
-    count = torch.as_tensor(count, dtype=torch.promote_types(summed.dtype, torch.float32), device=summed.device).reshape(())
+    dtype = torch.promote_types(summed.dtype, torch.float32)
+    # a Python count is filled in on the device (a tensor made from it would be a blocking copy there)
+    count = count.to(summed.device, dtype) if torch.is_tensor(count) else torch.full((), count, dtype=dtype, device=summed.device)
+    count = count.reshape(())
     if dist.world_size > 1 and torch.distributed.is_initialized():
         count = count.clone()
         torch.distributed.all_reduce(count)
@@ -88,10 +91,17 @@ class EncoderCall:
 
 @dataclass
 class ObjectiveOutput:
-    """A loss to optimise and metrics to log (floats, already detached)."""
+    """A loss to optimise and metrics to log.
+
+    A metric is a detached 0-d tensor, computed where the loss is, or a Python float.
+    Prefer tensors: the trainer reads all of a step's metrics to the host at once, after
+    the backward pass, where a ``.item()`` or ``float(t)`` in ``forward`` makes the host
+    wait for the device there and then (``mmssl.train.device``: host syncs). A tensor
+    that aliases a parameter or buffer the step changes is cloned first.
+    """
 
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 class EncoderHost(Protocol):
@@ -119,7 +129,10 @@ class Objective(nn.Module):
     ``__init__(config, encoders, dist)``; an objective that needs its modalities'
     processors (to make views, collate, corrupt tokens in the data pipeline) or renderers
     (their concept spaces) takes them as the keyword arguments ``processors`` and
-    ``renderers`` too, and the model builder hands them over.
+    ``renderers`` too, and the model builder hands them over. One that learns from another
+    trained model names ``load_model``: ``load_model(path, key)`` gives that model whole
+    (``encoders``, ``processors``, ``objectives``, ``shared_space``), frozen and in eval
+    mode, or raises an error naming ``key`` and the path.
 
     Class attributes:
         name: the registry key; set by the registry.

@@ -143,10 +143,10 @@ class ClusterObjective(Objective):
         weights = self.cluster_weights[targets] if self.config.balance else torch.ones_like(targets, dtype=z.dtype)
         per_item = F.cross_entropy(logits, targets, reduction="none")
         loss = mean_over_global_count((per_item * weights).sum(), weights.sum().detach(), self.dist)
-        ami, ami_random, entropy, has_classes = self.figures.tolist()
-        metrics = {"loss": float(loss.detach()), "cluster_entropy": entropy,
-                   "agreement": float((logits.detach().argmax(1) == targets).float().mean())}
-        if has_classes:
+        ami, ami_random, entropy, has_classes = self.figures.clone()  # a copy: the next clustering overwrites them
+        metrics = {"loss": loss.detach(), "cluster_entropy": entropy,
+                   "agreement": (logits.detach().argmax(1) == targets).float().mean()}
+        if bool(has_classes):  # the host decides which keys are logged: this one is read now
             metrics.update(ami=ami, ami_random=ami_random)
         return ObjectiveOutput(loss, metrics)
 
@@ -185,11 +185,12 @@ class ClusterObjective(Objective):
     def _remember(self, z: torch.Tensor, classes: torch.Tensor) -> None:
         size = self.bank.shape[0]
         z, classes = z[-size:], classes[-size:]
-        slots = (int(self.bank_next) + torch.arange(z.shape[0], device=z.device)) % size
+        # the positions stay on the device: no host read
+        slots = (self.bank_next + torch.arange(z.shape[0], device=z.device)) % size
         self.bank[slots] = z.to(self.bank.dtype)
         self.bank_classes[slots] = classes
-        self.bank_next.fill_((int(self.bank_next) + z.shape[0]) % size)
-        self.bank_filled.fill_(min(size, int(self.bank_filled) + z.shape[0]))
+        self.bank_next.copy_((self.bank_next + z.shape[0]) % size)
+        self.bank_filled.copy_((self.bank_filled + z.shape[0]).clamp_max(size))
 
     def _recluster(self) -> None:
         k = self.config.num_clusters

@@ -218,9 +218,9 @@ class ContrastiveObjective(Objective):
                 else torch.eye(n, dtype=torch.bool, device=sim.device)
             )
             rows = torch.arange(n, device=sim.device)
-            acc_ab = positives[rows, sim.argmax(1)].float().mean().item()
-            acc_ba = positives.T[rows, sim.argmax(0)].float().mean().item()
-        metrics = {"loss": loss.item(), "logit_scale": scale.item(), f"{a}_to_{b}_acc": acc_ab, f"{b}_to_{a}_acc": acc_ba}
-        if self.logit_bias is not None:
-            metrics["logit_bias"] = self.logit_bias.item()
+            acc_ab = positives[rows, sim.argmax(1)].float().mean()
+            acc_ba = positives.T[rows, sim.argmax(0)].float().mean()
+        metrics = {"loss": loss.detach(), "logit_scale": scale.detach(), f"{a}_to_{b}_acc": acc_ab, f"{b}_to_{a}_acc": acc_ba}
+        if self.logit_bias is not None:  # a copy: the parameter moves (and FSDP frees its gathered value) before the read
+            metrics["logit_bias"] = self.logit_bias.detach().reshape(()).clone()
         return ObjectiveOutput(loss=loss, metrics=metrics)

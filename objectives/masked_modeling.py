@@ -178,11 +178,12 @@ class MaskedPatchObjective(Objective):
             target = normalise_patches(target)
         loss = masked_patch_loss(prediction, target, counted, self.dist)
         baseline = trivial_patch_loss(target, counted, self.dist)
+        loss_value, baseline = loss.detach(), baseline.detach()
         metrics = {
-            "loss": loss.item(),
-            "trivial_loss": baseline.item(),
-            "loss_vs_trivial": loss.item() / max(baseline.item(), 1e-12),
-            "masked_patches": float(counted.sum().item()),
+            "loss": loss_value,
+            "trivial_loss": baseline,
+            "loss_vs_trivial": loss_value.double() / baseline.double().clamp_min(1e-12),
+            "masked_patches": counted.sum(),
         }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

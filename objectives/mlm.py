@@ -160,12 +160,16 @@ class MLMObjective(Objective):
         if targets.numel() == 0:
             loss = loss + 0.0 * output.tokens.sum()  # keep the graph connected
         with torch.no_grad():
-            n = max(targets.numel(), 1)
-            accuracy = (logits.argmax(-1) == targets).sum().item() / n
+            # a tensor divided by a Python number on CUDA is multiplied by its reciprocal,
+            # not divided: a float64 tensor keeps the division Python's int / int made
+            n = torch.full((), max(targets.numel(), 1), dtype=torch.float64, device=targets.device)
+            accuracy = (logits.argmax(-1) == targets).sum().double() / n
             # the best any constant guess does on this batch: always the most frequent target
-            majority = torch.bincount(targets).max().item() / n if targets.numel() else 0.0
+            # (counted into the vocabulary's bins: bincount's own size would be read back)
+            counts = targets.new_zeros(logits.shape[-1]).scatter_add_(0, targets, torch.ones_like(targets))
+            majority = counts.max().double() / n if targets.numel() else 0.0
         metrics = {
-            "loss": loss.item(),
+            "loss": loss.detach(),
             "accuracy": accuracy,
             "baseline_accuracy": majority,
             "masked_tokens": float(targets.numel()),

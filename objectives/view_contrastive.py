@@ -158,18 +158,18 @@ class ViewContrastiveObjective(Objective):
         z_a, z_b = self._pair(batch, lambda out: self.head(out.pooled), lambda slot: self.encode(model, batch, slot))
         metrics = view_metrics(z_a, z_b)
         with torch.no_grad():
-            metrics["projection_std"] = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1).std(0).mean().item()
+            metrics["projection_std"] = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1).std(0).mean()
         if self.options.method == "simclr":
             loss = nt_xent(z_a, z_b, self.options.temperature, self.dist.rank, self.dist.world_size)
-            return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), **metrics})
+            return ObjectiveOutput(loss=loss, metrics={"loss": loss.detach(), **metrics})
         p_a, p_b = self.predictor(torch.cat([z_a, z_b])).chunk(2)
         with torch.no_grad():
             t_a, t_b = self._pair(batch, lambda views: self.target_head(self.target_encoder(views).pooled),
                                   lambda slot: batch[EXTRAS_KEY][slot])
         loss = (byol_loss(p_a, t_b) + byol_loss(p_b, t_a)) / 2
-        metrics["prediction_cosine"] = 1.0 - loss.item() / 2
-        metrics["momentum"] = self.momentum.item()
-        return ObjectiveOutput(loss=loss, metrics={"loss": loss.item(), **metrics})
+        metrics["prediction_cosine"] = 1.0 - loss.detach().double() / 2  # in float64, as Python's arithmetic was
+        metrics["momentum"] = self.momentum.clone()  # this step's: after_optimizer_step sets the next
+        return ObjectiveOutput(loss=loss, metrics={"loss": loss.detach(), **metrics})
 
     def after_optimizer_step(self, model: EncoderHost, step: int, total_steps: int) -> None:
         """BYOL: move the target towards the online encoder and head (momentum from the

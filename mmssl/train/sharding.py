@@ -87,5 +87,15 @@ def total_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
 
 def all_finite(grads: Iterable[torch.Tensor]) -> bool:
     """Whether this rank's part of every gradient is finite (reduce the answer over
-    ranks for the whole)."""
+    ranks for the whole). A host sync per gradient: see ``any_nonfinite``."""
     return all(bool(torch.isfinite(local(g)).all()) for g in grads)
+
+
+def any_nonfinite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Whether any element of this rank's part of ``tensors`` is not finite, as a 0-d
+    bool tensor on their device: nothing is read to the host here (reduce it over ranks
+    for the whole)."""
+    bad = torch.zeros((), dtype=torch.bool)
+    for t in tensors:
+        bad = bad | ~torch.isfinite(local(t)).all()
+    return bad

@@ -28,6 +28,7 @@ from mmssl.train.device import (
     configure_backends,
     move_to,
     pins_memory,
+    read_to_host,
     resolve_device,
     resolve_precision,
     to_channels_last,
@@ -86,23 +87,26 @@ class JointForward(torch.nn.Module):
         self.weighting = weighting
 
     def forward(self, batches: Mapping[str, Any], share_calls: bool) -> tuple[Any, ...]:
-        """Returns (weighted total, losses, losses' values averaged over ranks, metrics by
-        objective, effective weights). A loss that is not finite on any rank makes its
-        averaged value non-finite on every rank, so every rank skips the step alike
-        (``Pretrainer.train_step``)."""
+        """Returns (weighted total, losses, this rank's loss values as one float64 tensor,
+        metrics by objective, effective weights), all on the device: the trainer reads the
+        values with the step's others, after the backward pass (``Pretrainer.train_step``
+        sums them over ranks there: a loss that is not finite on any rank makes its mean
+        non-finite on every rank, so every rank skips the step alike)."""
         if share_calls and len(batches) > 1:
             share_encoder_calls(self.model.objectives, self.model.encoders, batches)
         losses: dict[str, torch.Tensor] = {}
-        metrics: dict[str, dict[str, float]] = {}
+        metrics: dict[str, dict[str, torch.Tensor | float]] = {}
         for name, batch in batches.items():
             out = self.model(name, batch)
             losses[name] = out.loss
             metrics[name] = out.metrics
-        # the mean over ranks of each objective's loss is its one-process loss (DistContext)
-        means = distributed.all_reduce_sum(torch.stack([loss.detach().double() for loss in losses.values()]))
-        observed = {n: float(v) / distributed.context().world_size for n, v in zip(losses, means)}
+        values = torch.stack([loss.detach().double() for loss in losses.values()])
+        observed = None
+        if self.weighting.observes_losses:  # it learns from each loss's mean over ranks, as Python floats: read now
+            ranks = distributed.context().world_size
+            observed = {n: v / ranks for n, v in zip(losses, distributed.all_reduce_sum(values).tolist())}
         total, weights = self.weighting.combine(losses, observed)
-        return total, losses, observed, metrics, weights
+        return total, losses, values, metrics, weights
 
 
 @dataclass
@@ -552,6 +556,11 @@ class Pretrainer:
         fp16 a non-finite gradient with finite losses is the GradScaler's to skip (it
         lowers its scale), not a skipped step here. The returned metrics say
         ``skipped``.
+
+        What the step logs and decides on (losses, metrics, weights, the gradient norm and
+        finiteness) stays on the device until the backward passes are done, then comes
+        to the host in one transfer (``read_to_host``; over ranks, one all-reduce of the
+        losses and flags): the host waits for the device once a step, not at each value.
         """
         cfg = self.train_cfg
         self.model.train()
@@ -561,12 +570,14 @@ class Pretrainer:
         active = self.active_objectives(self.step)
         diagnose = bool(cfg.grad_diagnostics_every) and self.step % cfg.grad_diagnostics_every == 0
         buffers = [b.clone() for b in self._buffers]
-        sums: dict[str, float] = defaultdict(float)
-        weights: dict[str, float] = {}
-        diagnostics: dict[str, float] = {}
-        nonfinite_losses: dict[str, float] = {}  # objective -> its loss (mean over ranks)
+        # each micro-step's metrics by objective, this rank's loss values and weighted total:
+        # tensors on the device, read after the backward passes
+        micro_metrics: list[dict[str, dict[str, Any]]] = []
+        micro_losses: list[torch.Tensor] = []
+        micro_totals: list[torch.Tensor] = []
+        weights: dict[str, torch.Tensor] = {}
+        diagnostics: dict[str, torch.Tensor] = {}
         samples = 0
-        total_value = 0.0
         for micro in range(cfg.accum_steps):
             batches = {name: move_to(next(self.streams[name]), self.device, self.dtype, self.channels_last) for name in active}
             samples += sum(batch_size_of(b, self.model.objectives[n].modalities[0]) for n, b in batches.items())
@@ -582,30 +593,41 @@ class Pretrainer:
             counting = self.throughput.count(active, batches, ("diagnostics",) if diagnose and micro == 0 else ())
             with sync, counting:
                 with self._autocast():
-                    total, losses, observed, metrics, weights = self.forward_module(batches, cfg.share_encoder_calls)
-                for name, values in metrics.items():
-                    for key, value in {**values, "loss": observed[name]}.items():
-                        sums[f"{name}/{key}"] += value / cfg.accum_steps
-                nonfinite_losses.update({n: v for n, v in observed.items() if not math.isfinite(v)})
+                    total, losses, loss_values, metrics, weights = self.forward_module(batches, cfg.share_encoder_calls)
+                micro_metrics.append(metrics)
+                micro_losses.append(loss_values)
                 if diagnose and micro == 0:
                     diagnostics = self.gradient_diagnostics(losses, weights)
                 # backward even with a non-finite loss: DDP expects one after each forward
                 self.scaler.scale(total / cfg.accum_steps).backward()
-            total_value += float(distributed.all_reduce_sum(total.detach().double())) / self.dist.world_size / cfg.accum_steps
+            micro_totals.append(total.detach().double())
         for objective in self.model.objectives.values():  # parameters an objective resets in its forward
             objective.before_optimizer_step(self.model)
         self.scaler.unscale_(self.optimizer)
         # the norm before clipping, non-finite if any element is (the weighting's few
         # parameters are checked beside it, as they are not clipped)
         grad_norm = sharding.total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-        grad_finite = bool(torch.isfinite(grad_norm)) and sharding.all_finite(
-            p.grad for p in self.weighting.parameters() if p.grad is not None
+        grad_nonfinite = sharding.any_nonfinite([grad_norm, *(p.grad for p in self.weighting.parameters() if p.grad is not None)])
+        # the step's one read: losses, totals and the flag summed over ranks, so every rank
+        # decides alike (DDP averaged the gradients; a loss's mean over ranks is its
+        # one-process loss, DistContext)
+        local, summed = read_to_host(
+            {"metrics": micro_metrics, "weights": weights, "grad_norm": grad_norm, "diagnostics": diagnostics},
+            {"losses": micro_losses, "totals": micro_totals, "grad_nonfinite": grad_nonfinite},
         )
-        # every rank decides alike (DDP averaged the gradients, the losses are means over ranks)
-        flags = distributed.all_reduce_sum(
-            torch.tensor([float(bool(nonfinite_losses)), float(not grad_finite)], dtype=torch.float64)
-        )
-        loss_bad, grad_bad = bool(flags[0]), bool(flags[1])
+        sums: dict[str, float] = defaultdict(float)
+        nonfinite_losses: dict[str, float] = {}  # objective -> its loss (mean over ranks)
+        total_value = 0.0
+        ranks = self.dist.world_size
+        for by_objective, loss_sums, total_sum in zip(local["metrics"], summed["losses"], summed["totals"]):
+            observed = {name: value / ranks for name, value in zip(by_objective, loss_sums)}
+            for name, values in by_objective.items():
+                for key, value in {**values, "loss": observed[name]}.items():
+                    sums[f"{name}/{key}"] += value / cfg.accum_steps
+            nonfinite_losses.update({n: v for n, v in observed.items() if not math.isfinite(v)})
+            total_value += total_sum / ranks / cfg.accum_steps
+        weights, grad_norm_value, diagnostics = local["weights"], local["grad_norm"], local["diagnostics"]
+        loss_bad, grad_bad = bool(nonfinite_losses), bool(summed["grad_nonfinite"])
         fp16_overflow = grad_bad and not loss_bad and self.scaler.is_enabled()
         skipped = loss_bad or (grad_bad and not fp16_overflow)
         if skipped:
@@ -635,7 +657,7 @@ class Pretrainer:
         metrics = {
             "loss": total_value,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm_value,
             "samples_per_s": samples / seconds,
             "step_s": seconds,
             **self.throughput.step_metrics(active, seconds),
@@ -675,10 +697,13 @@ class Pretrainer:
                 return name
         return None
 
-    def gradient_diagnostics(self, losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> dict[str, float]:
+    def gradient_diagnostics(
+        self, losses: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor | float]
+    ) -> dict[str, torch.Tensor]:
         """Each objective's (weighted) gradient norm on the shared encoder named by
         ``train.grad_diagnostics_modality``, and the cosine between every two objectives'
-        gradients there: negative cosines are objectives pulling the encoder apart."""
+        gradients there: negative cosines are objectives pulling the encoder apart. 0-d
+        tensors, read with the step's other values."""
         key = self.train_cfg.grad_diagnostics_modality
         params = [p for p in self.model.encoders[key].parameters() if p.requires_grad]
         grads: dict[str, torch.Tensor] = {}
@@ -687,11 +712,11 @@ class Pretrainer:
             if all(g is None for g in parts):
                 continue  # this objective does not use the encoder
             grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float() for g, p in zip(parts, params)])
-        out = {f"grad/{name}/{key}_norm": float(g.norm()) for name, g in grads.items()}
+        out = {f"grad/{name}/{key}_norm": g.norm() for name, g in grads.items()}
         names = list(grads)
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
-                out[f"grad_cos/{a}~{b}"] = float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))
+                out[f"grad_cos/{a}~{b}"] = torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0)
         return out
 
     def _accumulate(self, metrics: Mapping[str, Any]) -> None:

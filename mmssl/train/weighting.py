@@ -13,14 +13,22 @@ buffers are saved in the trainer state, so resume stays exact.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import torch
 from torch import nn
 
 
 class LossWeighting(nn.Module):
-    """Static weights; subclasses change ``effective``/``regulariser``/``observe``."""
+    """Static weights; subclasses change ``effective``/``regulariser``/``observe``.
+
+    ``observes_losses``: whether ``observe`` uses the losses' values. They are Python
+    floats, read from the device at every micro-step, so only a weighting that sets it
+    makes the trainer read them then (the others' losses are read once, with the rest
+    of the step's values).
+    """
+
+    observes_losses: ClassVar[bool] = False
 
     def __init__(self, weights: Mapping[str, float]) -> None:
         super().__init__()
@@ -43,22 +51,23 @@ class LossWeighting(nn.Module):
 
     def combine(
         self, losses: Mapping[str, torch.Tensor], observed: Mapping[str, float] | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted total of the given (active) objectives' losses and the effective
-        weight of each, for the log. ``observed``: the loss values the weighting learns
-        from (under data parallelism the mean over ranks, so every rank weighs alike);
-        default the losses' own values."""
+        weight of each, for the log (detached 0-d tensors). ``observed``: the loss values
+        the weighting learns from, where it observes them (under data parallelism the mean
+        over ranks, so every rank weighs alike); default the losses' own values."""
         total = None
         weights = {}
         for name, loss in losses.items():
-            self.observe(name, observed[name] if observed is not None else float(loss.detach()))
+            if self.observes_losses:
+                self.observe(name, observed[name] if observed is not None else float(loss.detach()))
             weight = self.effective(name)
             term = weight.to(loss.dtype) * loss
             extra = self.regulariser(name)
             if extra is not None:
                 term = term + extra
             total = term if total is None else total + term
-            weights[name] = float(weight.detach())
+            weights[name] = weight.detach()
         if total is None:
             raise ValueError("no objective losses to combine")
         return total, weights
@@ -83,6 +92,8 @@ class UncertaintyWeighting(LossWeighting):
 class InitialLossWeighting(LossWeighting):
     """``w / L0 * loss``, with L0 the mean of the objective's loss over the first
     ``warmup`` steps it ran (its running mean until then)."""
+
+    observes_losses = True
 
     def __init__(self, weights: Mapping[str, float], warmup: int = 10) -> None:
         super().__init__(weights)

@@ -41,15 +41,16 @@ def nt_xent(
     itself = torch.cat([own, own + m])
     partner = torch.cat([own + m, own])
     rows = torch.arange(2 * n, device=z_a.device)
-    logits = logits.index_put((rows, itself), torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
+    logits = logits.index_put((rows, itself), logits.new_full((), float("-inf")))  # filled on the device, no copy
     return F.cross_entropy(logits, partner)
 
 
 @torch.no_grad()
-def view_metrics(z_a: torch.Tensor, z_b: torch.Tensor) -> dict[str, float]:
+def view_metrics(z_a: torch.Tensor, z_b: torch.Tensor) -> dict[str, torch.Tensor]:
     """This rank's in-batch figures of two views' projections: ``view_acc``, the share
     of the 2B views whose most similar other view is their partner (chance about
-    1 / (2B - 1)), and ``positive_cosine``, the mean cosine of an item's two views.
+    1 / (2B - 1)), and ``positive_cosine``, the mean cosine of an item's two views, as
+    0-d tensors (read with the step's other metrics, no host sync here).
 
     Shapes:
         z_a, z_b: [B, E].
@@ -61,6 +62,6 @@ def view_metrics(z_a: torch.Tensor, z_b: torch.Tensor) -> dict[str, float]:
     n = a.shape[0]
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
     return {
-        "view_acc": (sim.argmax(1) == partner).float().mean().item(),
-        "positive_cosine": (a * b).sum(-1).mean().item(),
+        "view_acc": (sim.argmax(1) == partner).float().mean(),
+        "positive_cosine": (a * b).sum(-1).mean(),
     }
