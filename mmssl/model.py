@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 from mmssl.common.weights import shared_reads
 from mmssl.config import ConfigError, RunConfig
 from mmssl.interop.pretrained import load_pretrained
+from mmssl.interop.teacher import frozen_model_loader
 from mmssl.registry import get_modality, get_objective
 from modalities.base import (
     Encoder,
@@ -219,9 +220,11 @@ def build_model(config: RunConfig, dist: DistContext | None = None, pretrained: 
             parts = get_modality(spec.type).build(spec.options, key)
         encoders[key], processors[key], renderers[key] = parts.encoder, parts.processor, parts.renderer
     objectives = {}
+    load_model = frozen_model_loader(build_model)
     for name, spec in config.objectives.items():
         with _names_the_key(f"objectives.{name}"):
-            objectives[name] = build_objective(get_objective(spec.type), spec.options, encoders, processors, renderers, dist)
+            objectives[name] = build_objective(get_objective(spec.type), spec.options, encoders, processors, renderers, dist,
+                                               load_model)
     model = MultimodalModel(encoders, objectives, processors, renderers)
     with shared_reads():  # a file two modalities start from (an open_clip CLIP) is read once
         for key, spec in config.modalities.items():
@@ -236,14 +239,20 @@ def build_model(config: RunConfig, dist: DistContext | None = None, pretrained: 
 def build_objective(
     cls: type[Objective], options: Any, encoders: Mapping[str, Encoder], processors: Mapping[str, Processor],
     renderers: Mapping[str, Renderer | None], dist: DistContext | None = None,
+    load_model: Callable[[str, str], Any] | None = None,
 ) -> Objective:
     """``cls(options, encoders, dist)``, with ``processors=`` and ``renderers=`` too where
     its ``__init__`` takes them (objectives that make views, corrupt tokens in the data
-    pipeline, or read their modality's concept space)."""
+    pipeline, or read their modality's concept space), and ``load_model=`` where it names
+    it: ``load_model(path, key)`` reads a whole trained model, frozen (a teacher;
+    ``mmssl.interop.teacher``); ``build_model`` hands every objective one loader, so
+    objectives naming one folder share its model."""
     params = inspect.signature(cls.__init__).parameters
     every = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     parts = {"processors": processors, "renderers": renderers}
     kwargs = {key: value for key, value in parts.items() if every or key in params}
+    if "load_model" in params:
+        kwargs["load_model"] = load_model or frozen_model_loader(build_model)
     return cls(options, encoders, dist or DistContext(), **kwargs)
 
 

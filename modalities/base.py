@@ -528,6 +528,24 @@ class ViewAugmenter(Protocol):
     def augment(self, sample: Any, rng: np.random.Generator) -> Any: ...
 
 
+@runtime_checkable
+class LocalViewAugmenter(ViewAugmenter, Protocol):
+    """A ``ViewAugmenter`` that also makes small views (DINO's multi-crop: local crops
+    beside the global views of ``augment``). The image, audio and graph processors are ones.
+
+    Members:
+        local_augment(sample, rng): a random local view of one transformed sample: a
+            smaller part of the item (an image's crop from a smaller area at a smaller
+            size, a shorter window of a clip, a smaller connected subgraph) with the
+            augmentations of ``augment``. Every choice comes from ``rng``, ``sample`` is
+            left unchanged, and local views have one shape among themselves, so
+            ``collate`` batches them and the encoder takes the batch (a smaller one than
+            the samples' where the modality makes local views smaller).
+    """
+
+    def local_augment(self, sample: Any, rng: np.random.Generator) -> Any: ...
+
+
 def capability_members(capability: type) -> list[str]:
     """The public members a capability Protocol declares (its own and inherited)."""
     names: list[str] = []

@@ -12,6 +12,7 @@ import torch
 import mmssl
 from mmssl.registry import MODALITIES, OBJECTIVES, get_modality
 from mmssl.testing import ContractError, check_modality, check_objective
+from mmssl.train.checkpoint import save_checkpoint
 from modalities.base import Encoder, Modality, ModalityOutput, Processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,20 +35,29 @@ def test_built_in_modalities_meet_the_contract(name):
 
 
 # Cases beside tiny_ssl's own objectives, added by override: the generic masked-patch
-# objective on a modality of its own choosing, BYOL on graph views.
+# objective on a modality of its own choosing, BYOL on graph views, distillation from a
+# saved configs/tiny.yaml model (TEACHER: written by the case), DINO on sounds.
 EXTRA_OBJECTIVES = {
     "patches": "{type: masked_patches, modalities: [audio], mask_kind: time, data: {batch_size: 16}}",
     "graph_byol": "{type: view_contrastive, modalities: [graph], method: byol, embed_dim: 16, data: {batch_size: 16}}",
+    "distill": "{type: distill, modalities: [image, text], teacher: TEACHER, data: {batch_size: 16}}",
+    "audio_dino": "{type: dino, modalities: [audio], local_crops: 2, prototypes: 32, hidden_dim: 32, bottleneck_dim: 16, "
+                  "data: {batch_size: 16}}",
 }
 
 
-def _ssl_case(objective: str) -> list[str]:
-    return ["train.threads=1", *([f"objectives.{objective}={EXTRA_OBJECTIVES[objective]}"] if objective in EXTRA_OBJECTIVES else [])]
+def _ssl_case(objective: str, tmp_path: Path) -> list[str]:
+    extra = EXTRA_OBJECTIVES.get(objective)
+    if extra is not None and "TEACHER" in extra:
+        teacher = mmssl.load_config(REPO / "configs" / "tiny.yaml")
+        save_checkpoint(tmp_path, 6, mmssl.build_model(teacher), {}, teacher)
+        extra = extra.replace("TEACHER", str(tmp_path))
+    return ["train.threads=1", *([f"objectives.{objective}={extra}"] if extra is not None else [])]
 
 
 @pytest.mark.parametrize("objective", [*mmssl.load_config(TINY_SSL).objectives, *EXTRA_OBJECTIVES])
-def test_built_in_objectives_meet_the_contract(objective):
-    check_objective(TINY_SSL, objective, _ssl_case(objective))
+def test_built_in_objectives_meet_the_contract(objective, tmp_path):
+    check_objective(TINY_SSL, objective, _ssl_case(objective, tmp_path))
 
 
 def test_every_built_in_objective_kind_is_covered():

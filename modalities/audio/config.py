@@ -20,6 +20,9 @@ class AudioViews:
     gain_db: float = 6.0  # gain drawn from [-gain_db, gain_db] dB
     freq_mask: int = 4  # torchaudio FrequencyMasking: up to this many mel bins (0: off)
     time_mask: int = 8  # torchaudio TimeMasking: up to this many frames (0: off)
+    # DINO's local views (``local_augment``, multi-crop): a random window of this share of
+    # the clip (whole patch columns for the patch encoders), with the augmentations above
+    local_share: float = 0.5
 
 
 @dataclass(frozen=True)

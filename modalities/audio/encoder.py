@@ -48,7 +48,8 @@ class PatchAudioEncoder(AudioEncoder):
     ``PatchEncoder`` whose patches masked spectrogram modeling can hide and predict.
 
     Shapes:
-        batch: {"mel": [B, n_mels, frames], "valid_frames": [B]}
+        batch: {"mel": [B, n_mels, frames], "valid_frames": [B]}; fewer frames (whole patch
+            columns) for a window of the clip, on a grid of fewer time columns (``grid_of``)
     """
 
     def __init__(self, config: AudioConfig) -> None:
@@ -63,7 +64,24 @@ class PatchAudioEncoder(AudioEncoder):
         self.patch_dim = config.patch_freq * config.patch_time
 
     def call_defaults(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return {"patch_mask": torch.zeros(inputs["mel"].shape[0], self.num_patches, dtype=torch.bool, device=inputs["mel"].device)}
+        mel = inputs["mel"]
+        grid = self.grid_of(mel)
+        return {"patch_mask": torch.zeros(mel.shape[0], grid[0] * grid[1], dtype=torch.bool, device=mel.device)}
+
+    def grid_of(self, mel: torch.Tensor) -> tuple[int, int]:
+        """The patch grid of a log-mel batch: the clip's (``grid``), or fewer time columns
+        for a shorter window of it (DINO's local views, ``AudioProcessor.local_augment``).
+
+        Raises:
+            ValueError: the frames are no whole number of patch columns, or more than the clip's.
+        """
+        frames, patch_time = mel.shape[-1], self.config.patch_time
+        if frames == self.frames:
+            return self.grid
+        if frames % patch_time or not 0 < frames < self.frames:
+            raise ValueError(f"audio log-mel of {frames} frames: the encoder takes whole patch columns (patch_time "
+                             f"{patch_time}) up to the clip's {self.frames} frames")
+        return self.grid[0], frames // patch_time
 
     def patchify(self, mel: torch.Tensor, patch: tuple[int, int] | None = None) -> torch.Tensor:
         """Shapes: mel [B, F, T] -> patches [B, N, pf * pt], frequency-major; ``patch``
@@ -83,7 +101,7 @@ class PatchAudioEncoder(AudioEncoder):
 
     def patch_padding_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[B, N] True for patches that lie wholly in zero padding after the audio ends."""
-        return self._padding(batch, self.grid, self.config.patch_time)
+        return self._padding(batch, self.grid_of(batch["mel"]), self.config.patch_time)
 
     @staticmethod
     def _padding(batch: Mapping[str, torch.Tensor], grid: tuple[int, int], patch_time: int) -> torch.Tensor:

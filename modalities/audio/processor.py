@@ -90,6 +90,12 @@ class AudioProcessor(Processor):
             *([torchaudio.transforms.FrequencyMasking(views.freq_mask)] if views.freq_mask and not self.reads_waveform else []),
             *([torchaudio.transforms.TimeMasking(views.time_mask * hop)] if views.time_mask else []),
         )
+        if not 0.0 < views.local_share <= 1.0:
+            raise ValueError(f"audio views.local_share must be in (0, 1], got {views.local_share}")
+        if self.reads_waveform:
+            self.local_length = max(1, int(views.local_share * self.clip_samples))
+        else:  # whole patch columns, as the patch encoders read them
+            self.local_length = max(config.patch_time, int(views.local_share * self.frames) // config.patch_time * config.patch_time)
 
     def load(self, path: str) -> tuple[np.ndarray, int]:
         """(samples [T, C] float32, sample rate) from a wav/flac/ogg/... file."""
@@ -201,10 +207,26 @@ class AudioProcessor(Processor):
 
         Shapes: {"mel": [n_mels, frames], "valid_frames"} or {"wave": [S], "valid_samples"}, as the sample.
         """
+        return self._view(sample[self.value_key], int(sample[self.count_key]), rng)
+
+    def local_augment(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """A local view (DINO's multi-crop): a random window of ``views.local_share`` of
+        the clip (whole patch columns of the log-mel; samples of the waveform), inside the
+        real audio where the clip is longer than the window, then ``augment``'s shift,
+        gain and masks on the window.
+
+        Shapes: {"mel": [n_mels, W], "valid_frames"} or {"wave": [W], "valid_samples"}, W = ``local_length``.
+        """
+        values, valid = sample[self.value_key], int(sample[self.count_key])
+        width = self.local_length
+        start = int(rng.integers(max(0, valid - width) + 1))
+        return self._view(values[..., start : start + width], max(1, min(width, valid - start)), rng)
+
+    def _view(self, values: torch.Tensor, valid: int, rng: np.random.Generator) -> dict[str, Any]:
+        """``augment``'s view of ``values`` (a clip or a window of one, ``valid`` of it real)."""
         views = self.config.views
         wave = self.reads_waveform
         key, count = self.value_key, self.count_key
-        values, valid = sample[key], int(sample[count])
         length = values.shape[-1]
         steps = int(rng.integers(-round(views.shift * length), round(views.shift * length) + 1))
         gain = float(rng.uniform(-views.gain_db, views.gain_db))

@@ -51,7 +51,15 @@ class SpectrogramTransformer(PatchAudioEncoder):
         if patch_mask is not None:
             mel = self._hide_masked(mel, patch_mask, self.local_mask_value)
         local = self.patchify(mel, (self.config.local_patch_freq, self.config.local_patch_time))
-        return self.local_embed(local) + self.local_pos_embed
+        return self.local_embed(local) + _first_columns(self.local_pos_embed, self.local_grid, self._local_grid_of(mel)[1])
+
+    def _local_grid_of(self, mel: torch.Tensor) -> tuple[int, int]:
+        """The local patch grid of a log-mel batch (fewer time columns for a shorter window)."""
+        frames, patch_time = mel.shape[-1], self.config.local_patch_time
+        if frames % patch_time:
+            raise ValueError(f"audio log-mel of {frames} frames is no whole number of local patch columns "
+                             f"(local_patch_time {patch_time})")
+        return self.local_grid[0], frames // patch_time
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], patch_mask: torch.Tensor | None = None, local_view: bool = True
@@ -61,15 +69,18 @@ class SpectrogramTransformer(PatchAudioEncoder):
         their place. ``local_view=False`` leaves out the local patch view (if
         configured): the main grid alone, a fifth of the tokens at 8x20 local patches.
         ``tokens`` and ``padding_mask`` are the main grid's (aligned with ``patchify``);
-        the local view's tokens feed the pooled embedding only."""
+        the local view's tokens feed the pooled embedding only. A batch of fewer frames
+        than the clip (a window of it: DINO's local views) takes the positions of the
+        clip's first time columns."""
+        grid = self.grid_of(batch["mel"])
         x = self.patch_embed(self.patchify(batch["mel"]))
         if patch_mask is not None:
             x = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
-        x = x + self.pos_embed
+        x = x + _first_columns(self.pos_embed, self.grid, grid[1])
         padding = self.patch_padding_mask(batch)
         if self.local_grid is not None and local_view:
             x = torch.cat([x, self._local_tokens(batch["mel"], patch_mask)], 1)
-            padding = torch.cat([padding, self._padding(batch, self.local_grid, self.config.local_patch_time)], 1)
+            padding = torch.cat([padding, self._padding(batch, self._local_grid_of(batch["mel"]), self.config.local_patch_time)], 1)
         attn_mask = None
         if padding.any():
             # every query may attend to non-padding keys only; [B, 1, 1, N] broadcasts over heads
@@ -80,9 +91,18 @@ class SpectrogramTransformer(PatchAudioEncoder):
                 x = torch.utils.checkpoint.checkpoint(block, x, attn_mask=attn_mask, use_reentrant=False)
             else:
                 x = block(x, attn_mask=attn_mask)
-        return self.pooled_output(self.norm(x), padding, self.num_patches)
+        return self.pooled_output(self.norm(x), padding, grid[0] * grid[1])
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Each timm ``Block`` under non-reentrant ``torch.utils.checkpoint``, in training
         mode with gradients enabled."""
         self.grad_checkpointing = enable
+
+
+def _first_columns(positions: torch.Tensor, grid: tuple[int, int], columns: int) -> torch.Tensor:
+    """The position embeddings [1, F * T, D] (frequency-major over ``grid`` (F, T)) of the
+    first ``columns`` time columns: a window shorter than the clip takes the positions of
+    the clip's start, as AST cuts its positions for shorter inputs. Shapes: -> [1, F * columns, D]."""
+    if columns == grid[1]:
+        return positions
+    return positions.view(1, grid[0], grid[1], -1)[:, :, :columns].reshape(1, grid[0] * columns, -1)

@@ -36,7 +36,7 @@ class TimmAudioEncoder(PatchAudioEncoder):
         if patch_mask is not None:
             mel = self._hide_masked(mel, patch_mask, self.mask_value)
         features = self.backbone.forward_features(mel.unsqueeze(1))  # [B, C, h, w]
-        grid = torch.nn.functional.adaptive_avg_pool2d(features, self.grid)
+        grid = torch.nn.functional.adaptive_avg_pool2d(features, self.grid_of(batch["mel"]))
         return self.pooled_output(rearrange(grid, "b c f t -> b (f t) c"), self.patch_padding_mask(batch))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

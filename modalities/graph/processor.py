@@ -21,7 +21,7 @@ from torch_geometric.utils import degree, from_networkx, to_dense_adj, to_dense_
 
 from modalities.base import InvalidSample, Processor
 from modalities.graph.config import GraphConfig, check_categorical, edge_vocabulary, node_vocabulary
-from modalities.graph.views import GraphViews, apply_feature_mask, check_views, graph_view
+from modalities.graph.views import GraphViews, apply_feature_mask, check_views, graph_view, local_graph_view
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,11 @@ class GraphProcessor(Processor):
     def augment(self, sample: Data, rng: np.random.Generator) -> Data:
         """A random view of a transformed graph (GraphCL's augmentations, ``views``)."""
         return graph_view(sample, self.config.views, rng)
+
+    def local_augment(self, sample: Data, rng: np.random.Generator) -> Data:
+        """A local view (DINO's multi-crop): a connected subgraph of about
+        ``views.local_share`` of the nodes, then a view of it."""
+        return local_graph_view(sample, self.config.views, rng)
 
     def view_maker(self, **options: Any) -> Callable[[Data, np.random.Generator], Data]:
         """``augment`` with other view options (``GraphViews`` fields: ``augmentations``,

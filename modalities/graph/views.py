@@ -153,6 +153,9 @@ class GraphViews:
 
     augmentations: dict[str, float] = field(default_factory=_graphcl_pool)
     per_view: int = 1
+    # DINO's local views (``local_augment``, multi-crop): a connected subgraph of about
+    # this share of the nodes, then a view of it
+    local_share: float = 0.5
 
 
 def check_views(views: GraphViews) -> None:
@@ -168,6 +171,8 @@ def check_views(views: GraphViews) -> None:
             raise ValueError(f"augmentation {name!r} strength must be in [0, 1), got {strength}")
     if not 1 <= per_view <= len(augmentations):
         raise ValueError(f"views.per_view must be in [1, {len(augmentations)}], got {per_view}")
+    if not 0.0 < views.local_share <= 1.0:
+        raise ValueError(f"views.local_share must be in (0, 1], got {views.local_share}")
 
 
 def graph_view(graph: Data, views: GraphViews, rng: np.random.Generator) -> Data:
@@ -183,3 +188,12 @@ def graph_view(graph: Data, views: GraphViews, rng: np.random.Generator) -> Data
             if name in chosen:
                 out = AUGMENTATIONS[name](out, views.augmentations[name])
     return out
+
+
+def local_graph_view(graph: Data, views: GraphViews, rng: np.random.Generator) -> Data:
+    """A local view of ``graph`` (DINO's multi-crop; ``graph`` left unchanged): a
+    connected subgraph of about ``views.local_share`` of the nodes (``sample_subgraph``),
+    then a view of it (``graph_view``)."""
+    with seeded_global_rngs(rng):
+        part = sample_subgraph(graph, 1.0 - views.local_share)
+    return graph_view(part, views, rng)

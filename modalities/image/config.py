@@ -33,6 +33,10 @@ class ImageViews:
     # background's colour and the shape's alike. 0.08 (20 of 255) is the world's own
     # colour noise, well inside the distance between two colour names
     channel_shift: float = 0.0
+    # DINO's local views (``local_augment``, multi-crop): crops from a smaller share of the
+    # area, resized to a smaller size, with the augmentations above; DINO's defaults
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    local_size: int | None = None  # pixels; None: half of image_size
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,18 @@ class ImageProcessor(Processor):
                  *normalize]
             )
         views = config.views
-        self.view_transform = v2.Compose([
-            v2.RandomResizedCrop(size, scale=tuple(views.crop_scale), antialias=True),
+        self.view_transform = self._view_transform(size, views.crop_scale)
+        self.local_size = views.local_size if views.local_size is not None else size // 2
+        if not 0 < self.local_size <= size:
+            raise ValueError(f"views.local_size must be in [1, image_size={size}], got {self.local_size}")
+        self.local_view_transform = self._view_transform(self.local_size, views.local_crop_scale)
+
+    def _view_transform(self, size: int, scale: tuple[float, float]) -> v2.Compose:
+        """The views' transforms: a crop of ``scale`` of the area resized to ``size``, flip,
+        blur (kernel about a tenth of ``size``), jitter, channel shift."""
+        views = self.config.views
+        return v2.Compose([
+            v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
             v2.RandomHorizontalFlip(views.flip),
             v2.RandomApply([v2.GaussianBlur(2 * (size // 20) + 1, sigma=tuple(views.blur_sigma))], p=views.blur),
             v2.ColorJitter(brightness=views.brightness, contrast=views.contrast, saturation=views.saturation, hue=views.hue),
@@ -116,11 +126,23 @@ class ImageProcessor(Processor):
 
         Shapes: [3, S, S] -> [3, S, S].
         """
+        return self._view(sample, rng, self.view_transform)
+
+    def local_augment(self, sample: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """A local view (DINO's multi-crop): as ``augment``, but a crop from a share of
+        ``views.local_crop_scale`` of the area resized to ``views.local_size`` (half of
+        ``image_size`` by default).
+
+        Shapes: [3, S, S] -> [3, L, L], L = local size.
+        """
+        return self._view(sample, rng, self.local_view_transform)
+
+    def _view(self, sample: torch.Tensor, rng: np.random.Generator, transform: v2.Compose) -> torch.Tensor:
         mean = torch.tensor(self.config.mean).view(3, 1, 1)
         std = torch.tensor(self.config.std).view(3, 1, 1)
         pixels = (sample * std + mean).clamp(0, 1)
         with seeded_torch_rng(rng):
-            view = self.view_transform(pixels)
+            view = transform(pixels)
         return (view - mean) / std
 
     def collate(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
