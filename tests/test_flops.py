@@ -65,6 +65,31 @@ def test_a_step_count_is_the_hand_count():
     assert counts.take() == pytest.approx(3 * forward, rel=0.05)
 
 
+class _NoGradient(torch.autograd.Function):
+    """Identity forward; no gradient back (as a rank's share of a gathered batch can be)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+def test_attention_whose_output_gets_no_gradient_counts_its_forward_only():
+    """The CPU attention's backward is called with no output gradient when none reaches
+    it (seen under 2 processes with gradient diagnostics): it computes nothing, and the
+    count is the forward's 2 matmuls of 2*B*H*S*S*D."""
+    q = torch.randn(2, 2, 8, 4, requires_grad=True)
+
+    def step():
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        torch.autograd.grad(_NoGradient.apply(out).sum() + q.sum(), [q])
+
+    assert flops.count_flops(step) == 2 * (2 * 2 * 2 * 8 * 8 * 4)
+
+
 def test_a_count_is_reused_for_its_key_and_bounded_for_new_shapes(monkeypatch):
     counts, model = StepFlops(keys_per_set=2), _mlp()
     entered = []

@@ -57,6 +57,8 @@ def register_cpu_attention_flops() -> None:
 
     @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
     def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        if grad_out_shape is None:  # no gradient reached the output: the kernel returns at once
+            return 0
         return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
     _CPU_SDPA_REGISTERED = True
