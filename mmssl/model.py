@@ -239,14 +239,14 @@ def build_model(config: RunConfig, dist: DistContext | None = None, pretrained: 
 def build_objective(
     cls: type[Objective], options: Any, encoders: Mapping[str, Encoder], processors: Mapping[str, Processor],
     renderers: Mapping[str, Renderer | None], dist: DistContext | None = None,
-    load_model: Callable[[str, str], Any] | None = None,
+    load_model: Callable[..., Any] | None = None,
 ) -> Objective:
     """``cls(options, encoders, dist)``, with ``processors=`` and ``renderers=`` too where
     its ``__init__`` takes them (objectives that make views, corrupt tokens in the data
     pipeline, or read their modality's concept space), and ``load_model=`` where it names
-    it: ``load_model(path, key)`` reads a whole trained model, frozen (a teacher;
-    ``mmssl.interop.teacher``); ``build_model`` hands every objective one loader, so
-    objectives naming one folder share its model."""
+    it: ``load_model(path, key, weights="weights" | "ema")`` reads a whole trained model,
+    frozen (a teacher; ``mmssl.interop.teacher``); ``build_model`` hands every objective
+    one loader, so objectives naming one folder share its model."""
     params = inspect.signature(cls.__init__).parameters
     every = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     parts = {"processors": processors, "renderers": renderers}

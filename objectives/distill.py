@@ -52,6 +52,9 @@ class DistillConfig:
     modalities: tuple[str, ...] = ()  # the student modalities to distil; the teacher has each under the same key
     # A run directory (its latest checkpoint), a checkpoint directory or an open_clip local-dir folder
     teacher: str = ""
+    # weights: what the teacher's checkpoint trained; ema: the moving average of its weights
+    # (a run trained with train.ema)
+    teacher_weights: Literal["weights", "ema"] = "weights"
     loss: Literal["cosine", "kl"] = "cosine"
     # Which of the teacher's spaces gives its embeddings: a named space of its objectives,
     # or one objective; neither: the one its zero-shot uses for the first modality (and
@@ -94,7 +97,7 @@ class DistillObjective(Objective):
     def __init__(self, config: DistillConfig, encoders: Mapping[str, Encoder], dist: DistContext,
                  processors: Mapping[str, Processor] | None = None,
                  renderers: Mapping[str, Renderer | None] | None = None,
-                 load_model: Callable[[str, str], Any] | None = None) -> None:
+                 load_model: Callable[..., Any] | None = None) -> None:
         super().__init__(config, encoders, dist)
         if not self.modalities:
             raise ValueError("'modalities': name the student modalities to distil")
@@ -103,7 +106,7 @@ class DistillObjective(Objective):
         if load_model is None or processors is None:
             raise ValueError("distill reads its teacher through the model builder: build it with mmssl.build_model")
         try:
-            teacher = load_model(config.teacher, "'teacher'")
+            teacher = load_model(config.teacher, "'teacher'", weights=config.teacher_weights)
         except ValueError as exc:  # the builder prefixes the objective's key
             raise ValueError(str(exc)) from None
         missing = [m for m in self.modalities if m not in teacher.encoders]

@@ -8,7 +8,8 @@ What it reads:
 - an mmssl run directory (its latest ``checkpoints/step_*``) or checkpoint directory,
   whole weights (``model.safetensors``) or a sharded run's (``sharded/``): the model its
   ``config.yaml`` builds, with those weights and its tokenizer settings checked, as
-  ``mmssl.load_checkpoint`` reads it;
+  ``mmssl.load_checkpoint`` reads it; ``weights="ema"``: the moving average of its
+  weights (``ema.safetensors``, a run trained with ``train.ema``) instead;
 - an open_clip ``local-dir`` folder (``open_clip_config.json``; ``mmssl-export --format
   open_clip`` writes one): an ``image`` and a ``text`` modality read from it, paired by one
   contrastive objective ``image_text`` that holds its projections and logit scale.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import yaml
@@ -34,17 +35,23 @@ from mmssl.interop.pretrained import WEIGHTS, PretrainedError, local_path, read_
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
+EMA_WEIGHTS = "ema.safetensors"  # as mmssl.train.checkpoint writes it (train.ema)
+TeacherWeights = Literal["weights", "ema"]
 _LOADING: list[Path] = []  # the folders being read now: a teacher whose config names one of them again loops
 
 
-def load_frozen_model(value: str, where: str, build: Callable[..., Any]) -> Any:
+def load_frozen_model(value: str, where: str, build: Callable[..., Any], weights: TeacherWeights = "weights") -> Any:
     """The frozen model at ``value`` (see the module docstring), built by ``build``
-    (``mmssl.model.build_model``, handed in: the builder hands this function to objectives).
+    (``mmssl.model.build_model``, handed in: the builder hands this function to objectives);
+    ``weights="ema"``: a checkpoint's moving average of its weights.
 
     Raises:
         PretrainedError: naming ``where`` (the config key) and the path: it does not exist,
-            is a download, holds neither layout, is unreadable, or does not fit its config.
+            is a download, holds neither layout, is unreadable, does not fit its config, or
+            has no moving average where ``weights="ema"`` asks for one.
     """
+    if weights not in ("weights", "ema"):
+        raise PretrainedError(f"{where}: weights must be 'weights' or 'ema', got {weights!r}")
     path = local_path(value, where)
     try:
         open_clip = read_open_clip_config(path)
@@ -57,10 +64,13 @@ def load_frozen_model(value: str, where: str, build: Callable[..., Any]) -> Any:
     try:
         with torch.random.fork_rng():  # building seeds torch: the caller's generator (a student's build) goes on as before
             if open_clip is not None:
+                if weights == "ema":
+                    raise PretrainedError(f"{where}: {path} is an open_clip folder, one set of weights: no moving "
+                                          f"average to read (teacher_weights: ema is for mmssl runs with train.ema)")
                 model = build(open_clip_run_config(path, open_clip[0], where), pretrained=True)
             else:
                 model = build(run_config(source, where), pretrained=False)  # the checkpoint holds the weights it trained
-                load_whole(model, source, where)
+                load_whole(model, source, where, ema=weights == "ema")
     except ConfigError as exc:
         if isinstance(exc, PretrainedError):
             raise
@@ -71,15 +81,16 @@ def load_frozen_model(value: str, where: str, build: Callable[..., Any]) -> Any:
     return model.eval()
 
 
-def frozen_model_loader(build: Callable[..., Any]) -> Callable[[str, str], Any]:
-    """``load_frozen_model`` for the objectives of one model: each folder is read once and
-    its model shared (three objectives distilling from one teacher hold one copy)."""
-    read: dict[Path, Any] = {}
+def frozen_model_loader(build: Callable[..., Any]) -> Callable[..., Any]:
+    """``load_frozen_model`` for the objectives of one model: each folder (and set of
+    weights) is read once and its model shared (three objectives distilling from one
+    teacher hold one copy)."""
+    read: dict[tuple[Path, str], Any] = {}
 
-    def load(value: str, where: str) -> Any:
-        key = Path(value).expanduser().resolve()
+    def load(value: str, where: str, weights: TeacherWeights = "weights") -> Any:
+        key = (Path(value).expanduser().resolve(), weights)
         if key not in read:
-            read[key] = load_frozen_model(value, where, build)
+            read[key] = load_frozen_model(value, where, build, weights)
         return read[key]
 
     return load
@@ -126,10 +137,17 @@ def open_clip_run_config(path: Path, model_cfg: dict[str, Any], where: str) -> R
     })
 
 
-def load_whole(model: Any, checkpoint: Path, where: str) -> None:
-    """Every weight of ``checkpoint`` into ``model``, after comparing names and shapes,
-    and its tokenizer settings checked against the model's processors."""
-    saved = read_sharded(checkpoint, where) if is_sharded(checkpoint) else read_file(checkpoint / WEIGHTS, where)
+def load_whole(model: Any, checkpoint: Path, where: str, ema: bool = False) -> None:
+    """Every weight of ``checkpoint`` (``ema``: its moving average) into ``model``, after
+    comparing names and shapes, and its tokenizer settings checked against the model's
+    processors."""
+    if ema:
+        if not (checkpoint / EMA_WEIGHTS).is_file():
+            raise PretrainedError(f"{where}: {checkpoint} has no moving average of its weights ({EMA_WEIGHTS}): "
+                                  f"it was trained without train.ema; read its weights (teacher_weights: weights)")
+        saved = read_file(checkpoint / EMA_WEIGHTS, where)
+    else:
+        saved = read_sharded(checkpoint, where) if is_sharded(checkpoint) else read_file(checkpoint / WEIGHTS, where)
     own = model.state_dict()
     state = fit_scalar_shapes(saved, {name: tuple(t.shape) for name, t in own.items()})
     differences = tensor_differences({name: tuple(t.shape) for name, t in state.items()}, own)

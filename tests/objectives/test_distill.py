@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.loss import DistillClipLoss
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import mmssl
 from mmssl.config import ConfigError
@@ -152,6 +152,24 @@ def test_teacher_errors_name_the_path_the_modality_and_the_processing(student, t
         mmssl.build_model(student("modalities.image.image_size=48"))
     with pytest.raises(ConfigError, match="processes 'text' otherwise.*context_length: 16"):
         mmssl.build_model(student("modalities.text.context_length=16"))
+
+
+def test_teacher_weights_ema_reads_the_moving_average(student, tmp_path):
+    """``teacher_weights: ema`` reads a checkpoint's ema.safetensors (train.ema) instead of
+    its weights; a checkpoint trained without it is an error naming the file."""
+    config = mmssl.load_config(REPO / "configs" / "tiny.yaml")
+    checkpoint = save_checkpoint(tmp_path / "run", 6, mmssl.build_model(config), {}, config)
+    average = mmssl.build_model(mmssl.load_config(REPO / "configs" / "tiny.yaml", ["seed=5"]))
+    save_file({k: t.contiguous() for k, t in average.state_dict().items()}, str(checkpoint / "ema.safetensors"))
+    model = mmssl.build_model(student(f"objectives.distill.teacher={tmp_path / 'run'}", "objectives.distill.teacher_weights=ema"))
+    frozen = model.objectives["distill"].teacher.model.state_dict()
+    assert all(torch.equal(frozen[k], t) for k, t in average.state_dict().items())
+    plain = mmssl.build_model(student(f"objectives.distill.teacher={tmp_path / 'run'}"))
+    weights = plain.objectives["distill"].teacher.model.state_dict()
+    assert any(not torch.equal(weights[k], frozen[k]) for k in frozen)
+    (checkpoint / "ema.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"'teacher': .*step_00000006 has no moving average .*ema.safetensors.*train.ema"):
+        mmssl.build_model(student(f"objectives.distill.teacher={tmp_path / 'run'}", "objectives.distill.teacher_weights=ema"))
 
 
 def test_an_open_clip_export_teaches(tmp_path):
