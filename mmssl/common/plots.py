@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import io
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
+import matplotlib
 
-from mmssl.common.atomic import write_bytes_atomic
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
-
-@functools.cache
-def _pyplot() -> Any:
-    """pyplot on the Agg backend, imported at the first plot: the import takes about a
-    third of a second, which every process (each rank of a run, each CLI call) would
-    otherwise pay before it starts, most of them never plotting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _subplots(*args: Any, **kwargs: Any) -> Any:
-    return _pyplot().subplots(*args, **kwargs)
+from mmssl.common.atomic import write_bytes_atomic  # noqa: E402
 
 
 def _save(fig: Any, path: str | Path) -> None:
@@ -35,7 +21,7 @@ def _save(fig: Any, path: str | Path) -> None:
     never leaves half a PNG."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -45,7 +31,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     n = len(class_names)
     size = max(5.0, 0.28 * n + 2)
-    fig, ax = _subplots(figsize=(size, size))
+    fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
     ax.set_yticks(range(n), class_names, fontsize=7)
@@ -69,7 +55,7 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     panels = ["loss"] + sorted(k.removesuffix("/loss") for k in series if k.endswith("/loss") and "/" in k)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = _subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         key = panel if panel == "loss" else f"{panel}/loss"
         steps, values = series.get(key, ([], []))
@@ -102,7 +88,7 @@ def plot_seed_sweep(
     and a line joins the two values of each seed both have."""
     modalities = sorted(results)
     metrics = [m for m in metrics if any(m in v for r in results.values() for v in r.values())]
-    fig, axes = _subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     shift, width = (0.2, 0.35) if baseline else (0.0, 0.6)
     for ax, metric in zip(axes.flat, metrics):
         labelled = False
@@ -145,7 +131,7 @@ def plot_comparison(rows: Sequence[tuple[str, str, float]], path: str | Path) ->
             checkpoints.append(checkpoint)
     labels = list(values)
     width = 0.8 / max(len(checkpoints), 1)
-    fig, ax = _subplots(figsize=(max(6.0, 0.5 * len(labels) * max(len(checkpoints), 1) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) * max(len(checkpoints), 1) + 2), 4.5))
     for i, checkpoint in enumerate(checkpoints):
         heights = [values[label].get(checkpoint, np.nan) for label in labels]
         ax.bar(np.arange(len(labels)) + (i - (len(checkpoints) - 1) / 2) * width, heights, width, label=checkpoint)
@@ -161,7 +147,7 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: str | Path, tit
     (right) against the step; a dotted line at the last logged step before the number
     of trainable encoder blocks changes (staged mode's switch, exact when the switch
     step is a multiple of the logging interval), a dashed one at ``chance``."""
-    fig, (loss_ax, eval_ax) = _subplots(1, 2, figsize=(8.4, 3.0))
+    fig, (loss_ax, eval_ax) = plt.subplots(1, 2, figsize=(8.4, 3.0))
     blocks = [(r["step"], r["trainable_blocks"]) for r in records if "trainable_blocks" in r]
     for (step, before), (_, after) in zip(blocks, blocks[1:]):  # the change comes after ``step``
         if after != before:
@@ -191,7 +177,7 @@ def plot_self_training(rounds: Sequence[dict[str, Any]], path: str | Path, title
     accuracy, mean precision, recall and F1 against the true labels with the eval top-1
     of the round's model (right)."""
     x = [r["round"] for r in rounds]
-    fig, (count_ax, quality_ax) = _subplots(1, 2, figsize=(8.4, 3.0))
+    fig, (count_ax, quality_ax) = plt.subplots(1, 2, figsize=(8.4, 3.0))
     count_ax.bar(x, [r.get("pseudo_labels", 0) for r in rounds], color="lightsteelblue")
     count_ax.set_title("pseudo-labels taken", fontsize=9)
     for key in ("pseudo/accuracy", "pseudo/mean_precision", "pseudo/mean_recall", "pseudo/mean_f1", "eval/top1"):
