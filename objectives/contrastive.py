@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
@@ -22,6 +21,7 @@ from torch import nn
 from modalities.base import Encoder, ModalityOutput
 from objectives.base import MATCH_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput, match_matrix
 from objectives.helpers.heads import HeadKind, projection_head
+from objectives.helpers.ranks import check_equal_batches, gather_no_grad, gather_with_grad
 
 
 @dataclass(frozen=True)
@@ -49,25 +49,6 @@ class ContrastiveConfig:
     dist_impl: Literal["bidir", "shift", "reduce", "gather"] = "bidir"
 
 
-def _gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:
-    out = [torch.empty_like(t) for _ in range(world_size)]
-    torch_dist.all_gather(out, t.contiguous())
-    return torch.cat(out)
-
-
-def check_equal_batches(features: torch.Tensor, world_size: int) -> None:
-    """open_clip's cross-rank losses exchange equal-sized blocks: fail clearly (on every
-    rank at once) where the ranks' batches differ, e.g. after skipped bad samples."""
-    if world_size == 1:
-        return
-    sizes = _gather_no_grad(torch.tensor([features.shape[0]], device=features.device), world_size).tolist()
-    if len(set(sizes)) > 1:
-        raise ValueError(
-            f"contrastive loss across ranks needs equal per-rank batches, got {sizes}: a rank dropped bad samples; "
-            "clean the data or use on_error: fail to find them"
-        )
-
-
 class MultiPositiveClipLoss(ClipLoss):
     """open_clip's ClipLoss (same gathering and local-loss logic) with soft targets
     spread over all matching pairs when match codes are given; plain labels otherwise."""
@@ -84,8 +65,8 @@ class MultiPositiveClipLoss(ClipLoss):
             return super().forward(features_a, features_b, logit_scale)
         logits_ab, logits_ba = self.get_logits(features_a, features_b, logit_scale)
         if self.world_size > 1:
-            all_a = _gather_no_grad(codes_a, self.world_size)
-            all_b = _gather_no_grad(codes_b, self.world_size)
+            all_a = gather_no_grad(codes_a, self.world_size)
+            all_b = gather_no_grad(codes_b, self.world_size)
             rows_a, rows_b = (codes_a, codes_b) if self.local_loss else (all_a, all_b)
         else:
             all_a, all_b, rows_a, rows_b = codes_a, codes_b, codes_a, codes_b
@@ -142,10 +123,8 @@ class MultiPositiveSigLipLoss(SigLipLoss):
         shows the same concept, the positive term -log sigmoid(l) replaces the negative
         -log sigmoid(-l); their difference is -l. Only those pairs' logits are computed
         (from embeddings gathered with gradient), so no [B/W, B] matrix is built."""
-        from torch.distributed.nn.functional import all_gather
-
-        all_b = torch.cat(all_gather(features_b))
-        all_codes = _gather_no_grad(codes_b, self.world_size)
+        all_b = gather_with_grad(features_b)
+        all_codes = gather_no_grad(codes_b, self.world_size)
         n = features_a.shape[0]
         remote = torch.ones(all_b.shape[0], dtype=torch.bool, device=all_b.device)
         remote[self.rank * n : (self.rank + 1) * n] = False
@@ -204,7 +183,7 @@ class ContrastiveObjective(Objective):
         codes = batch.get(MATCH_KEY) if self.config.same_concept_positives else None
         codes_a = codes.get(a) if codes else None
         codes_b = codes.get(b) if codes else None
-        check_equal_batches(fa, self.dist.world_size)
+        check_equal_batches(fa, self.dist.world_size, "contrastive loss")  # open_clip's losses exchange equal blocks
         if self.logit_bias is None:
             loss = self.loss_fn(fa, fb, scale, codes_a, codes_b)
         else:

@@ -41,6 +41,7 @@ from torch import nn
 from modalities.base import Encoder, ModalityOutput, Processor, Renderer, upcast
 from objectives.base import DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput, mean_over_global_count
 from objectives.helpers.heads import HeadKind, projection_head
+from objectives.helpers.ranks import check_equal_batches, gather_no_grad, gather_with_grad
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +206,12 @@ class DistillObjective(Objective):
         gathered features): the mean over ranks is the one-process loss of the global batch."""
         a, b = self.modalities
         sa, sb, ta, tb = students[a], students[b], targets[a], targets[b]
-        all_sa, all_sb = gather(sa, self.dist, grad=True), gather(sb, self.dist, grad=True)
-        all_ta, all_tb = gather(ta, self.dist, grad=False), gather(tb, self.dist, grad=False)
+        if self.dist.world_size > 1 and torch_dist.is_initialized():
+            check_equal_batches(sa, self.dist.world_size, "distill's kl loss")
+            all_sa, all_sb = gather_with_grad(sa), gather_with_grad(sb)
+            all_ta, all_tb = gather_no_grad(ta, self.dist.world_size), gather_no_grad(tb, self.dist.world_size)
+        else:
+            all_sa, all_sb, all_ta, all_tb = sa, sb, ta, tb
         scale = self.logit_scale.reshape(()).exp().clamp(max=self.config.max_logit_scale)
         student_ab, student_ba = scale * sa @ all_sb.T, scale * sb @ all_sa.T
         teacher_ab, teacher_ba = self.teacher_logit_scale * ta @ all_tb.T, self.teacher_logit_scale * tb @ all_ta.T
@@ -221,25 +226,6 @@ def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor) ->
     """Mean over rows of KL(softmax(teacher) || softmax(student)). Shapes: [N, M] each."""
     return F.kl_div(F.log_softmax(student_logits, dim=1), F.log_softmax(teacher_logits, dim=1),
                     log_target=True, reduction="batchmean")
-
-
-def gather(x: torch.Tensor, dist: DistContext, grad: bool) -> torch.Tensor:
-    """Every rank's ``x`` in rank order [W * B, E]: with gradient back to each rank's
-    own rows (``grad``) or without. The ranks' batches must be equal."""
-    if dist.world_size == 1 or not torch_dist.is_initialized():
-        return x
-    sizes = [torch.empty(1, dtype=torch.long, device=x.device) for _ in range(dist.world_size)]
-    torch_dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    if len({int(s) for s in sizes}) > 1:
-        raise ValueError(f"distill's kl loss across ranks needs equal per-rank batches, got {[int(s) for s in sizes]}: "
-                         "a rank dropped bad samples; clean the data or use on_error: fail to find them")
-    if grad:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x))
-    out = [torch.empty_like(x) for _ in range(dist.world_size)]
-    torch_dist.all_gather(out, x.contiguous())
-    return torch.cat(out)
 
 
 def teacher_scale(teacher: Any, objective: str, config: DistillConfig) -> float:
