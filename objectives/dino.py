@@ -32,14 +32,13 @@ temperature schedule, more than two views of two sizes.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from mmssl.common.ema import cosine_momentum, ema_update
+from mmssl.common.ema import cosine_momentum, ema_copy, ema_update
 from modalities.base import Encoder, ModalityOutput, Processor, upcast
 from objectives.base import (EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput,
                              mean_over_global_count)
@@ -155,10 +154,8 @@ class DinoObjective(Objective):
                              config.head_layers, config.norm_last_layer, config.head_batch_norm)
         # the teacher: parameters without requires_grad (checkpoints carry them; FSDP shards
         # the encoder copy's blocks as every encoder's), moved by EMA alone
-        self.teacher_encoder = copy.deepcopy(encoder)
-        self.teacher_head = copy.deepcopy(self.head)
-        for p in (*self.teacher_encoder.parameters(), *self.teacher_head.parameters()):
-            p.requires_grad_(False)
+        self.teacher_encoder = ema_copy(encoder)
+        self.teacher_head = ema_copy(self.head)
         self.register_buffer("center", torch.zeros(config.prototypes))
         # the momentum of the last teacher update, for the log; the optimizer steps so far,
         # for the temperature schedule (both in checkpoints, so a resumed run goes on alike)

@@ -30,7 +30,6 @@ statistics, synchronised over ranks like every other BatchNorm of the model unde
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.common.ema import cosine_momentum, ema_update
+from mmssl.common.ema import cosine_momentum, ema_copy, ema_update
 from modalities.base import Encoder, ModalityOutput, Processor, upcast
 from objectives.base import EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput
 from objectives.helpers.heads import HeadKind, projection_head
@@ -127,10 +126,8 @@ class ViewContrastiveObjective(Objective):
         self.head = projection_head(encoder.embed_dim, options.embed_dim, options.head, activation=nn.ReLU, norm=norm)
         if options.method == "byol":
             self.predictor = projection_head(options.embed_dim, options.embed_dim, options.head, activation=nn.ReLU, norm=norm)
-            self.target_encoder = copy.deepcopy(encoder)
-            self.target_head = copy.deepcopy(self.head)
-            for p in (*self.target_encoder.parameters(), *self.target_head.parameters()):
-                p.requires_grad_(False)
+            self.target_encoder = ema_copy(encoder)
+            self.target_head = ema_copy(self.head)
             # the momentum of the last update, for the log (in checkpoints, so a resumed run logs alike)
             self.register_buffer("momentum", torch.tensor(float(options.momentum)))
 

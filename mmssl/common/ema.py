@@ -1,9 +1,10 @@
 """Exponential moving averages of weights: the one update every moving average in
 mmssl uses (BYOL's target, DINO's teacher, the model EMA of ``train.ema``), and the
-cosine momentum schedule BYOL and DINO share."""
+cosine momentum schedule and the frozen copy (``ema_copy``) BYOL and DINO share."""
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterable
 
@@ -20,6 +21,15 @@ def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0
 
 
 @torch.no_grad()
+def ema_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` for ``ema_update`` to move (BYOL's target, DINO's teacher): its
+    parameters stay parameters, so checkpoints carry them, but get no gradient and so no
+    optimizer update."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
 def ema_update(target: nn.Module | Iterable[torch.Tensor], online: nn.Module | Iterable[torch.Tensor],
                momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * online, tensor by tensor (modules:
