@@ -70,6 +70,16 @@ def run_until_killed(config: Path, run: Path, overrides: list[str], kill_at: int
     assert proc.returncode == -9, proc.stderr
 
 
+def resume_after_kill(config: Path, run: Path, overrides: list[str], kill_at: int, left: list[str]) -> Pretrainer:
+    """Train ``config`` into ``run`` until a SIGKILL after step ``kill_at``, check that the
+    kill ``left`` those checkpoints, resume from the latest to the end; the resumed trainer."""
+    run_until_killed(config, run, overrides, kill_at)
+    assert [p.name for p in list_checkpoints(run)] == left
+    resumed = Pretrainer(mmssl.load_config(config, overrides), run)
+    resumed.fit()
+    return resumed
+
+
 def test_resume_after_kill_is_bit_exact(tiny_config, tmp_path):
     overrides = ["train.steps=7", "train.checkpoint_every=3"]
     full = Pretrainer(tiny_config(*overrides), tmp_path / "full")

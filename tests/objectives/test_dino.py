@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 import mmssl
 from mmssl.common.ema import cosine_momentum
-from mmssl.train.checkpoint import list_checkpoints, resolve_checkpoint
+from mmssl.train.checkpoint import resolve_checkpoint
 from mmssl.train.run_log import read_metrics
 from mmssl.train.trainer import Pretrainer
 from modalities.audio import AudioConfig, AudioModality
@@ -23,7 +23,7 @@ from objectives.base import EXTRAS_KEY, DistContext
 from objectives.dino import DinoConfig, DinoObjective, dino_loss, koleo_terms, teacher_temperature
 from tests.test_distributed_ops import WORLD, in_two_processes
 from tests.test_nonfinite import nan_loss_at
-from tests.test_trainer import _assert_same_weights, run_until_killed
+from tests.test_trainer import _assert_same_weights, resume_after_kill
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "configs" / "tiny_dino_image.yaml"
@@ -207,10 +207,7 @@ def test_dino_resumes_bit_for_bit_with_teacher_and_centre_in_the_checkpoint(tmp_
     assert teacher | {"objectives.dino.center", "objectives.dino.optimizer_steps"} <= saved
 
     run = tmp_path / "killed"
-    run_until_killed(IMAGE, run, overrides, kill_at=3)
-    assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
-    resumed = Pretrainer(mmssl.load_config(IMAGE, overrides), run)
-    resumed.fit()
+    resumed = resume_after_kill(IMAGE, run, overrides, kill_at=3, left=["step_00000002"])
     _assert_same_weights(full.model, resumed.model)
     keys = ("step", "loss", "dino/teacher_temp", "dino/center_norm", "dino/koleo")
     full_log = [tuple(r[k] for k in keys) for r in read_metrics(tmp_path / "full" / "metrics.jsonl")]

@@ -14,7 +14,7 @@ from safetensors import safe_open
 import mmssl
 import objectives.helpers.nt_xent
 import objectives.view_contrastive
-from mmssl.train.checkpoint import list_checkpoints, resolve_checkpoint
+from mmssl.train.checkpoint import resolve_checkpoint
 from mmssl.config import ConfigError
 from mmssl.train.run_log import read_metrics
 from mmssl.train.trainer import Pretrainer
@@ -32,7 +32,7 @@ from objectives.view_contrastive import (
     byol_momentum,
 )
 from tests.test_nonfinite import nan_loss_at
-from tests.test_trainer import _assert_same_weights, run_until_killed
+from tests.test_trainer import _assert_same_weights, resume_after_kill
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "configs" / "tiny_view_image.yaml"
@@ -229,10 +229,7 @@ def test_byol_resumes_bit_for_bit_with_its_target_in_the_checkpoint(tmp_path):
     assert target and target <= saved
 
     run = tmp_path / "killed"
-    run_until_killed(IMAGE, run, overrides, kill_at=3)
-    assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
-    resumed = Pretrainer(mmssl.load_config(IMAGE, overrides), run)
-    resumed.fit()
+    resumed = resume_after_kill(IMAGE, run, overrides, kill_at=3, left=["step_00000002"])
     _assert_same_weights(full.model, resumed.model)
     full_log = [(r["step"], r["loss"], r["views/momentum"]) for r in read_metrics(tmp_path / "full" / "metrics.jsonl")]
     assert [(r["step"], r["loss"], r["views/momentum"]) for r in read_metrics(run / "metrics.jsonl")] == full_log
