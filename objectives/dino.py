@@ -43,6 +43,7 @@ from modalities.base import Encoder, ModalityOutput, Processor, upcast
 from objectives.base import (EXTRAS_KEY, DistContext, EncoderCall, EncoderHost, Objective, ObjectiveOutput,
                              mean_over_global_count)
 from objectives.helpers.heads import DinoHead
+from objectives.helpers.ranks import gather_with_grad
 from objectives.helpers.views import GLOBAL_VIEWS, LOCAL_VIEWS, multi_crop_prep
 
 KOLEO_EPS = 1e-8  # DINOv2's, inside the log of a distance
@@ -103,12 +104,7 @@ def koleo_terms(features: torch.Tensor, rank: int = 0, world_size: int = 1) -> t
         features: [B, D] this rank's; returns [B].
     """
     x = F.normalize(upcast(features), dim=-1, eps=KOLEO_EPS)
-    if world_size > 1:
-        from torch.distributed.nn.functional import all_gather  # gathers with gradients
-
-        every = torch.cat(all_gather(x))
-    else:
-        every = x
+    every = gather_with_grad(x) if world_size > 1 else x
     n = x.shape[0]
     dots = x @ every.T
     own = rank * n + torch.arange(n, device=x.device)

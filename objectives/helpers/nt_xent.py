@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from modalities.base import upcast
+from objectives.helpers.ranks import gather_with_grad
 
 
 def nt_xent(
@@ -27,12 +28,7 @@ def nt_xent(
     """
     z_a, z_b = F.normalize(upcast(z_a), dim=-1), F.normalize(upcast(z_b), dim=-1)
     n = z_a.shape[0]
-    if world_size > 1:
-        from torch.distributed.nn.functional import all_gather  # gathers with gradients
-
-        all_a, all_b = torch.cat(all_gather(z_a)), torch.cat(all_gather(z_b))
-    else:
-        all_a, all_b = z_a, z_b
+    all_a, all_b = (gather_with_grad(z_a), gather_with_grad(z_b)) if world_size > 1 else (z_a, z_b)
     m = all_a.shape[0]
     anchors = torch.cat([z_a, z_b])  # [2B, E]
     keys = torch.cat([all_a, all_b])  # [2M, E]
